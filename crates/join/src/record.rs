@@ -1,0 +1,171 @@
+//! One API call as `kubectl apitrace` prints it. The serialised field names are
+//! a public interface (`-o ndjson`, `-o json`): `docs/record.md` describes
+//! each of them, and a test pins them.
+
+use serde::{Deserialize, Serialize};
+
+/// A joined API call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// When the sidecar received the request (RFC 3339, UTC).
+    pub time: String,
+    /// The `x-request-id` Envoy assigned.
+    pub request_id: String,
+    pub src: Peer,
+    pub dst: Peer,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: String,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    /// The HTTP status; 0 when the call got no response.
+    pub status: u32,
+    /// Which layers observed the call.
+    pub layers: Vec<Layer>,
+    /// Envoy's response flags, each spelled out (`UF: upstream connection failure`).
+    pub response_flags: Vec<String>,
+    /// The caller's credentials as the WASM filter saw them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthRecord>,
+    /// The request's first packet as the TC program saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tc: Option<WireRecord>,
+    /// Where the time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// The access-log entry's view: who reported it and the ids it carried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub als: Option<AlsRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Als,
+    Wasm,
+    Tc,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Als => "als",
+            Self::Wasm => "wasm",
+            Self::Tc => "tc",
+        }
+    }
+}
+
+/// One end of the call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub namespace: String,
+    pub name: String,
+    /// `Pod`, `Service`, `Node` or `External`.
+    pub kind: String,
+    pub ip: String,
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthRecord {
+    /// `Bearer`, `Basic`, ...
+    pub scheme: String,
+    /// The JWT's decoded claims (an empty object when the credentials are not a JWT).
+    pub claims: serde_json::Value,
+    /// The JWT's decoded JOSE header.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub jwt_header: serde_json::Value,
+    /// `sha256:<hex>` of the credentials.
+    pub fingerprint: String,
+    /// The raw credentials: present only with `--show-secrets`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Why credentials that looked like a JWT could not be decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The request's first packet on the wire, and what the TC program saw of the
+/// call elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRecord {
+    /// IPv4 identification (0 for IPv6).
+    pub ip_id: u32,
+    pub tcp_seq: u32,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// The pod interface that saw it (`eth0`).
+    pub interface: String,
+    pub time: String,
+    /// The `x-request-id` read from the plaintext hop from the sidecar to the
+    /// app (`lo`); empty when that hop was not seen.
+    pub request_id: String,
+    /// Retransmitted segments seen on the call's connection while it ran.
+    pub retransmits: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: String,
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlsRecord {
+    pub request_id: String,
+    /// `namespace/name` of the sidecar that logged the call.
+    pub reporter: String,
+    pub downstream: Endpoint,
+    pub upstream_cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasmRecord {
+    pub request_id: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+}
+
+/// Microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// From the sidecar receiving the request to it sending the last response byte.
+    pub total_us: i64,
+    /// Spent upstream of the sidecar (the app, or the next hop).
+    pub upstream_us: i64,
+    /// Spent in the sidecar itself: total minus upstream.
+    pub sidecar_us: i64,
+    /// From the first packet on the pod's interface to the sidecar starting the
+    /// stream (kernel, iptables redirect, accept); absent without a TC event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_sidecar_us: Option<i64>,
+    /// From the request's first packet to the response's first packet on the
+    /// pod's interface: the pod's whole share, as the wire saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_wire_us: Option<i64>,
+    /// The same between the sidecar and the app on `lo`: the app's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_wire_us: Option<i64>,
+}
+
+pub(crate) fn rfc3339(unix_nanos: i64) -> String {
+    let nanos = u64::try_from(unix_nanos).unwrap_or(0);
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_is_rfc3339_utc_with_microseconds() {
+        assert_eq!(
+            rfc3339(1_726_632_414_123_456_789),
+            "2024-09-18T04:06:54.123456Z"
+        );
+    }
+}

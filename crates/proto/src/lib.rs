@@ -1,0 +1,50 @@
+//! The messages the probe streams to the CLI and the WASM filter posts to the
+//! probe, generated from `proto/apitrace/v1/apitrace.proto`.
+//!
+//! The proto file is the reference for what each field means; the Rust types are
+//! generated and re-exported as they are.
+
+#[allow(clippy::all, clippy::pedantic)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/apitrace.v1.rs"));
+}
+
+pub use generated::*;
+
+/// The header (gRPC metadata on `Subscribe`, an HTTP header on WASM ingest) that
+/// carries the session token. Requests without the session's token are refused.
+pub const SESSION_TOKEN_HEADER: &str = "x-apitrace-session-token";
+
+/// The ports a probe listens on. The CLI points sidecars (ALS, WASM ingest and
+/// module download) and its own subscription at them.
+pub mod ports {
+    /// `Probe.Subscribe` (gRPC), reached by the CLI.
+    pub const SUBSCRIBE: u16 = 15900;
+    /// Envoy's access-log service (gRPC), reached by sidecars.
+    pub const ACCESS_LOG: u16 = 15901;
+    /// WASM ingest, the filter module, `/healthz` and `/metrics` (HTTP/1.1).
+    pub const HTTP: u16 = 15902;
+}
+
+/// The path on the probe's HTTP port where the WASM filter posts
+/// [`WasmBatch`]es.
+pub const WASM_INGEST_PATH: &str = "/v1/wasm-events";
+
+impl Endpoint {
+    pub fn new(ip: impl Into<String>, port: u32) -> Self {
+        Self {
+            ip: ip.into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ip.contains(':') {
+            write!(f, "[{}]:{}", self.ip, self.port)
+        } else {
+            write!(f, "{}:{}", self.ip, self.port)
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line, parsed. Turning it into something runnable (finding
+//! binaries, checking privileges) happens where it is run.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-apitrace",
+    bin_name = "kubectl apitrace",
+    version,
+    about = "Trace API calls inside an Istio mesh: who called whom, with which identity, what came back, and what happened on the wire.",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole data path on this Linux host, without a cluster.
+    ///
+    /// Two pods are network namespaces on a bridge; the server pod runs an HTTP
+    /// app behind a real Envoy sidecar with Istio's inbound capture, the apitrace
+    /// WASM filter and the gRPC access-log service; the probe attaches the TC
+    /// program to the server pod's interfaces. The client pod sends requests
+    /// with a bearer JWT, and one joined record per request is printed. Needs
+    /// root; everything it creates is removed when it ends.
+    #[command(
+        after_help = "Examples:\n  # Five requests, as a table\n  sudo kubectl apitrace demo\n\n  # Twenty requests as JSON lines\n  sudo kubectl apitrace demo --requests 20 -o ndjson"
+    )]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many requests the client pod sends.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = parse_requests)]
+    pub requests: u32,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Show raw credentials (the token and its signature) instead of redacting them.
+    #[arg(long)]
+    pub show_secrets: bool,
+    /// The Envoy binary to run as the sidecar [default: `envoy` on PATH].
+    #[arg(long, value_name = "PATH", env = "APITRACE_ENVOY")]
+    pub envoy: Option<PathBuf>,
+    /// The probe binary [default: apitrace-probe next to this binary].
+    #[arg(long, value_name = "PATH", env = "APITRACE_PROBE")]
+    pub probe_bin: Option<PathBuf>,
+}
+
+fn parse_requests(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("the demo needs at least one request: use --requests 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "{text:?} is not a number of requests: use a whole number such as 5"
+        )),
+    }
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_demo_arguments_say_what_to_use() {
+        let error =
+            Cli::try_parse_from(["kubectl-apitrace", "demo", "--requests", "0"]).unwrap_err();
+        assert!(
+            error.to_string().contains("use --requests 1 or more"),
+            "{error}"
+        );
+        let error = Cli::try_parse_from(["kubectl-apitrace", "demo", "-o", "bogus"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("[possible values: table, ndjson]"),
+            "{error}"
+        );
+    }
+}

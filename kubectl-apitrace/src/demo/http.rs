@@ -1,0 +1,118 @@
+//! The demo's HTTP: the app in the server pod, requests from the client pod,
+//! and readiness checks, over sockets created inside the pods' namespaces.
+
+use std::{convert::Infallible, net::SocketAddr, path::Path, time::Duration};
+
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A listening socket inside the network namespace at `netns`: a socket keeps
+/// the namespace it was created in, wherever it is used from.
+pub fn listen_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = apitrace_netns::run_in(netns, || std::net::TcpListener::bind(address))
+        .map_err(std::io::Error::other)??;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// A connection made from inside the network namespace at `netns`.
+pub fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = apitrace_netns::run_in(netns, || {
+        std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+    })
+    .map_err(std::io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
+/// The app behind the sidecar: a small API, like the nginx of the paper's
+/// example, answering until the listener is dropped.
+pub async fn serve_app(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                Ok::<_, Infallible>(app_response(request.uri().path()))
+            });
+            // A client that goes away mid-request is not the app's problem.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn app_response(path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/status" => (StatusCode::OK, r#"{"status":"ok"}"#),
+        "/api/orders" => (StatusCode::OK, r#"[{"id":41},{"id":42}]"#),
+        "/api/orders/42" => (StatusCode::OK, r#"{"id":42,"item":"tea"}"#),
+        "/api/users/me" => (StatusCode::OK, r#"{"user":"alice"}"#),
+        _ => (StatusCode::NOT_FOUND, r#"{"error":"not found"}"#),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The paths the client pod requests, in turn.
+pub const CLIENT_PATHS: &[&str] = &[
+    "/status",
+    "/api/orders",
+    "/api/orders/42",
+    "/api/users/me",
+    "/missing",
+];
+
+/// Sends one GET over `stream` (one request per connection, like `curl`) and
+/// returns the status and body.
+pub async fn get(
+    stream: TcpStream,
+    authority: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(StatusCode, Bytes), hyper::Error> {
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = Request::get(path).header(header::HOST, authority);
+    if let Some(value) = authorization {
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .unwrap_or_else(|_| unreachable!("a path and two header values of ours are valid"));
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_answers_its_api_and_404_otherwise() {
+        assert_eq!(app_response("/status").status(), StatusCode::OK);
+        assert_eq!(app_response("/missing").status(), StatusCode::NOT_FOUND);
+        assert!(
+            CLIENT_PATHS
+                .iter()
+                .any(|path| app_response(path).status() == StatusCode::NOT_FOUND)
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! `kubectl apitrace demo`: the whole data path on one Linux host.
+//!
+//! The same probe, filter and join as a cluster session, with pods made of
+//! network namespaces and a real Envoy as the sidecar. See [`session`] for the
+//! order things happen in and how they are undone.
+
+use std::process::ExitCode;
+
+use crate::args::DemoArgs;
+
+#[cfg(target_os = "linux")]
+mod child;
+#[cfg(target_os = "linux")]
+mod envoy;
+#[cfg(target_os = "linux")]
+mod http;
+#[cfg(target_os = "linux")]
+mod jwt;
+#[cfg(target_os = "linux")]
+mod plan;
+#[cfg(target_os = "linux")]
+mod session;
+#[cfg(target_os = "linux")]
+mod topology;
+
+#[cfg(target_os = "linux")]
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan::Plan::resolve(args)?;
+    // One thread: the demo's child processes are tied to the thread that
+    // started them (PR_SET_PDEATHSIG), which must live as long as the CLI.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(session::run(&plan))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn run(_args: DemoArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "the demo runs on Linux only: it builds pods out of network namespaces and attaches eBPF programs; run it on a Linux host or VM"
+    )
+}

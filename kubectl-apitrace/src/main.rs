@@ -1,0 +1,31 @@
+//! `kubectl apitrace`: a time-boxed, per-request view of API traffic in an Istio
+//! mesh. `main` parses the command line, runs it, and prints the error chain
+//! once; everything else lives in the modules.
+
+mod args;
+mod demo;
+mod output;
+mod probe_client;
+
+use std::process::ExitCode;
+
+use args::Command;
+
+fn main() -> ExitCode {
+    let cli = args::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        // A reader that went away (`| head`) is not an error of ours.
+        Err(error) if output::is_closed_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Demo(args) => demo::run(args),
+    }
+}

@@ -1,0 +1,419 @@
+//! The Envoy access-log service (ALS) endpoint: Istio's `envoyHttpAls` provider
+//! points sidecars here.
+//!
+//! Each Envoy worker opens its own stream. The first message of a stream names
+//! the node (Istio puts the pod's NAME and NAMESPACE into the node metadata);
+//! later messages carry only entries, so the stream remembers who is reporting.
+//! Entries are normalised into [`AccessLog`]s and published to the hub.
+
+use std::sync::Arc;
+
+use apitrace_proto::{AccessLog, Endpoint, PodRef, event::Kind};
+use envoy_types::pb::{
+    envoy::{
+        config::core::v3::{Address, Node, address, socket_address::PortSpecifier},
+        data::accesslog::v3::{
+            AccessLogCommon, HttpAccessLogEntry, ResponseFlags, TcpAccessLogEntry,
+            http_access_log_entry::HttpVersion,
+        },
+        service::accesslog::v3::{
+            StreamAccessLogsMessage, StreamAccessLogsResponse,
+            access_log_service_server::{AccessLogService, AccessLogServiceServer},
+            stream_access_logs_message::LogEntries,
+        },
+    },
+    google::protobuf::{Duration, Timestamp, value::Kind as ValueKind},
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{counters::Counters, hub::Hub, peers::Peers};
+
+pub struct Als {
+    hub: Hub,
+    peers: Arc<Peers>,
+}
+
+impl Als {
+    pub fn server(hub: Hub, peers: Arc<Peers>) -> AccessLogServiceServer<Self> {
+        AccessLogServiceServer::new(Self { hub, peers })
+    }
+}
+
+#[tonic::async_trait]
+impl AccessLogService for Als {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let counters = self.hub.counters();
+        let allowed = request
+            .remote_addr()
+            .is_some_and(|peer| self.peers.allows(peer.ip()));
+        if !allowed {
+            Counters::increment(&counters.access_log_streams_refused);
+            return Err(Status::permission_denied(
+                "this access-log service accepts only the sidecars of the traced pods",
+            ));
+        }
+        let mut stream = request.into_inner();
+        let mut reporter = Reporter::default();
+        while let Some(message) = stream.message().await? {
+            if let Some(identifier) = &message.identifier {
+                reporter = Reporter::from_node(identifier.node.as_ref(), &identifier.log_name);
+            }
+            match message.log_entries {
+                Some(LogEntries::HttpLogs(logs)) => {
+                    for entry in &logs.log_entry {
+                        self.accept(normalise_http(entry, &reporter));
+                    }
+                }
+                Some(LogEntries::TcpLogs(logs)) => {
+                    for entry in &logs.log_entry {
+                        self.accept(normalise_tcp(entry, &reporter));
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(Response::new(StreamAccessLogsResponse {}))
+    }
+}
+
+impl Als {
+    fn accept(&self, entry: Option<AccessLog>) {
+        let counters = self.hub.counters();
+        match entry {
+            Some(entry) => {
+                Counters::increment(&counters.access_logs);
+                self.hub.publish(Kind::AccessLog(entry));
+            }
+            None => Counters::increment(&counters.access_logs_malformed),
+        }
+    }
+}
+
+/// Who sends the entries of a stream.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reporter {
+    pub pod: Option<PodRef>,
+    pub node_id: String,
+    pub log_name: String,
+}
+
+impl Reporter {
+    pub fn from_node(node: Option<&Node>, log_name: &str) -> Self {
+        let node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+        let from_metadata = node.and_then(|n| n.metadata.as_ref()).and_then(|metadata| {
+            let field = |key: &str| match metadata.fields.get(key).and_then(|v| v.kind.as_ref()) {
+                Some(ValueKind::StringValue(value)) if !value.is_empty() => Some(value.clone()),
+                _ => None,
+            };
+            Some(PodRef {
+                namespace: field("NAMESPACE")?,
+                name: field("NAME")?,
+            })
+        });
+        Self {
+            pod: from_metadata.or_else(|| pod_from_node_id(&node_id)),
+            node_id,
+            log_name: log_name.to_owned(),
+        }
+    }
+}
+
+/// Istio's sidecar node ids read `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+fn pod_from_node_id(node_id: &str) -> Option<PodRef> {
+    let mut parts = node_id.split('~');
+    let (_kind, _ip, pod) = (parts.next()?, parts.next()?, parts.next()?);
+    let (name, namespace) = pod.split_once('.')?;
+    Some(PodRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+/// An HTTP entry as an [`AccessLog`]; `None` when it lacks the common
+/// properties every Envoy entry has.
+pub fn normalise_http(entry: &HttpAccessLogEntry, reporter: &Reporter) -> Option<AccessLog> {
+    let mut log = normalise_common(entry.common_properties.as_ref()?, reporter);
+    log.protocol = match HttpVersion::try_from(entry.protocol_version) {
+        Ok(HttpVersion::Http10) => "HTTP/1.0",
+        Ok(HttpVersion::Http11) => "HTTP/1.1",
+        Ok(HttpVersion::Http2) => "HTTP/2",
+        Ok(HttpVersion::Http3) => "HTTP/3",
+        _ => "",
+    }
+    .to_owned();
+    if let Some(request) = &entry.request {
+        log.request_id.clone_from(&request.request_id);
+        log.method = method_name(request.request_method).to_owned();
+        log.path.clone_from(&request.path);
+        log.authority.clone_from(&request.authority);
+        log.user_agent.clone_from(&request.user_agent);
+        log.request_body_bytes = request.request_body_bytes;
+    }
+    if let Some(response) = &entry.response {
+        log.status = response.response_code.map_or(0, |code| code.value);
+        log.response_body_bytes = response.response_body_bytes;
+    }
+    Some(log)
+}
+
+/// A TCP proxy entry: a connection, without request fields.
+pub fn normalise_tcp(entry: &TcpAccessLogEntry, reporter: &Reporter) -> Option<AccessLog> {
+    let mut log = normalise_common(entry.common_properties.as_ref()?, reporter);
+    log.protocol = "TCP".to_owned();
+    Some(log)
+}
+
+fn normalise_common(common: &AccessLogCommon, reporter: &Reporter) -> AccessLog {
+    AccessLog {
+        start_time_unix_nano: common.start_time.as_ref().map_or(0, timestamp_nanos),
+        reporter: reporter.pod.clone(),
+        node_id: reporter.node_id.clone(),
+        log_name: reporter.log_name.clone(),
+        downstream_remote: endpoint(common.downstream_remote_address.as_ref()),
+        downstream_local: endpoint(common.downstream_local_address.as_ref()),
+        upstream_remote: endpoint(common.upstream_remote_address.as_ref()),
+        upstream_local: endpoint(common.upstream_local_address.as_ref()),
+        upstream_cluster: common.upstream_cluster.clone(),
+        response_flags: common
+            .response_flags
+            .as_ref()
+            .map(flag_codes)
+            .unwrap_or_default(),
+        route_name: common.route_name.clone(),
+        upstream_transport_failure_reason: common.upstream_transport_failure_reason.clone(),
+        last_downstream_rx_byte_ns: nanos(common.time_to_last_rx_byte.as_ref()),
+        first_upstream_tx_byte_ns: nanos(common.time_to_first_upstream_tx_byte.as_ref()),
+        last_upstream_tx_byte_ns: nanos(common.time_to_last_upstream_tx_byte.as_ref()),
+        first_upstream_rx_byte_ns: nanos(common.time_to_first_upstream_rx_byte.as_ref()),
+        last_upstream_rx_byte_ns: nanos(common.time_to_last_upstream_rx_byte.as_ref()),
+        first_downstream_tx_byte_ns: nanos(common.time_to_first_downstream_tx_byte.as_ref()),
+        last_downstream_tx_byte_ns: nanos(common.time_to_last_downstream_tx_byte.as_ref()),
+        ..AccessLog::default()
+    }
+}
+
+fn endpoint(address: Option<&Address>) -> Option<Endpoint> {
+    match address?.address.as_ref()? {
+        address::Address::SocketAddress(socket) => {
+            let port = match socket.port_specifier {
+                Some(PortSpecifier::PortValue(port)) => port,
+                _ => 0,
+            };
+            Some(Endpoint::new(socket.address.clone(), port))
+        }
+        _ => None,
+    }
+}
+
+fn timestamp_nanos(timestamp: &Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(timestamp.nanos))
+}
+
+fn nanos(duration: Option<&Duration>) -> i64 {
+    duration.map_or(0, |d| {
+        d.seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(d.nanos))
+    })
+}
+
+/// `envoy.config.core.v3.RequestMethod` by number.
+fn method_name(method: i32) -> &'static str {
+    match method {
+        1 => "GET",
+        2 => "HEAD",
+        3 => "POST",
+        4 => "PUT",
+        5 => "DELETE",
+        6 => "CONNECT",
+        7 => "OPTIONS",
+        8 => "TRACE",
+        9 => "PATCH",
+        _ => "",
+    }
+}
+
+/// Envoy's short response-flag codes, in the order Envoy prints them
+/// (`%RESPONSE_FLAGS%`).
+fn flag_codes(flags: &ResponseFlags) -> String {
+    let set = [
+        (flags.failed_local_healthcheck, "LH"),
+        (flags.no_healthy_upstream, "UH"),
+        (flags.upstream_request_timeout, "UT"),
+        (flags.local_reset, "LR"),
+        (flags.upstream_remote_reset, "UR"),
+        (flags.upstream_connection_failure, "UF"),
+        (flags.upstream_connection_termination, "UC"),
+        (flags.upstream_overflow, "UO"),
+        (flags.no_route_found, "NR"),
+        (flags.delay_injected, "DI"),
+        (flags.fault_injected, "FI"),
+        (flags.rate_limited, "RL"),
+        (flags.unauthorized_details.is_some(), "UAEX"),
+        (flags.rate_limit_service_error, "RLSE"),
+        (flags.downstream_connection_termination, "DC"),
+        (flags.upstream_retry_limit_exceeded, "URX"),
+        (flags.stream_idle_timeout, "SI"),
+        (flags.invalid_envoy_request_headers, "IH"),
+        (flags.downstream_protocol_error, "DPE"),
+        (flags.upstream_max_stream_duration_reached, "UMSDR"),
+        (flags.response_from_cache_filter, "RFCF"),
+        (flags.no_filter_config_found, "NFCF"),
+        (flags.duration_timeout, "DT"),
+        (flags.upstream_protocol_error, "UPE"),
+        (flags.no_cluster_found, "NC"),
+        (flags.overload_manager, "OM"),
+        (flags.dns_resolution_failure, "DF"),
+        (flags.downstream_remote_reset, "DR"),
+    ];
+    set.iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, code)| *code)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::{
+        envoy::{
+            config::core::v3::SocketAddress,
+            data::accesslog::v3::{HttpRequestProperties, HttpResponseProperties},
+        },
+        google::protobuf::{Struct, UInt32Value, Value},
+    };
+
+    fn string_value(value: &str) -> Value {
+        Value {
+            kind: Some(ValueKind::StringValue(value.to_owned())),
+        }
+    }
+
+    fn socket(ip: &str, port: u32) -> Address {
+        Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..SocketAddress::default()
+            })),
+        }
+    }
+
+    fn entry() -> HttpAccessLogEntry {
+        HttpAccessLogEntry {
+            common_properties: Some(AccessLogCommon {
+                start_time: Some(Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 5,
+                }),
+                downstream_remote_address: Some(socket("10.0.0.40", 50174)),
+                downstream_local_address: Some(socket("10.0.0.135", 80)),
+                upstream_remote_address: Some(socket("127.0.0.1", 80)),
+                upstream_cluster: "inbound|80||".into(),
+                time_to_last_upstream_rx_byte: Some(Duration {
+                    seconds: 0,
+                    nanos: 1_500_000,
+                }),
+                response_flags: Some(ResponseFlags {
+                    upstream_connection_failure: true,
+                    upstream_retry_limit_exceeded: true,
+                    ..ResponseFlags::default()
+                }),
+                ..AccessLogCommon::default()
+            }),
+            protocol_version: HttpVersion::Http11 as i32,
+            request: Some(HttpRequestProperties {
+                request_method: 1,
+                path: "/status".into(),
+                request_id: "bf170e6d".into(),
+                ..HttpRequestProperties::default()
+            }),
+            response: Some(HttpResponseProperties {
+                response_code: Some(UInt32Value { value: 200 }),
+                ..HttpResponseProperties::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn http_entry_keeps_what_the_record_needs() {
+        let reporter = Reporter {
+            pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "nginx".into(),
+            }),
+            ..Reporter::default()
+        };
+        let log = normalise_http(&entry(), &reporter).unwrap();
+        assert_eq!(log.start_time_unix_nano, 1_700_000_000_000_000_005);
+        assert_eq!(log.method, "GET");
+        assert_eq!(log.path, "/status");
+        assert_eq!(log.status, 200);
+        assert_eq!(log.protocol, "HTTP/1.1");
+        assert_eq!(log.request_id, "bf170e6d");
+        assert_eq!(
+            log.downstream_remote,
+            Some(Endpoint::new("10.0.0.40", 50174))
+        );
+        assert_eq!(log.downstream_local, Some(Endpoint::new("10.0.0.135", 80)));
+        assert_eq!(log.last_upstream_rx_byte_ns, 1_500_000);
+        assert_eq!(log.response_flags, "UF,URX");
+        assert_eq!(log.reporter.unwrap().name, "nginx");
+    }
+
+    #[test]
+    fn entry_without_common_properties_is_malformed() {
+        let entry = HttpAccessLogEntry {
+            common_properties: None,
+            ..entry()
+        };
+        assert!(normalise_http(&entry, &Reporter::default()).is_none());
+    }
+
+    #[test]
+    fn reporter_from_istio_metadata_or_node_id() {
+        let mut metadata = Struct::default();
+        metadata
+            .fields
+            .insert("NAME".into(), string_value("nginx-784u-r442"));
+        metadata
+            .fields
+            .insert("NAMESPACE".into(), string_value("default"));
+        let node = Node {
+            id: "sidecar~10.0.0.135~other.ns~ns.svc.cluster.local".into(),
+            metadata: Some(metadata),
+            ..Node::default()
+        };
+        let reporter = Reporter::from_node(Some(&node), "http_envoy_accesslog");
+        assert_eq!(reporter.pod.unwrap().name, "nginx-784u-r442");
+
+        let node = Node {
+            id: "sidecar~10.0.0.135~nginx-784u-r442.default~default.svc.cluster.local".into(),
+            ..Node::default()
+        };
+        let pod = Reporter::from_node(Some(&node), "").pod.unwrap();
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str()),
+            ("default", "nginx-784u-r442")
+        );
+        assert_eq!(Reporter::from_node(None, "").pod, None);
+    }
+
+    #[test]
+    fn tcp_entry_is_a_connection() {
+        let entry = TcpAccessLogEntry {
+            common_properties: entry().common_properties,
+            connection_properties: None,
+        };
+        let log = normalise_tcp(&entry, &Reporter::default()).unwrap();
+        assert_eq!(log.protocol, "TCP");
+        assert!(log.method.is_empty());
+    }
+}

@@ -1,0 +1,212 @@
+//! The proxy-wasm contexts: one root context per Envoy worker (configuration,
+//! outbox, flushing) and one HTTP context per request (reading headers).
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    rc::Rc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use apitrace_proto::{Endpoint, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmEvent};
+use proxy_wasm::{
+    traits::{Context, HttpContext, RootContext},
+    types::{Action, ContextType, LogLevel},
+};
+
+use crate::{auth, config::Config, queue::Outbox};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Default)]
+struct Root {
+    config: Option<Rc<Config>>,
+    outbox: Option<Rc<RefCell<Outbox>>>,
+    /// Dispatched batches not yet answered: token -> number of events.
+    in_flight: HashMap<u32, u64>,
+}
+
+impl Root {
+    fn flush(&mut self) {
+        let (Some(config), Some(outbox)) = (self.config.clone(), self.outbox.clone()) else {
+            return;
+        };
+        while self.in_flight.len() < config.max_in_flight {
+            let Some((body, events)) = outbox.borrow_mut().take_batch(config.batch_max_events)
+            else {
+                return;
+            };
+            let headers = vec![
+                (":method", "POST"),
+                (":path", WASM_INGEST_PATH),
+                (":authority", config.ingest_authority.as_str()),
+                ("content-type", "application/x-protobuf"),
+                (SESSION_TOKEN_HEADER, config.session_token.as_str()),
+            ];
+            match self.dispatch_http_call(
+                &config.ingest_cluster,
+                headers,
+                Some(&body),
+                vec![],
+                config.timeout(),
+            ) {
+                Ok(token) => {
+                    self.in_flight.insert(token, events);
+                }
+                Err(status) => {
+                    proxy_wasm::hostcalls::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "apitrace: cannot reach the probe through {}: {status:?}",
+                            config.ingest_cluster
+                        ),
+                    )
+                    .ok();
+                    outbox.borrow_mut().count_lost(events);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let events = self.in_flight.remove(&token).unwrap_or(0);
+        let accepted = self
+            .get_http_call_response_header(":status")
+            .is_some_and(|status| status.starts_with('2'));
+        if !accepted {
+            if let Some(outbox) = &self.outbox {
+                outbox.borrow_mut().count_lost(events);
+            }
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                self.set_tick_period(config.flush_interval());
+                self.outbox = Some(Rc::new(RefCell::new(Outbox::new(config.queue_max_bytes))));
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(message) => {
+                proxy_wasm::hostcalls::log(LogLevel::Error, &message).ok();
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            config: self.config.clone()?,
+            outbox: self.outbox.clone()?,
+            event: WasmEvent::default(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    config: Rc<Config>,
+    outbox: Rc<RefCell<Outbox>>,
+    event: WasmEvent,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> String {
+        self.get_http_request_header(name).unwrap_or_default()
+    }
+
+    fn address_property(&self, name: &str) -> Option<Endpoint> {
+        let bytes = self.get_property(vec![name, "address"])?;
+        let text = String::from_utf8(bytes).ok()?;
+        let address: std::net::SocketAddr = text.parse().ok()?;
+        Some(Endpoint::new(
+            address.ip().to_string(),
+            u32::from(address.port()),
+        ))
+    }
+
+    /// Envoy's listener direction attribute: an int64, 1 inbound, 2 outbound.
+    /// `xds.listener_direction` in current Envoys; older ones (and older Istio
+    /// proxies) only know the legacy `listener_direction`.
+    fn listener_direction(&self) -> &'static str {
+        let bytes = self
+            .get_property(vec!["xds", "listener_direction"])
+            .or_else(|| self.get_property(vec!["listener_direction"]))
+            .unwrap_or_default();
+        match bytes.try_into().map(i64::from_le_bytes) {
+            Ok(1) => "inbound",
+            Ok(2) => "outbound",
+            _ => "",
+        }
+    }
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let now = self.get_current_time();
+        self.event = WasmEvent {
+            time_unix_nano: unix_nanos(now),
+            request_id: self.header("x-request-id"),
+            method: self.header(":method"),
+            path: self.header(":path"),
+            authority: self.header(":authority"),
+            source: self.address_property("source"),
+            destination: self.address_property("destination"),
+            listener_direction: self.listener_direction().to_owned(),
+            auth: self
+                .get_http_request_header("authorization")
+                .map(|value| auth::describe(&value, self.config.show_secrets)),
+            ..WasmEvent::default()
+        };
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.event.status = self
+            .get_http_response_header(":status")
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(0);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.event.time_unix_nano != 0 {
+            self.outbox
+                .borrow_mut()
+                .push(std::mem::take(&mut self.event));
+        }
+    }
+}
+
+fn unix_nanos(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos()
+        .try_into()
+        .unwrap_or(i64::MAX)
+}
