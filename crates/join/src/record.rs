@@ -161,6 +161,177 @@ pub(crate) fn rfc3339(unix_nanos: i64) -> String {
 mod tests {
     use super::*;
 
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            ip: "10.0.0.40".into(),
+            port: 50174,
+        }
+    }
+
+    /// A record with every optional part present.
+    fn full_record() -> CallRecord {
+        CallRecord {
+            time: rfc3339(0),
+            request_id: "id".into(),
+            src: Peer::default(),
+            dst: Peer::default(),
+            protocol: "HTTP/1.1".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            authority: "a".into(),
+            status: 200,
+            layers: vec![Layer::Als, Layer::Wasm, Layer::Tc],
+            response_flags: vec![],
+            auth: Some(AuthRecord {
+                scheme: "Bearer".into(),
+                claims: serde_json::json!({"sub": "alice"}),
+                jwt_header: serde_json::json!({"alg": "none"}),
+                fingerprint: "sha256:00".into(),
+                token: Some("t".into()),
+                error: Some("e".into()),
+            }),
+            tc: Some(WireRecord {
+                ip_id: 1,
+                tcp_seq: 2,
+                src: endpoint(),
+                dst: endpoint(),
+                interface: "eth0".into(),
+                time: rfc3339(0),
+                request_id: "id".into(),
+                retransmits: 0,
+            }),
+            latency: Some(Latency {
+                total_us: 1,
+                upstream_us: 1,
+                sidecar_us: 0,
+                before_sidecar_us: Some(1),
+                pod_wire_us: Some(1),
+                app_wire_us: Some(1),
+            }),
+            als: Some(AlsRecord {
+                request_id: "id".into(),
+                reporter: "ns/pod".into(),
+                downstream: endpoint(),
+                upstream_cluster: "inbound|80||".into(),
+            }),
+            wasm: Some(WasmRecord {
+                request_id: "id".into(),
+                direction: "inbound".into(),
+            }),
+        }
+    }
+
+    /// Every key of `value`, as `parent.key` paths, not descending into the
+    /// free-form JWT objects.
+    fn keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        let Some(object) = value.as_object() else {
+            return;
+        };
+        for (key, child) in object {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if !matches!(path.as_str(), "auth.claims" | "auth.jwt_header") {
+                keys(child, &path, out);
+            }
+            out.push(path);
+        }
+    }
+
+    /// The serialised keys are a public interface (`-o ndjson`): this list
+    /// changes only deliberately, and docs/record.md describes each key.
+    #[test]
+    fn record_keys_are_the_documented_interface() {
+        let mut found = Vec::new();
+        keys(
+            &serde_json::to_value(full_record()).unwrap(),
+            "",
+            &mut found,
+        );
+        found.sort();
+        let expected = [
+            "als",
+            "als.downstream",
+            "als.downstream.ip",
+            "als.downstream.port",
+            "als.reporter",
+            "als.request_id",
+            "als.upstream_cluster",
+            "auth",
+            "auth.claims",
+            "auth.error",
+            "auth.fingerprint",
+            "auth.jwt_header",
+            "auth.scheme",
+            "auth.token",
+            "authority",
+            "dst",
+            "dst.ip",
+            "dst.kind",
+            "dst.name",
+            "dst.namespace",
+            "dst.port",
+            "latency",
+            "latency.app_wire_us",
+            "latency.before_sidecar_us",
+            "latency.pod_wire_us",
+            "latency.sidecar_us",
+            "latency.total_us",
+            "latency.upstream_us",
+            "layers",
+            "method",
+            "path",
+            "protocol",
+            "request_id",
+            "response_flags",
+            "src",
+            "src.ip",
+            "src.kind",
+            "src.name",
+            "src.namespace",
+            "src.port",
+            "status",
+            "tc",
+            "tc.dst",
+            "tc.dst.ip",
+            "tc.dst.port",
+            "tc.interface",
+            "tc.ip_id",
+            "tc.request_id",
+            "tc.retransmits",
+            "tc.src",
+            "tc.src.ip",
+            "tc.src.port",
+            "tc.tcp_seq",
+            "tc.time",
+            "time",
+            "wasm",
+            "wasm.direction",
+            "wasm.request_id",
+        ];
+        assert_eq!(found, expected);
+        let documentation = include_str!("../../../docs/record.md");
+        for path in expected {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            assert!(
+                documentation.contains(&format!("`{key}`")),
+                "docs/record.md does not describe `{path}`"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_and_empty_parts_are_left_out() {
+        let mut record = full_record();
+        record.auth.as_mut().unwrap().token = None;
+        record.tc = None;
+        let value = serde_json::to_value(record).unwrap();
+        assert!(value["auth"].get("token").is_none());
+        assert!(value.get("tc").is_none());
+    }
+
     #[test]
     fn time_is_rfc3339_utc_with_microseconds() {
         assert_eq!(

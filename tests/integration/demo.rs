@@ -1,0 +1,233 @@
+//! `kubectl apitrace demo`, run for real: network namespaces, a real Envoy with
+//! the WASM filter and ALS, the TC program on the server pod's interfaces.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::{assert_nothing_left, binaries, real, stderr};
+
+fn demo(envoy: &std::path::Path) -> Command {
+    let binaries = binaries();
+    let mut command = Command::new(&binaries.cli);
+    command
+        .arg("demo")
+        .arg("--probe-bin")
+        .arg(&binaries.probe)
+        .arg("--envoy")
+        .arg(envoy);
+    command
+}
+
+#[test]
+fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
+    let Some(real) = real("the demo") else { return };
+    let child = demo(&real.envoy)
+        .args(["--requests", "5", "-o", "ndjson"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI starts");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("the CLI ends");
+    assert!(
+        output.status.success(),
+        "the demo failed:\n{}",
+        stderr(&output)
+    );
+    let stdout = String::from_utf8(output.stdout.clone()).expect("UTF-8 output");
+    // Streamed as each call completes, which need not be the order of the
+    // requests: the sidecar's workers flush their access logs independently.
+    let mut records: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect();
+    records.sort_by_key(|record| record["time"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(records.len(), 5, "one record per request:\n{stdout}");
+
+    let mut client_ports = Vec::new();
+    for record in &records {
+        assert_eq!(
+            record["layers"],
+            serde_json::json!(["als", "wasm", "tc"]),
+            "{record:#}"
+        );
+        // The same x-request-id in every layer.
+        let id = record["request_id"].as_str().expect("a request id");
+        assert!(!id.is_empty());
+        assert_eq!(record["als"]["request_id"], id, "{record:#}");
+        assert_eq!(record["wasm"]["request_id"], id, "{record:#}");
+        assert_eq!(
+            record["tc"]["request_id"], id,
+            "the id read on lo: {record:#}"
+        );
+        // The TC tuple is the ALS downstream tuple: the client's connection.
+        assert_eq!(
+            record["tc"]["src"]["ip"], record["als"]["downstream"]["ip"],
+            "{record:#}"
+        );
+        assert_eq!(
+            record["tc"]["src"]["port"], record["als"]["downstream"]["port"],
+            "{record:#}"
+        );
+        assert_eq!(record["tc"]["src"]["ip"], record["src"]["ip"], "{record:#}");
+        assert_eq!(record["tc"]["dst"]["ip"], record["dst"]["ip"], "{record:#}");
+        assert_eq!(record["tc"]["dst"]["port"], 8080, "{record:#}");
+        assert_eq!(record["tc"]["interface"], "eth0", "{record:#}");
+        assert!(
+            record["tc"]["tcp_seq"].is_u64() && record["tc"]["ip_id"].is_u64(),
+            "{record:#}"
+        );
+        // Figure 4's identities.
+        assert_eq!(record["src"]["name"], "client", "{record:#}");
+        assert_eq!(record["src"]["namespace"], "demo", "{record:#}");
+        assert_eq!(record["src"]["kind"], "Pod", "{record:#}");
+        assert_eq!(record["dst"]["name"], "server", "{record:#}");
+        assert_eq!(record["protocol"], "HTTP/1.1", "{record:#}");
+        assert_eq!(record["method"], "GET", "{record:#}");
+        // The credentials: claims decoded, the token itself nowhere.
+        assert_eq!(record["auth"]["scheme"], "Bearer", "{record:#}");
+        assert_eq!(record["auth"]["claims"]["sub"], "alice", "{record:#}");
+        assert!(record["auth"].get("token").is_none(), "{record:#}");
+        client_ports.push(record["src"]["port"].as_u64().expect("a port"));
+    }
+    let paths: Vec<&str> = records.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/status",
+            "/api/orders",
+            "/api/orders/42",
+            "/api/users/me",
+            "/missing"
+        ]
+    );
+    let statuses: Vec<u64> = records
+        .iter()
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 404]);
+    client_ports.sort_unstable();
+    client_ports.dedup();
+    assert_eq!(client_ports.len(), 5, "one connection per request");
+    // Base64url of a JSON object starts with "eyJ": no token part was printed.
+    assert!(
+        !stdout.contains("eyJ"),
+        "a raw token part was printed:\n{stdout}"
+    );
+    let summary = stderr(&output);
+    assert!(
+        summary.contains("5 calls joined with every layer, 0 with some"),
+        "{summary}"
+    );
+    assert!(summary.contains("dropped: none"), "{summary}");
+    assert_nothing_left(pid);
+}
+
+#[test]
+fn an_interrupted_demo_removes_everything() {
+    let Some(real) = real("the interrupted demo") else {
+        return;
+    };
+    let child = demo(&real.envoy)
+        .args(["--requests", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI starts");
+    let pid = child.id();
+    wait_until_requests_flow(pid);
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().expect("the CLI ends");
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("interrupted"),
+        "{}",
+        stderr(&output)
+    );
+    assert_nothing_left(pid);
+}
+
+/// Waits until the demo of CLI `pid` runs Envoy, and a little more, so that the
+/// probe is attached and requests are flowing.
+fn wait_until_requests_flow(pid: u32) {
+    let started = Instant::now();
+    let envoy_config = std::env::temp_dir().join(format!("apitrace-demo-{pid}/envoy.json"));
+    while !envoy_config.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the demo did not start Envoy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// A CLI killed outright cannot clean up. Its processes die with it (the
+/// kernel kills them), and with the probe go its TC links; what stays is the
+/// namespaces, which the next demo removes.
+#[test]
+fn a_killed_demo_leaves_no_process_or_program_and_the_next_demo_sweeps_the_rest() {
+    let Some(real) = real("the killed demo") else {
+        return;
+    };
+    let mut child = demo(&real.envoy)
+        .args(["--requests", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the CLI starts");
+    let pid = child.id();
+    wait_until_requests_flow(pid);
+    child.kill().expect("SIGKILL the CLI");
+    child.wait().expect("the CLI is gone");
+    let namespaces = || {
+        let output = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&output.stdout)
+            .matches(&format!("apitrace-demo-{pid}-"))
+            .count()
+    };
+    assert_eq!(
+        namespaces(),
+        4,
+        "the killed demo's namespaces are still there"
+    );
+    let next = demo(&real.envoy)
+        .args(["--requests", "1", "-o", "ndjson"])
+        .output()
+        .expect("the next demo runs");
+    assert!(next.status.success(), "{}", stderr(&next));
+    assert_eq!(namespaces(), 0, "the next demo removed them");
+    // The namespaces are gone, so the work directory is all that can be left of
+    // the killed run besides processes and programs.
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("apitrace-demo-{pid}")));
+    assert_nothing_left(pid);
+}
+
+#[test]
+fn a_demo_whose_sidecar_fails_to_start_removes_everything() {
+    let Some(_) = real("the failing demo") else {
+        return;
+    };
+    let child = demo(std::path::Path::new("/bin/false"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI starts");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("the CLI ends");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("Envoy exited during start-up"),
+        "{}",
+        stderr(&output)
+    );
+    assert_nothing_left(pid);
+}

@@ -1,0 +1,11 @@
+//! One integration-test binary for the whole project. The tests drive the
+//! built `kubectl-apitrace` and `apitrace-probe` as a user would.
+//!
+//! Tests that need root and Envoy run them for real. Where they cannot run
+//! (not root, no Envoy), they say so and skip, except under `CI=true`, where
+//! they fail: CI must never pass without having run them.
+
+mod cli;
+mod demo;
+mod layering;
+mod support;

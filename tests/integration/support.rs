@@ -1,0 +1,167 @@
+//! Finding (and building) the binaries, deciding whether a real test can run,
+//! and checking that a run left nothing behind.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+pub struct Binaries {
+    pub cli: PathBuf,
+    pub probe: PathBuf,
+}
+
+/// The binaries of this workspace, built once per test run so that they are
+/// never stale.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        // target/<profile>/deps/integration-<hash>
+        let exe = env::current_exe().expect("the test binary knows its path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target/");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("debug");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "kubectl-apitrace",
+                "--package",
+                "apitrace-probe",
+            ])
+            .args([
+                "--profile",
+                if profile == "debug" { "dev" } else { profile },
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building kubectl-apitrace and apitrace-probe failed"
+        );
+        Binaries {
+            cli: profile_dir.join("kubectl-apitrace"),
+            probe: profile_dir.join("apitrace-probe"),
+        }
+    })
+}
+
+/// What a real run needs: root and an Envoy binary.
+pub struct Real {
+    pub envoy: PathBuf,
+}
+
+/// `Some` when `test` can run for real here. Otherwise it says why and returns
+/// `None`, unless `CI=true`, where it fails the test.
+pub fn real(test: &str) -> Option<Real> {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root".to_owned());
+    }
+    let envoy = env::var_os("APITRACE_ENVOY").map(PathBuf::from);
+    match &envoy {
+        Some(path) if path.is_file() => {}
+        Some(path) => missing.push(format!("Envoy at APITRACE_ENVOY={}", path.display())),
+        None => missing.push("Envoy (set APITRACE_ENVOY)".to_owned()),
+    }
+    if missing.is_empty() {
+        return envoy.map(|envoy| Real { envoy });
+    }
+    let why = format!(
+        "{test} runs Envoy and eBPF for real and needs {}",
+        missing.join(" and ")
+    );
+    if env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{why}: under CI=true it must not be skipped; run it with `sudo cargo xtask test`");
+    }
+    eprintln!("skipped: {why}; `sudo cargo xtask test` runs it");
+    None
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts that the demo run by the CLI process `pid` left nothing: no network
+/// namespace, no process, no work directory, and no TC program that nothing
+/// holds any more (a program attached to an interface that outlived the probe).
+pub fn assert_nothing_left(pid: u32) {
+    let marker = format!("apitrace-demo-{pid}");
+    let namespaces = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip runs")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !namespaces.contains(&marker),
+        "namespaces left behind:\n{namespaces}"
+    );
+
+    let processes: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc is readable")
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&marker).then_some(cmdline)
+        })
+        .collect();
+    assert!(
+        processes.is_empty(),
+        "processes left behind: {processes:#?}"
+    );
+
+    let workdir = env::temp_dir().join(&marker);
+    assert!(!workdir.exists(), "{} left behind", workdir.display());
+
+    // Another test's demo may be between stopping its probe and deleting its
+    // namespaces, when its programs are briefly held by nothing: a leak is
+    // what is still there after that.
+    let mut orphans = orphaned_programs();
+    for _ in 0..30 {
+        if orphans.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        orphans = orphaned_programs();
+    }
+    panic!("TC programs still loaded with no process holding them: {orphans:#?}");
+}
+
+fn orphaned_programs() -> Vec<serde_json::Value> {
+    let output = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    let programs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|program| {
+            program["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("apitrace_"))
+                && program.get("pids").is_none()
+        })
+        .cloned()
+        .collect()
+}

