@@ -179,14 +179,7 @@ impl PodTap {
     /// Starts forwarding this pod's events to `hub`. The returned tap keeps the
     /// attachments alive; [`PodTap::detach`] removes them.
     pub fn stream(&mut self, hub: Hub) -> Result<KernelCounters, TcError> {
-        let ring = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(TcError::MissingMap("EVENTS"))?;
-        let ring = RingBuf::try_from(ring).map_err(|source| TcError::Map {
-            name: "EVENTS",
-            source: Box::new(source),
-        })?;
+        let ring: RingBuf<MapData> = take_map(&mut self.ebpf, "EVENTS")?;
         // SAFETY: the ring buffer owns its map's file descriptor for as long as it
         // lives, and the AsyncFd owns the ring buffer: the descriptor stays open
         // and the same for the AsyncFd's whole life.
@@ -201,14 +194,7 @@ impl PodTap {
             interfaces: self.interfaces.clone(),
         };
         tokio::spawn(read_ring(ring, decoder, hub));
-        let counters = self
-            .ebpf
-            .take_map("COUNTERS")
-            .ok_or(TcError::MissingMap("COUNTERS"))?;
-        let counters = PerCpuArray::try_from(counters).map_err(|source| TcError::Map {
-            name: "COUNTERS",
-            source: Box::new(source),
-        })?;
+        let counters = take_map(&mut self.ebpf, "COUNTERS")?;
         Ok(KernelCounters(counters))
     }
 
@@ -354,6 +340,18 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
 ) -> Result<BpfHashMap<&'a mut MapData, K, V>, TcError> {
     let map = ebpf.map_mut(name).ok_or(TcError::MissingMap(name))?;
     BpfHashMap::try_from(map).map_err(|source| TcError::Map {
+        name,
+        source: Box::new(source),
+    })
+}
+
+/// Takes a map out of the instance, typed: its owner then is whoever reads it.
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, TcError> {
+    let map = ebpf.take_map(name).ok_or(TcError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| TcError::Map {
         name,
         source: Box::new(source),
     })

@@ -231,3 +231,21 @@ fn a_demo_whose_sidecar_fails_to_start_removes_everything() {
     );
     assert_nothing_left(pid);
 }
+
+#[test]
+fn show_secrets_opts_in_to_the_raw_token() {
+    let Some(real) = real("the demo with --show-secrets") else {
+        return;
+    };
+    let output = demo(&real.envoy)
+        .args(["--requests", "1", "-o", "ndjson", "--show-secrets"])
+        .output()
+        .expect("the CLI runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let record: Value = serde_json::from_slice(&output.stdout).expect("one JSON record");
+    let token = record["auth"]["token"]
+        .as_str()
+        .expect("the raw token, asked for");
+    assert_eq!(token.split('.').count(), 3, "a compact JWS: {token}");
+    assert!(token.starts_with("eyJ"));
+}

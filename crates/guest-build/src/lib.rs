@@ -10,9 +10,12 @@
 //!   ships `core` for the BPF targets and whose `rust-web-src` lets `-Z build-std`
 //!   build `std` for wasm. `RUSTC_BOOTSTRAP=1` unlocks the unstable flags.
 //!
-//! `APITRACE_GUEST_TOOLCHAIN=nightly|debian` forces a route. The guest is built
-//! into its own target directory under `OUT_DIR`: the outer cargo holds the
-//! workspace's target directory while build scripts run.
+//! `APITRACE_GUEST_TOOLCHAIN=nightly|debian` forces a route. Guests are built
+//! into their own target directory, `<target-dir>/guest`: the outer cargo holds
+//! the locks of its profile directories while build scripts run, and sharing one
+//! guest directory between profiles (`check` for clippy, `dev`, `test`) builds
+//! each guest, and the standard library for WASM, once instead of per profile.
+//! The inner cargo's own lock serialises builds that run at the same time.
 
 use std::{
     env,
@@ -124,7 +127,7 @@ pub fn build(guest: Guest) -> Result<PathBuf, Error> {
     if guest.kind == GuestKind::Ebpf && !on_path("bpf-linker") {
         return Err(Error::NoBpfLinker);
     }
-    let target_dir = out_dir.join("guest");
+    let target_dir = guest_target_dir(&out_dir);
     let mut command = match route {
         Route::RustupNightly => {
             let mut command = Command::new("rustup");
@@ -201,6 +204,20 @@ pub fn build(guest: Guest) -> Result<PathBuf, Error> {
     Ok(built)
 }
 
+/// `<target-dir>/guest`, from `OUT_DIR` = `<target-dir>/<profile>/build/<package>-<hash>/out`
+/// (with a `<triple>/` after `<target-dir>` when cross-compiling). Falls back to
+/// `OUT_DIR` itself for a layout it does not recognise.
+fn guest_target_dir(out_dir: &Path) -> PathBuf {
+    let in_build_dir = out_dir
+        .parent()
+        .and_then(Path::parent)
+        .is_some_and(|build| build.ends_with("build"));
+    match out_dir.ancestors().nth(4) {
+        Some(target_dir) if in_build_dir => target_dir.join("guest"),
+        _ => out_dir.join("guest"),
+    }
+}
+
 fn route(kind: GuestKind) -> Result<Route, Error> {
     match env::var("APITRACE_GUEST_TOOLCHAIN").ok().as_deref() {
         Some("nightly") => return Ok(Route::RustupNightly),
@@ -263,4 +280,28 @@ fn path_with_cargo_bin() -> Option<OsString> {
         .unwrap_or_default();
     paths.extend(home_cargo_bin());
     env::join_paths(paths).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_shares_one_guest_directory() {
+        let dev = guest_target_dir(Path::new("/w/target/debug/build/apitrace-probe-1a/out"));
+        let check = guest_target_dir(Path::new("/w/target/debug/build/apitrace-probe-2b/out"));
+        let release = guest_target_dir(Path::new("/w/target/release/build/apitrace-probe-3c/out"));
+        assert_eq!(dev, Path::new("/w/target/guest"));
+        assert_eq!((check, release), (dev.clone(), dev));
+        assert_eq!(
+            guest_target_dir(Path::new(
+                "/w/target/x86_64-unknown-linux-gnu/release/build/p-1/out"
+            )),
+            Path::new("/w/target/x86_64-unknown-linux-gnu/guest")
+        );
+        assert_eq!(
+            guest_target_dir(Path::new("/elsewhere/out")),
+            Path::new("/elsewhere/out/guest")
+        );
+    }
 }

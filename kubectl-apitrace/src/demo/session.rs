@@ -420,6 +420,8 @@ fn summary(requests: u32, stats: &JoinStats, counters: &Counters) -> String {
         ("WASM batches refused", counters.wasm_batches_refused),
         ("WASM batches malformed", counters.wasm_batches_malformed),
         ("subscriber fell behind", counters.subscriber_lagged),
+        ("observed before the CLI subscribed", counters.no_subscriber),
+        ("ALS streams refused", counters.access_log_streams_refused),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)

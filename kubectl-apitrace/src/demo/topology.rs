@@ -68,25 +68,8 @@ impl Topology {
         topology.add_netns(&node)?;
         ip(&["-n", &node, "link", "set", "lo", "up"])?;
         ip(&["-n", &node, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{GATEWAY_V4}/{PREFIX_V4}"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{GATEWAY_V6}/{PREFIX_V6}"),
-            "dev",
-            "br0",
-            "nodad",
-        ])?;
+        add_address(&node, "br0", &format!("{GATEWAY_V4}/{PREFIX_V4}"))?;
+        add_address(&node, "br0", &format!("{GATEWAY_V6}/{PREFIX_V6}"))?;
         ip(&["-n", &node, "link", "set", "br0", "up"])?;
         for (index, name) in pod_names.iter().copied().enumerate() {
             let host = u8::try_from(10 * (index + 1)).unwrap_or(u8::MAX);
@@ -105,25 +88,8 @@ impl Topology {
             ip(&[
                 "-n", &node, "link", "set", &host_side, "master", "br0", "up",
             ])?;
-            ip(&[
-                "-n",
-                &pod.netns,
-                "addr",
-                "add",
-                &format!("{}/{PREFIX_V4}", pod.ipv4),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&[
-                "-n",
-                &pod.netns,
-                "addr",
-                "add",
-                &format!("{}/{PREFIX_V6}", pod.ipv6),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+            add_address(&pod.netns, "eth0", &format!("{}/{PREFIX_V4}", pod.ipv4))?;
+            add_address(&pod.netns, "eth0", &format!("{}/{PREFIX_V6}", pod.ipv6))?;
             ip(&["-n", &pod.netns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &pod.netns, "link", "set", "lo", "up"])?;
             ip(&[
@@ -215,6 +181,17 @@ fn is_running_demo(pid: u32) -> bool {
 
 fn ip(args: &[&str]) -> Result<(), TopologyError> {
     run("ip", args, None)
+}
+
+/// Adds `cidr` to `device` in `netns`. IPv6 addresses skip duplicate address
+/// detection: the pods are alone on their bridge, and an address that is
+/// "tentative" for a second would refuse the first connections.
+fn add_address(netns: &str, device: &str, cidr: &str) -> Result<(), TopologyError> {
+    let mut args = vec!["-n", netns, "addr", "add", cidr, "dev", device];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ip(&args)
 }
 
 /// Runs `program`, feeding it `stdin` if given; its stderr becomes the error.
