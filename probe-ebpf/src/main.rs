@@ -1,27 +1,36 @@
 //! The TC program of `kubectl apitrace`.
 //!
 //! It runs on every packet of a traced pod's interfaces, so it does as little as
-//! it can per packet: one lookup of the packet's pod-side address in
-//! `TARGET_ADDRS` decides whether the packet matters at all. For traced TCP flows
-//! it keeps per-connection state in an LRU map and writes an event to the ring
-//! buffer only at boundaries: SYN, SYN+ACK, FIN, RST, the first payload packet of
-//! each message (the direction of payload changed), and retransmissions. The
-//! first bytes of each message travel with its event so that the probe can read
-//! an HTTP/1.x head where the traffic is plaintext.
+//! it can per packet: it reads the headers in place (direct packet access, no
+//! helper calls), and one lookup of the packet's pod-side address in
+//! `TARGET_ADDRS` decides whether the packet matters at all. Ignored ports are an
+//! array the verifier inlines. Pure ACKs stop there. For the other packets of
+//! traced TCP flows it keeps per-connection state in an LRU map and writes an
+//! event only at boundaries: SYN, SYN+ACK, FIN, RST, the first payload packet of
+//! each message (the direction of payload changed), and retransmissions.
+//!
+//! A message event carries the first bytes of its payload: up to 4 KiB when it
+//! starts like an HTTP request (the request line and the headers, where the
+//! `x-request-id` a sidecar added is), 128 bytes otherwise. Records are only as
+//! long as what they carry: the program builds them in a per-CPU scratch
+//! buffer and copies that many bytes into the ring.
 //!
 //! Both programs return "continue" (`TC_ACT_UNSPEC`, which is `TCX_NEXT` for tcx
 //! links): they observe and never change a verdict.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+use core::{mem::size_of, ptr::read_unaligned};
+
 use apitrace_tc_event::{
     AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowState, HEAD_CAPACITY, PortKey, TcEvent, seq_before,
+    FlowState, HEADER_SIZE, OTHER_HEAD_CAPACITY, PORT_SLOTS, REQUEST_HEAD_CAPACITY, TcEventHeader,
+    seq_before,
 };
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 
@@ -30,10 +39,10 @@ use aya_ebpf::{
 #[map]
 static TARGET_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(16, 0);
 
-/// Ports whose traffic is infrastructure, not API calls (the probe's own ingest,
-/// Istio's agent, admin and xDS ports).
+/// Non-zero for ports whose traffic is infrastructure, not API calls (the
+/// probe's own ingest, Istio's agent, admin and xDS ports).
 #[map]
-static IGNORED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(64, 0);
+static IGNORED_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(16384, 0);
@@ -45,10 +54,24 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// Where a record is put together before it is copied into the ring.
+#[repr(C)]
+struct Record {
+    header: TcEventHeader,
+    head: [u8; REQUEST_HEAD_CAPACITY],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+
 /// `TC_ACT_UNSPEC` for netlink filters, `TCX_NEXT` for tcx links.
 const CONTINUE: i32 = -1;
 
 const ETH_HEADER_LEN: usize = 14;
+const IPV4_MIN_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+const TCP_MIN_HEADER_LEN: usize = 20;
+
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
@@ -70,62 +93,68 @@ pub fn apitrace_egress(ctx: TcContext) -> i32 {
     CONTINUE
 }
 
-/// The addresses and ports of one TCP packet, and where its payload starts.
+/// The parts of one TCP packet the program uses.
 struct Packet {
     family: u8,
     src_addr: [u8; 16],
     dst_addr: [u8; 16],
     ip_id: u32,
-    tcp_offset: usize,
-    /// IP payload length: TCP header plus TCP payload.
-    ip_payload_len: usize,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload_offset: usize,
+    payload_len: u32,
+}
+
+/// A pointer to a `T` at `offset` in the packet's linear data, if it is there.
+#[inline(always)]
+fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a `T` at `offset` in place.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // SAFETY: `at` checked that the bytes are inside the packet's linear data.
+    at::<T>(ctx, offset).map(|pointer| unsafe { read_unaligned(pointer) })
 }
 
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
     count(Counter::Packets);
-    let packet = parse_ip(ctx)?;
+    // The headers of a TCP packet are in the skb's linear part at TC. The
+    // program never pulls data in: that makes the skb writable, which copies a
+    // clone (every TCP segment on egress is one).
+    let packet = parse(ctx)?;
     let pod_side = match direction {
         Direction::Ingress => &packet.dst_addr,
         Direction::Egress => &packet.src_addr,
     };
     // SAFETY: a lookup in a map this program owns; the value is not kept.
     unsafe { TARGET_ADDRS.get(pod_side) }?;
-
-    let tcp = packet.tcp_offset;
-    let src_port = u16::from_be(ctx.load::<u16>(tcp).ok()?);
-    let dst_port = u16::from_be(ctx.load::<u16>(tcp + 2).ok()?);
-    // SAFETY: as above.
-    if unsafe { IGNORED_PORTS.get(src_port).is_some() || IGNORED_PORTS.get(dst_port).is_some() } {
+    if ignored(packet.src_port) || ignored(packet.dst_port) {
         return None;
     }
     count(Counter::Matched);
 
-    let seq = u32::from_be(ctx.load::<u32>(tcp + 4).ok()?);
-    let ack = u32::from_be(ctx.load::<u32>(tcp + 8).ok()?);
-    let tcp_header_len = usize::from(ctx.load::<u8>(tcp + 12).ok()? >> 4) * 4;
-    let flags = ctx.load::<u8>(tcp + 13).ok()?;
-    let payload_len = packet.ip_payload_len.checked_sub(tcp_header_len)?;
-    let payload_offset = tcp + tcp_header_len;
-
+    let flags = packet.flags;
+    if flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 && packet.payload_len == 0 {
+        // A pure ACK: nothing starts or ends here.
+        return Some(());
+    }
     let (key, side) = FlowKey::of(
         packet.family,
-        packet.src_addr,
-        src_port,
-        packet.dst_addr,
-        dst_port,
+        &packet.src_addr,
+        packet.src_port,
+        &packet.dst_addr,
+        packet.dst_port,
     );
-    let event = Header {
-        packet: &packet,
-        direction,
-        src_port,
-        dst_port,
-        seq,
-        ack,
-        flags,
-        payload_len: payload_len as u32,
-    };
-
     if flags & TCP_SYN != 0 {
         let kind = if flags & TCP_ACK != 0 {
             EventKind::Accept
@@ -134,71 +163,140 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
             let _ = FLOWS.remove(key);
             EventKind::Open
         };
-        emit(ctx, &event, kind, 0);
+        emit(ctx, &packet, direction, kind);
         return Some(());
     }
     if flags & TCP_RST != 0 {
-        emit(ctx, &event, EventKind::Reset, 0);
+        emit(ctx, &packet, direction, EventKind::Reset);
         let _ = FLOWS.remove(key);
         return Some(());
     }
-    if payload_len > 0 {
-        track_payload(ctx, &event, &key, side, payload_offset);
+    if packet.payload_len > 0 {
+        track_payload(ctx, &packet, direction, &key, side);
     }
     if flags & TCP_FIN != 0 {
-        emit(ctx, &event, EventKind::Close, 0);
+        emit(ctx, &packet, direction, EventKind::Close);
     }
     Some(())
 }
 
 #[inline(always)]
-fn parse_ip(ctx: &TcContext) -> Option<Packet> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    let ip = ETH_HEADER_LEN;
+fn ignored(port: u16) -> bool {
+    IGNORED_PORTS
+        .get(u32::from(port))
+        .is_some_and(|ignored| *ignored != 0)
+}
+
+/// The IPv4 header without options, as bytes (no alignment assumed).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    fragment: [u8; 2],
+    ttl: u8,
+    protocol: u8,
+    checksum: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Header {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// The TCP header without options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHeader {
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    data_offset: u8,
+    flags: u8,
+    window: [u8; 2],
+    checksum: [u8; 2],
+    urgent: [u8; 2],
+}
+
+/// Reads the headers. Each header is copied out of the packet after one bounds
+/// check of its own, so that the verifier, which must follow every access at a
+/// variable offset, sees a check right before it whatever LLVM makes of the
+/// field reads.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let ethertype = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
     let mut src_addr = [0u8; 16];
     let mut dst_addr = [0u8; 16];
-    match ethertype {
+    let (family, ip_id, tcp_offset, ip_payload_len) = match ethertype {
         ETH_P_IP => {
-            let version_ihl = ctx.load::<u8>(ip).ok()?;
-            if version_ihl >> 4 != 4 || ctx.load::<u8>(ip + 9).ok()? != IPPROTO_TCP {
-                return None;
-            }
+            let ip = read::<Ipv4Header>(ctx, ETH_HEADER_LEN)?;
             // Only the first fragment carries the TCP header.
-            if u16::from_be(ctx.load::<u16>(ip + 6).ok()?) & 0x1fff != 0 {
+            if ip.version_ihl >> 4 != 4
+                || ip.protocol != IPPROTO_TCP
+                || u16::from_be_bytes(ip.fragment) & 0x1fff != 0
+            {
                 return None;
             }
-            let header_len = usize::from(version_ihl & 0x0f) * 4;
-            let total_len = usize::from(u16::from_be(ctx.load::<u16>(ip + 2).ok()?));
-            let ip_id = u32::from(u16::from_be(ctx.load::<u16>(ip + 4).ok()?));
-            src_addr[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ip + 12).ok()?);
-            dst_addr[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ip + 16).ok()?);
-            Some(Packet {
-                family: FAMILY_IPV4,
-                src_addr,
-                dst_addr,
-                ip_id,
-                tcp_offset: ip + header_len,
-                ip_payload_len: total_len.checked_sub(header_len)?,
-            })
+            let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
+            if header_len < IPV4_MIN_HEADER_LEN {
+                return None;
+            }
+            src_addr[..4].copy_from_slice(&ip.src);
+            dst_addr[..4].copy_from_slice(&ip.dst);
+            let total_len = usize::from(u16::from_be_bytes(ip.total_len));
+            (
+                FAMILY_IPV4,
+                u32::from(u16::from_be_bytes(ip.id)),
+                ETH_HEADER_LEN + header_len,
+                total_len.checked_sub(header_len)?,
+            )
         }
         ETH_P_IPV6 => {
-            if ctx.load::<u8>(ip + 6).ok()? != IPPROTO_TCP {
+            let ip = read::<Ipv6Header>(ctx, ETH_HEADER_LEN)?;
+            // Extension headers are not followed: pod traffic does not use them.
+            if ip.next_header != IPPROTO_TCP {
                 return None;
             }
-            let payload_len = usize::from(u16::from_be(ctx.load::<u16>(ip + 4).ok()?));
-            src_addr = ctx.load::<[u8; 16]>(ip + 8).ok()?;
-            dst_addr = ctx.load::<[u8; 16]>(ip + 24).ok()?;
-            Some(Packet {
-                family: FAMILY_IPV6,
-                src_addr,
-                dst_addr,
-                ip_id: 0,
-                tcp_offset: ip + 40,
-                ip_payload_len: payload_len,
-            })
+            src_addr = ip.src;
+            dst_addr = ip.dst;
+            (
+                FAMILY_IPV6,
+                0,
+                ETH_HEADER_LEN + IPV6_HEADER_LEN,
+                usize::from(u16::from_be_bytes(ip.payload_len)),
+            )
         }
-        _ => None,
+        _ => return None,
+    };
+    let tcp = read::<TcpHeader>(ctx, tcp_offset)?;
+    let tcp_header_len = usize::from(tcp.data_offset >> 4) * 4;
+    if tcp_header_len < TCP_MIN_HEADER_LEN {
+        return None;
     }
+    Some(Packet {
+        family,
+        src_addr,
+        dst_addr,
+        ip_id,
+        src_port: u16::from_be_bytes(tcp.src_port),
+        dst_port: u16::from_be_bytes(tcp.dst_port),
+        seq: u32::from_be_bytes(tcp.seq),
+        ack: u32::from_be_bytes(tcp.ack),
+        flags: tcp.flags,
+        payload_offset: tcp_offset + tcp_header_len,
+        payload_len: ip_payload_len.checked_sub(tcp_header_len)? as u32,
+    })
 }
 
 /// Payload from `side`: a new message when the other side spoke last, a
@@ -206,31 +304,31 @@ fn parse_ip(ctx: &TcContext) -> Option<Packet> {
 #[inline(always)]
 fn track_payload(
     ctx: &TcContext,
-    event: &Header<'_>,
+    packet: &Packet,
+    direction: Direction,
     key: &FlowKey,
     side: usize,
-    payload_offset: usize,
 ) {
-    let end = event.seq.wrapping_add(event.payload_len);
+    let side = side & 1;
+    let end = packet.seq.wrapping_add(packet.payload_len);
     let Some(state) = FLOWS.get_ptr_mut(key) else {
         let mut state = FlowState {
             last_sender: side as u8,
             ..FlowState::default()
         };
-        state.next_seq[side & 1] = end;
-        state.seen[side & 1] = 1;
+        state.next_seq[side] = end;
+        state.seen[side] = 1;
         if FLOWS.insert(key, state, 0).is_err() {
             count(Counter::FlowTableFull);
         }
-        emit(ctx, event, EventKind::Message, payload_offset);
+        emit(ctx, packet, direction, EventKind::Message);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in our LRU map; the
     // entry may be evicted concurrently, which at worst loses this update.
     let state = unsafe { &mut *state };
-    let side = side & 1;
-    if state.seen[side] != 0 && seq_before(event.seq, state.next_seq[side]) {
-        emit(ctx, event, EventKind::Retransmit, 0);
+    if state.seen[side] != 0 && seq_before(packet.seq, state.next_seq[side]) {
+        emit(ctx, packet, direction, EventKind::Retransmit);
         if seq_before(state.next_seq[side], end) {
             state.next_seq[side] = end;
         }
@@ -240,70 +338,96 @@ fn track_payload(
     state.seen[side] = 1;
     if state.last_sender != side as u8 {
         state.last_sender = side as u8;
-        emit(ctx, event, EventKind::Message, payload_offset);
+        emit(ctx, packet, direction, EventKind::Message);
     }
 }
 
-/// The fields every event of a packet shares.
-struct Header<'a> {
-    packet: &'a Packet,
-    direction: Direction,
-    src_port: u16,
-    dst_port: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    payload_len: u32,
+/// Whether a payload starts like an HTTP/1.x request line: the first four bytes
+/// of the common methods.
+#[inline(always)]
+fn starts_like_request(ctx: &TcContext, offset: usize) -> bool {
+    let mut prefix = [0u8; 4];
+    // SAFETY: loading four bytes into a local buffer of four bytes.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            prefix.as_mut_ptr().cast(),
+            4,
+        )
+    };
+    loaded == 0
+        && matches!(
+            &prefix,
+            b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
+        )
 }
 
-/// Writes one event. `head_offset` is where the payload starts for
-/// [`EventKind::Message`] events (whose first bytes are copied) and 0 otherwise.
-#[inline(always)]
-fn emit(ctx: &TcContext, header: &Header<'_>, kind: EventKind, head_offset: usize) {
-    let Some(mut entry) = EVENTS.reserve::<TcEvent>(0) else {
-        count(Counter::RingFull);
+/// Writes one event: the header, and for a message the first bytes of its
+/// payload, into the ring. A function of its own (a BPF-to-BPF call), not
+/// inlined at each of its call sites: its frame is then counted once against
+/// the program's 512-byte stack.
+#[inline(never)]
+fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind) {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record
-    // of the right size; every field is written before it is submitted.
-    unsafe {
-        (*event).monotonic_ns = bpf_ktime_get_ns();
-        (*event).ifindex = (*ctx.skb.skb).ifindex;
-        (*event).payload_len = header.payload_len;
-        (*event).seq = header.seq;
-        (*event).ack = header.ack;
-        (*event).ip_id = header.packet.ip_id;
-        (*event).src_port = header.src_port;
-        (*event).dst_port = header.dst_port;
-        (*event).src_addr = header.packet.src_addr;
-        (*event).dst_addr = header.packet.dst_addr;
-        (*event).kind = kind as u8;
-        (*event).family = header.packet.family;
-        (*event).direction = header.direction as u8;
-        (*event).tcp_flags = header.flags;
-        (*event)._padding = [0; 2];
-        (*event).head_len = 0;
-        if head_offset != 0 && header.payload_len > 0 {
-            let len = (header.payload_len as usize).min(HEAD_CAPACITY);
-            // The verifier must see a length in 1..=HEAD_CAPACITY. LLVM folds range
-            // checks into forms it cannot follow; masking `len - 1` (a no-op for
-            // lengths in range, as the capacity is a power of two) keeps the bound
-            // visible.
-            let len = ((len - 1) & (HEAD_CAPACITY - 1)) + 1;
-            if bpf_skb_load_bytes(
+    // SAFETY: the scratch record is this CPU's alone while the program runs.
+    let record = unsafe { &mut *record };
+    let header = &mut record.header;
+    // SAFETY: a helper without arguments.
+    header.monotonic_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: reading a field of the context the program was called with.
+    header.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    header.payload_len = packet.payload_len;
+    header.seq = packet.seq;
+    header.ack = packet.ack;
+    header.ip_id = packet.ip_id;
+    header.src_port = packet.src_port;
+    header.dst_port = packet.dst_port;
+    header.src_addr = packet.src_addr;
+    header.dst_addr = packet.dst_addr;
+    header.kind = kind as u8;
+    header.family = packet.family;
+    header.direction = direction as u8;
+    header.tcp_flags = packet.flags;
+    header.head_len = 0;
+    header._padding = [0; 2];
+    let mut head_len = 0;
+    if kind == EventKind::Message && packet.payload_len > 0 {
+        let offset = packet.payload_offset;
+        let len = packet.payload_len as usize;
+        // The verifier must see a length in 1..=capacity. LLVM folds range checks
+        // into forms it cannot follow; masking `len - 1` (a no-op for lengths in
+        // range, as capacities are powers of two) keeps the bound visible.
+        let len = if starts_like_request(ctx, offset) {
+            ((len.min(REQUEST_HEAD_CAPACITY) - 1) & (REQUEST_HEAD_CAPACITY - 1)) + 1
+        } else {
+            ((len.min(OTHER_HEAD_CAPACITY) - 1) & (OTHER_HEAD_CAPACITY - 1)) + 1
+        };
+        // SAFETY: `len` is at most the capacity of `head`.
+        let loaded = unsafe {
+            bpf_skb_load_bytes(
                 ctx.skb.skb.cast(),
-                head_offset as u32,
-                (*event).head.as_mut_ptr().cast(),
+                offset as u32,
+                record.head.as_mut_ptr().cast(),
                 len as u32,
-            ) == 0
-            {
-                (*event).head_len = len as u16;
-            }
+            )
+        };
+        if loaded == 0 {
+            head_len = len;
+            record.header.head_len = len as u16;
         }
     }
-    entry.submit(0);
-    count(Counter::Emitted);
+    let size = HEADER_SIZE + (head_len & (REQUEST_HEAD_CAPACITY * 2 - 1));
+    // SAFETY: `size` is at most the size of the record.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((record as *const Record).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_ok() {
+        count(Counter::Emitted);
+    } else {
+        count(Counter::RingFull);
+    }
 }
 
 #[inline(always)]

@@ -25,7 +25,7 @@ use apitrace_tc_event::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
@@ -156,12 +156,21 @@ impl PodTap {
                     source: Box::new(source),
                 })?;
         }
-        let mut ignored: BpfHashMap<_, u16, u8> = map(&mut ebpf, "IGNORED_PORTS")?;
-        for port in &options.ignored_ports {
-            ignored.insert(port, 1, 0).map_err(|source| TcError::Map {
+        let ignored = ebpf
+            .map_mut("IGNORED_PORTS")
+            .ok_or(TcError::MissingMap("IGNORED_PORTS"))?;
+        let mut ignored: Array<_, u8> =
+            Array::try_from(ignored).map_err(|source| TcError::Map {
                 name: "IGNORED_PORTS",
                 source: Box::new(source),
             })?;
+        for port in &options.ignored_ports {
+            ignored
+                .set(u32::from(*port), 1, 0)
+                .map_err(|source| TcError::Map {
+                    name: "IGNORED_PORTS",
+                    source: Box::new(source),
+                })?;
         }
         let pod = pod_name(&target.pod);
         let (addresses, interfaces, attachments) = netns::run_in(&target.netns, || {
@@ -397,7 +406,8 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn decode(&self, raw: &RawEvent, clock: &Clock) -> TcEvent {
+    fn decode(&self, record: &RawEvent<'_>, clock: &Clock) -> TcEvent {
+        let raw = &record.header;
         let ip = |addr: &[u8; 16]| -> String {
             if raw.family == FAMILY_IPV4 {
                 Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string()
@@ -405,7 +415,7 @@ impl Decoder {
                 Ipv6Addr::from(*addr).to_string()
             }
         };
-        let kind = raw.kind();
+        let kind = record.kind();
         TcEvent {
             time_unix_nano: clock.unix_nanos(raw.monotonic_ns),
             pod: Some(self.pod.clone()),
@@ -414,7 +424,7 @@ impl Decoder {
                 .get(&raw.ifindex)
                 .cloned()
                 .unwrap_or_else(|| raw.ifindex.to_string()),
-            direction: match raw.direction() {
+            direction: match record.direction() {
                 Some(Direction::Ingress) => TcDirection::Ingress,
                 Some(Direction::Egress) => TcDirection::Egress,
                 None => TcDirection::Unspecified,
@@ -436,7 +446,7 @@ impl Decoder {
             tcp_flags: u32::from(raw.tcp_flags),
             payload_len: raw.payload_len,
             http: (kind == Some(EventKind::Message))
-                .then(|| http_head::parse(raw.head()))
+                .then(|| http_head::parse(record.head))
                 .flatten(),
         }
     }

@@ -7,12 +7,19 @@
 //! [`TcEvent::decode`], which checks the length instead of trusting the kernel side.
 #![no_std]
 
-/// Bytes of TCP payload copied into an event at a message boundary. The request
-/// line and the first headers of an HTTP/1.x head fit; the rest stays in the kernel.
-pub const HEAD_CAPACITY: usize = 1024;
+/// Bytes of payload copied after the header of a message event that starts
+/// like an HTTP request: enough for the request line and the headers of an
+/// Istio sidecar's request to its app (where the `x-request-id` Envoy added
+/// follows the caller's headers, a bearer JWT among them).
+pub const REQUEST_HEAD_CAPACITY: usize = 4096;
+
+/// Bytes of payload copied after the header of any other message event: a
+/// status line, or the start of a TLS record.
+pub const OTHER_HEAD_CAPACITY: usize = 128;
+
 const _: () = assert!(
-    HEAD_CAPACITY.is_power_of_two(),
-    "the TC program masks lengths with HEAD_CAPACITY - 1"
+    REQUEST_HEAD_CAPACITY.is_power_of_two() && OTHER_HEAD_CAPACITY.is_power_of_two(),
+    "the TC program masks lengths with capacity - 1"
 );
 
 /// What happened on the wire. Events are emitted only at these boundaries, never
@@ -71,12 +78,16 @@ impl Direction {
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
-/// One boundary event. IPv4 addresses occupy the first four bytes of the 16-byte
-/// address fields; ports, sequence numbers and the IP identification are in host
-/// byte order.
+/// The fixed part of a ring-buffer record. The record is this header followed
+/// by `head_len` bytes of payload: records are as long as what they carry, so a
+/// full ring holds many more small events than if every record had room for a
+/// request head.
+///
+/// IPv4 addresses occupy the first four bytes of the 16-byte address fields;
+/// ports, sequence numbers and the IP identification are in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TcEvent {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcEventHeader {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, converted to wall time by the probe.
     pub monotonic_ns: u64,
     /// The interface index in the pod's network namespace.
@@ -101,42 +112,46 @@ pub struct TcEvent {
     pub direction: u8,
     /// The TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10).
     pub tcp_flags: u8,
-    /// How many bytes of `head` are payload.
+    /// How many bytes of payload follow the header in the record.
     pub head_len: u16,
     pub _padding: [u8; 2],
-    /// The first bytes of the payload for [`EventKind::Message`] events.
-    pub head: [u8; HEAD_CAPACITY],
 }
 
-/// Size of one record in the ring buffer.
-pub const TC_EVENT_SIZE: usize = core::mem::size_of::<TcEvent>();
+/// Size of the fixed part of a record.
+pub const HEADER_SIZE: usize = core::mem::size_of::<TcEventHeader>();
 
-impl TcEvent {
-    /// Reads an event from ring-buffer bytes. Returns `None` when `bytes` is too
-    /// short to hold one, which a correct kernel side never produces: the caller
-    /// counts it as a malformed record.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < TC_EVENT_SIZE {
+/// The largest record the program writes.
+pub const MAX_RECORD_SIZE: usize = HEADER_SIZE + REQUEST_HEAD_CAPACITY;
+
+/// A record as the probe reads it: the header, and the payload bytes after it.
+#[derive(Clone, Copy, Debug)]
+pub struct TcEvent<'a> {
+    pub header: TcEventHeader,
+    pub head: &'a [u8],
+}
+
+impl<'a> TcEvent<'a> {
+    /// Reads a record from ring-buffer bytes. Returns `None` when the bytes are
+    /// shorter than a header or than the payload the header announces, which a
+    /// correct kernel side never produces: the caller counts it as malformed.
+    pub fn decode(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() < HEADER_SIZE {
             return None;
         }
-        // SAFETY: the length was checked above, `TcEvent` is plain old data in
-        // which every bit pattern is valid, and `read_unaligned` makes no
-        // alignment assumption about the ring buffer's memory.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
-    }
-
-    /// The captured start of the payload.
-    pub fn head(&self) -> &[u8] {
-        let len = usize::from(self.head_len).min(HEAD_CAPACITY);
-        &self.head[..len]
+        // SAFETY: the length was checked above, `TcEventHeader` is plain old
+        // data in which every bit pattern is valid, and `read_unaligned` makes
+        // no alignment assumption about the ring buffer's memory.
+        let header = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<TcEventHeader>()) };
+        let head = bytes.get(HEADER_SIZE..HEADER_SIZE + usize::from(header.head_len))?;
+        Some(Self { header, head })
     }
 
     pub fn kind(&self) -> Option<EventKind> {
-        EventKind::from_u8(self.kind)
+        EventKind::from_u8(self.header.kind)
     }
 
     pub fn direction(&self) -> Option<Direction> {
-        Direction::from_u8(self.direction)
+        Direction::from_u8(self.header.direction)
     }
 }
 
@@ -146,9 +161,11 @@ impl TcEvent {
 /// lookup and produces nothing.
 pub type AddrKey = [u8; 16];
 
-/// Key of the map of ports whose traffic is never traced (the probe's own ingest
-/// ports, Istio's agent and admin ports): checked against both ports of a packet.
-pub type PortKey = u16;
+/// The map of ports whose traffic is never traced (the probe's own ingest
+/// ports, Istio's agent and admin ports) is an array indexed by port, with a
+/// non-zero value for an ignored port: the verifier inlines array lookups, so
+/// checking both ports of a packet costs no hashing.
+pub const PORT_SLOTS: u32 = 65536;
 
 /// Indexes into the per-CPU counter array the program keeps for the probe.
 #[repr(u32)]
@@ -200,31 +217,52 @@ pub struct FlowKey {
 
 impl FlowKey {
     /// The canonical key of a packet from `src` to `dst`, and the side `src` is on.
+    ///
+    /// Any total order both directions agree on will do. The addresses are
+    /// compared as two machine words each, not as sixteen bytes, and the key is
+    /// built once: this runs for every payload packet, and the TC program's
+    /// stack is 512 bytes.
     #[inline(always)]
     pub fn of(
         family: u8,
-        src_addr: [u8; 16],
+        src_addr: &[u8; 16],
         src_port: u16,
-        dst_addr: [u8; 16],
+        dst_addr: &[u8; 16],
         dst_port: u16,
     ) -> (Self, usize) {
-        let src_first = (src_addr, src_port) <= (dst_addr, dst_port);
-        let (a_addr, a_port, b_addr, b_port, side) = if src_first {
-            (src_addr, src_port, dst_addr, dst_port, 0)
-        } else {
-            (dst_addr, dst_port, src_addr, src_port, 1)
+        let words = |addr: &[u8; 16]| {
+            let pointer = addr.as_ptr().cast::<u64>();
+            // SAFETY: sixteen bytes are two u64s; `read_unaligned` makes no
+            // alignment assumption.
+            unsafe {
+                (
+                    core::ptr::read_unaligned(pointer),
+                    core::ptr::read_unaligned(pointer.add(1)),
+                )
+            }
         };
-        (
+        let src_first = (words(src_addr), src_port) <= (words(dst_addr), dst_port);
+        let side = usize::from(!src_first);
+        let key = if src_first {
             Self {
-                a_addr,
-                b_addr,
-                a_port,
-                b_port,
+                a_addr: *src_addr,
+                b_addr: *dst_addr,
+                a_port: src_port,
+                b_port: dst_port,
                 family,
                 _padding: [0; 3],
-            },
-            side,
-        )
+            }
+        } else {
+            Self {
+                a_addr: *dst_addr,
+                b_addr: *src_addr,
+                a_port: dst_port,
+                b_port: src_port,
+                family,
+                _padding: [0; 3],
+            }
+        };
+        (key, side)
     }
 }
 
@@ -239,37 +277,47 @@ mod tests {
     extern crate std;
     use super::*;
 
-    #[test]
-    fn decode_rejects_short_records_and_reads_full_ones() {
-        assert!(TcEvent::decode(&[0u8; 16]).is_none());
-        let mut bytes = [0u8; TC_EVENT_SIZE];
-        bytes[0] = 42; // monotonic_ns, little end first on the hosts we build for
-        let kind_offset = core::mem::offset_of!(TcEvent, kind);
-        bytes[kind_offset] = EventKind::Message as u8;
-        let head_len_offset = core::mem::offset_of!(TcEvent, head_len);
-        bytes[head_len_offset..head_len_offset + 2].copy_from_slice(&3u16.to_ne_bytes());
-        let head_offset = core::mem::offset_of!(TcEvent, head);
-        bytes[head_offset..head_offset + 3].copy_from_slice(b"GET");
-        let event = TcEvent::decode(&bytes).unwrap();
-        assert_eq!(event.monotonic_ns, 42);
-        assert_eq!(event.kind(), Some(EventKind::Message));
-        assert_eq!(event.head(), b"GET");
+    fn record(header: TcEventHeader, head: &[u8]) -> [u8; 256] {
+        let mut bytes = [0u8; 256];
+        // SAFETY: writing a plain-old-data header into a buffer large enough.
+        unsafe { core::ptr::write_unaligned(bytes.as_mut_ptr().cast::<TcEventHeader>(), header) };
+        bytes[HEADER_SIZE..HEADER_SIZE + head.len()].copy_from_slice(head);
+        bytes
     }
 
     #[test]
-    fn head_never_reads_past_its_capacity() {
-        let mut bytes = [0u8; TC_EVENT_SIZE];
-        let head_len_offset = core::mem::offset_of!(TcEvent, head_len);
-        bytes[head_len_offset..head_len_offset + 2].copy_from_slice(&u16::MAX.to_ne_bytes());
-        assert_eq!(TcEvent::decode(&bytes).unwrap().head().len(), HEAD_CAPACITY);
+    fn decode_reads_the_header_and_the_payload_it_announces() {
+        let header = TcEventHeader {
+            monotonic_ns: 42,
+            kind: EventKind::Message as u8,
+            head_len: 3,
+            ..TcEventHeader::default()
+        };
+        let bytes = record(header, b"GET");
+        let event = TcEvent::decode(&bytes[..HEADER_SIZE + 3]).unwrap();
+        assert_eq!(event.header.monotonic_ns, 42);
+        assert_eq!(event.kind(), Some(EventKind::Message));
+        assert_eq!(event.head, b"GET");
+    }
+
+    #[test]
+    fn decode_rejects_records_shorter_than_they_say() {
+        assert!(TcEvent::decode(&[0u8; 16]).is_none());
+        let header = TcEventHeader {
+            head_len: 100,
+            ..TcEventHeader::default()
+        };
+        let bytes = record(header, b"");
+        assert!(TcEvent::decode(&bytes[..HEADER_SIZE + 99]).is_none());
+        assert!(TcEvent::decode(&bytes[..HEADER_SIZE + 100]).is_some());
     }
 
     #[test]
     fn flow_key_is_the_same_from_both_directions() {
         let client = [1u8; 16];
         let server = [2u8; 16];
-        let (forward, forward_side) = FlowKey::of(FAMILY_IPV4, client, 50000, server, 80);
-        let (backward, backward_side) = FlowKey::of(FAMILY_IPV4, server, 80, client, 50000);
+        let (forward, forward_side) = FlowKey::of(FAMILY_IPV4, &client, 50000, &server, 80);
+        let (backward, backward_side) = FlowKey::of(FAMILY_IPV4, &server, 80, &client, 50000);
         assert!(forward == backward);
         assert_ne!(forward_side, backward_side);
     }
@@ -287,7 +335,7 @@ mod tests {
     fn layout_is_stable() {
         // The eBPF object and the probe are built by different compilers; a
         // layout change must be deliberate on both sides.
-        assert_eq!(TC_EVENT_SIZE, 72 + HEAD_CAPACITY);
+        assert_eq!(HEADER_SIZE, 72);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<FlowState>(), 16);
     }
