@@ -47,7 +47,8 @@ struct Args {
     /// The name of this node, as reported to the CLI.
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
-    /// A pod to trace, as NAMESPACE/NAME=NETNS, where NETNS is netns:/path or pid:PID.
+    /// A pod to trace, as NAMESPACE/NAME=NETNS, where NETNS is container:ID
+    /// (found through /proc/<pid>/cgroup), pid:PID or netns:/path.
     #[arg(long = "target", value_name = "NAMESPACE/NAME=NETNS", required = true)]
     targets: Vec<String>,
     /// Another address allowed to send access logs and WASM events.
@@ -143,7 +144,7 @@ fn parse_target(spec: &str) -> Result<tc::Target, String> {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         },
-        netns: netns.path(),
+        netns,
     })
 }
 

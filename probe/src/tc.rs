@@ -15,7 +15,6 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
     sync::Arc,
 };
 
@@ -34,7 +33,7 @@ use aya::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use apitrace_netns as netns;
+use apitrace_netns::{Netns, NetnsError, NetnsRef};
 
 use crate::{counters::Counters, http_head, hub::Hub};
 
@@ -81,7 +80,7 @@ pub enum TcError {
         source: Box<aya::maps::MapError>,
     },
     #[error(transparent)]
-    Netns(#[from] netns::NetnsError),
+    Netns(#[from] NetnsError),
     #[error("pod {pod} has no interface {interface}")]
     NoInterface { pod: String, interface: String },
     #[error("cannot attach to {interface} of pod {pod}: {source}")]
@@ -106,7 +105,7 @@ pub enum TcError {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub pod: PodRef,
-    pub netns: PathBuf,
+    pub netns: NetnsRef,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +133,7 @@ pub fn resolve_mode(requested: AttachMode) -> Result<AttachMode, TcError> {
 /// the probe learnt about the pod inside its namespace.
 pub struct PodTap {
     pub target: Target,
+    netns: Netns,
     ebpf: Ebpf,
     pub addresses: Vec<IpAddr>,
     pub attachments: Vec<Attachment>,
@@ -173,11 +173,12 @@ impl PodTap {
                 })?;
         }
         let pod = pod_name(&target.pod);
-        let (addresses, interfaces, attachments) = netns::run_in(&target.netns, || {
-            attach_inside(&mut ebpf, &target.pod, &pod, options, mode)
-        })??;
+        let netns = Netns::open(&target.netns.resolve()?)?;
+        let (addresses, interfaces, attachments) =
+            netns.run(|| attach_inside(&mut ebpf, &target.pod, &pod, options, mode))??;
         Ok(Self {
             target,
+            netns,
             ebpf,
             addresses,
             attachments,
@@ -211,10 +212,10 @@ impl PodTap {
     /// which only means something inside the pod's namespace, so the program
     /// instance is dropped there.
     pub fn detach(self) {
-        let Self { target, ebpf, .. } = self;
-        if netns::run_in(&target.netns, move || drop(ebpf)).is_err() {
-            // The namespace is gone, and with it the interfaces and their filters.
-        }
+        let Self { netns, ebpf, .. } = self;
+        // The thread can only fail to enter a namespace this probe holds open if
+        // the system is out of threads; dropping here then still closes tcx links.
+        let _ = netns.run(move || drop(ebpf));
     }
 }
 

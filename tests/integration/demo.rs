@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{assert_nothing_left, binaries, real, stderr};
+use crate::support::{assert_nothing_left, binaries, demo_cgroups, real, stderr};
 
 fn demo(envoy: &std::path::Path) -> Command {
     let binaries = binaries();
@@ -169,7 +169,7 @@ fn wait_until_requests_flow(pid: u32) {
 
 /// A CLI killed outright cannot clean up. Its processes die with it (the
 /// kernel kills them), and with the probe go its TC links; what stays is the
-/// namespaces, which the next demo removes.
+/// namespaces and the server pod's cgroup, which the next demo removes.
 #[test]
 fn a_killed_demo_leaves_no_process_or_program_and_the_next_demo_sweeps_the_rest() {
     let Some(real) = real("the killed demo") else {
@@ -199,12 +199,17 @@ fn a_killed_demo_leaves_no_process_or_program_and_the_next_demo_sweeps_the_rest(
         4,
         "the killed demo's namespaces are still there"
     );
+    assert_eq!(demo_cgroups(pid).len(), 1, "and its cgroup");
     let next = demo(&real.envoy)
         .args(["--requests", "1", "-o", "ndjson"])
         .output()
         .expect("the next demo runs");
     assert!(next.status.success(), "{}", stderr(&next));
     assert_eq!(namespaces(), 0, "the next demo removed them");
+    assert!(
+        demo_cgroups(pid).is_empty(),
+        "the next demo removed the cgroup"
+    );
     // The namespaces are gone, so the work directory is all that can be left of
     // the killed run besides processes and programs.
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("apitrace-demo-{pid}")));

@@ -132,6 +132,9 @@ pub fn assert_nothing_left(pid: u32) {
     let workdir = env::temp_dir().join(&marker);
     assert!(!workdir.exists(), "{} left behind", workdir.display());
 
+    let cgroups = demo_cgroups(pid);
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+
     // Another test's demo may be between stopping its probe and deleting its
     // namespaces, when its programs are briefly held by nothing: a leak is
     // what is still there after that.
@@ -144,6 +147,16 @@ pub fn assert_nothing_left(pid: u32) {
         orphans = orphaned_programs();
     }
     panic!("TC programs still loaded with no process holding them: {orphans:#?}");
+}
+
+/// The cgroups of the demo run by CLI `pid`, under either place the cgroup2
+/// hierarchy is mounted (unified or hybrid systems).
+pub fn demo_cgroups(pid: u32) -> Vec<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|root| Path::new(root).join(format!("apitrace-demo-{pid}")))
+        .filter(|path| path.exists())
+        .collect()
 }
 
 fn orphaned_programs() -> Vec<serde_json::Value> {

@@ -27,6 +27,12 @@ pub enum NetnsRef {
     Path(PathBuf),
     /// `pid:PID`: the namespace of a process of the pod (the probe has hostPID).
     Pid(u32),
+    /// `container:ID`: the namespace of a process of that container, found the
+    /// way a node agent does: the container runtime puts each container in a
+    /// cgroup whose path carries its ID, which `/proc/<pid>/cgroup` shows.
+    /// Kubernetes' `containerd://`, `cri-o://` and `docker://` prefixes are
+    /// accepted.
+    Container(String),
 }
 
 impl FromStr for NetnsRef {
@@ -39,20 +45,62 @@ impl FromStr for NetnsRef {
                 .parse()
                 .map(Self::Pid)
                 .map_err(|_| format!("{pid:?} is not a process id")),
+            Some(("container", id)) => {
+                let id = id.rsplit("://").next().unwrap_or(id);
+                if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(Self::Container(id.to_ascii_lowercase()))
+                } else {
+                    Err(format!(
+                        "{id:?} is not a container ID (at least 12 hexadecimal digits)"
+                    ))
+                }
+            }
             _ => Err(format!(
-                "{text:?} names no network namespace: use netns:/path/to/ns or pid:PID"
+                "{text:?} names no network namespace: use netns:/path/to/ns, pid:PID or container:ID"
             )),
         }
     }
 }
 
 impl NetnsRef {
-    pub fn path(&self) -> PathBuf {
+    /// The namespace file to open. For a container, the first process (lowest
+    /// pid) whose cgroup path names it, under `/proc`.
+    pub fn resolve(&self) -> Result<PathBuf, NetnsError> {
+        self.resolve_in(Path::new("/proc"))
+    }
+
+    fn resolve_in(&self, proc_root: &Path) -> Result<PathBuf, NetnsError> {
         match self {
-            Self::Path(path) => path.clone(),
-            Self::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            Self::Path(path) => Ok(path.clone()),
+            Self::Pid(pid) => Ok(proc_root.join(pid.to_string()).join("ns/net")),
+            Self::Container(id) => container_pid(proc_root, id)
+                .map(|pid| proc_root.join(pid.to_string()).join("ns/net"))
+                .ok_or_else(|| NetnsError::NoContainer { id: id.clone() }),
         }
     }
+}
+
+/// The lowest pid whose cgroup path names container `id` as a whole word (not
+/// inside a longer hexadecimal string).
+fn container_pid(proc_root: &Path, id: &str) -> Option<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir(proc_root)
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
+            .is_ok_and(|cgroups| names_container(&cgroups, id))
+    })
+}
+
+fn names_container(cgroups: &str, id: &str) -> bool {
+    cgroups.match_indices(id).any(|(at, _)| {
+        let before = cgroups[..at].chars().next_back();
+        let after = cgroups[at + id.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_hexdigit())
+            && !after.is_some_and(|c| c.is_ascii_hexdigit())
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,32 +111,59 @@ pub enum NetnsError {
     Enter { path: PathBuf, source: nix::Error },
     #[error("the thread that worked inside network namespace {path} panicked")]
     Panicked { path: PathBuf },
+    #[error(
+        "no process of container {id} is running on this node (no /proc/<pid>/cgroup names it)"
+    )]
+    NoContainer { id: String },
+}
+
+/// An open network namespace. Holding it keeps the namespace (and so its
+/// interfaces and their TC attachments) reachable after the process it was
+/// found through has exited.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    pub fn open(path: &Path) -> Result<Self, NetnsError> {
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `work` on a thread inside this namespace.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                        NetnsError::Enter {
+                            path: self.path.clone(),
+                            source,
+                        }
+                    })?;
+                    Ok(work())
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(NetnsError::Panicked {
+                        path: self.path.clone(),
+                    })
+                })
+        })
+    }
 }
 
 /// Runs `work` on a thread inside the network namespace at `path`.
 pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-    let file = File::open(path).map_err(|source| NetnsError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetnsError::Enter {
-                        path: path.to_owned(),
-                        source,
-                    }
-                })?;
-                Ok(work())
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(NetnsError::Panicked {
-                    path: path.to_owned(),
-                })
-            })
-    })
+    Netns::open(path)?.run(work)
 }
 
 #[cfg(test)]
@@ -99,10 +174,14 @@ mod tests {
     fn references_parse_or_say_what_is_expected() {
         assert_eq!("pid:42".parse(), Ok(NetnsRef::Pid(42)));
         assert_eq!(
-            "netns:/run/netns/x".parse::<NetnsRef>().unwrap().path(),
-            PathBuf::from("/run/netns/x")
+            "netns:/run/netns/x".parse(),
+            Ok(NetnsRef::Path(PathBuf::from("/run/netns/x")))
         );
-        assert_eq!(NetnsRef::Pid(7).path(), PathBuf::from("/proc/7/ns/net"));
+        let id = "3F2A9C0E1B7D4A5E6F8091A2B3C4D5E6F708192A3B4C5D6E7F8091A2B3C4D5E6";
+        assert_eq!(
+            format!("container:containerd://{id}").parse(),
+            Ok(NetnsRef::Container(id.to_ascii_lowercase()))
+        );
         assert!(
             "pid:x"
                 .parse::<NetnsRef>()
@@ -110,11 +189,84 @@ mod tests {
                 .contains("not a process id")
         );
         assert!(
+            "container:abc"
+                .parse::<NetnsRef>()
+                .unwrap_err()
+                .contains("not a container ID")
+        );
+        assert!(
             "/run/netns/x"
                 .parse::<NetnsRef>()
                 .unwrap_err()
                 .contains("use netns:")
         );
+    }
+
+    /// A /proc of three processes: a containerd-managed container under the
+    /// systemd driver, one under the cgroupfs driver, and an unrelated one
+    /// whose cgroup has the ID inside a longer hexadecimal string.
+    fn fake_proc() -> tempdir::Dir {
+        let dir = tempdir::Dir::new();
+        for (pid, cgroup) in [
+            (
+                4000,
+                "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-aaaaaaaaaaaa1111.scope\n",
+            ),
+            (
+                4001,
+                "12:memory:/kubepods/burstable/pod2/bbbbbbbbbbbb2222\n0::/\n",
+            ),
+            (300, "0::/user.slice/ffaaaaaaaaaaaa1111ff\n"),
+        ] {
+            let process = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&process).unwrap();
+            std::fs::write(process.join("cgroup"), cgroup).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("self")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_container_is_found_by_its_cgroup_under_either_driver() {
+        let proc_root = fake_proc();
+        let resolve = |id: &str| NetnsRef::Container(id.into()).resolve_in(proc_root.path());
+        assert_eq!(
+            resolve("aaaaaaaaaaaa1111").unwrap(),
+            proc_root.path().join("4000/ns/net")
+        );
+        assert_eq!(
+            resolve("bbbbbbbbbbbb2222").unwrap(),
+            proc_root.path().join("4001/ns/net")
+        );
+        let error = resolve("cccccccccccc3333").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no process of container cccccccccccc3333 is running on this node (no /proc/<pid>/cgroup names it)"
+        );
+    }
+
+    /// A directory removed when the test ends.
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "apitrace-netns-test-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Self(path)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd as _,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -23,6 +23,11 @@ use tokio::process::{Child, Command};
 pub enum ChildError {
     #[error("cannot open network namespace {path}: {source}")]
     Netns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -46,18 +51,32 @@ pub struct DemoProcess {
 }
 
 impl DemoProcess {
-    /// Starts `command` inside the network namespace at `netns`, with stdout and
+    /// Starts `command` inside the network namespace at `netns` (and, when
+    /// given, in the cgroup whose `cgroup.procs` is `cgroup`), with stdout and
     /// stderr going to `log`.
     pub fn spawn(
         name: &'static str,
         mut command: Command,
         netns: &Path,
+        cgroup: Option<&Path>,
         log: PathBuf,
     ) -> Result<Self, ChildError> {
         let namespace = File::open(netns).map_err(|source| ChildError::Netns {
             path: netns.to_owned(),
             source,
         })?;
+        let cgroup = cgroup
+            .map(|procs| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(procs)
+                    .map_err(|source| ChildError::Cgroup {
+                        path: procs.to_owned(),
+                        source,
+                    })
+            })
+            .transpose()?;
+        let cgroup_fd = cgroup.as_ref().map(AsRawFd::as_raw_fd);
         let output = File::create(&log).map_err(|source| ChildError::Log {
             path: log.clone(),
             source,
@@ -68,11 +87,17 @@ impl DemoProcess {
         })?;
         let namespace_fd = namespace.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe system calls run
-        // (prctl, setns), on a descriptor that stays open until spawn returns.
+        // (prctl, setns, write), on descriptors that stay open until spawn
+        // returns. Writing "0" to cgroup.procs moves the writing process.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
                     || libc::setns(namespace_fd, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = cgroup_fd
+                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
                 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -88,6 +113,7 @@ impl DemoProcess {
             .spawn()
             .map_err(|source| ChildError::Spawn { program, source })?;
         drop(namespace);
+        drop(cgroup);
         Ok(Self { name, log, child })
     }
 

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use crate::args::DemoArgs;
 
 #[cfg(target_os = "linux")]
+mod cgroup;
+#[cfg(target_os = "linux")]
 mod child;
 #[cfg(target_os = "linux")]
 mod envoy;

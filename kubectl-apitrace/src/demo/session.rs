@@ -29,11 +29,12 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Endpoint, Uri};
 
 use super::{
+    cgroup::{self, ContainerCgroup},
     child::DemoProcess,
     envoy::{self, Sidecar},
     http, jwt,
     plan::Plan,
-    topology::{Pod, Topology},
+    topology::{self, Pod, Topology},
 };
 use crate::{output, probe_client::ProbeSession};
 
@@ -50,8 +51,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 pub async fn run(plan: &Plan) -> anyhow::Result<ExitCode> {
-    for name in super::topology::sweep_stale() {
+    let stale = |pid| !topology::is_running_demo(pid);
+    for name in topology::sweep_stale(stale) {
         eprintln!("removed network namespace {name}, left by a demo that was killed");
+    }
+    for path in cgroup::sweep_stale(stale) {
+        eprintln!(
+            "removed cgroup {}, left by a demo that was killed",
+            path.display()
+        );
     }
     let outcome = tokio::select! {
         outcome = start_and_trace(plan) => outcome,
@@ -85,7 +93,9 @@ struct Demo {
     probe_session: ProbeSession,
     envoy: DemoProcess,
     probe: DemoProcess,
+    pause: DemoProcess,
     app: AbortOnDrop<()>,
+    cgroup: ContainerCgroup,
     topology: Topology,
     workdir: WorkDir,
 }
@@ -109,6 +119,19 @@ impl Demo {
         )
         .context("cannot start the app in the server pod")?;
         let app = AbortOnDrop(tokio::spawn(http::serve_app(listener)));
+        // The server pod's sandbox: a process in its namespace and in a cgroup
+        // named after a container ID, which is all the probe is told.
+        let container_id = random_hex(32)?;
+        let cgroup = ContainerCgroup::create(pid, &container_id)?;
+        let mut command = tokio::process::Command::new("sleep");
+        command.arg("infinity");
+        let pause = DemoProcess::spawn(
+            "pause",
+            command,
+            &server.netns_path(),
+            Some(&cgroup.procs),
+            workdir.path.join("pause.log"),
+        )?;
 
         let session_id = random_hex(4)?;
         let token = random_hex(24)?;
@@ -124,15 +147,15 @@ impl Demo {
             ])
             .arg("--target")
             .arg(format!(
-                "{NAMESPACE}/{}=netns:{}",
-                server.name,
-                server.netns_path().display()
+                "{NAMESPACE}/{}=container:{container_id}",
+                server.name
             ))
             .env("APITRACE_SESSION_TOKEN", &token);
         let mut probe = DemoProcess::spawn(
             "probe",
             command,
             &probe_pod.netns_path(),
+            None,
             workdir.path.join("probe.log"),
         )?;
         let (probe_session, events, status) =
@@ -170,6 +193,7 @@ impl Demo {
             "envoy",
             command,
             &server.netns_path(),
+            None,
             workdir.path.join("envoy.log"),
         )?;
         wait_until_ready(&mut envoy, &server).await?;
@@ -179,7 +203,9 @@ impl Demo {
             probe_session,
             envoy,
             probe,
+            pause,
             app,
+            cgroup,
             topology,
             workdir,
         })
@@ -263,21 +289,26 @@ impl Demo {
     }
 
     /// Stops Envoy, then the probe (which detaches from the server pod), then
-    /// the app; dropping the rest deletes the namespaces and the work directory.
+    /// the pod's sandbox and the app; dropping the rest removes the cgroup, the
+    /// namespaces and the work directory.
     async fn stop(self) {
         let Self {
+            events,
             envoy,
             probe,
+            pause,
             app,
+            cgroup,
             topology,
             workdir,
-            events,
             ..
         } = self;
         drop(events);
         envoy.stop(Duration::from_secs(2)).await;
         probe.stop(Duration::from_secs(3)).await;
+        pause.stop(Duration::from_secs(1)).await;
         drop(app);
+        drop(cgroup);
         drop(topology);
         drop(workdir);
     }

@@ -146,7 +146,7 @@ impl Drop for Topology {
 
 /// Deletes the namespaces of demos whose CLI is no longer running (killed
 /// before it could clean up). Returns their names.
-pub fn sweep_stale() -> Vec<String> {
+pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<String> {
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
         return Vec::new();
     };
@@ -163,7 +163,7 @@ pub fn sweep_stale() -> Vec<String> {
         else {
             continue;
         };
-        if !is_running_demo(owner) && ip(&["netns", "delete", name]).is_ok() {
+        if is_stale(owner) && ip(&["netns", "delete", name]).is_ok() {
             removed.push(name.to_owned());
         }
     }
@@ -171,7 +171,7 @@ pub fn sweep_stale() -> Vec<String> {
 }
 
 /// Whether `pid` is a live process of this program (a pid can be reused).
-fn is_running_demo(pid: u32) -> bool {
+pub fn is_running_demo(pid: u32) -> bool {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return false;
     };
