@@ -47,6 +47,26 @@ pub struct DemoArgs {
     /// Show raw credentials (the token and its signature) instead of redacting them.
     #[arg(long)]
     pub show_secrets: bool,
+    /// The bearer token the client sends [default: a generated JWT, shaped like
+    /// an identity provider's].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Send the requests to the server pod's IPv6 address.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Send every request over one connection (HTTP/1.1 keep-alive) instead of
+    /// one connection each.
+    #[arg(long)]
+    pub keep_alive: bool,
+    /// Drop this share of the server pod's inbound packets after the probe saw
+    /// them, so that TCP retransmits (iptables statistic).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_loss)]
+    pub loss: Option<u8>,
+    /// Between the requests, also send traffic apitrace must survive: a
+    /// malformed request line, bytes that are not HTTP, a 64 KiB header, and a
+    /// JWT whose base64 is broken.
+    #[arg(long)]
+    pub bad_traffic: bool,
     /// The Envoy binary to run as the sidecar [default: `envoy` on PATH].
     #[arg(long, value_name = "PATH", env = "APITRACE_ENVOY")]
     pub envoy: Option<PathBuf>,
@@ -61,6 +81,15 @@ fn parse_requests(text: &str) -> Result<u32, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!(
             "{text:?} is not a number of requests: use a whole number such as 5"
+        )),
+    }
+}
+
+fn parse_loss(text: &str) -> Result<u8, String> {
+    match text.trim_end_matches('%').parse::<u8>() {
+        Ok(percent @ 1..=90) => Ok(percent),
+        _ => Err(format!(
+            "{text:?} is not a loss to simulate: use a whole percentage from 1 to 90"
         )),
     }
 }
@@ -85,6 +114,13 @@ mod tests {
             Cli::try_parse_from(["kubectl-apitrace", "demo", "--requests", "0"]).unwrap_err();
         assert!(
             error.to_string().contains("use --requests 1 or more"),
+            "{error}"
+        );
+        let error = Cli::try_parse_from(["kubectl-apitrace", "demo", "--loss", "100"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("use a whole percentage from 1 to 90"),
             "{error}"
         );
         let error = Cli::try_parse_from(["kubectl-apitrace", "demo", "-o", "bogus"]).unwrap_err();

@@ -120,7 +120,7 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
     );
     let summary = stderr(&output);
     assert!(
-        summary.contains("5 calls joined with every layer, 0 with some"),
+        summary.contains("5 calls made; 5 joined with every layer, 0 with some"),
         "{summary}"
     );
     assert!(summary.contains("dropped: none"), "{summary}");
@@ -253,4 +253,172 @@ fn show_secrets_opts_in_to_the_raw_token() {
         .expect("the raw token, asked for");
     assert_eq!(token.split('.').count(), 3, "a compact JWS: {token}");
     assert!(token.starts_with("eyJ"));
+}
+
+/// Runs the demo with `args` and `-o ndjson`, checks that it succeeded and left
+/// nothing, and returns its records in time order and its summary.
+fn run_demo(real: &crate::support::Real, args: &[&str]) -> (Vec<Value>, String) {
+    let child = demo(&real.envoy)
+        .args(args)
+        .args(["-o", "ndjson"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI starts");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("the CLI ends");
+    assert!(
+        output.status.success(),
+        "the demo {args:?} failed:\n{}",
+        stderr(&output)
+    );
+    let mut records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect();
+    records.sort_by_key(|record| record["time"].as_str().unwrap_or_default().to_owned());
+    assert_nothing_left(pid);
+    (records, stderr(&output))
+}
+
+fn all_layers(record: &Value) -> bool {
+    record["layers"] == serde_json::json!(["als", "wasm", "tc"])
+}
+
+#[test]
+fn ipv6_calls_are_captured_and_joined_like_ipv4() {
+    let Some(real) = real("the IPv6 demo") else {
+        return;
+    };
+    let (records, summary) = run_demo(&real, &["--requests", "3", "--ipv6"]);
+    assert_eq!(records.len(), 3, "{summary}");
+    for record in &records {
+        assert!(all_layers(record), "{record:#}");
+        assert_eq!(record["src"]["ip"], "fd00:a71::a", "{record:#}");
+        assert_eq!(record["dst"]["ip"], "fd00:a71::14", "{record:#}");
+        assert_eq!(record["src"]["name"], "client", "{record:#}");
+        assert_eq!(
+            record["tc"]["src"], record["als"]["downstream"],
+            "{record:#}"
+        );
+        assert_eq!(
+            record["tc"]["ip_id"], 0,
+            "IPv6 has no identification: {record:#}"
+        );
+        assert_eq!(
+            record["tc"]["request_id"], record["request_id"],
+            "{record:#}"
+        );
+    }
+}
+
+/// 200 requests on one keep-alive connection: each has its own wire event,
+/// and the sequence numbers chain (each request starts where the previous one
+/// ended), which only holds if every request got the right one.
+#[test]
+fn keep_alive_requests_each_get_their_own_tcp_sequence_number() {
+    let Some(real) = real("the keep-alive demo") else {
+        return;
+    };
+    let (records, summary) = run_demo(&real, &["--requests", "200", "--keep-alive"]);
+    assert_eq!(records.len(), 200, "{summary}");
+    assert!(records.iter().all(all_layers), "{summary}");
+    let ports: std::collections::BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| r["src"]["port"].as_u64())
+        .collect();
+    assert_eq!(ports.len(), 1, "one connection");
+    for pair in records.windows(2) {
+        let (this, next) = (&pair[0]["tc"], &pair[1]["tc"]);
+        let end = this["tcp_seq"].as_u64().unwrap() + this["payload_len"].as_u64().unwrap();
+        assert_eq!(
+            next["tcp_seq"].as_u64().unwrap(),
+            end % (1 << 32),
+            "{this:#} then {next:#}"
+        );
+    }
+}
+
+/// With packets lost after the probe saw them, TCP retransmits; the
+/// retransmissions are attached to the calls whose connection they belong to
+/// (one connection per call here), and every call still joins.
+#[test]
+fn retransmissions_are_seen_and_attached_to_their_call() {
+    let Some(real) = real("the lossy demo") else {
+        return;
+    };
+    let (records, summary) = run_demo(&real, &["--requests", "30", "--loss", "20"]);
+    assert_eq!(records.len(), 30, "{summary}");
+    assert!(records.iter().all(all_layers), "{summary}");
+    let retransmits: u64 = records
+        .iter()
+        .filter_map(|r| r["tc"]["retransmits"].as_u64())
+        .sum();
+    assert!(
+        retransmits > 0,
+        "no retransmission among 30 calls with 20% loss: {summary}"
+    );
+}
+
+/// Malformed HTTP, bytes that are not HTTP, a 64 KiB header and a JWT with
+/// bad base64 between the requests: nothing breaks, the rejected requests are
+/// records of their own, and every good call still joins.
+#[test]
+fn bad_traffic_is_survived_and_shown() {
+    let Some(real) = real("the demo with bad traffic") else {
+        return;
+    };
+    let (records, summary) = run_demo(&real, &["--requests", "8", "--bad-traffic"]);
+    let joined: Vec<&Value> = records.iter().filter(|r| all_layers(r)).collect();
+    // Eight requests and the two of them followed by a request with a bad JWT.
+    assert_eq!(joined.len(), 10, "{summary}");
+    let bad_jwt: Vec<&&Value> = joined
+        .iter()
+        .filter(|r| r["auth"].get("error").is_some())
+        .collect();
+    assert_eq!(bad_jwt.len(), 2, "{summary}");
+    assert_eq!(bad_jwt[0]["auth"]["error"], "JWT header is not base64url");
+    let statuses: std::collections::BTreeSet<u64> = records
+        .iter()
+        .filter(|r| r["request_id"] == "")
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    // The made-up HTTP version, the bytes that are not HTTP, the huge header.
+    assert_eq!(statuses, [400, 426, 431].into(), "{summary}");
+    assert!(summary.contains("dropped: none"), "{summary}");
+}
+
+/// The raw token and its signature appear nowhere in what the CLI prints,
+/// unless asked for.
+#[test]
+fn the_token_and_its_signature_are_never_printed_by_default() {
+    let Some(real) = real("the redaction demo") else {
+        return;
+    };
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IiLCJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIn0.c2lnbmF0dXJlLW9mLWJvYi1zaG91bGQtbmV2ZXItbGVhaw";
+    let signature = token.rsplit('.').next().unwrap();
+    for format in ["ndjson", "table"] {
+        let output = demo(&real.envoy)
+            .args(["--requests", "2", "--token", token, "-o", format])
+            .output()
+            .expect("the CLI runs");
+        assert!(output.status.success(), "{}", stderr(&output));
+        let everything = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(&output)
+        );
+        assert!(
+            !everything.contains(token),
+            "the token was printed ({format})"
+        );
+        assert!(
+            !everything.contains(signature),
+            "the signature was printed ({format})"
+        );
+        assert!(
+            everything.contains("bob"),
+            "the claims were decoded ({format}):\n{everything}"
+        );
+    }
 }

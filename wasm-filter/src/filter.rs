@@ -196,6 +196,8 @@ impl HttpContext for Request {
 
     fn on_log(&mut self) {
         if self.event.time_unix_nano != 0 {
+            self.event.duration_ns =
+                unix_nanos(self.get_current_time()) - self.event.time_unix_nano;
             self.outbox
                 .borrow_mut()
                 .push(std::mem::take(&mut self.event));

@@ -40,7 +40,11 @@ pub struct JoinConfig {
     pub window_ns: i64,
     pub expect: Vec<Part>,
     /// How much later than the sidecar's start time a request's first packet
-    /// may appear to be: both clocks are the node's, converted separately.
+    /// may appear to be. The packet passes the TC program before the sidecar
+    /// can read it, and the next request on a keep-alive connection comes only
+    /// after this one's response; both times are the node's clock, converted
+    /// separately, so this only absorbs conversion error. Wider than the
+    /// shortest turnaround on a connection, it would take the next request.
     pub wire_tolerance_ns: i64,
 }
 
@@ -49,7 +53,7 @@ impl Default for JoinConfig {
         Self {
             window_ns: 5_000_000_000,
             expect: vec![Part::AccessLog, Part::Wasm, Part::Wire, Part::Upstream],
-            wire_tolerance_ns: 2_000_000,
+            wire_tolerance_ns: 50_000,
         }
     }
 }
@@ -86,8 +90,6 @@ pub struct JoinStats {
     pub complete: u64,
     /// Calls emitted when their window closed, without some part.
     pub partial: u64,
-    /// Access-log entries that cannot belong to a call (no request id: TCP proxy entries).
-    pub unmatched_access_logs: u64,
     /// WASM events without a request id.
     pub unmatched_wasm: u64,
     /// TC request events no call claimed before their window closed.
@@ -178,11 +180,15 @@ impl Joiner {
     fn accept(&mut self, event: Event, now_ns: i64) -> Option<String> {
         match event.kind? {
             Kind::AccessLog(log) => {
-                if log.request_id.is_empty() {
-                    self.stats.unmatched_access_logs += 1;
-                    return None;
-                }
-                let id = log.request_id.clone();
+                // Requests the sidecar rejected before assigning an
+                // x-request-id (a malformed request line, an oversized header)
+                // and TCP proxy entries are calls too, known by their
+                // connection and start time.
+                let id = if log.request_id.is_empty() {
+                    unidentified_call_key(&log)
+                } else {
+                    log.request_id.clone()
+                };
                 if let Some(key) = flow(
                     log.downstream_remote.as_ref(),
                     log.downstream_local.as_ref(),
@@ -438,6 +444,20 @@ impl Joiner {
     }
 }
 
+/// Keys of calls without an x-request-id start with a byte no header value
+/// can hold, so that they never meet a real request id.
+const UNIDENTIFIED: char = '\0';
+
+fn unidentified_call_key(log: &AccessLog) -> String {
+    let endpoint = |e: Option<&ProtoEndpoint>| e.map(ToString::to_string).unwrap_or_default();
+    format!(
+        "{UNIDENTIFIED}{} {} {}",
+        endpoint(log.downstream_remote.as_ref()),
+        endpoint(log.downstream_local.as_ref()),
+        log.start_time_unix_nano
+    )
+}
+
 /// Removes `request_id` from the calls indexed under `key`.
 fn unindex(index: &mut HashMap<Flow, Vec<String>>, key: Option<Flow>, request_id: &str) {
     let Some(key) = key else { return };
@@ -478,10 +498,15 @@ fn build_record(
         .find(|event| event.listener_direction == "inbound")
         .or_else(|| call.wasm.first());
     let upstream = call.upstream.first();
-    let request_line = upstream.and_then(|tc| match tc.http.as_ref()?.start_line.as_ref()? {
-        StartLine::Request(line) => Some(line),
-        StartLine::Response(_) => None,
-    });
+    // The request line as the TC program read it: on the hop to the app, else
+    // on the wire (where a request the sidecar rejected still shows it).
+    let request_line = upstream
+        .into_iter()
+        .chain(wire.map(|wire| &wire.event))
+        .find_map(|tc| match tc.http.as_ref()?.start_line.as_ref()? {
+            StartLine::Request(line) => Some(line),
+            StartLine::Response(_) => None,
+        });
 
     let pick = |from_log: Option<&str>, from_wasm: Option<&str>, from_tc: Option<&str>| {
         [from_log, from_wasm, from_tc]
@@ -521,7 +546,11 @@ fn build_record(
 
     CallRecord {
         time: rfc3339(time_ns),
-        request_id: request_id.to_owned(),
+        request_id: if request_id.starts_with(UNIDENTIFIED) {
+            String::new()
+        } else {
+            request_id.to_owned()
+        },
         src: peer(src, directory),
         dst: peer(dst, directory),
         protocol: pick(
@@ -557,6 +586,7 @@ fn build_record(
         tc: wire.map(|wire| WireRecord {
             ip_id: wire.event.ip_id,
             tcp_seq: wire.event.tcp_seq,
+            payload_len: wire.event.payload_len,
             src: endpoint(wire.event.src.as_ref()),
             dst: endpoint(wire.event.dst.as_ref()),
             interface: wire.event.interface.clone(),
@@ -581,6 +611,7 @@ fn build_record(
         wasm: wasm.map(|w| WasmRecord {
             request_id: w.request_id.clone(),
             direction: w.listener_direction.clone(),
+            duration_us: w.duration_ns / 1_000,
         }),
     }
 }
@@ -1012,6 +1043,34 @@ mod tests {
         }
     }
 
+    /// On a fast keep-alive connection the next request's first packet comes
+    /// a moment after the sidecar started the previous request; it must not be
+    /// taken for it.
+    #[test]
+    fn back_to_back_keep_alive_requests_are_not_confused() {
+        let mut events = Vec::new();
+        for n in 0..3u32 {
+            // The wire event 20 µs before the sidecar's start, the next request
+            // 300 µs after it.
+            let start = T0 + i64::from(n) * 320_000;
+            let wire = request_start(50174, start - 20_000, 1000 + n * 100, "");
+            events.push(response_start(&wire, start + 250_000));
+            events.push(wire);
+            events.push(wasm(&format!("b{n}")));
+            let upstream = request_start(0, start + 10_000, 1, &format!("b{n}"));
+            events.push(response_start(&upstream, start + 200_000));
+            events.push(upstream);
+            events.push(access_log(&format!("b{n}"), 50174, start));
+        }
+        let (records, stats) = run(events);
+        assert_eq!(stats.complete, 3);
+        for record in records {
+            let n: u32 = record.request_id[1..].parse().unwrap();
+            assert_eq!(record.tc.as_ref().unwrap().tcp_seq, 1000 + n * 100);
+            assert_eq!(record.latency.unwrap().before_sidecar_us, Some(20));
+        }
+    }
+
     #[test]
     fn retransmissions_are_attached_to_their_request() {
         // Retransmissions happen while the request runs, before its access log.
@@ -1021,22 +1080,38 @@ mod tests {
         assert_eq!(records[0].tc.as_ref().unwrap().retransmits, 1);
     }
 
+    /// A request the sidecar rejected before giving it an x-request-id (here
+    /// a 431 for an oversized header) is still a call: its access log joins
+    /// its wire event through the connection.
     #[test]
-    fn events_without_request_id_and_unclaimed_wire_events_are_counted() {
-        let mut no_id = access_log("", 1, T0);
-        if let Some(Kind::AccessLog(log)) = &mut no_id.kind {
-            log.protocol = "TCP".into();
+    fn a_rejected_request_without_request_id_is_a_record_of_its_own() {
+        let mut rejected = access_log("", 50174, T0 + 100_000);
+        if let Some(Kind::AccessLog(log)) = &mut rejected.kind {
+            log.status = 431;
+            log.response_flags = "DPE".into();
+            log.method.clear();
+            log.path.clear();
         }
-        let (records, stats) = run(vec![no_id, wasm(""), request_start(9, T0, 5, "")]);
-        assert!(records.is_empty());
+        let (records, stats) = run(vec![request_start(50174, T0, 77, ""), rejected]);
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!((record.request_id.as_str(), record.status), ("", 431));
+        // The sidecar logged no request line; the wire had it.
         assert_eq!(
-            (
-                stats.unmatched_access_logs,
-                stats.unmatched_wasm,
-                stats.unmatched_tc
-            ),
-            (1, 1, 1)
+            (record.method.as_str(), record.path.as_str()),
+            ("GET", "/status")
         );
+        assert_eq!(record.layers, [Layer::Als, Layer::Tc]);
+        assert_eq!(record.tc.as_ref().unwrap().tcp_seq, 77);
+        assert_eq!(record.response_flags, ["DPE: downstream protocol error"]);
+        assert_eq!((stats.partial, stats.unmatched_tc), (1, 0));
+    }
+
+    #[test]
+    fn wasm_events_without_request_id_and_unclaimed_wire_events_are_counted() {
+        let (records, stats) = run(vec![wasm(""), request_start(9, T0, 5, "")]);
+        assert!(records.is_empty());
+        assert_eq!((stats.unmatched_wasm, stats.unmatched_tc), (1, 1));
     }
 
     #[tokio::test]

@@ -95,6 +95,9 @@ pub struct WireRecord {
     /// IPv4 identification (0 for IPv6).
     pub ip_id: u32,
     pub tcp_seq: u32,
+    /// TCP payload bytes of the packet: the next request on the connection
+    /// starts at `tcp_seq + payload_len` when the request fitted in it.
+    pub payload_len: u32,
     pub src: Endpoint,
     pub dst: Endpoint,
     /// The pod interface that saw it (`eth0`).
@@ -127,6 +130,8 @@ pub struct WasmRecord {
     pub request_id: String,
     /// `inbound` or `outbound`.
     pub direction: String,
+    /// From the request headers reaching the filter to the call being logged.
+    pub duration_us: i64,
 }
 
 /// Microseconds.
@@ -193,6 +198,7 @@ mod tests {
             tc: Some(WireRecord {
                 ip_id: 1,
                 tcp_seq: 2,
+                payload_len: 3,
                 src: endpoint(),
                 dst: endpoint(),
                 interface: "eth0".into(),
@@ -217,6 +223,7 @@ mod tests {
             wasm: Some(WasmRecord {
                 request_id: "id".into(),
                 direction: "inbound".into(),
+                duration_us: 1,
             }),
         }
     }
@@ -299,6 +306,7 @@ mod tests {
             "tc.dst.port",
             "tc.interface",
             "tc.ip_id",
+            "tc.payload_len",
             "tc.request_id",
             "tc.retransmits",
             "tc.src",
@@ -309,6 +317,7 @@ mod tests {
             "time",
             "wasm",
             "wasm.direction",
+            "wasm.duration_us",
             "wasm.request_id",
         ];
         assert_eq!(found, expected);

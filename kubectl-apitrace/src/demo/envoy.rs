@@ -48,7 +48,9 @@ impl Sidecar<'_> {
             "static_resources": {
                 "listeners": [{
                     "name": "virtualInbound",
-                    "address": socket("0.0.0.0", INBOUND_PORT),
+                    // Dual-stack: IPv4 connections arrive on the IPv6 socket and
+                    // Envoy reports their addresses as IPv4.
+                    "address": { "socket_address": { "address": "::", "port_value": INBOUND_PORT, "ipv4_compat": true } },
                     "traffic_direction": "INBOUND",
                     "listener_filters": [{
                         "name": "envoy.filters.listener.original_dst",

@@ -7,6 +7,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{
     Request, Response, StatusCode,
     body::{Bytes, Incoming},
+    client::conn::http1::SendRequest,
     header,
     service::service_fn,
 };
@@ -22,10 +23,12 @@ pub fn listen_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpListen
     TcpListener::from_std(listener)
 }
 
-/// A connection made from inside the network namespace at `netns`.
+/// A connection made from inside the network namespace at `netns`. The
+/// timeout leaves room for two SYN retransmissions (after 1 s and 3 s), which
+/// `--loss` makes happen.
 pub fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = apitrace_netns::run_in(netns, || {
-        std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        std::net::TcpStream::connect_timeout(&address, Duration::from_secs(8))
     })
     .map_err(std::io::Error::other)??;
     stream.set_nonblocking(true)?;
@@ -77,28 +80,38 @@ pub const CLIENT_PATHS: &[&str] = &[
     "/missing",
 ];
 
-/// Sends one GET over `stream` (one request per connection, like `curl`) and
-/// returns the status and body.
-pub async fn get(
-    stream: TcpStream,
-    authority: &str,
-    path: &str,
-    authorization: Option<&str>,
-) -> Result<(StatusCode, Bytes), hyper::Error> {
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let mut request = Request::get(path).header(header::HOST, authority);
-    if let Some(value) = authorization {
-        request = request.header(header::AUTHORIZATION, value);
+/// An HTTP/1.1 connection from a pod, carrying one request after another.
+pub struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Connection {
+    pub async fn over(stream: TcpStream) -> Result<Self, hyper::Error> {
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .unwrap_or_else(|_| unreachable!("a path and two header values of ours are valid"));
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+
+    /// Sends a GET and returns the status and body.
+    pub async fn get(
+        &mut self,
+        authority: &str,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), hyper::Error> {
+        let mut request = Request::get(path).header(header::HOST, authority);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .unwrap_or_else(|_| unreachable!("a path and two header values of ours are valid"));
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! The client pod's credentials: a JWT shaped like one an identity provider
-//! issues. The demo has no issuer, so the signature is random bytes; what
+//! (Keycloak, Entra ID, Okta) issues, about 1.3 KB with its groups and roles.
+//! Its size matters: on the hop from the sidecar to the app, the
+//! `x-request-id` Envoy added comes after it, well past the first KiB of the
+//! request. The demo has no issuer, so the signature is random bytes; what
 //! matters is that the filter decodes the claims and never lets the signature
 //! out.
 
@@ -8,14 +11,27 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 pub fn demo_token(now_unix: u64) -> String {
     let header = r#"{"alg":"RS256","kid":"apitrace-demo","typ":"JWT"}"#;
     let claims = serde_json::json!({
-        "iss": "https://issuer.apitrace.demo",
+        "iss": "https://issuer.apitrace.demo/realms/shop",
         "sub": "alice",
-        "aud": "orders",
-        "scope": "orders.read orders.write",
+        "aud": ["orders", "account"],
+        "azp": "storefront",
+        "scope": "openid profile email orders.read orders.write",
         "iat": now_unix,
         "exp": now_unix + 3600,
+        "jti": "b6c5d9f1-3c1e-4e0f-9a57-5c0f2d7d1e44",
+        "sid": "2f6b1d7e-8a0c-4d1b-b0b8-1d0c8f4e9a21",
+        "email": "alice@example.com",
+        "email_verified": true,
+        "name": "Alice Example",
+        "preferred_username": "alice",
+        "groups": ["/shop/customers", "/shop/beta-testers", "/shop/region-eu"],
+        "realm_access": { "roles": ["offline_access", "uma_authorization", "customer"] },
+        "resource_access": {
+            "orders": { "roles": ["orders:read", "orders:write", "orders:cancel"] },
+            "account": { "roles": ["manage-account", "view-profile"] },
+        },
     });
-    let mut signature = [0u8; 64];
+    let mut signature = [0u8; 256];
     // Without randomness the signature is zeros, which serves the demo as well.
     let _ = getrandom::fill(&mut signature);
     format!(
@@ -39,5 +55,7 @@ mod tests {
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["exp"], 1_700_003_600);
+        // Large enough to push the sidecar's x-request-id past the first KiB.
+        assert!(token.len() > 1024, "{}", token.len());
     }
 }

@@ -24,6 +24,8 @@ mod plan;
 mod session;
 #[cfg(target_os = "linux")]
 mod topology;
+#[cfg(target_os = "linux")]
+mod traffic;
 
 #[cfg(target_os = "linux")]
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {

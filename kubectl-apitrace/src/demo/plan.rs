@@ -8,11 +8,24 @@ use crate::{args::DemoArgs, output::Format};
 
 #[derive(Debug)]
 pub struct Plan {
-    pub requests: u32,
+    pub traffic: Traffic,
     pub format: Format,
     pub show_secrets: bool,
     pub probe: PathBuf,
     pub envoy: PathBuf,
+}
+
+/// What the client pod sends.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    pub requests: u32,
+    /// The bearer token; a generated JWT when `None`.
+    pub token: Option<String>,
+    pub ipv6: bool,
+    pub keep_alive: bool,
+    /// Percent of the server pod's inbound packets to drop.
+    pub loss: Option<u8>,
+    pub bad_traffic: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +74,14 @@ impl Plan {
             on_path(tool).ok_or(PlanError::NoTool(tool))?;
         }
         Ok(Self {
-            requests: args.requests,
+            traffic: Traffic {
+                requests: args.requests,
+                token: args.token,
+                ipv6: args.ipv6,
+                keep_alive: args.keep_alive,
+                loss: args.loss,
+                bad_traffic: args.bad_traffic,
+            },
             format: args.output,
             show_secrets: args.show_secrets,
             probe,

@@ -32,14 +32,14 @@ use super::{
     cgroup::{self, ContainerCgroup},
     child::DemoProcess,
     envoy::{self, Sidecar},
-    http, jwt,
+    http,
     plan::Plan,
     topology::{self, Pod, Topology},
+    traffic::{self, APP_PORT},
 };
 use crate::{output, probe_client::ProbeSession};
 
 const NAMESPACE: &str = "demo";
-const APP_PORT: u16 = 8080;
 const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
 /// The probe's own time box: it exits after this whatever happens to the CLI.
 const PROBE_DEADLINE: &str = "10m";
@@ -68,17 +68,29 @@ pub async fn run(plan: &Plan) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(130));
         }
     };
-    let (records, stats, counters) = outcome?;
+    let Traced {
+        records,
+        stats,
+        counters,
+        calls,
+    } = outcome?;
     match plan.format {
         output::Format::Table => output::write_table(&mut std::io::stdout().lock(), &records)?,
         // Printed as they were joined.
         output::Format::Ndjson => {}
     }
-    eprintln!("{}", summary(plan.requests, &stats, &counters));
+    eprintln!("{}", summary(calls, &stats, &counters));
     Ok(ExitCode::SUCCESS)
 }
 
-type Traced = (Vec<CallRecord>, JoinStats, Counters);
+/// What a demo run produced.
+struct Traced {
+    records: Vec<CallRecord>,
+    stats: JoinStats,
+    counters: Counters,
+    /// The calls the client made that should each have become a record.
+    calls: u32,
+}
 
 async fn start_and_trace(plan: &Plan) -> anyhow::Result<Traced> {
     let mut demo = Demo::start(plan).await?;
@@ -110,7 +122,7 @@ impl Demo {
         let probe_pod = topology.pod("probe").clone();
         for ipv6 in [false, true] {
             topology
-                .restore_iptables(&server, ipv6, &inbound_capture_rules())
+                .restore_iptables(&server, ipv6, &server_rules(plan.traffic.loss))
                 .context("cannot set up the server pod's inbound capture")?;
         }
         let listener = http::listen_in(
@@ -229,7 +241,14 @@ impl Demo {
         }
         let client = self.topology.pod("client").clone();
         let server = self.topology.pod("server").clone();
-        let requests = tokio::spawn(send_requests(client, server, plan.requests));
+        let now_unix = now_ns().unsigned_abs() / 1_000_000_000;
+        let requests = tokio::spawn(traffic::send(
+            client,
+            server,
+            NAMESPACE,
+            plan.traffic.clone(),
+            now_unix,
+        ));
         let mut requests = AbortOnDrop(requests);
         let mut records = Vec::new();
         let mut stdout = std::io::stdout();
@@ -244,11 +263,12 @@ impl Demo {
                 Ok(())
             };
         let mut ticks = tokio::time::interval(Duration::from_millis(200));
-        let mut drain_until: Option<tokio::time::Instant> = None;
+        // How many records the client's calls should make, once it is done.
+        let mut expected: Option<u32> = None;
         let drain = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(drain);
         loop {
-            if drain_until.is_some() && records.len() >= plan.requests as usize {
+            if expected.is_some_and(|calls| records.len() >= calls as usize) {
                 break;
             }
             tokio::select! {
@@ -260,12 +280,12 @@ impl Demo {
                     None => bail!("the probe ended its event stream\n{}", self.probe.log_tail()),
                 },
                 _ = ticks.tick() => emit(joiner.apply(Input::Tick { now_ns: now_ns() }), &mut records)?,
-                sent = &mut requests.0, if drain_until.is_none() => {
-                    sent.map_err(|e| anyhow!("the client pod stopped: {e}"))?
+                sent = &mut requests.0, if expected.is_none() => {
+                    let calls = sent
+                        .map_err(|e| anyhow!("the client pod stopped: {e}"))?
                         .map_err(|e| anyhow!("{e:#}\n{}", self.envoy.log_tail()))?;
-                    let until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-                    drain_until = Some(until);
-                    drain.as_mut().reset(until);
+                    expected = Some(calls);
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 }
                 () = &mut drain => break,
             }
@@ -285,7 +305,12 @@ impl Demo {
             .map_err(|status| anyhow!("cannot read the probe's counters: {}", status.message()))?
             .counters
             .unwrap_or_default();
-        Ok((records, joiner.stats().clone(), counters))
+        Ok(Traced {
+            records,
+            stats: joiner.stats().clone(),
+            counters,
+            calls: expected.unwrap_or_default(),
+        })
     }
 
     /// Stops Envoy, then the probe (which detaches from the server pod), then
@@ -314,11 +339,13 @@ impl Demo {
     }
 }
 
-/// Istio's inbound capture (istio-iptables), reduced to what the demo needs:
-/// every inbound TCP connection goes to the sidecar's port 15006, except the
-/// sidecar's own ports.
-fn inbound_capture_rules() -> String {
-    format!(
+/// The server pod's iptables: Istio's inbound capture (istio-iptables), reduced
+/// to what the demo needs (every inbound TCP connection goes to the sidecar's
+/// port 15006, except the sidecar's own ports), and with `--loss`, a random
+/// drop of inbound packets to the app port. TC ingress runs before netfilter,
+/// so the probe sees each dropped packet and then its retransmission.
+fn server_rules(loss_percent: Option<u8>) -> String {
+    let mut rules = format!(
         "*nat\n\
          :ISTIO_INBOUND - [0:0]\n\
          :ISTIO_IN_REDIRECT - [0:0]\n\
@@ -331,7 +358,16 @@ fn inbound_capture_rules() -> String {
          -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}\n\
          COMMIT\n",
         envoy::INBOUND_PORT
-    )
+    );
+    if let Some(percent) = loss_percent {
+        rules.push_str(&format!(
+            "*raw\n\
+             -A PREROUTING -p tcp --dport {APP_PORT} -m statistic --mode random --probability {:.2} -j DROP\n\
+             COMMIT\n",
+            f64::from(percent) / 100.0
+        ));
+    }
+    rules
 }
 
 /// Connects to the probe inside its pod (the demo's port-forward) and
@@ -403,7 +439,8 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
             );
         }
         if let Ok(stream) = http::connect_in(&server.netns_path(), admin)
-            && let Ok((status, body)) = http::get(stream, "admin", "/ready", None).await
+            && let Ok(mut connection) = http::Connection::over(stream).await
+            && let Ok((status, body)) = connection.get("admin", "/ready", None).await
             && status.is_success()
             && body.starts_with(b"LIVE")
         {
@@ -419,26 +456,7 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
     }
 }
 
-/// The client pod's requests: one connection each, like `curl` from the
-/// paper's sleep pod, with a bearer JWT.
-async fn send_requests(client: Pod, server: Pod, count: u32) -> anyhow::Result<()> {
-    let token = jwt::demo_token(now_ns().unsigned_abs() / 1_000_000_000);
-    let authorization = format!("Bearer {token}");
-    let address = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
-    let authority = format!("{}.{NAMESPACE}:{APP_PORT}", server.name);
-    for index in 0..count as usize {
-        let path = http::CLIENT_PATHS[index % http::CLIENT_PATHS.len()];
-        let stream = http::connect_in(&client.netns_path(), address)
-            .with_context(|| format!("the client pod cannot connect to {address}"))?;
-        http::get(stream, &authority, path, Some(&authorization))
-            .await
-            .with_context(|| format!("GET {path} from the client pod failed"))?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-fn summary(requests: u32, stats: &JoinStats, counters: &Counters) -> String {
+fn summary(calls: u32, stats: &JoinStats, counters: &Counters) -> String {
     let drops: Vec<String> = [
         ("TC ring buffer full", counters.tc_ring_full),
         ("TC flow table full", counters.tc_flow_table_full),
@@ -459,12 +477,11 @@ fn summary(requests: u32, stats: &JoinStats, counters: &Counters) -> String {
     .map(|(what, n)| format!("{what}: {n}"))
     .collect();
     format!(
-        "{requests} requests sent; {} calls joined with every layer, {} with some; unmatched events: {} TC, {} ALS, {} WASM. \
+        "{calls} calls made; {} joined with every layer, {} with some; unmatched events: {} TC, {} WASM. \
          The probe received {} TC, {} ALS and {} WASM events; dropped: {}.",
         stats.complete,
         stats.partial,
         stats.unmatched_tc,
-        stats.unmatched_access_logs,
         stats.unmatched_wasm,
         counters.tc_events,
         counters.access_logs,

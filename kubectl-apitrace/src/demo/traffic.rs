@@ -1,0 +1,156 @@
+//! What the client pod sends: the demo's requests, one connection each (as
+//! `curl` from the paper's sleep pod) or all on one keep-alive connection, to
+//! the server pod's IPv4 or IPv6 address, with a bearer token; and with
+//! `--bad-traffic`, traffic apitrace must survive in between.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{
+    http::{self, CLIENT_PATHS, Connection},
+    jwt,
+    plan::Traffic,
+    topology::Pod,
+};
+
+/// The port of the app behind the server pod's sidecar.
+pub const APP_PORT: u16 = 8080;
+
+/// Sends `traffic` from `client` to `server` (in namespace `namespace`).
+/// Returns how many calls it made that the sidecar accepts as HTTP requests:
+/// each should become a record.
+pub async fn send(
+    client: Pod,
+    server: Pod,
+    namespace: &str,
+    traffic: Traffic,
+    now_unix: u64,
+) -> anyhow::Result<u32> {
+    let token = traffic
+        .token
+        .clone()
+        .unwrap_or_else(|| jwt::demo_token(now_unix));
+    let authorization = format!("Bearer {token}");
+    let ip = if traffic.ipv6 {
+        IpAddr::V6(server.ipv6)
+    } else {
+        IpAddr::V4(server.ipv4)
+    };
+    let address = SocketAddr::new(ip, APP_PORT);
+    let authority = format!("{}.{namespace}:{APP_PORT}", server.name);
+    let netns = client.netns_path();
+    let mut kept_alive: Option<Connection> = None;
+    let mut calls = 0;
+    for index in 0..traffic.requests as usize {
+        let path = CLIENT_PATHS[index % CLIENT_PATHS.len()];
+        let connection = match kept_alive.as_mut() {
+            Some(connection) => connection,
+            None => kept_alive.insert(connect(&netns, address).await?),
+        };
+        connection
+            .get(&authority, path, Some(&authorization))
+            .await
+            .with_context(|| format!("GET {path} from the client pod failed"))?;
+        calls += 1;
+        if !traffic.keep_alive {
+            kept_alive = None;
+            // Spread one-connection-per-request traffic out a little, as a
+            // client running curl in a loop would.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if traffic.bad_traffic {
+            calls += send_bad(
+                Bad::ALL[index % Bad::ALL.len()],
+                &netns,
+                address,
+                &authority,
+            )
+            .await?;
+        }
+    }
+    Ok(calls)
+}
+
+async fn connect(netns: &Path, address: SocketAddr) -> anyhow::Result<Connection> {
+    let stream = http::connect_in(netns, address)
+        .with_context(|| format!("the client pod cannot connect to {address}"))?;
+    Connection::over(stream)
+        .await
+        .with_context(|| format!("the client pod cannot speak HTTP to {address}"))
+}
+
+/// Traffic that is not a well-formed API call.
+#[derive(Debug, Clone, Copy)]
+enum Bad {
+    /// A request line with a version that does not exist.
+    MalformedRequestLine,
+    /// Bytes that are not HTTP: the start of a TLS ClientHello.
+    NotHttp,
+    /// A 64 KiB header, over Envoy's 60 KiB limit.
+    HugeHeader,
+    /// A well-formed request whose bearer JWT's header is not base64url.
+    MalformedJwt,
+}
+
+impl Bad {
+    const ALL: [Self; 4] = [
+        Self::MalformedRequestLine,
+        Self::NotHttp,
+        Self::HugeHeader,
+        Self::MalformedJwt,
+    ];
+}
+
+/// Sends one piece of bad traffic and returns how many HTTP calls it made
+/// that the sidecar accepts (1 for a bad JWT, 0 otherwise).
+async fn send_bad(
+    bad: Bad,
+    netns: &Path,
+    address: SocketAddr,
+    authority: &str,
+) -> anyhow::Result<u32> {
+    let bytes = match bad {
+        Bad::MalformedRequestLine => {
+            format!("GET /status HTTP/7.3\r\nHost: {authority}\r\n\r\n").into_bytes()
+        }
+        Bad::NotHttp => {
+            let mut hello = vec![
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ];
+            hello.resize(512, 0xa5);
+            hello
+        }
+        Bad::HugeHeader => format!(
+            "GET /status HTTP/1.1\r\nHost: {authority}\r\nx-padding: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        )
+        .into_bytes(),
+        Bad::MalformedJwt => {
+            let mut connection = connect(netns, address).await?;
+            connection
+                .get(
+                    authority,
+                    "/status",
+                    Some("Bearer eyJ!!!.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl"),
+                )
+                .await
+                .context("a request with a bad JWT failed")?;
+            return Ok(1);
+        }
+    };
+    let mut stream = http::connect_in(netns, address)
+        .with_context(|| format!("the client pod cannot connect to {address}"))?;
+    // The sidecar answers with an error and closes, or resets: both are fine;
+    // what matters is that nothing on apitrace's side breaks.
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+    Ok(0)
+}
