@@ -38,6 +38,10 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Packets the TC program ran on.
+    tc_packets => "apitrace_probe_tc_packets_total", "scope=\"all\"";
+    /// Packets of session traffic: a traced pod's address, a port not ignored.
+    tc_packets_traced => "apitrace_probe_tc_packets_total", "scope=\"traced\"";
     /// TC events decoded from the ring buffers.
     tc_events => "apitrace_probe_events_total", "source=\"tc\"";
     /// TC events the kernel could not write because a ring buffer was full.

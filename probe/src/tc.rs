@@ -393,9 +393,12 @@ impl KernelCounters {
     }
 }
 
-/// Copies the kernel's drop counts of every pod instance into `counters`.
+/// Copies the counts the TC program keeps, summed over every pod instance,
+/// into `counters`.
 pub fn publish_kernel_counters(taps: &[KernelCounters], counters: &Counters) {
     let sum = |counter| taps.iter().map(|tap| tap.read(counter)).sum();
+    Counters::store(&counters.tc_packets, sum(Counter::Packets));
+    Counters::store(&counters.tc_packets_traced, sum(Counter::Matched));
     Counters::store(&counters.tc_ring_full, sum(Counter::RingFull));
     Counters::store(&counters.tc_flow_table_full, sum(Counter::FlowTableFull));
 }

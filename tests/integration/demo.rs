@@ -358,6 +358,10 @@ fn retransmissions_are_seen_and_attached_to_their_call() {
         retransmits > 0,
         "no retransmission among 30 calls with 20% loss: {summary}"
     );
+    assert!(
+        summary.contains("unmatched events: 0 TC"),
+        "every retransmission found its call: {summary}"
+    );
 }
 
 /// Malformed HTTP, bytes that are not HTTP, a 64 KiB header and a JWT with

@@ -8,4 +8,5 @@
 mod cli;
 mod demo;
 mod layering;
+mod probe;
 mod support;

@@ -135,18 +135,30 @@ pub fn assert_nothing_left(pid: u32) {
     let cgroups = demo_cgroups(pid);
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
 
-    // Another test's demo may be between stopping its probe and deleting its
-    // namespaces, when its programs are briefly held by nothing: a leak is
-    // what is still there after that.
+    let orphans = wait_for_no_orphans();
+    assert!(
+        orphans.is_empty(),
+        "TC programs still loaded with no process holding them: {orphans:#?}"
+    );
+}
+
+/// Held while a test leaves a program orphaned on purpose, so that no other
+/// test's check takes it for a leak of its own.
+pub static DELIBERATE_ORPHANS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The programs still orphaned after the kernel had a moment to free what a
+/// probe's exit released (a probe of another test may be exiting right now).
+pub fn wait_for_no_orphans() -> Vec<String> {
+    let _no_deliberate_orphans = DELIBERATE_ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
     let mut orphans = orphaned_programs();
     for _ in 0..30 {
         if orphans.is_empty() {
-            return;
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         orphans = orphaned_programs();
     }
-    panic!("TC programs still loaded with no process holding them: {orphans:#?}");
+    orphans
 }
 
 /// The cgroups of the demo run by CLI `pid`, under either place the cgroup2
@@ -159,12 +171,18 @@ pub fn demo_cgroups(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-fn orphaned_programs() -> Vec<serde_json::Value> {
+/// Programs of ours still loaded that no process holds: attached to an
+/// interface by a filter (or a pinned link) that outlived its probe. A
+/// process holds a program through a program or link file descriptor, whose
+/// `/proc/<pid>/fdinfo` names it (`prog_id:`); bpftool's own `pids` column is
+/// not in every bpftool.
+pub fn orphaned_programs() -> Vec<String> {
     let output = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
         .expect("bpftool runs");
     let programs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let held = held_program_ids();
     programs
         .as_array()
         .into_iter()
@@ -173,8 +191,27 @@ fn orphaned_programs() -> Vec<serde_json::Value> {
             program["name"]
                 .as_str()
                 .is_some_and(|name| name.starts_with("apitrace_"))
-                && program.get("pids").is_none()
+                && program["id"].as_u64().is_some_and(|id| !held.contains(&id))
         })
-        .cloned()
+        .map(|program| format!("{} {}", program["id"], program["name"]))
+        .collect()
+}
+
+/// Every BPF program id a process holds a file descriptor of (a program, or a
+/// link to one).
+fn held_program_ids() -> std::collections::HashSet<u64> {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    processes
+        .flatten()
+        .filter_map(|process| std::fs::read_dir(process.path().join("fdinfo")).ok())
+        .flat_map(|fds| fds.flatten())
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|line| line.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
         .collect()
 }

@@ -92,7 +92,7 @@ pub struct JoinStats {
     pub partial: u64,
     /// WASM events without a request id.
     pub unmatched_wasm: u64,
-    /// TC request events no call claimed before their window closed.
+    /// TC events no call claimed within two windows of their arrival.
     pub unmatched_tc: u64,
 }
 
@@ -355,10 +355,14 @@ impl Joiner {
                 self.emit(&id, complete)
             })
             .collect();
+        // A wire event can come up to a window before its call's first event
+        // (the request starts long before the sidecar logs it), and the call
+        // may wait a window more: a wire event is kept for two.
+        let wire_retention = window.saturating_mul(2);
         let mut expired = 0;
         self.wire.retain(|_, events| {
             let before = events.len();
-            events.retain(|wire| wire.arrival_ns.saturating_add(window) > now_ns);
+            events.retain(|wire| wire.arrival_ns.saturating_add(wire_retention) > now_ns);
             expired += before - events.len();
             !events.is_empty()
         });
@@ -1012,6 +1016,36 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].layers, [Layer::Als]);
         assert_eq!(joiner.stats().partial, 1);
+    }
+
+    /// A slow call: the request's first packet, then nothing for longer than
+    /// a window (the sidecar waits on its upstream), then the call's other
+    /// events. The wire event must still be there when the call closes.
+    #[test]
+    fn a_slow_call_keeps_its_wire_event() {
+        let mut joiner = Joiner::new(JoinConfig::default());
+        let wire = request_start(50174, T0, 42, "");
+        assert!(
+            joiner
+                .apply(Input::Event {
+                    event: wire,
+                    now_ns: T0
+                })
+                .is_empty()
+        );
+        let late = T0 + 6 * SECOND;
+        for event in [wasm("slow"), access_log("slow", 50174, T0 + 1_000)] {
+            joiner.apply(Input::Event {
+                event,
+                now_ns: late,
+            });
+        }
+        let records = joiner.apply(Input::Tick {
+            now_ns: late + 5 * SECOND,
+        });
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].tc.as_ref().map(|tc| tc.tcp_seq), Some(42));
+        assert_eq!(joiner.stats().unmatched_tc, 0);
     }
 
     #[test]

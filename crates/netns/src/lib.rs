@@ -10,6 +10,8 @@
 //! sockets this way (a socket keeps the namespace it was created in).
 #![cfg(target_os = "linux")]
 
+pub mod topology;
+
 use std::{
     fs::File,
     io,

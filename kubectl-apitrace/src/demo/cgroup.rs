@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::topology::NETNS_PREFIX;
+use super::NAME_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -33,7 +33,7 @@ pub struct ContainerCgroup {
 impl ContainerCgroup {
     pub fn create(owner_pid: u32, container_id: &str) -> Result<Self, CgroupError> {
         let root = cgroup2_mount().ok_or(CgroupError::NoCgroup2)?;
-        let parent = root.join(format!("{NETNS_PREFIX}{owner_pid}"));
+        let parent = root.join(format!("{NAME_PREFIX}{owner_pid}"));
         let dir = parent.join(container_id);
         std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
             path: dir.clone(),
@@ -90,7 +90,7 @@ pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<PathBuf> {
         let Some(owner) = entry
             .file_name()
             .to_str()
-            .and_then(|name| name.strip_prefix(NETNS_PREFIX))
+            .and_then(|name| name.strip_prefix(NAME_PREFIX))
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;

@@ -23,9 +23,24 @@ mod plan;
 #[cfg(target_os = "linux")]
 mod session;
 #[cfg(target_os = "linux")]
-mod topology;
-#[cfg(target_os = "linux")]
 mod traffic;
+#[cfg(target_os = "linux")]
+use apitrace_netns::topology;
+
+/// Every namespace and cgroup the demo creates starts with this, followed by
+/// the pid of the CLI that created it, so that leftovers of a CLI that died
+/// can be found.
+#[cfg(target_os = "linux")]
+const NAME_PREFIX: &str = "apitrace-demo-";
+
+/// Whether `pid` is a live process of this program (a pid can be reused).
+#[cfg(target_os = "linux")]
+fn is_running_demo(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    std::env::current_exe().is_ok_and(|ours| ours == exe) || pid == std::process::id()
+}
 
 #[cfg(target_os = "linux")]
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {

@@ -51,8 +51,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 pub async fn run(plan: &Plan) -> anyhow::Result<ExitCode> {
-    let stale = |pid| !topology::is_running_demo(pid);
-    for name in topology::sweep_stale(stale) {
+    let stale = |pid| !super::is_running_demo(pid);
+    for name in topology::sweep_stale(super::NAME_PREFIX, stale) {
         eprintln!("removed network namespace {name}, left by a demo that was killed");
     }
     for path in cgroup::sweep_stale(stale) {
@@ -116,7 +116,7 @@ impl Demo {
     async fn start(plan: &Plan) -> anyhow::Result<Self> {
         let pid = std::process::id();
         let workdir = WorkDir::create(pid)?;
-        let topology = Topology::create(pid, &["client", "server", "probe"])
+        let topology = Topology::create(super::NAME_PREFIX, pid, &["client", "server", "probe"])
             .context("cannot build the demo's pods")?;
         let server = topology.pod("server").clone();
         let probe_pod = topology.pod("probe").clone();
@@ -362,7 +362,7 @@ fn server_rules(loss_percent: Option<u8>) -> String {
     if let Some(percent) = loss_percent {
         rules.push_str(&format!(
             "*raw\n\
-             -A PREROUTING -p tcp --dport {APP_PORT} -m statistic --mode random --probability {:.2} -j DROP\n\
+             -A PREROUTING -i eth0 -p tcp --dport {APP_PORT} -m statistic --mode random --probability {:.2} -j DROP\n\
              COMMIT\n",
             f64::from(percent) / 100.0
         ));

@@ -1,7 +1,8 @@
-//! The demo's "cluster": pods as network namespaces, joined the way the CNI
-//! bridge plugin joins them: each pod's `eth0` is one end of a veth pair whose
-//! other end is a port of a bridge in a "node" namespace. Nothing touches the
-//! host's own namespace; deleting the namespaces removes everything.
+//! Pods as network namespaces, joined the way the CNI bridge plugin joins them:
+//! each pod's `eth0` is one end of a veth pair whose other end is a port of a
+//! bridge in a "node" namespace. Nothing touches the host's own namespace;
+//! deleting the namespaces removes everything. The demo builds its cluster this
+//! way, and the tests their pods.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -17,16 +18,12 @@ const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xa71, 0, 0, 0, 0, 0, 1);
 const PREFIX_V4: u8 = 24;
 const PREFIX_V6: u8 = 64;
 
-/// Every namespace the demo creates starts with this, followed by the pid of
-/// the CLI that created it, so that leftovers of a CLI that died can be found.
-pub const NETNS_PREFIX: &str = "apitrace-demo-";
-
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
     #[error(
-        "cannot run `{program}` ({source}): the demo needs iproute2 and iptables; `cargo xtask setup` installs them"
+        "cannot run `{program}` ({source}): pods need iproute2 and iptables; `cargo xtask setup` installs them"
     )]
     Missing {
         program: String,
@@ -48,8 +45,8 @@ impl Pod {
     }
 }
 
-/// The namespaces of one demo. Dropping it deletes them, which removes their
-/// interfaces, addresses, routes, iptables rules and TC attachments.
+/// The namespaces of one topology. Dropping it deletes them, which removes
+/// their interfaces, addresses, routes, iptables rules and TC attachments.
 #[derive(Debug)]
 pub struct Topology {
     pub pods: Vec<Pod>,
@@ -59,8 +56,15 @@ pub struct Topology {
 impl Topology {
     /// Creates a node namespace with a bridge, and one namespace per pod name
     /// with `eth0` on the bridge, `lo` up and a default route via the bridge.
-    pub fn create(owner_pid: u32, pod_names: &[&'static str]) -> Result<Self, TopologyError> {
-        let node = format!("{NETNS_PREFIX}{owner_pid}-node");
+    ///
+    /// Namespaces are named `{prefix}{owner_pid}-{pod}` (and `-node`), so that
+    /// [`sweep_stale`] can find those of an owner that died.
+    pub fn create(
+        prefix: &str,
+        owner_pid: u32,
+        pod_names: &[&'static str],
+    ) -> Result<Self, TopologyError> {
+        let node = format!("{prefix}{owner_pid}-node");
         let mut topology = Self {
             pods: Vec::new(),
             created: Vec::new(),
@@ -75,7 +79,7 @@ impl Topology {
             let host = u8::try_from(10 * (index + 1)).unwrap_or(u8::MAX);
             let pod = Pod {
                 name,
-                netns: format!("{NETNS_PREFIX}{owner_pid}-{name}"),
+                netns: format!("{prefix}{owner_pid}-{name}"),
                 ipv4: Ipv4Addr::new(198, 18, 0, host),
                 ipv6: Ipv6Addr::new(0xfd00, 0xa71, 0, 0, 0, 0, 0, u16::from(host)),
             };
@@ -144,9 +148,9 @@ impl Drop for Topology {
     }
 }
 
-/// Deletes the namespaces of demos whose CLI is no longer running (killed
-/// before it could clean up). Returns their names.
-pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<String> {
+/// Deletes the namespaces named `{prefix}{pid}-...` whose owner `is_stale`
+/// (it died before it could clean up). Returns their names.
+pub fn sweep_stale(prefix: &str, is_stale: impl Fn(u32) -> bool) -> Vec<String> {
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
         return Vec::new();
     };
@@ -157,7 +161,7 @@ pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<String> {
         .filter_map(|line| line.split_whitespace().next())
     {
         let Some(owner) = name
-            .strip_prefix(NETNS_PREFIX)
+            .strip_prefix(prefix)
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
@@ -168,15 +172,6 @@ pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<String> {
         }
     }
     removed
-}
-
-/// Whether `pid` is a live process of this program (a pid can be reused).
-pub fn is_running_demo(pid: u32) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    let ours = std::env::current_exe().ok();
-    ours.is_some_and(|ours| ours == exe) || pid == std::process::id()
 }
 
 fn ip(args: &[&str]) -> Result<(), TopologyError> {

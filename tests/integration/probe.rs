@@ -1,0 +1,330 @@
+//! The probe on its own, run for real against pods made of network namespaces:
+//! what it leaves when it is killed, its netlink mode, and what traffic costs
+//! it nothing.
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use apitrace_netns::{
+    run_in,
+    topology::{Pod, Topology},
+};
+
+use crate::support::{DELIBERATE_ORPHANS, binaries, orphaned_programs, real, wait_for_no_orphans};
+
+/// Names of the namespaces these tests create: distinct from the demo's, and
+/// distinct between the tests of one process.
+fn pods(names: &[&'static str]) -> Topology {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let owner = std::process::id() * 64 + NEXT.fetch_add(1, Ordering::Relaxed);
+    Topology::create("apitrace-test-", owner, names).expect("the test pods are built")
+}
+
+/// A TCP server inside a pod that answers every connection with an HTTP 200
+/// and closes it; stopped when dropped.
+struct App {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl App {
+    fn serve(pod: &Pod, port: u16) -> Self {
+        let listener = run_in(&pod.netns_path(), || TcpListener::bind(("0.0.0.0", port)))
+            .expect("inside the pod")
+            .expect("the port is free in the pod");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let mut request = [0u8; 1024];
+                        let _ = stream.read(&mut request);
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends one HTTP request from `client` to `address` and reads the answer.
+fn call(client: &Pod, address: SocketAddr) -> String {
+    run_in(&client.netns_path(), || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: test-1\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .expect("inside the client pod")
+    .unwrap_or_else(|error| panic!("calling {address} failed: {error}"))
+}
+
+/// The probe, running in its own pod and tracing `target`.
+struct Probe {
+    child: Child,
+    pod: Pod,
+}
+
+impl Probe {
+    fn start(probe_pod: &Pod, target: &Pod, extra: &[&str]) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &probe_pod.netns])
+            .arg(&binaries().probe)
+            .args(["--session-id", "test", "--deadline", "2m"])
+            .arg("--target")
+            .arg(format!(
+                "test/{}=netns:{}",
+                target.name,
+                target.netns_path().display()
+            ))
+            .args(extra)
+            .env("APITRACE_SESSION_TOKEN", "test-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the probe starts");
+        let probe = Self {
+            child,
+            pod: probe_pod.clone(),
+        };
+        let started = Instant::now();
+        while probe.get("/healthz").is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the probe did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        probe
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let address = SocketAddr::new(IpAddr::V4(self.pod.ipv4), 15902);
+        run_in(&self.pod.netns_path(), || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        })
+        .ok()?
+        .ok()
+        .filter(|answer| answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+    }
+
+    /// The probe's counters, by metric and labels, read from `/metrics` after
+    /// the second in which the probe copies the kernel's counters.
+    fn metrics(&self) -> HashMap<String, u64> {
+        std::thread::sleep(Duration::from_millis(1200));
+        let text = self.get("/metrics").expect("the probe serves /metrics");
+        text.lines()
+            .filter(|line| line.starts_with("apitrace_probe_"))
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn signal(mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child (`ip netns exec` execs the probe,
+        // so the pid is the probe's).
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("the probe ends")
+    }
+}
+
+impl Drop for Probe {
+    /// A test that fails half-way must not leave its probe running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn tc_filters(pod: &Pod, hook: &str) -> String {
+    let output = Command::new("ip")
+        .args([
+            "netns", "exec", &pod.netns, "tc", "filter", "show", "dev", "eth0", hook,
+        ])
+        .output()
+        .expect("tc runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// tcx links belong to the probe's file descriptors: SIGKILL, and the kernel
+/// detaches them.
+#[test]
+fn a_probe_killed_with_sigkill_leaves_nothing_attached() {
+    let Some(_) = real("the SIGKILL test") else {
+        return;
+    };
+    let pods = pods(&["client", "server", "probe"]);
+    let probe = Probe::start(
+        pods.pod("probe"),
+        pods.pod("server"),
+        &["--attach-mode", "tcx"],
+    );
+    let links = std::fs::read_dir(format!("/proc/{}/fdinfo", probe.child.id()))
+        .expect("the probe's descriptors")
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("link_id:"))
+        .count();
+    assert_eq!(
+        links, 3,
+        "the probe holds tcx links: eth0 ingress and egress, lo egress"
+    );
+    probe.signal(libc::SIGKILL);
+    let orphans = wait_for_no_orphans();
+    assert!(
+        orphans.is_empty(),
+        "programs left attached after SIGKILL: {orphans:#?}"
+    );
+}
+
+/// Netlink filters outlive their process: the probe removes its own on exit,
+/// a killed probe's stay (and the orphan check sees them), and the next probe
+/// sweeps them before attaching.
+#[test]
+fn netlink_filters_are_removed_on_exit_and_swept_after_a_kill() {
+    let Some(_) = real("the netlink test") else {
+        return;
+    };
+    let pods = pods(&["client", "server", "probe"]);
+    let (server, probe_pod) = (pods.pod("server"), pods.pod("probe"));
+    let netlink = ["--attach-mode", "netlink"];
+    let filters = |hook| {
+        tc_filters(server, hook)
+            .lines()
+            .filter(|line| line.contains("apitrace_"))
+            .count()
+    };
+
+    let probe = Probe::start(probe_pod, server, &netlink);
+    assert_eq!((filters("ingress"), filters("egress")), (1, 1));
+    assert!(probe.signal(libc::SIGTERM).success());
+    assert_eq!(
+        (filters("ingress"), filters("egress")),
+        (0, 0),
+        "removed on exit"
+    );
+
+    let deliberate = DELIBERATE_ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
+    let probe = Probe::start(probe_pod, server, &netlink);
+    probe.signal(libc::SIGKILL);
+    assert_eq!(filters("ingress"), 1, "a killed probe's filter stays");
+    assert!(
+        !orphaned_programs().is_empty(),
+        "and keeps its program loaded, held by no process"
+    );
+
+    let probe = Probe::start(probe_pod, server, &netlink);
+    drop(deliberate);
+    assert_eq!(
+        (filters("ingress"), filters("egress")),
+        (1, 1),
+        "the new probe swept the stale filters before attaching its own"
+    );
+    assert!(probe.signal(libc::SIGTERM).success());
+    assert_eq!((filters("ingress"), filters("egress")), (0, 0));
+    let orphans = wait_for_no_orphans();
+    assert!(orphans.is_empty(), "{orphans:#?}");
+}
+
+/// The program runs only on the traced pod's interfaces. The bridge floods ARP
+/// and unknown-unicast frames to every port, so a few of another pod's packets
+/// do reach them: each costs a parse and one lookup of its pod-side address,
+/// and goes no further. On the traced pod, traffic on an ignored port (Istio's
+/// health port here) is seen but produces nothing; its API traffic does.
+#[test]
+fn traffic_outside_the_session_produces_no_events() {
+    let Some(_) = real("the non-target traffic test") else {
+        return;
+    };
+    let pods = pods(&["client", "server", "other", "probe"]);
+    let (client, server, other) = (pods.pod("client"), pods.pod("server"), pods.pod("other"));
+    let _apps = [
+        App::serve(server, 8080),
+        App::serve(server, 15021),
+        App::serve(other, 8080),
+    ];
+    let probe = Probe::start(pods.pod("probe"), server, &[]);
+    let tc = |metrics: &HashMap<String, u64>, name: &str| metrics.get(name).copied().unwrap_or(0);
+    let packets = r#"apitrace_probe_tc_packets_total{scope="all"}"#;
+    let traced = r#"apitrace_probe_tc_packets_total{scope="traced"}"#;
+    let events = r#"apitrace_probe_events_total{source="tc"}"#;
+
+    let before = probe.metrics();
+    for _ in 0..20 {
+        assert!(call(client, SocketAddr::new(IpAddr::V4(other.ipv4), 8080)).contains("200 OK"));
+    }
+    let after_other = probe.metrics();
+    assert_eq!(
+        tc(&after_other, traced),
+        tc(&before, traced),
+        "another pod's traffic is not traced"
+    );
+    assert_eq!(tc(&after_other, events), 0, "and produces nothing");
+
+    for _ in 0..5 {
+        assert!(call(client, SocketAddr::new(IpAddr::V4(server.ipv4), 15021)).contains("200 OK"));
+    }
+    let after_ignored = probe.metrics();
+    assert!(
+        tc(&after_ignored, packets) >= tc(&after_other, packets) + 5 * 6,
+        "the traced pod's packets on the ignored port were seen: {after_other:?} {after_ignored:?}"
+    );
+    assert_eq!(
+        tc(&after_ignored, traced),
+        tc(&after_other, traced),
+        "but not traced"
+    );
+    assert_eq!(tc(&after_ignored, events), 0, "and produced nothing");
+
+    assert!(call(client, SocketAddr::new(IpAddr::V4(server.ipv4), 8080)).contains("200 OK"));
+    let after_api = probe.metrics();
+    assert!(
+        tc(&after_api, traced) > tc(&after_ignored, traced),
+        "{after_api:?}"
+    );
+    assert!(
+        tc(&after_api, events) >= 6,
+        "an API call is traced: {after_api:?}"
+    );
+    assert!(probe.signal(libc::SIGTERM).success());
+}
