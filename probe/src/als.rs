@@ -57,7 +57,17 @@ impl AccessLogService for Als {
         }
         let mut stream = request.into_inner();
         let mut reporter = Reporter::default();
-        while let Some(message) = stream.message().await? {
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                // Bytes that do not decode end this stream (Envoy reconnects),
+                // counted; the other streams are not affected.
+                Err(status) => {
+                    Counters::increment(&counters.access_logs_malformed);
+                    return Err(status);
+                }
+            };
             if let Some(identifier) = &message.identifier {
                 reporter = Reporter::from_node(identifier.node.as_ref(), &identifier.log_name);
             }
@@ -280,7 +290,7 @@ fn flag_codes(flags: &ResponseFlags) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use envoy_types::pb::{
         envoy::{
@@ -306,7 +316,7 @@ mod tests {
         }
     }
 
-    fn entry() -> HttpAccessLogEntry {
+    pub(crate) fn entry() -> HttpAccessLogEntry {
         HttpAccessLogEntry {
             common_properties: Some(AccessLogCommon {
                 start_time: Some(Timestamp {
@@ -415,5 +425,237 @@ mod tests {
         let log = normalise_tcp(&entry, &Reporter::default()).unwrap();
         assert_eq!(log.protocol, "TCP");
         assert!(log.method.is_empty());
+    }
+}
+
+/// The service over a real gRPC connection on loopback, with clients that
+/// behave like Envoy's workers.
+#[cfg(test)]
+mod stream_tests {
+    use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+    use apitrace_proto::{Event, event::Kind};
+    use envoy_types::pb::envoy::{
+        config::core::v3::Node,
+        data::accesslog::v3::TcpAccessLogEntry,
+        service::accesslog::v3::{
+            StreamAccessLogsMessage,
+            access_log_service_client::AccessLogServiceClient,
+            stream_access_logs_message::{
+                HttpAccessLogEntries, Identifier, LogEntries, TcpAccessLogEntries,
+            },
+        },
+    };
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::transport::Channel;
+
+    use super::{Als, tests::entry};
+    use crate::{hub::Hub, peers::Peers};
+
+    async fn serve(peers: Peers) -> (SocketAddr, Hub) {
+        let hub = Hub::new(1024, Arc::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service = Als::server(hub.clone(), Arc::new(peers));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (address, hub)
+    }
+
+    fn loopback_allowed() -> Peers {
+        let mut peers = Peers::default();
+        peers.allow("127.0.0.1".parse().unwrap(), None);
+        peers
+    }
+
+    async fn client(address: SocketAddr) -> AccessLogServiceClient<Channel> {
+        AccessLogServiceClient::connect(format!("http://{address}"))
+            .await
+            .unwrap()
+    }
+
+    fn identifier(pod: &str) -> Option<Identifier> {
+        Some(Identifier {
+            node: Some(Node {
+                id: format!("sidecar~10.0.0.1~{pod}.default~default.svc.cluster.local"),
+                ..Node::default()
+            }),
+            log_name: "http_envoy_accesslog".into(),
+        })
+    }
+
+    fn http_logs(count: usize) -> Option<LogEntries> {
+        Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            log_entry: vec![entry(); count],
+        }))
+    }
+
+    /// Sends `messages` as one stream, as an Envoy worker does, and waits for
+    /// the stream to end.
+    async fn stream(
+        address: SocketAddr,
+        messages: Vec<StreamAccessLogsMessage>,
+    ) -> Result<(), tonic::Status> {
+        client(address)
+            .await
+            .stream_access_logs(tokio_stream::iter(messages))
+            .await
+            .map(drop)
+    }
+
+    async fn drain(subscription: &mut crate::hub::Subscription, count: usize) -> Vec<Event> {
+        let mut events = Vec::new();
+        for _ in 0..count {
+            let event = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+                .await
+                .expect("the event arrives")
+                .expect("the hub is open");
+            events.push(event);
+        }
+        events
+    }
+
+    fn reporter(event: &Event) -> String {
+        match &event.kind {
+            Some(Kind::AccessLog(log)) => log
+                .reporter
+                .as_ref()
+                .map(|pod| pod.name.clone())
+                .unwrap_or_default(),
+            other => panic!("not an access log: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_streams_keep_their_own_reporter_and_reconnects_are_served() {
+        let (address, hub) = serve(loopback_allowed()).await;
+        let mut subscription = hub.subscribe();
+        // Two workers of one sidecar and one of another, at once; each stream
+        // names its node in its first message only.
+        let streams = ["nginx", "nginx", "sleep"].map(|pod| {
+            stream(
+                address,
+                vec![
+                    StreamAccessLogsMessage {
+                        identifier: identifier(pod),
+                        log_entries: http_logs(2),
+                    },
+                    StreamAccessLogsMessage {
+                        identifier: None,
+                        log_entries: http_logs(1),
+                    },
+                ],
+            )
+        });
+        for result in futures::future::join_all(streams).await {
+            result.unwrap();
+        }
+        let mut reporters: Vec<String> = drain(&mut subscription, 9)
+            .await
+            .iter()
+            .map(reporter)
+            .collect();
+        reporters.sort();
+        assert_eq!(
+            reporters,
+            ["nginx"; 6]
+                .into_iter()
+                .chain(["sleep"; 3])
+                .collect::<Vec<_>>()
+        );
+        // A worker that reconnects (Envoy restarted, the stream was cut) opens a
+        // new stream with a new first message.
+        stream(
+            address,
+            vec![StreamAccessLogsMessage {
+                identifier: identifier("nginx"),
+                log_entries: Some(LogEntries::TcpLogs(TcpAccessLogEntries {
+                    log_entry: vec![TcpAccessLogEntry {
+                        common_properties: entry().common_properties,
+                        connection_properties: None,
+                    }],
+                })),
+            }],
+        )
+        .await
+        .unwrap();
+        let reconnected = drain(&mut subscription, 1).await;
+        let Some(Kind::AccessLog(log)) = &reconnected[0].kind else {
+            unreachable!()
+        };
+        assert_eq!(log.protocol, "TCP");
+        assert_eq!(hub.counters().snapshot().access_logs, 10);
+    }
+
+    /// A stream that sends bytes which are not an access-log message ends,
+    /// counted; a stream next to it carries on.
+    #[tokio::test]
+    async fn a_garbage_stream_is_counted_and_the_others_keep_flowing() {
+        let (address, hub) = serve(loopback_allowed()).await;
+        let mut subscription = hub.subscribe();
+        // A message whose field 1 (the identifier, a message) is not a message.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Garbage {
+            #[prost(bytes = "vec", tag = "1")]
+            bytes: Vec<u8>,
+        }
+        let mut grpc = tonic::client::Grpc::new(
+            Channel::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        grpc.ready().await.unwrap();
+        let garbage = grpc
+            .client_streaming(
+                tonic::Request::new(tokio_stream::iter([Garbage {
+                    bytes: vec![0xff; 40],
+                }])),
+                "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+                    .parse()
+                    .unwrap(),
+                tonic_prost::ProstCodec::<Garbage, ()>::default(),
+            )
+            .await;
+        assert!(garbage.is_err(), "the garbage stream was refused");
+        stream(
+            address,
+            vec![StreamAccessLogsMessage {
+                identifier: identifier("nginx"),
+                log_entries: http_logs(3),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(drain(&mut subscription, 3).await.len(), 3);
+        let counters = hub.counters().snapshot();
+        assert_eq!(
+            (counters.access_logs, counters.access_logs_malformed),
+            (3, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_from_outside_the_session_are_refused() {
+        let (address, hub) = serve(Peers::default()).await;
+        let refused = stream(
+            address,
+            vec![StreamAccessLogsMessage {
+                identifier: identifier("intruder"),
+                log_entries: http_logs(1),
+            }],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let counters = hub.counters().snapshot();
+        assert_eq!(
+            (counters.access_logs, counters.access_log_streams_refused),
+            (0, 1)
+        );
     }
 }

@@ -85,3 +85,95 @@ impl Subscribe {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+    use apitrace_proto::{SubscribeRequest, WasmEvent, probe_client::ProbeClient};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Code, transport::Channel};
+
+    use super::*;
+
+    async fn serve() -> (SocketAddr, Hub) {
+        let hub = Hub::new(64, Arc::default());
+        let counters = Arc::clone(hub.counters());
+        let status: StatusSource = Arc::new(move || ProbeStatus {
+            node: "node-1".into(),
+            ready: true,
+            counters: Some(counters.snapshot()),
+            ..ProbeStatus::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service = Subscribe::server(
+            hub.clone(),
+            Session::new("s1".into(), "t0k3n".into()),
+            status,
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (address, hub)
+    }
+
+    async fn subscribe(
+        address: SocketAddr,
+        session: &str,
+        token: Option<&str>,
+    ) -> Result<tonic::Streaming<Event>, Status> {
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut request = Request::new(SubscribeRequest {
+            session_id: session.into(),
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert(SESSION_TOKEN_HEADER, token.parse().unwrap());
+        }
+        ProbeClient::new(channel)
+            .subscribe(request)
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn only_the_session_token_subscribes_to_only_its_session() {
+        let (address, _hub) = serve().await;
+        for (session, token, code) in [
+            ("s1", None, Code::Unauthenticated),
+            ("s1", Some("wrong"), Code::Unauthenticated),
+            ("s2", Some("t0k3n"), Code::PermissionDenied),
+        ] {
+            let error = subscribe(address, session, token).await.unwrap_err();
+            assert_eq!(error.code(), code, "{session} {token:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscription_starts_with_the_status_then_streams_events() {
+        let (address, hub) = serve().await;
+        let mut events = subscribe(address, "s1", Some("t0k3n")).await.unwrap();
+        let first = events.next().await.unwrap().unwrap();
+        assert!(
+            matches!(first.kind, Some(Kind::Status(ref status)) if status.ready && status.node == "node-1")
+        );
+        hub.publish(Kind::Wasm(WasmEvent {
+            request_id: "r1".into(),
+            ..WasmEvent::default()
+        }));
+        let next = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(next.kind, Some(Kind::Wasm(ref event)) if event.request_id == "r1"));
+    }
+}

@@ -58,9 +58,10 @@ pub enum AttachMode {
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {
     #[error(
-        "this kernel ({0:?}) has no BPF ring buffers, which the probe needs: run it on Linux 5.8 or newer"
+        "this kernel ({}.{}.{}) has no BPF ring buffers, which the probe needs: run it on Linux 5.8 or newer",
+        .0.0, .0.1, .0.2
     )]
-    KernelTooOld(KernelVersion),
+    KernelTooOld((u8, u8, u16)),
     #[error("cannot read the kernel version: {0}")]
     KernelVersion(String),
     #[error("the kernel refused the TC program: {0}")]
@@ -119,14 +120,40 @@ pub struct Options {
 /// The mode `requested` resolves to on this kernel.
 pub fn resolve_mode(requested: AttachMode) -> Result<AttachMode, TcError> {
     let kernel = KernelVersion::current().map_err(|e| TcError::KernelVersion(e.to_string()))?;
-    if kernel < RING_BUFFER_KERNEL {
-        return Err(TcError::KernelTooOld(kernel));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    resolve_mode_on(requested, kernel, parse_release(&release))
+}
+
+/// [`resolve_mode`] for a given kernel: `version` for the comparisons, and
+/// `release` (major, minor, patch) to name it in an error.
+fn resolve_mode_on(
+    requested: AttachMode,
+    version: KernelVersion,
+    release: (u8, u8, u16),
+) -> Result<AttachMode, TcError> {
+    if version < RING_BUFFER_KERNEL {
+        return Err(TcError::KernelTooOld(release));
     }
     Ok(match requested {
-        AttachMode::Auto if kernel >= TCX_KERNEL => AttachMode::Tcx,
+        AttachMode::Auto if version >= TCX_KERNEL => AttachMode::Tcx,
         AttachMode::Auto => AttachMode::Netlink,
         explicit => explicit,
     })
+}
+
+/// `5.15.0-78-generic` -> (5, 15, 0).
+fn parse_release(release: &str) -> (u8, u8, u16) {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u16>().unwrap_or(0));
+    let mut next = || numbers.next().unwrap_or(0);
+    let (major, minor, patch) = (next(), next(), next());
+    (
+        u8::try_from(major).unwrap_or(u8::MAX),
+        u8::try_from(minor).unwrap_or(u8::MAX),
+        patch,
+    )
 }
 
 /// A traced pod: its program instance (which owns the attachments) and what
@@ -501,5 +528,48 @@ async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, decoder: Decoder, hub: H
             }
         }
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(version: (u8, u8, u16), requested: AttachMode) -> Result<AttachMode, TcError> {
+        let (major, minor, patch) = version;
+        resolve_mode_on(requested, KernelVersion::new(major, minor, patch), version)
+    }
+
+    #[test]
+    fn kernels_without_ring_buffers_are_refused_by_name() {
+        let error = on((5, 4, 0), AttachMode::Auto).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "this kernel (5.4.0) has no BPF ring buffers, which the probe needs: run it on Linux 5.8 or newer"
+        );
+    }
+
+    #[test]
+    fn tcx_from_6_6_and_netlink_before_unless_asked() {
+        assert_eq!(
+            on((5, 15, 0), AttachMode::Auto).unwrap(),
+            AttachMode::Netlink
+        );
+        assert_eq!(on((6, 6, 0), AttachMode::Auto).unwrap(), AttachMode::Tcx);
+        assert_eq!(
+            on((6, 18, 44), AttachMode::Netlink).unwrap(),
+            AttachMode::Netlink
+        );
+        assert_eq!(
+            on((5, 8, 0), AttachMode::Auto).unwrap(),
+            AttachMode::Netlink
+        );
+    }
+
+    #[test]
+    fn releases_parse_as_the_kernel_prints_them() {
+        assert_eq!(parse_release("5.15.0-78-generic\n"), (5, 15, 0));
+        assert_eq!(parse_release("6.18.44-fc-v669"), (6, 18, 44));
+        assert_eq!(parse_release(""), (0, 0, 0));
     }
 }
