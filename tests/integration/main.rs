@@ -7,6 +7,7 @@
 
 mod cli;
 mod demo;
+mod filter;
 mod layering;
 mod probe;
 mod support;

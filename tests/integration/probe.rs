@@ -5,76 +5,16 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use apitrace_netns::{
-    run_in,
-    topology::{Pod, Topology},
+use apitrace_netns::{run_in, topology::Pod};
+
+use crate::support::{
+    App, DELIBERATE_ORPHANS, binaries, orphaned_programs, pods, real, wait_for_no_orphans,
 };
-
-use crate::support::{DELIBERATE_ORPHANS, binaries, orphaned_programs, real, wait_for_no_orphans};
-
-/// Names of the namespaces these tests create: distinct from the demo's, and
-/// distinct between the tests of one process.
-fn pods(names: &[&'static str]) -> Topology {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let owner = std::process::id() * 64 + NEXT.fetch_add(1, Ordering::Relaxed);
-    Topology::create("apitrace-test-", owner, names).expect("the test pods are built")
-}
-
-/// A TCP server inside a pod that answers every connection with an HTTP 200
-/// and closes it; stopped when dropped.
-struct App {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl App {
-    fn serve(pod: &Pod, port: u16) -> Self {
-        let listener = run_in(&pod.netns_path(), || TcpListener::bind(("0.0.0.0", port)))
-            .expect("inside the pod")
-            .expect("the port is free in the pod");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let mut request = [0u8; 1024];
-                        let _ = stream.read(&mut request);
-                        let _ = stream.write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Sends one HTTP request from `client` to `address` and reads the answer.
 fn call(client: &Pod, address: SocketAddr) -> String {

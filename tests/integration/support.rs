@@ -3,14 +3,28 @@
 
 use std::{
     env,
+    io::{Read as _, Write as _},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::OnceLock,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use apitrace_netns::{
+    run_in,
+    topology::{Pod, Topology},
 };
 
 pub struct Binaries {
     pub cli: PathBuf,
     pub probe: PathBuf,
+    /// The WASM filter the probe embeds, as the guest build left it.
+    pub filter: PathBuf,
 }
 
 /// The binaries of this workspace, built once per test run so that they are
@@ -53,6 +67,8 @@ pub fn binaries() -> &'static Binaries {
         Binaries {
             cli: profile_dir.join("kubectl-apitrace"),
             probe: profile_dir.join("apitrace-probe"),
+            filter: target_dir
+                .join("guest/wasm32-unknown-unknown/guest-wasm/apitrace_wasm_filter.wasm"),
         }
     })
 }
@@ -214,4 +230,62 @@ fn held_program_ids() -> std::collections::HashSet<u64> {
                 .collect::<Vec<u64>>()
         })
         .collect()
+}
+
+/// Names of the namespaces these tests create: distinct from the demo's, and
+/// distinct between the tests of one process.
+pub fn pods(names: &[&'static str]) -> Topology {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let owner = std::process::id() * 64 + NEXT.fetch_add(1, Ordering::Relaxed);
+    Topology::create("apitrace-test-", owner, names).expect("the test pods are built")
+}
+
+/// A TCP server inside a pod that answers every connection with an HTTP 200
+/// and closes it; stopped when dropped.
+pub struct App {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl App {
+    pub fn serve(pod: &Pod, port: u16) -> Self {
+        Self::serve_on(pod, std::net::IpAddr::from([0, 0, 0, 0]), port)
+    }
+
+    pub fn serve_on(pod: &Pod, address: std::net::IpAddr, port: u16) -> Self {
+        let listener = run_in(&pod.netns_path(), || TcpListener::bind((address, port)))
+            .expect("inside the pod")
+            .expect("the port is free in the pod");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let mut request = [0u8; 1024];
+                        let _ = stream.read(&mut request);
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -25,7 +25,7 @@ proxy_wasm::main! {{
 struct Root {
     config: Option<Rc<Config>>,
     outbox: Option<Rc<RefCell<Outbox>>>,
-    /// Dispatched batches not yet answered: token -> number of events.
+    /// Dispatched batches not yet answered: token -> what each stands for.
     in_flight: HashMap<u32, u64>,
 }
 
@@ -35,8 +35,7 @@ impl Root {
             return;
         };
         while self.in_flight.len() < config.max_in_flight {
-            let Some((body, events)) = outbox.borrow_mut().take_batch(config.batch_max_events)
-            else {
+            let Some(batch) = outbox.borrow_mut().take_batch(config.batch_max_events) else {
                 return;
             };
             let headers = vec![
@@ -49,12 +48,12 @@ impl Root {
             match self.dispatch_http_call(
                 &config.ingest_cluster,
                 headers,
-                Some(&body),
+                Some(&batch.body),
                 vec![],
                 config.timeout(),
             ) {
                 Ok(token) => {
-                    self.in_flight.insert(token, events);
+                    self.in_flight.insert(token, batch.undelivered);
                 }
                 Err(status) => {
                     proxy_wasm::hostcalls::log(
@@ -65,7 +64,7 @@ impl Root {
                         ),
                     )
                     .ok();
-                    outbox.borrow_mut().count_lost(events);
+                    outbox.borrow_mut().count_lost(batch.undelivered);
                     return;
                 }
             }
@@ -81,13 +80,13 @@ impl Context for Root {
         _body: usize,
         _trailers: usize,
     ) {
-        let events = self.in_flight.remove(&token).unwrap_or(0);
+        let undelivered = self.in_flight.remove(&token).unwrap_or(0);
         let accepted = self
             .get_http_call_response_header(":status")
             .is_some_and(|status| status.starts_with('2'));
         if !accepted {
             if let Some(outbox) = &self.outbox {
-                outbox.borrow_mut().count_lost(events);
+                outbox.borrow_mut().count_lost(undelivered);
             }
         }
     }

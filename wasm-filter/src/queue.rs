@@ -36,9 +36,10 @@ impl Outbox {
         self.events.push_back(event);
     }
 
-    /// Counts events that left in a batch the probe never accepted.
-    pub fn count_lost(&mut self, events: u64) {
-        self.dropped += events;
+    /// Counts as lost everything a batch the probe never accepted stood for:
+    /// see [`Batch::undelivered`].
+    pub fn count_lost(&mut self, batch_undelivered: u64) {
+        self.dropped += batch_undelivered;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,8 +51,8 @@ impl Outbox {
     }
 
     /// Takes up to `max_events` events as an encoded batch that also reports (and
-    /// resets) the drop count. Returns the body and how many events it holds.
-    pub fn take_batch(&mut self, max_events: usize) -> Option<(Vec<u8>, u64)> {
+    /// resets) the drop count.
+    pub fn take_batch(&mut self, max_events: usize) -> Option<Batch> {
         if self.events.is_empty() && self.dropped == 0 {
             return None;
         }
@@ -65,8 +66,20 @@ impl Outbox {
             events,
             dropped: std::mem::take(&mut self.dropped),
         };
-        Some((batch.encode_to_vec(), n as u64))
+        Some(Batch {
+            body: batch.encode_to_vec(),
+            undelivered: n as u64 + batch.dropped,
+        })
     }
+}
+
+/// A batch on its way to the probe.
+#[derive(Debug)]
+pub struct Batch {
+    pub body: Vec<u8>,
+    /// What is lost if this batch is not accepted: its events, and the drops it
+    /// reports (which were taken out of the outbox's count when it was made).
+    pub undelivered: u64,
 }
 
 #[cfg(test)]
@@ -81,6 +94,10 @@ mod tests {
         }
     }
 
+    fn decode(batch: &Batch) -> WasmBatch {
+        WasmBatch::decode(batch.body.as_slice()).unwrap()
+    }
+
     #[test]
     fn budget_bounds_memory_and_counts_what_is_dropped() {
         let size = event("a").encoded_len();
@@ -89,18 +106,15 @@ mod tests {
             outbox.push(event(id));
         }
         assert_eq!(outbox.len(), 3);
-        let (body, n) = outbox.take_batch(10).unwrap();
-        assert_eq!(n, 3);
-        let batch = WasmBatch::decode(body.as_slice()).unwrap();
-        assert_eq!(batch.dropped, 2);
-        assert_eq!(
-            batch
-                .events
-                .iter()
-                .map(|e| e.request_id.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        let batch = outbox.take_batch(10).unwrap();
+        let decoded = decode(&batch);
+        assert_eq!((decoded.events.len(), decoded.dropped), (3, 2));
+        let ids: Vec<&str> = decoded
+            .events
+            .iter()
+            .map(|e| e.request_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
         // The budget is free again once the batch left.
         outbox.push(event("f"));
         assert_eq!(outbox.len(), 1);
@@ -112,16 +126,38 @@ mod tests {
         for i in 0..5 {
             outbox.push(event(&i.to_string()));
         }
-        let (_, n) = outbox.take_batch(2).unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(decode(&outbox.take_batch(2).unwrap()).events.len(), 2);
         assert_eq!(outbox.len(), 3);
         let mut empty = Outbox::new(1 << 20);
         assert!(empty.take_batch(2).is_none());
         empty.count_lost(7);
-        let (body, n) = empty.take_batch(2).unwrap();
+        let batch = empty.take_batch(2).unwrap();
         assert_eq!(
-            (n, WasmBatch::decode(body.as_slice()).unwrap().dropped),
+            (decode(&batch).events.len(), decode(&batch).dropped),
             (0, 7)
         );
+    }
+
+    /// While the probe is unreachable every batch fails. Each failed batch
+    /// gives back its events and the drops it was reporting, so that the first
+    /// batch that arrives reports every event sent or dropped until then.
+    #[test]
+    fn failed_batches_lose_nothing_from_the_count() {
+        let size = event("a").encoded_len();
+        let mut outbox = Outbox::new(size * 2);
+        let mut sent = 0;
+        for round in 0..5 {
+            for i in 0..3 {
+                outbox.push(event(&format!("{round}-{i}")));
+                sent += 1;
+            }
+            let failed = outbox.take_batch(10).unwrap();
+            outbox.count_lost(failed.undelivered);
+        }
+        outbox.push(event("back"));
+        sent += 1;
+        let delivered = decode(&outbox.take_batch(10).unwrap());
+        assert_eq!(delivered.events.len() as u64 + delivered.dropped, sent);
+        assert_eq!(delivered.dropped, 15);
     }
 }
