@@ -2,14 +2,12 @@
 //! mesh. `main` parses the command line, runs it, and prints the error chain
 //! once; everything else lives in the modules.
 
-mod args;
-mod demo;
-mod output;
-mod probe_client;
-
 use std::process::ExitCode;
 
-use args::Command;
+use kubectl_apitrace::{
+    args::{self, Command},
+    demo, output,
+};
 
 fn main() -> ExitCode {
     let cli = args::parse();

@@ -18,8 +18,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: the guest toolchain (rustc-web with the BPF `core` and the
-/// standard library's source), LLVM for building bpf-linker, and what the demo
-/// and tests run (iproute2, iptables, bpftool, a Python venv for Envoy).
+/// standard library's source), LLVM for building bpf-linker, what the demo and
+/// tests run (iproute2, iptables, bpftool, a Python venv for Envoy), and the
+/// benchmarks' load generators and peer (wrk, iperf3, tcpdump).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -32,6 +33,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "curl",
     "python3-venv",
+    "wrk",
+    "iperf3",
+    "tcpdump",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default wants LLVM 23).
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Some("build") => build(),
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -53,7 +58,8 @@ fn main() -> ExitCode {
                  setup         install what the build, the demo and the tests need (Debian, root)\n  \
                  build         build the CLI and the probe\n  \
                  demo [ARGS]   set up, build and run `kubectl-apitrace demo ARGS`\n  \
-                 test          set up, build, and run formatting, lints and every test"
+                 test          set up, build, and run formatting, lints and every test\n  \
+                 bench [ARGS]  set up, build for release, and run the benchmarks (root); results in target/bench"
             );
             return ExitCode::from(2);
         }
@@ -259,6 +265,28 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace"])
         .env("APITRACE_ENVOY", &installed.envoy))
+}
+
+/// The benchmarks, built for release: each figure next to its peer's, printed
+/// as the tables BENCHMARKS.md records, raw numbers in target/bench.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    step("bench", "building for release");
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "apitrace-probe",
+        "--package",
+        "apitrace-bench",
+    ]))?;
+    let release = workspace().join("target/release");
+    run(Command::new(release.join("apitrace-bench"))
+        .arg("--probe")
+        .arg(release.join("apitrace-probe"))
+        .arg("--out")
+        .arg(workspace().join("target/bench/results.json"))
+        .args(args))
 }
 
 fn cargo() -> Command {

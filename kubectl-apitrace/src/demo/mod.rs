@@ -9,23 +9,23 @@ use std::process::ExitCode;
 use crate::args::DemoArgs;
 
 #[cfg(target_os = "linux")]
-mod cgroup;
+pub mod cgroup;
 #[cfg(target_os = "linux")]
-mod child;
+pub mod child;
 #[cfg(target_os = "linux")]
-mod envoy;
+pub mod envoy;
 #[cfg(target_os = "linux")]
-mod http;
+pub mod http;
 #[cfg(target_os = "linux")]
-mod jwt;
+pub mod jwt;
 #[cfg(target_os = "linux")]
-mod plan;
+pub mod plan;
 #[cfg(target_os = "linux")]
-mod session;
+pub mod session;
 #[cfg(target_os = "linux")]
-mod traffic;
+pub mod traffic;
 #[cfg(target_os = "linux")]
-use apitrace_netns::topology;
+pub use apitrace_netns::topology;
 
 /// Every namespace and cgroup the demo creates starts with this, followed by
 /// the pid of the CLI that created it, so that leftovers of a CLI that died

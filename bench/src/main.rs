@@ -1,0 +1,64 @@
+//! `apitrace-bench`: each of the project's performance figures measured next to
+//! its peer's, in one run, on this host (root, Linux). `cargo xtask bench`
+//! builds it for release and runs it.
+//!
+//! Every measurement repeats and reports the median and the spread (lowest to
+//! highest). The tables go to stdout as Markdown (they are what BENCHMARKS.md
+//! records) and the raw numbers to a JSON file.
+
+mod report;
+mod stats;
+mod tc;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use report::Report;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("apitrace-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let option = |name: &str| {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let probe = option("--probe").map(PathBuf::from).ok_or_else(|| {
+        anyhow::anyhow!("--probe PATH is required: the apitrace-probe binary to measure")
+    })?;
+    let out =
+        option("--out").map_or_else(|| PathBuf::from("target/bench/results.json"), PathBuf::from);
+    let repeats: usize = option("--repeats").map_or(Ok(3), |n| n.parse())?;
+    let seconds: u64 = option("--seconds").map_or(Ok(5), |n| n.parse())?;
+    if !nix_is_root() {
+        anyhow::bail!("the benchmarks build pods and attach eBPF programs: run them as root");
+    }
+
+    let mut report = Report::new();
+    report.add(tc::run(&probe, repeats, seconds)?);
+    print!("{}", report.markdown());
+    report.write_json(&out)?;
+    eprintln!("raw numbers: {}", out.display());
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
