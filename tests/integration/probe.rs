@@ -268,3 +268,41 @@ fn traffic_outside_the_session_produces_no_events() {
     );
     assert!(probe.signal(libc::SIGTERM).success());
 }
+
+/// A ring whose reader stops reading fills up; what the kernel then cannot
+/// write is dropped and counted, and every event is either delivered or
+/// counted. The probe is stopped (SIGSTOP) while 20 connections make 120
+/// events against a 4 KiB ring, then resumed.
+#[test]
+fn an_overrun_ring_drops_and_counts_what_does_not_fit() {
+    let Some(_) = real("the ring overrun test") else {
+        return;
+    };
+    let pods = pods(&["client", "server", "probe"]);
+    let (client, server) = (pods.pod("client"), pods.pod("server"));
+    let _app = App::serve(server, 8080);
+    let probe = Probe::start(pods.pod("probe"), server, &["--ring-bytes", "4096"]);
+    let address = SocketAddr::new(IpAddr::V4(server.ipv4), 8080);
+    // SAFETY: stopping and resuming our own child.
+    unsafe { libc::kill(probe.child.id() as i32, libc::SIGSTOP) };
+    for _ in 0..20 {
+        assert!(call(client, address).contains("200 OK"));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(probe.child.id() as i32, libc::SIGCONT) };
+    let metrics = probe.metrics();
+    let count = |name: &str| metrics.get(name).copied().unwrap_or(0);
+    let ring_full = count(r#"apitrace_probe_dropped_total{source="tc",reason="ring_full"}"#);
+    let events = count(r#"apitrace_probe_events_total{source="tc"}"#);
+    assert!(
+        ring_full > 0,
+        "a stopped reader's ring overflowed: {metrics:?}"
+    );
+    // Each connection: open, accept, request, response, and a close each way.
+    assert_eq!(
+        events + ring_full,
+        20 * 6,
+        "every event is delivered or counted: {metrics:?}"
+    );
+    assert!(probe.signal(libc::SIGTERM).success());
+}
