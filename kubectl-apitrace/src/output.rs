@@ -165,6 +165,7 @@ mod tests {
             latency: None,
             als: None,
             wasm: None,
+            hops: vec![],
         }
     }
 

@@ -1,6 +1,6 @@
 //! Who an IP address is: the cluster's (or the demo's) workloads by address.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,22 +29,88 @@ pub struct Workload {
     pub namespace: String,
     pub name: String,
     pub kind: WorkloadKind,
+    /// Whether the session traces this workload's sidecar: a call from or to
+    /// it is also logged by it, as a hop of its own.
+    pub traced: bool,
 }
 
-/// Workloads by IP address. Entries are kept when a workload goes away, so
-/// that calls of a pod deleted during the session still carry its name; a new
-/// workload with the same address replaces the old one.
+/// Workloads by IP address, over time. An address can be a pod's and, after
+/// that pod is deleted, another's: each entry holds from when it was made,
+/// and a call is described by the entry that held when it was made. Entries
+/// are never removed, so calls of a pod deleted during the session still carry
+/// its name.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    by_ip: HashMap<String, Workload>,
+    by_ip: HashMap<IpAddr, Vec<(i64, Workload)>>,
 }
 
 impl Directory {
-    pub fn insert(&mut self, ip: impl Into<String>, workload: Workload) {
-        self.by_ip.insert(ip.into(), workload);
+    /// Records that `ip` is `workload`'s from `since_ns` on.
+    pub fn insert(&mut self, ip: IpAddr, since_ns: i64, workload: Workload) {
+        let entries = self.by_ip.entry(ip.to_canonical()).or_default();
+        let at = entries.partition_point(|(since, _)| *since <= since_ns);
+        entries.insert(at, (since_ns, workload));
     }
 
-    pub fn lookup(&self, ip: &str) -> Option<&Workload> {
-        self.by_ip.get(ip)
+    /// Who `ip` was at `at_ns`: the latest entry made by then, or the earliest
+    /// one when the call came before any (its pod was known only later).
+    pub fn lookup(&self, ip: &str, at_ns: i64) -> Option<&Workload> {
+        let entries = self.by_ip.get(&ip.parse::<IpAddr>().ok()?.to_canonical())?;
+        entries
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= at_ns)
+            .or_else(|| entries.first())
+            .map(|(_, workload)| workload)
+    }
+
+    /// Whether the session traces the workload `ip` was at `at_ns`.
+    pub fn is_traced(&self, ip: &str, at_ns: i64) -> bool {
+        self.lookup(ip, at_ns)
+            .is_some_and(|workload| workload.traced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> Workload {
+        Workload {
+            namespace: "default".into(),
+            name: name.into(),
+            kind: WorkloadKind::Pod,
+            traced: false,
+        }
+    }
+
+    #[test]
+    fn an_address_reused_by_another_pod_keeps_the_first_pod_for_earlier_calls() {
+        let mut directory = Directory::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        directory.insert(ip, 100, pod("web-1"));
+        // web-1 is deleted; its address goes to db-0 at 500.
+        directory.insert(ip, 500, pod("db-0"));
+        let name = |at| directory.lookup("10.0.0.7", at).map(|w| w.name.clone());
+        assert_eq!(
+            name(50).as_deref(),
+            Some("web-1"),
+            "known only later, still web-1"
+        );
+        assert_eq!(name(300).as_deref(), Some("web-1"));
+        assert_eq!(name(500).as_deref(), Some("db-0"));
+        assert_eq!(name(900).as_deref(), Some("db-0"));
+        assert!(directory.lookup("10.0.0.8", 300).is_none());
+        assert!(directory.lookup("not an address", 300).is_none());
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_the_same_workload() {
+        let mut directory = Directory::default();
+        directory.insert("10.0.0.7".parse().unwrap(), 0, pod("web-1"));
+        assert_eq!(
+            directory.lookup("::ffff:10.0.0.7", 1).unwrap().name,
+            "web-1"
+        );
     }
 }

@@ -38,6 +38,24 @@ pub struct CallRecord {
     pub als: Option<AlsRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wasm: Option<WasmRecord>,
+    /// Every sidecar that logged the call: the caller's (outbound) and the
+    /// called pod's (inbound) when both are in the mesh and traced.
+    pub hops: Vec<Hop>,
+}
+
+/// One sidecar's access-log view of a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// `namespace/name` of the sidecar.
+    pub reporter: String,
+    /// `inbound` (it received the call for its pod) or `outbound` (its pod made
+    /// the call); empty when the cluster name says neither.
+    pub direction: String,
+    pub status: u32,
+    pub upstream_cluster: String,
+    /// From the sidecar receiving the request to its last response byte.
+    pub duration_us: i64,
+    pub response_flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -108,6 +126,8 @@ pub struct WireRecord {
     pub request_id: String,
     /// Retransmitted segments seen on the call's connection while it ran.
     pub retransmits: u32,
+    /// Resets (RST) seen on the call's connection while it ran.
+    pub resets: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +225,7 @@ mod tests {
                 time: rfc3339(0),
                 request_id: "id".into(),
                 retransmits: 0,
+                resets: 0,
             }),
             latency: Some(Latency {
                 total_us: 1,
@@ -225,12 +246,23 @@ mod tests {
                 direction: "inbound".into(),
                 duration_us: 1,
             }),
+            hops: vec![Hop {
+                reporter: "ns/pod".into(),
+                direction: "inbound".into(),
+                status: 200,
+                upstream_cluster: "inbound|80||".into(),
+                duration_us: 1,
+                response_flags: vec![],
+            }],
         }
     }
 
     /// Every key of `value`, as `parent.key` paths, not descending into the
     /// free-form JWT objects.
     fn keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(first) = value.as_array().and_then(|items| items.first()) {
+            return keys(first, prefix, out);
+        }
         let Some(object) = value.as_object() else {
             return;
         };
@@ -280,6 +312,13 @@ mod tests {
             "dst.name",
             "dst.namespace",
             "dst.port",
+            "hops",
+            "hops.direction",
+            "hops.duration_us",
+            "hops.reporter",
+            "hops.response_flags",
+            "hops.status",
+            "hops.upstream_cluster",
             "latency",
             "latency.app_wire_us",
             "latency.before_sidecar_us",
@@ -308,6 +347,7 @@ mod tests {
             "tc.ip_id",
             "tc.payload_len",
             "tc.request_id",
+            "tc.resets",
             "tc.retransmits",
             "tc.src",
             "tc.src.ip",

@@ -230,11 +230,14 @@ impl Demo {
         for pod in &self.topology.pods {
             for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
                 joiner.apply(Input::Identity {
-                    ip: ip.to_string(),
+                    ip,
+                    since_ns: 0,
                     workload: Workload {
                         namespace: NAMESPACE.to_owned(),
                         name: pod.name.to_owned(),
                         kind: WorkloadKind::Pod,
+                        // Only the server pod has a sidecar the session traces.
+                        traced: pod.name == "server",
                     },
                 });
             }
