@@ -31,9 +31,43 @@ pub enum Command {
     /// with a bearer JWT, and one joined record per request is printed. Needs
     /// root; everything it creates is removed when it ends.
     #[command(
-        after_help = "Examples:\n  # Five requests, as a table\n  sudo kubectl apitrace demo\n\n  # Twenty requests as JSON lines\n  sudo kubectl apitrace demo --requests 20 -o ndjson"
+        after_help = "Examples:\n  # Five requests, as a table\n  sudo kubectl apitrace demo\n\n  # Twenty requests as JSON lines, kept to replay later\n  sudo kubectl apitrace demo --requests 20 -o ndjson --save demo.apitrace"
     )]
     Demo(DemoArgs),
+    /// Join a saved session again, offline, and print its calls.
+    ///
+    /// A session run with `--save FILE` keeps every event it received, in the
+    /// order it received them; this feeds them to the same join, so the calls
+    /// come out as the session printed them, in any output format. No cluster
+    /// and no privileges are needed.
+    #[command(
+        after_help = "Examples:\n  # The calls of a saved session, as a table\n  kubectl apitrace join demo.apitrace\n\n  # As an HTTP Archive for a browser's network panel\n  kubectl apitrace join demo.apitrace -o har > calls.har"
+    )]
+    Join(JoinArgs),
+}
+
+/// How the calls are printed; shared by every command that prints them.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Print each call as soon as it is joined, instead of every call in time
+    /// order at the end (table, wide and ndjson).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Show raw credentials (the token and its signature) instead of redacting them.
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// A file written by `--save`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -41,12 +75,12 @@ pub struct DemoArgs {
     /// How many requests the client pod sends.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = parse_requests)]
     pub requests: u32,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = Format::Table)]
-    pub output: Format,
-    /// Show raw credentials (the token and its signature) instead of redacting them.
-    #[arg(long)]
-    pub show_secrets: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Keep every event the session receives in FILE, to replay with
+    /// `kubectl apitrace join FILE`. Only its owner can read it.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
     /// The bearer token the client sends [default: a generated JWT, shaped like
     /// an identity provider's].
     #[arg(long, value_name = "TOKEN")]
@@ -127,7 +161,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("[possible values: table, ndjson]"),
+                .contains("[possible values: table, wide, json, ndjson, har]"),
             "{error}"
         );
     }

@@ -5,4 +5,7 @@
 pub mod args;
 pub mod demo;
 pub mod output;
+pub mod pipeline;
 pub mod probe_client;
+pub mod replay;
+pub mod saved;

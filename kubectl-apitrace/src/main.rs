@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use kubectl_apitrace::{
     args::{self, Command},
-    demo, output,
+    demo, output, replay,
 };
 
 fn main() -> ExitCode {
@@ -25,5 +25,6 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => demo::run(args),
+        Command::Join(args) => replay::run(args),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::{binaries, is_root, stderr};
+use crate::support::{binaries, is_root, root, stderr};
 
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(&binaries().cli)
@@ -19,7 +19,10 @@ fn bad_demo_arguments_are_refused_with_what_to_use() {
             &["demo", "--requests", "many"],
             "use a whole number such as 5",
         ),
-        (&["demo", "-o", "bogus"], "[possible values: table, ndjson]"),
+        (
+            &["demo", "-o", "bogus"],
+            "[possible values: table, wide, json, ndjson, har]",
+        ),
     ] {
         let output = cli(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -54,8 +57,8 @@ fn the_demo_without_root_says_to_use_sudo() {
 
 #[test]
 fn the_demo_without_its_artefacts_says_how_to_get_them() {
-    if !is_root() {
-        eprintln!("skipped: the artefact checks come after the root check");
+    // The artefact checks come after the root check.
+    if !root("the artefact checks") {
         return;
     }
     let output = cli(&["demo", "--probe-bin", "/nonexistent/apitrace-probe"]);

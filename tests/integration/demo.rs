@@ -25,8 +25,13 @@ fn demo(envoy: &std::path::Path) -> Command {
 #[test]
 fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
     let Some(real) = real("the demo") else { return };
+    let saved = std::env::temp_dir().join(format!(
+        "apitrace-demo-test-{}.apitrace",
+        std::process::id()
+    ));
     let child = demo(&real.envoy)
-        .args(["--requests", "5", "-o", "ndjson"])
+        .args(["--requests", "5", "-o", "ndjson", "--save"])
+        .arg(&saved)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -39,14 +44,17 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
         stderr(&output)
     );
     let stdout = String::from_utf8(output.stdout.clone()).expect("UTF-8 output");
-    // Streamed as each call completes, which need not be the order of the
-    // requests: the sidecar's workers flush their access logs independently.
-    let mut records: Vec<Value> = stdout
+    let records: Vec<Value> = stdout
         .lines()
         .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
         .collect();
-    records.sort_by_key(|record| record["time"].as_str().unwrap_or_default().to_owned());
     assert_eq!(records.len(), 5, "one record per request:\n{stdout}");
+    assert!(
+        records
+            .windows(2)
+            .all(|pair| pair[0]["time"].as_str() <= pair[1]["time"].as_str()),
+        "in time order:\n{stdout}"
+    );
 
     let mut client_ports = Vec::new();
     for record in &records {
@@ -125,6 +133,22 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
     );
     assert!(summary.contains("dropped: none"), "{summary}");
     assert_nothing_left(pid);
+
+    // The saved session replays to the same records, and to the same summary
+    // of what was joined and dropped.
+    let replay = Command::new(&binaries().cli)
+        .arg("join")
+        .arg(&saved)
+        .args(["-o", "ndjson"])
+        .output()
+        .expect("the CLI runs");
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert_eq!(String::from_utf8_lossy(&replay.stdout), stdout);
+    assert_eq!(
+        stderr(&replay).trim(),
+        summary.trim().replace("5 calls made;", "5 calls;")
+    );
+    std::fs::remove_file(&saved).expect("the saved session");
 }
 
 #[test]
@@ -133,8 +157,8 @@ fn an_interrupted_demo_removes_everything() {
         return;
     };
     let child = demo(&real.envoy)
-        .args(["--requests", "100000"])
-        .stdout(Stdio::null())
+        .args(["--requests", "100000", "-o", "ndjson"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the CLI starts");
@@ -146,6 +170,20 @@ fn an_interrupted_demo_removes_everything() {
     assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("interrupted"),
+        "{}",
+        stderr(&output)
+    );
+    // What was joined before the interruption is printed, and summed up.
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.lines().count() > 0
+            && printed
+                .lines()
+                .all(|line| serde_json::from_str::<Value>(line).is_ok()),
+        "{printed}"
+    );
+    assert!(
+        stderr(&output).contains("joined with every layer"),
         "{}",
         stderr(&output)
     );
@@ -242,8 +280,18 @@ fn show_secrets_opts_in_to_the_raw_token() {
     let Some(real) = real("the demo with --show-secrets") else {
         return;
     };
+    let saved =
+        std::env::temp_dir().join(format!("apitrace-secrets-{}.apitrace", std::process::id()));
     let output = demo(&real.envoy)
-        .args(["--requests", "1", "-o", "ndjson", "--show-secrets"])
+        .args([
+            "--requests",
+            "1",
+            "-o",
+            "ndjson",
+            "--show-secrets",
+            "--save",
+        ])
+        .arg(&saved)
         .output()
         .expect("the CLI runs");
     assert!(output.status.success(), "{}", stderr(&output));
@@ -253,6 +301,24 @@ fn show_secrets_opts_in_to_the_raw_token() {
         .expect("the raw token, asked for");
     assert_eq!(token.split('.').count(), 3, "a compact JWS: {token}");
     assert!(token.starts_with("eyJ"));
+
+    // The saved session holds the token; a replay shows it only when asked too.
+    let replay = |show: bool| {
+        let mut command = Command::new(&binaries().cli);
+        command.arg("join").arg(&saved).args(["-o", "ndjson"]);
+        if show {
+            command.arg("--show-secrets");
+        }
+        let output = command.output().expect("the CLI runs");
+        assert!(output.status.success(), "{}", stderr(&output));
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    };
+    assert!(
+        !replay(false).contains(token),
+        "a replay redacts by default"
+    );
+    assert!(replay(true).contains(token));
+    std::fs::remove_file(&saved).expect("the saved session");
 }
 
 /// Runs the demo with `args` and `-o ndjson`, checks that it succeeded and left
@@ -401,7 +467,7 @@ fn the_token_and_its_signature_are_never_printed_by_default() {
     };
     let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IiLCJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIn0.c2lnbmF0dXJlLW9mLWJvYi1zaG91bGQtbmV2ZXItbGVhaw";
     let signature = token.rsplit('.').next().unwrap();
-    for format in ["ndjson", "table"] {
+    for format in ["ndjson", "table", "har"] {
         let output = demo(&real.envoy)
             .args(["--requests", "2", "--token", token, "-o", format])
             .output()

@@ -10,4 +10,5 @@ mod demo;
 mod filter;
 mod layering;
 mod probe;
+mod replay;
 mod support;

@@ -94,15 +94,28 @@ pub fn real(test: &str) -> Option<Real> {
     if missing.is_empty() {
         return envoy.map(|envoy| Real { envoy });
     }
-    let why = format!(
+    skip(&format!(
         "{test} runs Envoy and eBPF for real and needs {}",
         missing.join(" and ")
-    );
+    ));
+    None
+}
+
+/// Whether `test`, which needs root, can run; like [`real`], it fails under
+/// `CI=true` rather than skip.
+pub fn root(test: &str) -> bool {
+    is_root() || {
+        skip(&format!("{test} needs root"));
+        false
+    }
+}
+
+/// Says why a test is skipped, or fails it under `CI=true`.
+fn skip(why: &str) {
     if env::var("CI").is_ok_and(|ci| ci == "true") {
         panic!("{why}: under CI=true it must not be skipped; run it with `sudo cargo xtask test`");
     }
     eprintln!("skipped: {why}; `sudo cargo xtask test` runs it");
-    None
 }
 
 pub fn is_root() -> bool {

@@ -8,6 +8,8 @@
 //! - `demo [ARGS]`: setup, build, then `kubectl-apitrace demo ARGS`.
 //! - `test`: setup, build, formatting, lints, and every test, including the
 //!   ones that run Envoy, the filter and the TC program for real.
+//! - `fixtures`: record the golden sessions in `tests/fixtures` from the real
+//!   demo.
 
 use std::{
     env,
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("fixtures") => fixtures(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -59,7 +62,8 @@ fn main() -> ExitCode {
                  build         build the CLI and the probe\n  \
                  demo [ARGS]   set up, build and run `kubectl-apitrace demo ARGS`\n  \
                  test          set up, build, and run formatting, lints and every test\n  \
-                 bench [ARGS]  set up, build for release, and run the benchmarks (root); results in target/bench"
+                 bench [ARGS]  set up, build for release, and run the benchmarks (root); results in target/bench\n  \
+                 fixtures      record the golden sessions in tests/fixtures from the real demo (root)"
             );
             return ExitCode::from(2);
         }
@@ -265,6 +269,37 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace"])
         .env("APITRACE_ENVOY", &installed.envoy))
+}
+
+/// The golden sessions: each is a demo run saved with `--save` next to what
+/// the demo printed, which `kubectl apitrace join` must print again.
+const FIXTURES: &[(&str, &[&str])] = &[
+    ("default", &["--requests", "5"]),
+    ("ipv6", &["--requests", "3", "--ipv6"]),
+    (
+        "keep-alive-loss",
+        &["--requests", "20", "--keep-alive", "--loss", "20"],
+    ),
+    ("bad-traffic", &["--requests", "3", "--bad-traffic"]),
+];
+
+fn fixtures() -> anyhow::Result<()> {
+    let installed = setup()?;
+    build()?;
+    let cli = workspace().join("target/debug/kubectl-apitrace");
+    let dir = workspace().join("tests/fixtures");
+    for (name, args) in FIXTURES {
+        step("fixtures", name);
+        let printed = std::fs::File::create(dir.join(format!("{name}.ndjson")))?;
+        run(Command::new(&cli)
+            .arg("demo")
+            .args(*args)
+            .args(["-o", "ndjson", "--save"])
+            .arg(dir.join(format!("{name}.apitrace")))
+            .env("APITRACE_ENVOY", &installed.envoy)
+            .stdout(printed))?;
+    }
+    Ok(())
 }
 
 /// The benchmarks, built for release: each figure next to its peer's, printed

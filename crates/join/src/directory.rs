@@ -22,6 +22,13 @@ impl WorkloadKind {
             Self::External => "External",
         }
     }
+
+    /// The kind named `text`, as [`Self::as_str`] spells it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pod, Self::Service, Self::Node, Self::External]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,9 @@
 mod directory;
 mod engine;
 mod record;
+mod saved;
 
 pub use directory::{Directory, Workload, WorkloadKind};
 pub use engine::{Input, JoinConfig, JoinStats, Joiner, Output, Part, joined};
-pub use record::{AuthRecord, CallRecord, Latency, Layer, Peer, WireRecord};
+pub use record::{AuthRecord, CallRecord, Endpoint, Latency, Layer, Peer, WireRecord};
+pub use saved::{InvalidSavedInput, to_saved};

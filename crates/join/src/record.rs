@@ -24,6 +24,12 @@ pub struct CallRecord {
     pub layers: Vec<Layer>,
     /// Envoy's response flags, each spelled out (`UF: upstream connection failure`).
     pub response_flags: Vec<String>,
+    /// Bytes of the request's and the response's bodies, as the sidecar counted
+    /// them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body_bytes: Option<u64>,
     /// The caller's credentials as the WASM filter saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthRecord>,
@@ -207,6 +213,8 @@ mod tests {
             status: 200,
             layers: vec![Layer::Als, Layer::Wasm, Layer::Tc],
             response_flags: vec![],
+            request_body_bytes: Some(0),
+            response_body_bytes: Some(2),
             auth: Some(AuthRecord {
                 scheme: "Bearer".into(),
                 claims: serde_json::json!({"sub": "alice"}),
@@ -330,7 +338,9 @@ mod tests {
             "method",
             "path",
             "protocol",
+            "request_body_bytes",
             "request_id",
+            "response_body_bytes",
             "response_flags",
             "src",
             "src.ip",

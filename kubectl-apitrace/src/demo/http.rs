@@ -12,7 +12,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// A listening socket inside the network namespace at `netns`: a socket keeps
 /// the namespace it was created in, wherever it is used from.
@@ -23,16 +23,27 @@ pub fn listen_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpListen
     TcpListener::from_std(listener)
 }
 
-/// A connection made from inside the network namespace at `netns`. The
-/// timeout leaves room for two SYN retransmissions (after 1 s and 3 s), which
-/// `--loss` makes happen.
-pub fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpStream> {
-    let stream = apitrace_netns::run_in(netns, || {
-        std::net::TcpStream::connect_timeout(&address, Duration::from_secs(8))
+/// A connection made from inside the network namespace at `netns`: the socket
+/// is created there and connects from the runtime, so that a slow handshake
+/// (`--loss` drops SYNs) never holds up the CLI's one thread. The timeout
+/// leaves room for two SYN retransmissions (after 1 s and 3 s).
+pub async fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = apitrace_netns::run_in(netns, || {
+        if address.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
     })
     .map_err(std::io::Error::other)??;
-    stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
+    tokio::time::timeout(Duration::from_secs(8), socket.connect(address))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from {address} within 8 s"),
+            )
+        })?
 }
 
 /// The app behind the sidecar: a small API, like the nginx of the paper's

@@ -44,13 +44,33 @@ fn is_running_demo(pid: u32) -> bool {
 
 #[cfg(target_os = "linux")]
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    use crate::{
+        output::{Destination, Printer},
+        pipeline::Pipeline,
+        saved::SavedWriter,
+    };
+    use apitrace_join::JoinConfig;
+
+    let output = &args.output;
+    let printer = Printer::new(
+        std::io::stdout().lock(),
+        output.format,
+        output.follow,
+        Destination::stdout(),
+    )?;
     let plan = plan::Plan::resolve(args)?;
+    let saved = plan.save.as_deref().map(SavedWriter::create).transpose()?;
+    let config = JoinConfig {
+        show_secrets: plan.show_secrets,
+        ..JoinConfig::default()
+    };
+    let pipeline = Pipeline::new(config, saved, printer);
     // One thread: the demo's child processes are tied to the thread that
     // started them (PR_SET_PDEATHSIG), which must live as long as the CLI.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(session::run(&plan))
+    runtime.block_on(session::run(&plan, pipeline))
 }
 
 #[cfg(not(target_os = "linux"))]

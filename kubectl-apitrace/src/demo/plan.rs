@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{args::DemoArgs, output::Format};
+use crate::args::DemoArgs;
 
 #[derive(Debug)]
 pub struct Plan {
     pub traffic: Traffic,
-    pub format: Format,
     pub show_secrets: bool,
+    /// Where to save the session's events.
+    pub save: Option<PathBuf>,
     pub probe: PathBuf,
     pub envoy: PathBuf,
 }
@@ -82,8 +83,8 @@ impl Plan {
                 loss: args.loss,
                 bad_traffic: args.bad_traffic,
             },
-            format: args.output,
-            show_secrets: args.show_secrets,
+            show_secrets: args.output.show_secrets,
+            save: args.save,
             probe,
             envoy,
         })

@@ -15,6 +15,7 @@
 //! namespaces.
 
 use std::{
+    io::Write,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
@@ -22,8 +23,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use apitrace_join::{CallRecord, Input, JoinConfig, JoinStats, Joiner, Workload, WorkloadKind};
-use apitrace_proto::{Counters, Event, ProbeStatus, event::Kind, ports};
+use apitrace_join::{Input, Workload, WorkloadKind};
+use apitrace_proto::{Event, ProbeStatus, event::Kind, ports};
 use futures::{StreamExt as _, stream::BoxStream};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Endpoint, Uri};
@@ -37,7 +38,7 @@ use super::{
     topology::{self, Pod, Topology},
     traffic::{self, APP_PORT},
 };
-use crate::{output, probe_client::ProbeSession};
+use crate::{pipeline::Pipeline, probe_client::ProbeSession};
 
 const NAMESPACE: &str = "demo";
 const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
@@ -50,7 +51,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// emitted when its join window (5 s) closes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
-pub async fn run(plan: &Plan) -> anyhow::Result<ExitCode> {
+pub async fn run(plan: &Plan, mut pipeline: Pipeline<impl Write>) -> anyhow::Result<ExitCode> {
     let stale = |pid| !super::is_running_demo(pid);
     for name in topology::sweep_stale(super::NAME_PREFIX, stale) {
         eprintln!("removed network namespace {name}, left by a demo that was killed");
@@ -61,40 +62,24 @@ pub async fn run(plan: &Plan) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    let outcome = tokio::select! {
-        outcome = start_and_trace(plan) => outcome,
+    let (calls, code) = tokio::select! {
+        calls = start_and_trace(plan, &mut pipeline) => (Some(calls?), ExitCode::SUCCESS),
         () = interrupted() => {
             eprintln!("interrupted: the demo's namespaces and processes were removed");
-            return Ok(ExitCode::from(130));
+            (None, ExitCode::from(130))
         }
     };
-    let Traced {
-        records,
-        stats,
-        counters,
-        calls,
-    } = outcome?;
-    match plan.format {
-        output::Format::Table => output::write_table(&mut std::io::stdout().lock(), &records)?,
-        // Printed as they were joined.
-        output::Format::Ndjson => {}
-    }
-    eprintln!("{}", summary(calls, &stats, &counters));
-    Ok(ExitCode::SUCCESS)
+    // What was joined before an interruption is printed too.
+    let outcome = pipeline.finish()?;
+    eprintln!("{}", outcome.summary(calls));
+    Ok(code)
 }
 
-/// What a demo run produced.
-struct Traced {
-    records: Vec<CallRecord>,
-    stats: JoinStats,
-    counters: Counters,
-    /// The calls the client made that should each have become a record.
-    calls: u32,
-}
-
-async fn start_and_trace(plan: &Plan) -> anyhow::Result<Traced> {
+/// Runs the demo and feeds what the probe streams to `pipeline`. Returns how
+/// many calls the client made: each should have become a record.
+async fn start_and_trace(plan: &Plan, pipeline: &mut Pipeline<impl Write>) -> anyhow::Result<u32> {
     let mut demo = Demo::start(plan).await?;
-    let traced = demo.trace(plan).await;
+    let traced = demo.trace(plan, pipeline).await;
     demo.stop().await;
     traced
 }
@@ -225,11 +210,14 @@ impl Demo {
 
     /// Sends the client's requests and joins what the probe streams until every
     /// request has its record or the drain time is over.
-    async fn trace(&mut self, plan: &Plan) -> anyhow::Result<Traced> {
-        let mut joiner = Joiner::new(JoinConfig::default());
+    async fn trace(
+        &mut self,
+        plan: &Plan,
+        pipeline: &mut Pipeline<impl Write>,
+    ) -> anyhow::Result<u32> {
         for pod in &self.topology.pods {
             for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
-                joiner.apply(Input::Identity {
+                pipeline.feed(Input::Identity {
                     ip,
                     since_ns: 0,
                     workload: Workload {
@@ -239,7 +227,7 @@ impl Demo {
                         // Only the server pod has a sidecar the session traces.
                         traced: pod.name == "server",
                     },
-                });
+                })?;
             }
         }
         let client = self.topology.pod("client").clone();
@@ -253,36 +241,22 @@ impl Demo {
             now_unix,
         ));
         let mut requests = AbortOnDrop(requests);
-        let mut records = Vec::new();
-        let mut stdout = std::io::stdout();
-        let mut emit =
-            |new: Vec<CallRecord>, records: &mut Vec<CallRecord>| -> std::io::Result<()> {
-                for record in new {
-                    if plan.format == output::Format::Ndjson {
-                        output::write_ndjson(&mut stdout, &record)?;
-                    }
-                    records.push(record);
-                }
-                Ok(())
-            };
         let mut ticks = tokio::time::interval(Duration::from_millis(200));
         // How many records the client's calls should make, once it is done.
         let mut expected: Option<u32> = None;
         let drain = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(drain);
         loop {
-            if expected.is_some_and(|calls| records.len() >= calls as usize) {
+            if expected.is_some_and(|calls| pipeline.records() >= calls as usize) {
                 break;
             }
             tokio::select! {
                 event = self.events.next() => match event {
-                    // The counters are read once more at the end.
-                    Some(Ok(Event { kind: Some(Kind::Status(_)) })) => {}
-                    Some(Ok(event)) => emit(joiner.apply(Input::Event { event, now_ns: now_ns() }), &mut records)?,
+                    Some(Ok(event)) => pipeline.feed(Input::Event { event, now_ns: now_ns() })?,
                     Some(Err(status)) => bail!("the probe's event stream failed: {}\n{}", status.message(), self.probe.log_tail()),
                     None => bail!("the probe ended its event stream\n{}", self.probe.log_tail()),
                 },
-                _ = ticks.tick() => emit(joiner.apply(Input::Tick { now_ns: now_ns() }), &mut records)?,
+                _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
                 sent = &mut requests.0, if expected.is_none() => {
                     let calls = sent
                         .map_err(|e| anyhow!("the client pod stopped: {e}"))?
@@ -293,27 +267,27 @@ impl Demo {
                 () = &mut drain => break,
             }
         }
-        emit(joiner.apply(Input::End), &mut records)?;
-        if records.is_empty() {
+        // Every call that left any trace was emitted when its window closed,
+        // which the drain outlasts.
+        if pipeline.records() == 0 {
             bail!(
                 "the client's requests succeeded but no layer observed them\n{}",
                 self.probe.log_tail()
             );
         }
-        records.sort_by(|a, b| a.time.cmp(&b.time));
-        let counters = self
-            .probe_session
-            .status()
-            .await
-            .map_err(|status| anyhow!("cannot read the probe's counters: {}", status.message()))?
-            .counters
-            .unwrap_or_default();
-        Ok(Traced {
-            records,
-            stats: joiner.stats().clone(),
-            counters,
-            calls: expected.unwrap_or_default(),
-        })
+        // The probe's counters now, after the last event: the summary's drops,
+        // and a replay's.
+        let status =
+            self.probe_session.status().await.map_err(|status| {
+                anyhow!("cannot read the probe's counters: {}", status.message())
+            })?;
+        pipeline.feed(Input::Event {
+            event: Event {
+                kind: Some(Kind::Status(status)),
+            },
+            now_ns: now_ns(),
+        })?;
+        Ok(expected.unwrap_or_default())
     }
 
     /// Stops Envoy, then the probe (which detaches from the server pod), then
@@ -399,7 +373,7 @@ async fn subscribe(
         let netns = netns.clone();
         let connector = tower::service_fn(move |_: Uri| {
             let netns = netns.clone();
-            async move { http::connect_in(&netns, address).map(TokioIo::new) }
+            async move { http::connect_in(&netns, address).await.map(TokioIo::new) }
         });
         let attempt = async {
             let channel = Endpoint::from_static("http://probe.demo")
@@ -441,7 +415,7 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
                 envoy.log_tail()
             );
         }
-        if let Ok(stream) = http::connect_in(&server.netns_path(), admin)
+        if let Ok(stream) = http::connect_in(&server.netns_path(), admin).await
             && let Ok(mut connection) = http::Connection::over(stream).await
             && let Ok((status, body)) = connection.get("admin", "/ready", None).await
             && status.is_success()
@@ -457,44 +431,6 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn summary(calls: u32, stats: &JoinStats, counters: &Counters) -> String {
-    let drops: Vec<String> = [
-        ("TC ring buffer full", counters.tc_ring_full),
-        ("TC flow table full", counters.tc_flow_table_full),
-        ("TC malformed", counters.tc_malformed),
-        ("access logs malformed", counters.access_logs_malformed),
-        (
-            "WASM dropped in the filter",
-            counters.wasm_dropped_in_filter,
-        ),
-        ("WASM batches refused", counters.wasm_batches_refused),
-        ("WASM batches malformed", counters.wasm_batches_malformed),
-        ("subscriber fell behind", counters.subscriber_lagged),
-        ("observed before the CLI subscribed", counters.no_subscriber),
-        ("ALS streams refused", counters.access_log_streams_refused),
-    ]
-    .into_iter()
-    .filter(|(_, n)| *n > 0)
-    .map(|(what, n)| format!("{what}: {n}"))
-    .collect();
-    format!(
-        "{calls} calls made; {} joined with every layer, {} with some; unmatched events: {} TC, {} WASM. \
-         The probe received {} TC, {} ALS and {} WASM events; dropped: {}.",
-        stats.complete,
-        stats.partial,
-        stats.unmatched_tc,
-        stats.unmatched_wasm,
-        counters.tc_events,
-        counters.access_logs,
-        counters.wasm_events,
-        if drops.is_empty() {
-            "none".to_owned()
-        } else {
-            drops.join(", ")
-        }
-    )
 }
 
 async fn interrupted() {

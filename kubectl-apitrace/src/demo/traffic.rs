@@ -79,6 +79,7 @@ pub async fn send(
 
 async fn connect(netns: &Path, address: SocketAddr) -> anyhow::Result<Connection> {
     let stream = http::connect_in(netns, address)
+        .await
         .with_context(|| format!("the client pod cannot connect to {address}"))?;
     Connection::over(stream)
         .await
@@ -145,6 +146,7 @@ async fn send_bad(
         }
     };
     let mut stream = http::connect_in(netns, address)
+        .await
         .with_context(|| format!("the client pod cannot connect to {address}"))?;
     // The sidecar answers with an error and closes, or resets: both are fine;
     // what matters is that nothing on apitrace's side breaks.

@@ -39,6 +39,7 @@ pub(crate) fn build_record(
     wire: Option<&Wire>,
     upstream_response: Option<&TcEvent>,
     directory: &Directory,
+    show_secrets: bool,
 ) -> CallRecord {
     let log = primary_log(&call.access_logs);
     let wasm = call
@@ -46,7 +47,7 @@ pub(crate) fn build_record(
         .iter()
         .find(|event| event.listener_direction == "inbound")
         .or_else(|| call.wasm.first());
-    let upstream = call.upstream.first();
+    let upstream = call.upstream.first().map(|(_, request)| request);
     // The request line as the TC program read it: on the hop to the app, else
     // on the wire (where a request the sidecar rejected still shows it).
     let request_line = upstream
@@ -131,7 +132,11 @@ pub(crate) fn build_record(
         response_flags: log
             .map(|l| spell_out_flags(&l.response_flags))
             .unwrap_or_default(),
-        auth: wasm.and_then(|w| w.auth.as_ref()).map(auth_record),
+        request_body_bytes: log.map(|l| l.request_body_bytes),
+        response_body_bytes: log.map(|l| l.response_body_bytes),
+        auth: wasm
+            .and_then(|w| w.auth.as_ref())
+            .map(|auth| auth_record(auth, show_secrets)),
         tc: wire.map(|wire| WireRecord {
             ip_id: wire.request.ip_id,
             tcp_seq: wire.request.tcp_seq,
@@ -193,7 +198,10 @@ fn endpoint(endpoint: Option<&ProtoEndpoint>) -> Endpoint {
     )
 }
 
-fn auth_record(auth: &AuthInfo) -> AuthRecord {
+/// The caller's credentials. The filter sends the raw token only when the
+/// session opted in to secrets; a saved session replayed without
+/// `--show-secrets` still leaves it out.
+fn auth_record(auth: &AuthInfo, show_secrets: bool) -> AuthRecord {
     let json = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
     AuthRecord {
         scheme: auth.scheme.clone(),
@@ -204,7 +212,7 @@ fn auth_record(auth: &AuthInfo) -> AuthRecord {
         },
         jwt_header: json(&auth.jwt_header_json),
         fingerprint: auth.fingerprint.clone(),
-        token: (!auth.token.is_empty()).then(|| auth.token.clone()),
+        token: (show_secrets && !auth.token.is_empty()).then(|| auth.token.clone()),
         error: (!auth.decode_error.is_empty()).then(|| auth.decode_error.clone()),
     }
 }

@@ -3,7 +3,7 @@
 mod build;
 mod wire;
 
-use std::{collections::VecDeque, net::IpAddr};
+use std::{collections::VecDeque, net::IpAddr, sync::Arc};
 
 use apitrace_proto::{
     AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, WasmEvent, event::Kind,
@@ -18,7 +18,7 @@ use crate::{
     record::CallRecord,
 };
 use build::{Wire, build_record, primary_log};
-use wire::{Flow, WireIndex, flow, reverse};
+use wire::{Flow, UpstreamIndex, WireIndex, flow, reverse};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
 /// session expects, and when its window closes otherwise.
@@ -49,6 +49,8 @@ pub struct JoinConfig {
     /// separately, so this only absorbs conversion error. Wider than the
     /// shortest turnaround on a connection, it would take the next request.
     pub wire_tolerance_ns: i64,
+    /// Keep the raw credentials in the records, when the filter sent them.
+    pub show_secrets: bool,
 }
 
 impl Default for JoinConfig {
@@ -57,6 +59,7 @@ impl Default for JoinConfig {
             window_ns: 5_000_000_000,
             expect: vec![Part::AccessLog, Part::Wasm, Part::Wire, Part::Upstream],
             wire_tolerance_ns: 50_000,
+            show_secrets: false,
         }
     }
 }
@@ -99,34 +102,43 @@ pub struct JoinStats {
     pub unmatched_wasm: u64,
     /// TC events no call claimed within two windows of their arrival.
     pub unmatched_tc: u64,
+    /// TC retransmissions and resets on a connection after its calls were
+    /// emitted: its teardown (a retransmitted FIN), or too late for a call
+    /// that was already printed.
+    pub tc_after_calls: u64,
 }
 
+/// A call's key: its x-request-id (or, without one, its connection and start
+/// time), shared by the indexes that point at the call.
+type CallId = Arc<str>;
+
 /// What has arrived of one call.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PendingCall {
+    id: CallId,
     first_arrival_ns: i64,
     pub(crate) access_logs: Vec<AccessLog>,
     pub(crate) wasm: Vec<WasmEvent>,
-    /// The sidecar's plaintext requests to the app, with the x-request-id.
-    pub(crate) upstream: Vec<TcEvent>,
+    /// The sidecar's plaintext requests to the app, with the x-request-id,
+    /// and their flow.
+    pub(crate) upstream: Vec<(Flow, TcEvent)>,
 }
 
 #[derive(Debug)]
 pub struct Joiner {
     config: JoinConfig,
     directory: Directory,
-    calls: FxHashMap<String, PendingCall>,
+    calls: FxHashMap<CallId, PendingCall>,
     /// Calls in the order they opened: (first arrival, id). Their windows
     /// close in this order; an entry whose call was emitted (or replaced by a
     /// later one with the same id) is skipped.
-    opened: VecDeque<(i64, String)>,
+    opened: VecDeque<(i64, CallId)>,
     wire: WireIndex,
     /// Open calls by the connection their access logs name, so that a wire
     /// event finds its call without looking at the others.
-    awaiting_wire: FxHashMap<Flow, Vec<String>>,
-    /// Open calls by the connection of their plaintext hop to the app. The
-    /// sidecar pools its connections to the app, so many calls share one.
-    upstream_flows: FxHashMap<Flow, Vec<String>>,
+    awaiting_wire: FxHashMap<Flow, Vec<CallId>>,
+    /// Open calls by their plaintext hop to the app.
+    upstream: UpstreamIndex,
     stats: JoinStats,
 }
 
@@ -139,7 +151,7 @@ impl Joiner {
             opened: VecDeque::new(),
             wire: WireIndex::default(),
             awaiting_wire: FxHashMap::default(),
-            upstream_flows: FxHashMap::default(),
+            upstream: UpstreamIndex::default(),
             stats: JoinStats::default(),
         }
     }
@@ -148,53 +160,54 @@ impl Joiner {
         &self.stats
     }
 
-    /// Applies one input and returns the calls it completed or expired, oldest
-    /// first.
-    pub fn apply(&mut self, input: Input) -> Vec<CallRecord> {
+    /// Applies one input and appends the calls it completed or expired to
+    /// `records`, oldest first. The caller's buffer, reused from one input to
+    /// the next, saves an allocation per record.
+    pub fn apply(&mut self, input: Input, records: &mut Vec<CallRecord>) {
         match input {
             Input::Event { event, now_ns } => {
-                let mut out = Vec::new();
                 if let Some(request_id) = self.accept(event, now_ns)
                     && self.is_complete(&request_id)
                 {
-                    out.extend(self.emit(&request_id, true));
+                    records.extend(self.emit(&request_id, true, now_ns));
                 }
-                out.extend(self.expire(now_ns));
-                out
+                self.expire(now_ns, records);
             }
             Input::Identity {
                 ip,
                 since_ns,
                 workload,
-            } => {
-                self.directory.insert(ip, since_ns, workload);
-                Vec::new()
-            }
-            Input::Tick { now_ns } => self.expire(now_ns),
-            Input::End => self.expire(i64::MAX),
+            } => self.directory.insert(ip, since_ns, workload),
+            Input::Tick { now_ns } => self.expire(now_ns, records),
+            Input::End => self.expire(i64::MAX, records),
         }
     }
 
     /// Files an event; returns the request id of the call it belongs to.
-    fn accept(&mut self, event: Event, now_ns: i64) -> Option<String> {
+    fn accept(&mut self, event: Event, now_ns: i64) -> Option<CallId> {
         match event.kind? {
             Kind::AccessLog(log) => {
                 // Requests the sidecar rejected before assigning an
                 // x-request-id (a malformed request line, an oversized header)
                 // and TCP proxy entries are calls too, known by their
                 // connection and start time.
-                let id = if log.request_id.is_empty() {
-                    unidentified_call_key(&log)
+                let call = if log.request_id.is_empty() {
+                    self.open(&unidentified_call_key(&log), now_ns)
                 } else {
-                    log.request_id.clone()
+                    self.open(&log.request_id, now_ns)
                 };
-                if let Some(key) = flow(
+                let id = Arc::clone(&call.id);
+                let key = flow(
                     log.downstream_remote.as_ref(),
                     log.downstream_local.as_ref(),
-                ) {
-                    self.awaiting_wire.entry(key).or_default().push(id.clone());
+                );
+                push_exact(&mut call.access_logs, log);
+                if let Some(key) = key {
+                    self.awaiting_wire
+                        .entry(key)
+                        .or_default()
+                        .push(Arc::clone(&id));
                 }
-                self.call(&id, now_ns).access_logs.push(log);
                 Some(id)
             }
             Kind::Wasm(wasm) => {
@@ -202,16 +215,16 @@ impl Joiner {
                     self.stats.unmatched_wasm += 1;
                     return None;
                 }
-                let id = wasm.request_id.clone();
-                self.call(&id, now_ns).wasm.push(wasm);
-                Some(id)
+                let call = self.open(&wasm.request_id, now_ns);
+                push_exact(&mut call.wasm, wasm);
+                Some(Arc::clone(&call.id))
             }
             Kind::Tc(tc) => self.accept_tc(tc, now_ns),
             Kind::Status(_) => None,
         }
     }
 
-    fn accept_tc(&mut self, tc: TcEvent, now_ns: i64) -> Option<String> {
+    fn accept_tc(&mut self, tc: TcEvent, now_ns: i64) -> Option<CallId> {
         let key = flow(tc.src.as_ref(), tc.dst.as_ref())?;
         match TcKind::try_from(tc.kind) {
             Ok(TcKind::Message) => {
@@ -219,27 +232,29 @@ impl Joiner {
                     .http
                     .as_ref()
                     .filter(|head| matches!(head.start_line, Some(StartLine::Request(_))))
-                    .map(|head| head.request_id.clone())
-                    .unwrap_or_default();
+                    .map_or("", |head| head.request_id.as_str());
                 if !request_id.is_empty() {
                     // A hop after a sidecar: the header it added is on the wire.
-                    self.upstream_flows
-                        .entry(key)
-                        .or_default()
-                        .push(request_id.clone());
-                    self.call(&request_id, now_ns).upstream.push(tc);
-                    return Some(request_id);
+                    let time = tc.time_unix_nano;
+                    let call = self.open(request_id, now_ns);
+                    let id = Arc::clone(&call.id);
+                    push_exact(&mut call.upstream, (key, tc));
+                    self.upstream.add(key, time, Arc::clone(&id));
+                    return Some(id);
                 }
+                let time = tc.time_unix_nano;
                 self.wire.add_message(key, tc, now_ns);
                 // A message start can complete a call whose other parts came
                 // first: as its request start, as the response to it, or as
-                // the app's response on its hop from the sidecar.
+                // the app's response on its hop from the sidecar (to the
+                // request that went last before it).
                 let reversed = reverse(&key);
+                let answered = self.upstream.last_before(&reversed, time);
                 [&key, &reversed]
                     .into_iter()
                     .filter_map(|key| self.awaiting_wire.get(key))
-                    .chain(self.upstream_flows.get(&reversed))
                     .flatten()
+                    .chain(answered)
                     .find(|id| self.is_complete(id))
                     .cloned()
             }
@@ -254,15 +269,24 @@ impl Joiner {
         }
     }
 
-    fn call(&mut self, request_id: &str, now_ns: i64) -> &mut PendingCall {
-        if !self.calls.contains_key(request_id) {
-            self.opened.push_back((now_ns, request_id.to_owned()));
-        }
+    /// The open call `request_id`, opened now if it was not.
+    fn open(&mut self, request_id: &str, now_ns: i64) -> &mut PendingCall {
+        let id = match self.calls.get_key_value(request_id) {
+            Some((id, _)) => Arc::clone(id),
+            None => {
+                let id = CallId::from(request_id);
+                self.opened.push_back((now_ns, Arc::clone(&id)));
+                id
+            }
+        };
         self.calls
-            .entry(request_id.to_owned())
+            .entry(Arc::clone(&id))
             .or_insert_with(|| PendingCall {
+                id,
                 first_arrival_ns: now_ns,
-                ..PendingCall::default()
+                access_logs: Vec::new(),
+                wasm: Vec::new(),
+                upstream: Vec::new(),
             })
     }
 
@@ -289,14 +313,14 @@ impl Joiner {
                 Part::AccessLog => !call.access_logs.is_empty(),
                 // Each sidecar that logged the call ran the filter too.
                 Part::Wasm => call.wasm.len() >= call.access_logs.len().max(1),
-                Part::Upstream => call
-                    .upstream
-                    .first()
-                    .is_some_and(|request| self.find_upstream_response(request).is_some()),
+                Part::Upstream => call.upstream.first().is_some_and(|(flow, request)| {
+                    self.find_upstream_response(flow, request.time_unix_nano)
+                        .is_some()
+                }),
                 Part::Wire => log
                     .and_then(|log| self.find_wire_request(log))
-                    .and_then(|pick| self.wire.message(pick))
-                    .is_some_and(|request| self.find_wire_response(&request.event).is_some()),
+                    .and_then(|pick| Some((pick.flow, self.wire.message(pick)?.time_ns)))
+                    .is_some_and(|(flow, time)| self.find_wire_response(&flow, time).is_some()),
             })
     }
 
@@ -305,28 +329,22 @@ impl Joiner {
     /// sent, so the response starts before the connection's next request; a
     /// timing from the sidecar would not do as the bound, since the sidecar's
     /// and the kernel's clocks are converted separately.
-    fn find_wire_response(&self, request: &TcEvent) -> Option<wire::Pick> {
-        let until = flow(request.src.as_ref(), request.dst.as_ref())
-            .and_then(|key| self.wire.next_request_after(&key, request.time_unix_nano))
+    fn find_wire_response(&self, request_flow: &Flow, request_ns: i64) -> Option<wire::Pick> {
+        let until = self
+            .wire
+            .next_request_after(request_flow, request_ns)
             .unwrap_or(i64::MAX);
-        self.wire.find_response(request, until)
+        self.wire.find_response(request_flow, request_ns, until)
     }
 
     /// The start of the app's response to the sidecar's request `request`:
     /// before the sidecar's next request on that pooled connection.
-    fn find_upstream_response(&self, request: &TcEvent) -> Option<wire::Pick> {
-        let key = flow(request.src.as_ref(), request.dst.as_ref())?;
+    fn find_upstream_response(&self, request_flow: &Flow, request_ns: i64) -> Option<wire::Pick> {
         let until = self
-            .upstream_flows
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.calls.get(id)?.upstream.first())
-            .map(|next| next.time_unix_nano)
-            .filter(|&time| time > request.time_unix_nano)
-            .min()
+            .upstream
+            .next_after(request_flow, request_ns)
             .unwrap_or(i64::MAX);
-        self.wire.find_response(request, until)
+        self.wire.find_response(request_flow, request_ns, until)
     }
 
     /// Whether each traced sidecar that takes part in the call has logged its
@@ -356,9 +374,8 @@ impl Joiner {
 
     /// Emits the calls whose window closed, and forgets wire events no call
     /// claimed in time.
-    fn expire(&mut self, now_ns: i64) -> Vec<CallRecord> {
+    fn expire(&mut self, now_ns: i64, records: &mut Vec<CallRecord>) {
         let window = self.config.window_ns;
-        let mut records = Vec::new();
         while let Some((opened_ns, _)) = self.opened.front() {
             if opened_ns.saturating_add(window) > now_ns {
                 break;
@@ -372,25 +389,23 @@ impl Joiner {
                 .is_some_and(|call| call.first_arrival_ns == opened_ns);
             if still_open {
                 let complete = self.is_complete(&id);
-                records.extend(self.emit(&id, complete));
+                records.extend(self.emit(&id, complete, now_ns));
             }
         }
         // A wire event can come up to a window before its call's first event
         // (the request starts long before the sidecar logs it), and the call
         // may wait a window more: a wire event is kept for two.
         let cutoff = now_ns.saturating_sub(window.saturating_mul(2));
-        self.stats.unmatched_tc += self.wire.expire(cutoff);
-        records
+        let expired = self.wire.expire(cutoff);
+        self.stats.unmatched_tc += expired.unmatched;
+        self.stats.tc_after_calls += expired.after_a_call;
     }
 
-    fn emit(&mut self, request_id: &str, complete: bool) -> Option<CallRecord> {
+    fn emit(&mut self, request_id: &str, complete: bool, now_ns: i64) -> Option<CallRecord> {
         let call = self.calls.remove(request_id)?;
-        for upstream in &call.upstream {
-            unindex(
-                &mut self.upstream_flows,
-                flow(upstream.src.as_ref(), upstream.dst.as_ref()),
-                request_id,
-            );
+        for (key, upstream) in &call.upstream {
+            self.upstream
+                .remove(key, upstream.time_unix_nano, request_id);
         }
         for log in &call.access_logs {
             unindex(
@@ -404,11 +419,11 @@ impl Joiner {
         }
         let wire = primary_log(&call.access_logs)
             .and_then(|log| self.find_wire_request(log))
-            .and_then(|pick| self.claim_wire(pick));
+            .and_then(|pick| self.claim_wire(pick, now_ns));
         let upstream_response = call
             .upstream
             .first()
-            .and_then(|request| self.find_upstream_response(request))
+            .and_then(|(flow, request)| self.find_upstream_response(flow, request.time_unix_nano))
             .and_then(|pick| self.wire.take(pick));
         if complete {
             self.stats.complete += 1;
@@ -421,22 +436,23 @@ impl Joiner {
             wire.as_ref(),
             upstream_response.as_ref(),
             &self.directory,
+            self.config.show_secrets,
         ))
     }
 
     /// Takes a request start, its response start, and the retransmissions and
     /// resets of its connection from it until the next request on it.
-    fn claim_wire(&mut self, pick: wire::Pick) -> Option<Wire> {
+    fn claim_wire(&mut self, pick: wire::Pick, now_ns: i64) -> Option<Wire> {
         let request = self.wire.take(pick)?;
         let response = self
-            .find_wire_response(&request)
+            .find_wire_response(&pick.flow, request.time_unix_nano)
             .and_then(|pick| self.wire.take(pick));
         let start = request.time_unix_nano;
         let until = self
             .wire
             .next_request_after(&pick.flow, start)
             .unwrap_or(i64::MAX);
-        let (retransmits, resets) = self.wire.take_context(&pick.flow, start, until);
+        let (retransmits, resets) = self.wire.take_context(&pick.flow, start, until, now_ns);
         Some(Wire {
             request,
             response,
@@ -460,11 +476,19 @@ fn unidentified_call_key(log: &AccessLog) -> String {
     )
 }
 
+/// Pushes `item` growing `parts` by one only. A call mostly has one part of
+/// each kind; `Vec`'s first growth to four would make each call's parts
+/// a large allocation, which costs the allocator far more than a small one.
+fn push_exact<T>(parts: &mut Vec<T>, item: T) {
+    parts.reserve_exact(1);
+    parts.push(item);
+}
+
 /// Removes `request_id` from the calls indexed under `key`.
-fn unindex(index: &mut FxHashMap<Flow, Vec<String>>, key: Option<Flow>, request_id: &str) {
+fn unindex(index: &mut FxHashMap<Flow, Vec<CallId>>, key: Option<Flow>, request_id: &str) {
     let Some(key) = key else { return };
     if let Some(ids) = index.get_mut(&key) {
-        ids.retain(|id| id != request_id);
+        ids.retain(|id| &**id != request_id);
         if ids.is_empty() {
             index.remove(&key);
         }
@@ -494,21 +518,20 @@ pub fn joined<S: Stream<Item = Input>>(
         let (mut joiner, mut inputs) = state?;
         match inputs.next().await {
             Some(input) => {
-                let records: Vec<Output> = joiner
-                    .apply(input)
-                    .into_iter()
-                    .map(Output::Record)
-                    .collect();
-                Some((stream::iter(records), Some((joiner, inputs))))
+                let mut records = Vec::new();
+                joiner.apply(input, &mut records);
+                let records = records.into_iter().map(Output::Record);
+                Some((
+                    stream::iter(records.collect::<Vec<_>>()),
+                    Some((joiner, inputs)),
+                ))
             }
             None => {
-                let mut records: Vec<Output> = joiner
-                    .apply(Input::End)
-                    .into_iter()
-                    .map(Output::Record)
-                    .collect();
-                records.push(Output::Done(joiner.stats().clone()));
-                Some((stream::iter(records), None))
+                let mut records = Vec::new();
+                joiner.apply(Input::End, &mut records);
+                let mut outputs: Vec<Output> = records.into_iter().map(Output::Record).collect();
+                outputs.push(Output::Done(joiner.stats().clone()));
+                Some((stream::iter(outputs), None))
             }
         }
     })
@@ -642,26 +665,39 @@ mod tests {
         ]
     }
 
+    /// The records `input` completes or expires.
+    pub(super) fn apply(joiner: &mut Joiner, input: Input) -> Vec<CallRecord> {
+        let mut records = Vec::new();
+        joiner.apply(input, &mut records);
+        records
+    }
+
     fn run(events: Vec<Event>) -> (Vec<CallRecord>, JoinStats) {
         let mut joiner = Joiner::new(JoinConfig::default());
-        joiner.apply(Input::Identity {
-            ip: "10.0.0.40".parse().unwrap(),
-            since_ns: 0,
-            workload: Workload {
-                namespace: "default".into(),
-                name: "sleep".into(),
-                kind: WorkloadKind::Pod,
-                traced: false,
+        apply(
+            &mut joiner,
+            Input::Identity {
+                ip: "10.0.0.40".parse().unwrap(),
+                since_ns: 0,
+                workload: Workload {
+                    namespace: "default".into(),
+                    name: "sleep".into(),
+                    kind: WorkloadKind::Pod,
+                    traced: false,
+                },
             },
-        });
+        );
         let mut records = Vec::new();
         for (i, event) in events.into_iter().enumerate() {
-            records.extend(joiner.apply(Input::Event {
-                event,
-                now_ns: T0 + i as i64,
-            }));
+            records.extend(apply(
+                &mut joiner,
+                Input::Event {
+                    event,
+                    now_ns: T0 + i as i64,
+                },
+            ));
         }
-        records.extend(joiner.apply(Input::End));
+        records.extend(apply(&mut joiner, Input::End));
         (records, joiner.stats().clone())
     }
 
@@ -734,21 +770,29 @@ mod tests {
     #[test]
     fn a_call_missing_a_layer_is_emitted_when_its_window_closes() {
         let mut joiner = Joiner::new(JoinConfig::default());
-        let early = joiner.apply(Input::Event {
-            event: access_log("req-2", 50000, T0),
-            now_ns: T0,
-        });
+        let early = apply(
+            &mut joiner,
+            Input::Event {
+                event: access_log("req-2", 50000, T0),
+                now_ns: T0,
+            },
+        );
         assert!(early.is_empty());
         assert!(
-            joiner
-                .apply(Input::Tick {
+            apply(
+                &mut joiner,
+                Input::Tick {
                     now_ns: T0 + 4 * SECOND
-                })
-                .is_empty()
+                }
+            )
+            .is_empty()
         );
-        let records = joiner.apply(Input::Tick {
-            now_ns: T0 + 5 * SECOND,
-        });
+        let records = apply(
+            &mut joiner,
+            Input::Tick {
+                now_ns: T0 + 5 * SECOND,
+            },
+        );
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].layers, [Layer::Als]);
         assert_eq!(joiner.stats().partial, 1);
@@ -762,23 +806,31 @@ mod tests {
         let mut joiner = Joiner::new(JoinConfig::default());
         let wire = request_start(50174, T0, 42, "");
         assert!(
-            joiner
-                .apply(Input::Event {
+            apply(
+                &mut joiner,
+                Input::Event {
                     event: wire,
                     now_ns: T0
-                })
-                .is_empty()
+                }
+            )
+            .is_empty()
         );
         let late = T0 + 6 * SECOND;
         for event in [wasm("slow"), access_log("slow", 50174, T0 + 1_000)] {
-            joiner.apply(Input::Event {
-                event,
-                now_ns: late,
-            });
+            apply(
+                &mut joiner,
+                Input::Event {
+                    event,
+                    now_ns: late,
+                },
+            );
         }
-        let records = joiner.apply(Input::Tick {
-            now_ns: late + 5 * SECOND,
-        });
+        let records = apply(
+            &mut joiner,
+            Input::Tick {
+                now_ns: late + 5 * SECOND,
+            },
+        );
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].tc.as_ref().map(|tc| tc.tcp_seq), Some(42));
         assert_eq!(joiner.stats().unmatched_tc, 0);
@@ -853,6 +905,20 @@ mod tests {
         assert_eq!(records[0].tc.as_ref().unwrap().retransmits, 1);
     }
 
+    /// A retransmission after the call was printed (the client's FIN, lost
+    /// once) is the connection's teardown: counted apart from what matched
+    /// nothing.
+    #[test]
+    fn retransmissions_after_the_call_are_counted_as_such() {
+        let mut events = one_call();
+        events.push(retransmit(50174, T0 + 200_000_000));
+        // And one on a connection no call was made on.
+        events.push(retransmit(40000, T0 + 200_000_000));
+        let (records, stats) = run(events);
+        assert_eq!(records[0].tc.as_ref().unwrap().retransmits, 0);
+        assert_eq!((stats.tc_after_calls, stats.unmatched_tc), (1, 1));
+    }
+
     /// A request the sidecar rejected before giving it an x-request-id (here
     /// a 431 for an oversized header) is still a call: its access log joins
     /// its wire event through the connection.
@@ -909,7 +975,7 @@ mod session_tests {
     };
     use proptest::prelude::*;
 
-    use super::*;
+    use super::{tests::apply, *};
     use crate::record::Layer;
 
     const T0: i64 = 1_800_000_000_000_000_000;
@@ -1059,12 +1125,15 @@ mod session_tests {
         let mut joiner = Joiner::new(config);
         let mut records = Vec::new();
         for (n, event) in events.into_iter().enumerate() {
-            records.extend(joiner.apply(Input::Event {
-                event,
-                now_ns: T0 + n as i64,
-            }));
+            records.extend(apply(
+                &mut joiner,
+                Input::Event {
+                    event,
+                    now_ns: T0 + n as i64,
+                },
+            ));
         }
-        records.extend(joiner.apply(Input::End));
+        records.extend(apply(&mut joiner, Input::End));
         records.sort_by(|a, b| a.request_id.cmp(&b.request_id));
         (records, joiner.stats().clone())
     }
@@ -1248,22 +1317,25 @@ mod session_tests {
             ..JoinConfig::default()
         });
         for (ip, name) in [("10.0.0.1", "client"), ("10.0.0.2", "server")] {
-            joiner.apply(Input::Identity {
-                ip: ip.parse().unwrap(),
-                since_ns: 0,
-                workload: crate::directory::Workload {
-                    namespace: "ns".into(),
-                    name: name.into(),
-                    kind: crate::directory::WorkloadKind::Pod,
-                    traced: true,
+            apply(
+                &mut joiner,
+                Input::Identity {
+                    ip: ip.parse().unwrap(),
+                    since_ns: 0,
+                    workload: crate::directory::Workload {
+                        namespace: "ns".into(),
+                        name: name.into(),
+                        kind: crate::directory::WorkloadKind::Pod,
+                        traced: true,
+                    },
                 },
-            });
+            );
         }
         let mut records = Vec::new();
         for event in events {
-            records.extend(joiner.apply(Input::Event { event, now_ns: T0 }));
+            records.extend(apply(&mut joiner, Input::Event { event, now_ns: T0 }));
         }
-        records.extend(joiner.apply(Input::End));
+        records.extend(apply(&mut joiner, Input::End));
         assert_eq!(records.len(), 1, "{records:?}");
         let record = &records[0];
         let hops: Vec<(&str, &str, i64)> = record

@@ -1,0 +1,361 @@
+//! `kubectl apitrace join FILE`: the golden sessions recorded from the real
+//! demo (`cargo xtask fixtures`) replay to what the demo printed, in every
+//! output format; bad files and bad pipes end cleanly.
+
+use std::{
+    fs,
+    io::Read as _,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::support::{binaries, stderr};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    fixtures().join(format!("{name}.apitrace"))
+}
+
+fn join(file: &Path, args: &[&str]) -> Output {
+    Command::new(&binaries().cli)
+        .arg("join")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("the CLI runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
+}
+
+fn records(name: &str) -> Vec<Value> {
+    let output = join(&fixture(name), &["-o", "ndjson"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn every_golden_session_replays_to_what_the_demo_printed() {
+    let mut replayed = 0;
+    for entry in fs::read_dir(fixtures()).expect("tests/fixtures") {
+        let path = entry.expect("a directory entry").path();
+        if path
+            .extension()
+            .is_none_or(|extension| extension != "apitrace")
+        {
+            continue;
+        }
+        let printed = fs::read_to_string(path.with_extension("ndjson"))
+            .expect("each saved session has the demo's output next to it");
+        let output = join(&path, &["-o", "ndjson"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(
+            stdout(&output),
+            printed,
+            "{} replays differently from how the demo printed it",
+            path.display()
+        );
+        replayed += 1;
+    }
+    assert_eq!(
+        replayed, 4,
+        "the four sessions `cargo xtask fixtures` records"
+    );
+}
+
+/// What each golden session is there for, so that a re-recorded fixture that
+/// lost its point fails here rather than passing as a new golden.
+#[test]
+fn the_golden_sessions_show_what_they_were_recorded_for() {
+    let complete = |record: &Value| record["layers"] == serde_json::json!(["als", "wasm", "tc"]);
+
+    let default = records("default");
+    assert_eq!(default.len(), 5);
+    assert!(default.iter().all(complete));
+
+    let ipv6 = records("ipv6");
+    assert!(ipv6.iter().all(complete));
+    assert!(
+        ipv6.iter()
+            .all(|r| r["src"]["ip"].as_str().unwrap().contains(':'))
+    );
+    assert!(ipv6.iter().all(|r| r["tc"]["ip_id"] == 0));
+
+    let lossy = records("keep-alive-loss");
+    assert_eq!(lossy.len(), 20);
+    assert!(lossy.iter().all(complete));
+    // One connection: every request joined to its own first packet.
+    let first = &lossy[0]["src"]["port"];
+    assert!(lossy.iter().all(|r| &r["src"]["port"] == first));
+    let mut sequences: Vec<u64> = lossy
+        .iter()
+        .map(|r| r["tc"]["tcp_seq"].as_u64().unwrap())
+        .collect();
+    sequences.dedup();
+    assert_eq!(sequences.len(), 20, "a distinct TCP sequence per request");
+    assert!(
+        lossy
+            .iter()
+            .any(|r| r["tc"]["retransmits"].as_u64().unwrap() > 0),
+        "the loss made retransmissions"
+    );
+
+    let bad = records("bad-traffic");
+    let (complete_calls, partial): (Vec<&Value>, Vec<&Value>) =
+        bad.iter().partition(|r| complete(r));
+    assert_eq!(complete_calls.len(), 3, "the three good requests");
+    assert!(!partial.is_empty(), "the bad traffic's own records");
+}
+
+#[test]
+fn every_output_format_prints_a_saved_session() {
+    let file = fixture("default");
+
+    let table = join(&file, &[]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    assert!(text.starts_with("TIME "), "{text}");
+    assert_eq!(text.lines().count(), 6, "{text}");
+    assert!(!text.contains('\u{1b}'), "no colours into a pipe: {text:?}");
+
+    let wide = stdout(&join(&file, &["-o", "wide"]));
+    assert!(wide.lines().next().unwrap().contains("RETX/RST"), "{wide}");
+
+    let json: Value = serde_json::from_str(&stdout(&join(&file, &["-o", "json"]))).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(5));
+    assert_eq!(json.as_array().unwrap(), &records("default"));
+
+    let har: Value = serde_json::from_str(&stdout(&join(&file, &["-o", "har"]))).unwrap();
+    let schema: Value = serde_json::from_str(include_str!(
+        "../../kubectl-apitrace/src/output/har-1.2.schema.json"
+    ))
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&har).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(har["log"]["entries"].as_array().map(Vec::len), Some(5));
+
+    let followed = stdout(&join(&file, &["-o", "ndjson", "--follow"]));
+    let mut lines: Vec<&str> = followed.lines().collect();
+    lines.sort_unstable();
+    let held = stdout(&join(&file, &["-o", "ndjson"]));
+    let mut expected: Vec<&str> = held.lines().collect();
+    expected.sort_unstable();
+    assert_eq!(
+        lines, expected,
+        "the same records, in the order they were joined"
+    );
+
+    let summary = stderr(&table);
+    assert!(
+        summary.contains("5 joined with every layer") && summary.contains("dropped: none"),
+        "{summary}"
+    );
+}
+
+/// Bad files end with one line that names the file and the byte, and says
+/// what to do; never a panic.
+#[test]
+fn bad_saved_sessions_name_the_file_and_the_byte() {
+    let dir = std::env::temp_dir().join(format!("apitrace-replay-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let good = fs::read(fixture("default")).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        path
+    };
+    // The header and one entry whose length byte says 3 more than there are.
+    let mut short_entry = good[..20].to_vec();
+    short_entry.extend([0x05, 0x08, 0x01]);
+    // A length that runs past the end of the file.
+    let mut corrupt = good[..20].to_vec();
+    corrupt.extend([0x04, 0xff, 0xff, 0xff, 0xff]);
+    let cases = [
+        (
+            dir.join("missing.apitrace"),
+            "cannot open {file}: No such file or directory".to_owned(),
+        ),
+        (write("empty.apitrace", b""), "{file} is empty".to_owned()),
+        (
+            fixtures().join("default.ndjson"),
+            "{file} is not a saved apitrace session".to_owned(),
+        ),
+        (
+            write("truncated.apitrace", &good[..good.len() - 7]),
+            "is truncated at byte".to_owned(),
+        ),
+        (
+            write("short.apitrace", &short_entry),
+            "{file} is truncated at byte 20".to_owned(),
+        ),
+        (
+            write("corrupt.apitrace", &corrupt),
+            "{file} is corrupt at byte 20".to_owned(),
+        ),
+    ];
+    for (file, expected) in cases {
+        let output = join(&file, &[]);
+        let message = stderr(&output);
+        let expected = expected.replace("{file}", &file.display().to_string());
+        assert_eq!(output.status.code(), Some(1), "{message}");
+        assert!(message.starts_with("error: "), "{message}");
+        assert!(message.contains(&expected), "{expected:?} in {message}");
+        assert!(!message.contains("panicked") && !message.contains("backtrace"));
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(output.stdout.is_empty());
+    }
+    // The message's remedy works: cut there, and the rest replays.
+    let truncated = dir.join("truncated.apitrace");
+    let message = stderr(&join(&truncated, &[]));
+    let offset: usize = message
+        .split("truncated at byte ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a byte offset");
+    fs::write(&truncated, &good[..offset]).unwrap();
+    let output = join(&truncated, &["-o", "ndjson"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).lines().count() >= 4);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_output_arguments_say_what_to_use() {
+    let file = fixture("default");
+    let output = join(&file, &["-o", "yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("[possible values: table, wide, json, ndjson, har]"),
+        "{}",
+        stderr(&output)
+    );
+    let output = join(&file, &["-o", "har", "--follow"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("use -o ndjson, table or wide with --follow"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// `kubectl apitrace join FILE | head -1`: the reader goes away, the CLI ends
+/// quietly with status 0.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    for format in ["table", "ndjson", "json", "har"] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = Command::new(&binaries().cli)
+            .arg("join")
+            .arg(fixture("keep-alive-loss"))
+            .args(["-o", format])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("the CLI runs");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{format}: {}",
+            stderr(&output)
+        );
+        assert_eq!(stderr(&output), "", "{format}");
+    }
+}
+
+/// What the CLI prints on a terminal `columns` wide, with `env` set.
+fn on_a_terminal(columns: u16, env: &[(&str, &str)]) -> String {
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 50,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: the out-pointers are valid; no name buffer or termios is passed.
+    let status = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(status, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two open descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut command = Command::new(&binaries().cli);
+    command
+        .arg("join")
+        .arg(fixture("default"))
+        .stdout(slave)
+        .stderr(Stdio::null())
+        .env_remove("NO_COLOR")
+        .env_remove("COLUMNS")
+        .env("TERM", "xterm");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the CLI starts");
+    // The slave's last copy went with the command: reading ends when the CLI does.
+    drop(command);
+    let mut text = Vec::new();
+    let mut master = fs::File::from(master);
+    let mut buffer = [0u8; 4096];
+    loop {
+        match master.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&buffer[..n]),
+        }
+    }
+    assert!(child.wait().expect("the CLI ends").success());
+    String::from_utf8(text).expect("UTF-8 output")
+}
+
+#[test]
+fn on_a_terminal_the_table_is_coloured_and_fits() {
+    let coloured = on_a_terminal(400, &[]);
+    assert!(coloured.contains("\u{1b}[32m200"), "{coloured:?}");
+    assert!(!coloured.contains('…'), "400 columns hold every cell");
+
+    let plain = on_a_terminal(400, &[("NO_COLOR", "1")]);
+    assert!(!plain.contains('\u{1b}'), "NO_COLOR: {plain:?}");
+
+    let narrow = on_a_terminal(210, &[]);
+    for line in narrow.lines() {
+        let visible: String = strip_escapes(line);
+        assert!(visible.trim_end().chars().count() <= 210, "{visible}");
+    }
+    assert!(narrow.contains('…'), "{narrow}");
+}
+
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
