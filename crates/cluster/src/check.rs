@@ -1,0 +1,463 @@
+//! What a session needs from the cluster, checked before anything is created
+//! (and by `kubectl apitrace check`): Istio and its revision's mesh config, the
+//! Telemetry and WasmPlugin APIs, the user's permissions, the probe
+//! namespace's Pod Security level, each target node's kernel.
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::{ConfigMap, Namespace},
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+    core::DynamicObject,
+};
+
+use crate::{
+    istio::{self, TelemetryVersion},
+    mesh::{self, MESH_KEY, MeshConfigRef, TelemetryPolicy},
+    target::Targets,
+};
+
+/// The namespace istiod and its mesh config live in unless `--istio-namespace` says otherwise.
+pub const DEFAULT_ISTIO_NAMESPACE: &str = "istio-system";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(
+        "Istio's mesh config (ConfigMap {config}) was not found: is Istio installed (`istioctl version`)? If istiod runs in another namespace, pass --istio-namespace"
+    )]
+    IstioNotFound { config: MeshConfigRef },
+    #[error(
+        "the cluster does not serve {kind} ({group}): install Istio's CRDs (Istio 1.12 or later), e.g. `istioctl install`"
+    )]
+    ApiMissing {
+        kind: &'static str,
+        group: &'static str,
+    },
+    #[error("the mesh config in {config} cannot be read: {source}")]
+    Mesh {
+        config: MeshConfigRef,
+        #[source]
+        source: mesh::MeshError,
+    },
+    #[error(
+        "missing permissions: {}; ask an admin to bind you the ClusterRole in manifests/user-clusterrole.yaml",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Forbidden(Vec<Permission>),
+    #[error(
+        "namespace {namespace:?} enforces Pod Security level {level:?}: the probe needs hostPID and extra capabilities, which only \"privileged\" allows; apply manifests/probe.yaml, or label it: `kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged --overwrite`"
+    )]
+    PodSecurity { namespace: String, level: String },
+    #[error(
+        "probe namespace {namespace:?} does not exist: create it and the probe's service account with `kubectl apply -f manifests/probe.yaml`"
+    )]
+    NoProbeNamespace { namespace: String },
+    #[error(
+        "node {node} runs kernel {kernel}: the probe needs 5.8 or later (BPF ring buffers); pick pods on newer nodes"
+    )]
+    OldKernel { node: String, kernel: String },
+    #[error(
+        "the pods use more than one Istio revision ({}): trace one revision at a time, with -l istio.io/rev=REVISION",
+        .0.join(", ")
+    )]
+    MixedRevisions(Vec<String>),
+    #[error("asking the API server about {what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn api_error(what: &str) -> impl FnOnce(kube::Error) -> CheckError + '_ {
+    move |source| CheckError::Api {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// The control plane the traced pods belong to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mesh {
+    pub config: MeshConfigRef,
+    pub revision: String,
+    /// From istiod's image tag; `None` when istiod's Deployment is not readable.
+    pub version: Option<String>,
+    pub telemetry_version: TelemetryVersion,
+    /// The mesh config as it is now (`data.mesh`).
+    pub mesh_config: String,
+}
+
+/// Finds the mesh config of `revision` and the Istio APIs the session uses.
+pub async fn mesh(
+    client: &Client,
+    istio_namespace: &str,
+    revision: &str,
+) -> Result<Mesh, CheckError> {
+    let config = MeshConfigRef::for_revision(istio_namespace, revision);
+    let map = Api::<ConfigMap>::namespaced(client.clone(), istio_namespace)
+        .get_opt(&config.name)
+        .await
+        .map_err(api_error("Istio's mesh config"))?
+        .ok_or_else(|| CheckError::IstioNotFound {
+            config: config.clone(),
+        })?;
+    let mesh_config = map
+        .data
+        .and_then(|mut data| data.remove(MESH_KEY))
+        .unwrap_or_default();
+    let groups = client
+        .list_api_groups()
+        .await
+        .map_err(api_error("the served APIs"))?;
+    let versions = |group: &str| -> Vec<String> {
+        groups
+            .groups
+            .iter()
+            .filter(|g| g.name == group)
+            .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
+            .collect()
+    };
+    let telemetry = versions(istio::TELEMETRY_GROUP);
+    let telemetry_version = if telemetry.iter().any(|v| v == "v1") {
+        TelemetryVersion::V1
+    } else if telemetry.iter().any(|v| v == "v1alpha1") {
+        TelemetryVersion::V1Alpha1
+    } else {
+        return Err(CheckError::ApiMissing {
+            kind: "Telemetry",
+            group: istio::TELEMETRY_GROUP,
+        });
+    };
+    if !versions(istio::EXTENSIONS_GROUP)
+        .iter()
+        .any(|v| v == "v1alpha1")
+    {
+        return Err(CheckError::ApiMissing {
+            kind: "WasmPlugin",
+            group: istio::EXTENSIONS_GROUP,
+        });
+    }
+    let istiod = if revision == "default" {
+        "istiod".to_owned()
+    } else {
+        format!("istiod-{revision}")
+    };
+    // Reading istiod is a courtesy for the version line, not a requirement.
+    let version = Api::<Deployment>::namespaced(client.clone(), istio_namespace)
+        .get_opt(&istiod)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|deployment| {
+            let image = deployment
+                .spec
+                .template
+                .spec?
+                .containers
+                .first()?
+                .image
+                .clone()?;
+            Some(image.rsplit_once(':')?.1.to_owned())
+        });
+    Ok(Mesh {
+        config,
+        revision: revision.to_owned(),
+        version,
+        telemetry_version,
+        mesh_config,
+    })
+}
+
+/// The single revision of the traced pods.
+pub fn revision(targets: &Targets) -> Result<String, CheckError> {
+    let mut revisions: Vec<String> = targets
+        .pods
+        .iter()
+        .map(|pod| pod.revision.clone())
+        .collect();
+    revisions.sort();
+    revisions.dedup();
+    if revisions.len() > 1 {
+        return Err(CheckError::MixedRevisions(revisions));
+    }
+    Ok(revisions.pop().unwrap_or_else(|| "default".into()))
+}
+
+/// Per target namespace, the access-log providers its traced pods use now.
+pub async fn inherited_providers(
+    client: &Client,
+    mesh: &Mesh,
+    targets: &Targets,
+) -> Result<BTreeMap<String, Vec<String>>, CheckError> {
+    let resource = istio::telemetry(mesh.telemetry_version);
+    let mut namespaces = targets.namespaces();
+    let root = mesh.config.namespace.clone();
+    let mut policies = Vec::new();
+    let mut listed = namespaces.clone();
+    if !listed.contains(&root) {
+        listed.insert(0, root.clone());
+    }
+    for namespace in &listed {
+        let list = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error("Telemetry policies"))?;
+        policies.extend(list.items.iter().filter_map(|object| {
+            TelemetryPolicy::from_object(&serde_json::to_value(object).ok()?)
+        }));
+    }
+    let defaults = mesh::default_access_log_providers(&mesh.mesh_config).map_err(|source| {
+        CheckError::Mesh {
+            config: mesh.config.clone(),
+            source,
+        }
+    })?;
+    Ok(namespaces
+        .drain(..)
+        .map(|namespace| {
+            let labels: Vec<_> = targets
+                .pods
+                .iter()
+                .filter(|pod| pod.namespace == namespace)
+                .map(|pod| &pod.labels)
+                .collect();
+            let providers = mesh::inherited_access_log_providers(
+                &policies, &root, &namespace, &labels, &defaults,
+            );
+            (namespace, providers)
+        })
+        .collect())
+}
+
+/// One thing a session does, as a SelfSubjectAccessReview asks about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub verb: &'static str,
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub subresource: &'static str,
+    /// `None`: in every namespace.
+    pub namespace: Option<String>,
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let resource = if self.group.is_empty() {
+            self.resource.to_owned()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        };
+        let resource = if self.subresource.is_empty() {
+            resource
+        } else {
+            format!("{resource}/{}", self.subresource)
+        };
+        match &self.namespace {
+            Some(namespace) => write!(f, "{} {resource} in {namespace}", self.verb),
+            None => write!(f, "{} {resource} (all namespaces)", self.verb),
+        }
+    }
+}
+
+/// Everything a session (and its teardown and cleanup) asks the API server to do.
+pub fn permissions(
+    probe_namespace: &str,
+    istio_namespace: &str,
+    target_namespaces: &[String],
+) -> Vec<Permission> {
+    let at = |verb, group, resource, subresource, namespace: Option<&str>| Permission {
+        verb,
+        group,
+        resource,
+        subresource,
+        namespace: namespace.map(str::to_owned),
+    };
+    let probe = Some(probe_namespace);
+    let mut needed = vec![
+        at("get", "", "nodes", "", None),
+        at("list", "", "pods", "", None),
+        at("get", "", "configmaps", "", Some(istio_namespace)),
+        at("update", "", "configmaps", "", Some(istio_namespace)),
+        at("create", "coordination.k8s.io", "leases", "", probe),
+        at("patch", "coordination.k8s.io", "leases", "", probe),
+        at("delete", "coordination.k8s.io", "leases", "", probe),
+        at("create", "", "secrets", "", probe),
+        at("delete", "", "secrets", "", probe),
+        at("create", "", "services", "", probe),
+        at("delete", "", "services", "", probe),
+        at("create", "", "pods", "", probe),
+        at("delete", "", "pods", "", probe),
+        at("create", "", "pods", "portforward", probe),
+    ];
+    for namespace in target_namespaces {
+        let namespace = Some(namespace.as_str());
+        needed.extend([
+            at("patch", "", "pods", "", namespace),
+            at("list", istio::TELEMETRY_GROUP, "telemetries", "", namespace),
+            at(
+                "create",
+                istio::TELEMETRY_GROUP,
+                "telemetries",
+                "",
+                namespace,
+            ),
+            at(
+                "delete",
+                istio::TELEMETRY_GROUP,
+                "telemetries",
+                "",
+                namespace,
+            ),
+            at(
+                "create",
+                istio::EXTENSIONS_GROUP,
+                "wasmplugins",
+                "",
+                namespace,
+            ),
+            at(
+                "delete",
+                istio::EXTENSIONS_GROUP,
+                "wasmplugins",
+                "",
+                namespace,
+            ),
+        ]);
+    }
+    needed
+}
+
+/// The permissions of `needed` the user does not have.
+pub async fn missing_permissions(
+    client: &Client,
+    needed: &[Permission],
+) -> Result<Vec<Permission>, CheckError> {
+    let api = Api::<SelfSubjectAccessReview>::all(client.clone());
+    let mut missing = Vec::new();
+    for permission in needed {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(permission.verb.to_owned()),
+                    group: Some(permission.group.to_owned()),
+                    resource: Some(permission.resource.to_owned()),
+                    subresource: (!permission.subresource.is_empty())
+                        .then(|| permission.subresource.to_owned()),
+                    namespace: permission.namespace.clone(),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(api_error("permissions"))?;
+        if !answer.status.is_some_and(|status| status.allowed) {
+            missing.push(permission.clone());
+        }
+    }
+    Ok(missing)
+}
+
+/// The Pod Security level the probe namespace enforces (`privileged` when unset:
+/// the built-in default, unless the cluster configures another).
+pub async fn probe_namespace_level(client: &Client, namespace: &str) -> Result<String, CheckError> {
+    let object = Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+        .map_err(api_error("the probe namespace"))?
+        .ok_or_else(|| CheckError::NoProbeNamespace {
+            namespace: namespace.to_owned(),
+        })?;
+    let level = object
+        .metadata
+        .labels
+        .and_then(|mut labels| labels.remove("pod-security.kubernetes.io/enforce"))
+        .unwrap_or_else(|| "privileged".into());
+    if level != "privileged" {
+        return Err(CheckError::PodSecurity {
+            namespace: namespace.to_owned(),
+            level,
+        });
+    }
+    Ok(level)
+}
+
+/// How the probe attaches on a node, from its kernel version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// tcx links (6.6+): removed by the kernel when the probe exits.
+    Tcx,
+    /// Netlink clsact filters (5.8 – 6.5): removed by the probe, swept if it is killed.
+    Netlink,
+}
+
+/// Checks a node's kernel (`5.15.0-91-generic`, `6.8.0`…) can run the probe.
+pub fn kernel_attach(node: &str, kernel: &str) -> Result<Attach, CheckError> {
+    let mut numbers = kernel
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().ok());
+    let version = (numbers.next().flatten(), numbers.next().flatten());
+    let old = || CheckError::OldKernel {
+        node: node.to_owned(),
+        kernel: kernel.to_owned(),
+    };
+    match version {
+        (Some(major), Some(minor)) if (major, minor) >= (6, 6) => Ok(Attach::Tcx),
+        (Some(major), Some(minor)) if (major, minor) >= (5, 8) => Ok(Attach::Netlink),
+        _ => Err(old()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_decide_how_the_probe_attaches() {
+        assert_eq!(kernel_attach("n", "6.8.0-1015-aws").unwrap(), Attach::Tcx);
+        assert_eq!(kernel_attach("n", "6.6.0").unwrap(), Attach::Tcx);
+        assert_eq!(
+            kernel_attach("n", "5.15.0-91-generic").unwrap(),
+            Attach::Netlink
+        );
+        assert_eq!(kernel_attach("n", "5.8.0").unwrap(), Attach::Netlink);
+        for old in ["5.4.0-1103-aws", "4.19.0", "", "unknown"] {
+            let error = kernel_attach("node-1", old).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "node node-1 runs kernel {old}: the probe needs 5.8 or later (BPF ring buffers); pick pods on newer nodes"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn permissions_name_what_is_missing() {
+        let needed = permissions("apitrace-system", "istio-system", &["shop".into()]);
+        let text = CheckError::Forbidden(needed[..2].to_vec()).to_string();
+        assert_eq!(
+            text,
+            "missing permissions: get nodes (all namespaces), list pods (all namespaces); ask an admin to bind you the ClusterRole in manifests/user-clusterrole.yaml"
+        );
+        assert!(
+            needed
+                .iter()
+                .any(|p| p.to_string() == "create wasmplugins.extensions.istio.io in shop")
+        );
+        assert!(
+            needed
+                .iter()
+                .any(|p| p.to_string() == "create pods/portforward in apitrace-system")
+        );
+    }
+}

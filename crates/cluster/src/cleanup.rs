@@ -1,0 +1,325 @@
+//! `kubectl apitrace cleanup`, and what a probe does when its CLI is gone: find
+//! what sessions left behind by their labels (and our providers in the mesh
+//! config by name and destination), and undo it through the same path as a
+//! session's own teardown. Running it twice removes nothing the second time.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{ConfigMap, Pod, Secret, Service},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource,
+    api::ListParams,
+    core::{ApiResource, DynamicObject},
+};
+
+use crate::{
+    apply::{ApplyError, Change, undo},
+    istio::{self, TelemetryVersion},
+    mesh::{self, MESH_KEY, MeshConfigRef},
+    names::{self, SessionId},
+    session::lease_lapsed,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    Session(SessionId),
+    /// Every session whose anchor Lease is gone or no longer renewed.
+    Leftovers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("listing {what}: {source}")]
+    List {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Undo(#[from] ApplyError),
+}
+
+/// What a cleanup did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub removed: Vec<Change>,
+    /// Sessions left alone because their CLI still renews their Lease.
+    pub live: Vec<SessionId>,
+    pub failed: Vec<(Change, ApplyError)>,
+}
+
+fn list_error(what: &str) -> impl FnOnce(kube::Error) -> CleanupError + '_ {
+    move |source| CleanupError::List {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn is_not_served(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// The ConfigMaps in `istio_namespace` that hold a mesh config (`istio` and the
+/// revisions' `istio-<rev>`).
+pub async fn mesh_configs(
+    client: &Client,
+    istio_namespace: &str,
+) -> Result<Vec<MeshConfigRef>, CleanupError> {
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), istio_namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(list_error("the mesh ConfigMaps"))?;
+    Ok(maps
+        .items
+        .into_iter()
+        .filter(|map| {
+            map.data
+                .as_ref()
+                .is_some_and(|data| data.contains_key(MESH_KEY))
+        })
+        .filter_map(|map| map.metadata.name)
+        .filter(|name| name == "istio" || name.starts_with("istio-"))
+        .map(|name| MeshConfigRef {
+            namespace: istio_namespace.to_owned(),
+            name,
+        })
+        .collect())
+}
+
+/// Removes what the chosen sessions left, looking for our providers in
+/// `mesh_configs` (and in the one each anchor Lease names).
+pub async fn cleanup(
+    client: &Client,
+    which: &Which,
+    mesh_configs: &[MeshConfigRef],
+    now: Timestamp,
+) -> Result<Report, CleanupError> {
+    let selector = match which {
+        Which::Session(session) => session.session_selector(),
+        Which::Leftovers => names::SESSION_LABEL.to_owned(),
+    };
+    let found = Found::list(client, &selector, mesh_configs).await?;
+    let mut report = Report::default();
+    let sessions: BTreeSet<SessionId> = match which {
+        Which::Session(session) => BTreeSet::from([session.clone()]),
+        Which::Leftovers => found.sessions(),
+    };
+    for session in sessions {
+        if *which == Which::Leftovers
+            && found.leases.iter().any(|lease| {
+                session_of(lease.meta()) == Some(session.clone()) && !lease_lapsed(lease, now)
+            })
+        {
+            report.live.push(session);
+            continue;
+        }
+        for change in found.changes_of(&session) {
+            match undo(client, &change).await {
+                Ok(()) => report.removed.push(change),
+                Err(error) => report.failed.push((change, error)),
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn session_of(meta: &kube::core::ObjectMeta) -> Option<SessionId> {
+    meta.labels
+        .as_ref()?
+        .get(names::SESSION_LABEL)?
+        .parse()
+        .ok()
+}
+
+fn is_ours(meta: &kube::core::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|labels| labels.get(names::MANAGED_BY_LABEL))
+        .is_some_and(|value| value == names::MANAGED_BY)
+}
+
+/// Everything carrying a session label, listed once for all sessions.
+struct Found {
+    leases: Vec<Lease>,
+    /// (resource, metadata) of every object we created, in teardown order.
+    created: Vec<(ApiResource, kube::core::ObjectMeta)>,
+    /// Traced pods still carrying a session label.
+    labelled: Vec<kube::core::ObjectMeta>,
+    providers: Vec<(MeshConfigRef, SessionId)>,
+}
+
+impl Found {
+    async fn list(
+        client: &Client,
+        selector: &str,
+        mesh_configs: &[MeshConfigRef],
+    ) -> Result<Self, CleanupError> {
+        let params = ListParams::default().labels(selector);
+        let mut created = Vec::new();
+        // Istio's kinds first (their CRDs may not be served: nothing to remove then).
+        let telemetry_versions = [TelemetryVersion::V1, TelemetryVersion::V1Alpha1];
+        let istio_kinds =
+            std::iter::once(istio::wasm_plugin()).chain(telemetry_versions.map(istio::telemetry));
+        let mut telemetry_listed = false;
+        for resource in istio_kinds {
+            if resource.group == istio::TELEMETRY_GROUP && telemetry_listed {
+                continue;
+            }
+            match Api::<DynamicObject>::all_with(client.clone(), &resource)
+                .list(&params)
+                .await
+            {
+                Ok(list) => {
+                    telemetry_listed |= resource.group == istio::TELEMETRY_GROUP;
+                    created.extend(
+                        list.items
+                            .into_iter()
+                            .filter(|object| is_ours(&object.metadata))
+                            .map(|object| (resource.clone(), object.metadata)),
+                    );
+                }
+                Err(error) if is_not_served(&error) => {}
+                Err(error) => return Err(list_error(&resource.plural)(error)),
+            }
+        }
+        let pods = Api::<Pod>::all(client.clone())
+            .list(&params)
+            .await
+            .map_err(list_error("pods"))?;
+        let (probes, labelled): (Vec<_>, Vec<_>) = pods
+            .items
+            .into_iter()
+            .map(|pod| pod.metadata)
+            .partition(is_ours);
+        let pod_resource = ApiResource::erase::<Pod>(&());
+        created.extend(probes.into_iter().map(|meta| (pod_resource.clone(), meta)));
+        created.extend(ours::<Service>(client, &params).await?);
+        created.extend(ours::<Secret>(client, &params).await?);
+        let leases: Vec<Lease> = Api::<Lease>::all(client.clone())
+            .list(&params)
+            .await
+            .map_err(list_error("leases"))?
+            .items
+            .into_iter()
+            .filter(|lease| is_ours(&lease.metadata))
+            .collect();
+        let mut configs: Vec<MeshConfigRef> = mesh_configs.to_vec();
+        configs.extend(leases.iter().filter_map(|lease| {
+            MeshConfigRef::parse(
+                lease
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(names::MESH_CONFIG_ANNOTATION)?,
+            )
+        }));
+        configs.sort_by_key(|config| config.to_string());
+        configs.dedup();
+        let mut providers = Vec::new();
+        for config in configs {
+            let map = match Api::<ConfigMap>::namespaced(client.clone(), &config.namespace)
+                .get_opt(&config.name)
+                .await
+                .map_err(list_error("the mesh config"))?
+            {
+                Some(map) => map,
+                None => continue,
+            };
+            let mesh = map
+                .data
+                .as_ref()
+                .and_then(|data| data.get(MESH_KEY))
+                .map(String::as_str)
+                .unwrap_or_default();
+            // A mesh config we cannot read has no provider we could remove.
+            for session in mesh::session_providers(mesh).unwrap_or_default() {
+                providers.push((config.clone(), session));
+            }
+        }
+        let lease_resource = ApiResource::erase::<Lease>(&());
+        created.extend(
+            leases
+                .iter()
+                .map(|lease| (lease_resource.clone(), lease.metadata.clone())),
+        );
+        Ok(Self {
+            leases,
+            created,
+            labelled,
+            providers,
+        })
+    }
+
+    fn sessions(&self) -> BTreeSet<SessionId> {
+        self.created
+            .iter()
+            .map(|(_, meta)| meta)
+            .chain(&self.labelled)
+            .filter_map(session_of)
+            .chain(self.providers.iter().map(|(_, session)| session.clone()))
+            .collect()
+    }
+
+    /// A session's leftovers in teardown order: the mesh's view of it first
+    /// (WasmPlugin, Telemetry, provider, pod labels), then the probes, the
+    /// anchor last.
+    fn changes_of(&self, session: &SessionId) -> Vec<Change> {
+        let created = |resource: &ApiResource, meta: &kube::core::ObjectMeta| Change::Created {
+            kind: resource.kind.clone(),
+            resource: resource.clone(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        };
+        let mine = |meta: &kube::core::ObjectMeta| session_of(meta).as_ref() == Some(session);
+        let mut changes: Vec<Change> = Vec::new();
+        let (istio_objects, cluster_objects): (Vec<_>, Vec<_>) = self
+            .created
+            .iter()
+            .filter(|(_, meta)| mine(meta))
+            .partition(|(resource, _)| resource.group.ends_with("istio.io"));
+        changes.extend(istio_objects.iter().map(|(r, m)| created(r, m)));
+        changes.extend(
+            self.providers
+                .iter()
+                .filter(|(_, s)| s == session)
+                .map(|(config, _)| Change::MeshProvider {
+                    config: config.clone(),
+                    provider: session.provider_name(),
+                }),
+        );
+        changes.extend(self.labelled.iter().filter(|meta| mine(meta)).map(|meta| {
+            Change::Labelled {
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+            }
+        }));
+        changes.extend(cluster_objects.iter().map(|(r, m)| created(r, m)));
+        changes
+    }
+}
+
+async fn ours<K>(
+    client: &Client,
+    params: &ListParams,
+) -> Result<Vec<(ApiResource, kube::core::ObjectMeta)>, CleanupError>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let resource = ApiResource::erase::<K>(&());
+    Ok(Api::<K>::all(client.clone())
+        .list(params)
+        .await
+        .map_err(list_error(&resource.plural))?
+        .items
+        .into_iter()
+        .map(|object| object.meta().clone())
+        .filter(is_ours)
+        .map(|meta| (resource.clone(), meta))
+        .collect())
+}

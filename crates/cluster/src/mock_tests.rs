@@ -1,0 +1,755 @@
+//! Sessions against a scripted API server: the exact requests of setup and
+//! teardown, the rollback after a failure at each step, conflicts on the mesh
+//! config, cleanup twice, a lapsed Lease, and every target error.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use http::Method;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::{
+    cleanup::{self, Which},
+    istio::TelemetryVersion,
+    mesh::MeshConfigRef,
+    mock::{Exchange, MockApi, fail, ok},
+    names::SessionId,
+    objects::{FilterModule, Plan, ProbeOptions},
+    session::{ProbeLink, Session, SessionError, Timeouts},
+    target::{Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
+};
+
+const SESSION: &str = "abcde12345";
+const PROBES: &str = "/api/v1/namespaces/apitrace-system";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases";
+const MESH_MAP: &str = "/api/v1/namespaces/istio-system/configmaps/istio";
+const TELEMETRIES: &str = "/apis/telemetry.istio.io/v1/namespaces/shop/telemetries";
+const WASM_PLUGINS: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins";
+const MESH: &str = "accessLogFile: /dev/stdout\nextensionProviders:\n- name: otel\n  envoyOtelAls:\n    service: otel.o.svc.cluster.local\n    port: 4317\n";
+
+fn session_id() -> SessionId {
+    SESSION.parse().unwrap()
+}
+
+fn started() -> Timestamp {
+    "2026-11-22T10:00:00Z".parse().unwrap()
+}
+
+pub(crate) fn plan() -> Plan {
+    Plan {
+        session: session_id(),
+        token: "t0k3n".into(),
+        started: started(),
+        duration: Duration::from_secs(300),
+        holder: "kubectl-apitrace/alice@laptop".into(),
+        probe: ProbeOptions {
+            namespace: "apitrace-system".into(),
+            image: "ghcr.io/apitrace/probe:0.1.0".into(),
+            pull_secrets: vec![],
+            privileged: false,
+        },
+        mesh: MeshConfigRef::for_revision("istio-system", "default"),
+        telemetry_version: TelemetryVersion::V1,
+        targets: Targets {
+            pods: vec![TracedPod {
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                node: "node-a".into(),
+                ips: vec!["10.0.0.5".into()],
+                sidecar_container_id: "abc123".into(),
+                revision: "default".into(),
+                labels: BTreeMap::from([("app".into(), "web".into())]),
+            }],
+            nodes: vec![TargetNode {
+                name: "node-a".into(),
+                kernel: "6.8.0".into(),
+                taints: vec![],
+            }],
+        },
+        inherited_providers: BTreeMap::from([("shop".into(), vec!["envoy".into()])]),
+    }
+}
+
+fn module() -> FilterModule {
+    FilterModule {
+        path: "/wasm/apitrace-filter-00ff.wasm".into(),
+        sha256: "00".repeat(32),
+    }
+}
+
+/// Stands in for the port-forwards, which need a real API server.
+struct FakeLink(Result<FilterModule, std::io::Error>);
+
+impl ProbeLink for FakeLink {
+    type Error = std::io::Error;
+    async fn connect(
+        &mut self,
+        probes: &[k8s_openapi::api::core::v1::Pod],
+    ) -> Result<FilterModule, Self::Error> {
+        assert_eq!(probes.len(), 1);
+        match &self.0 {
+            Ok(module) => Ok(module.clone()),
+            Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+        }
+    }
+}
+
+fn link() -> FakeLink {
+    FakeLink(Ok(module()))
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        probes_ready: Duration::from_secs(5),
+        poll: Duration::from_millis(1),
+    }
+}
+
+fn meta(namespace: &str, name: &str) -> Value {
+    json!({ "namespace": namespace, "name": name, "uid": format!("uid-{name}"), "resourceVersion": "1" })
+}
+
+fn probe_pod(ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": meta("apitrace-system", &format!("apitrace-{SESSION}-probe-0")),
+        "status": { "phase": if ready { "Running" } else { "Pending" },
+                    "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }] },
+    })
+}
+
+fn mesh_map(version: &str, mesh: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "namespace": "istio-system", "name": "istio", "resourceVersion": version },
+        "data": { "mesh": mesh },
+    })
+}
+
+fn object(kind: &str, namespace: &str, name: &str) -> Value {
+    json!({ "kind": kind, "metadata": meta(namespace, name) })
+}
+
+fn deleted() -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {} })
+}
+
+/// A setup step: the exchange, and the exchanges that undo it (if it changed anything).
+struct Step {
+    exchange: Exchange,
+    undo: Vec<Exchange>,
+}
+
+fn name() -> String {
+    format!("apitrace-{SESSION}")
+}
+
+fn mesh_with_ours() -> String {
+    let provider = plan().als_provider();
+    crate::mesh::add_provider(MESH, &provider).unwrap().unwrap()
+}
+
+fn setup_steps() -> Vec<Step> {
+    let name = name();
+    let probe = format!("{name}-probe-0");
+    let delete = |uri: String| ok(Method::DELETE, uri, deleted());
+    vec![
+        Step {
+            exchange: ok(
+                Method::POST,
+                format!("{LEASES}?"),
+                object("Lease", "apitrace-system", &name),
+            ),
+            undo: vec![delete(format!("{LEASES}/{name}?"))],
+        },
+        Step {
+            exchange: ok(
+                Method::POST,
+                format!("{PROBES}/secrets?"),
+                object("Secret", "apitrace-system", &name),
+            ),
+            undo: vec![delete(format!("{PROBES}/secrets/{name}?"))],
+        },
+        Step {
+            exchange: ok(
+                Method::POST,
+                format!("{PROBES}/services?"),
+                object("Service", "apitrace-system", &name),
+            ),
+            undo: vec![delete(format!("{PROBES}/services/{name}?"))],
+        },
+        Step {
+            exchange: ok(Method::POST, format!("{PROBES}/pods?"), probe_pod(false)),
+            undo: vec![delete(format!("{PROBES}/pods/{probe}?"))],
+        },
+        Step {
+            exchange: ok(
+                Method::GET,
+                format!("{PROBES}/pods/{probe}"),
+                probe_pod(true),
+            ),
+            undo: vec![],
+        },
+        Step {
+            exchange: ok(
+                Method::PATCH,
+                "/api/v1/namespaces/shop/pods/web-1?",
+                object("Pod", "shop", "web-1"),
+            ),
+            undo: vec![ok(
+                Method::PATCH,
+                "/api/v1/namespaces/shop/pods/web-1?",
+                object("Pod", "shop", "web-1"),
+            )],
+        },
+        Step {
+            exchange: ok(Method::GET, MESH_MAP, mesh_map("7", MESH)),
+            undo: vec![],
+        },
+        Step {
+            exchange: ok(
+                Method::PUT,
+                format!("{MESH_MAP}?"),
+                mesh_map("8", &mesh_with_ours()),
+            ),
+            undo: vec![
+                ok(Method::GET, MESH_MAP, mesh_map("9", &mesh_with_ours())),
+                ok(Method::PUT, format!("{MESH_MAP}?"), mesh_map("10", MESH)),
+            ],
+        },
+        Step {
+            exchange: ok(
+                Method::POST,
+                format!("{TELEMETRIES}?"),
+                object("Telemetry", "shop", &name),
+            ),
+            undo: vec![delete(format!("{TELEMETRIES}/{name}?"))],
+        },
+        Step {
+            exchange: ok(
+                Method::POST,
+                format!("{WASM_PLUGINS}?"),
+                object("WasmPlugin", "shop", &name),
+            ),
+            undo: vec![delete(format!("{WASM_PLUGINS}/{name}?"))],
+        },
+    ]
+}
+
+fn teardown(steps: &[Step]) -> Vec<Exchange> {
+    steps
+        .iter()
+        .rev()
+        .flat_map(|step| step.undo.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_session_sets_up_in_order_and_tears_down_in_reverse() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps.iter().map(|s| s.exchange.clone()).collect();
+    script.extend(teardown(&steps));
+    let api = MockApi::new(script);
+    let session = Session::start(&api.client, plan(), &mut link(), timeouts())
+        .await
+        .unwrap();
+    assert_eq!(session.changes().len(), 8);
+    let leftovers = session.end(&api.client).await;
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let received = api.finish().await;
+
+    // What was sent: the mesh gained exactly our provider, kept the rest, and
+    // lost it again; the pod got the session label and lost it.
+    let body = |index: usize| received[index].body.clone().unwrap();
+    let patch = body(5);
+    assert_eq!(
+        patch,
+        json!({"metadata": {"labels": {"apitrace.io/session": SESSION}}})
+    );
+    assert_eq!(body(7)["data"]["mesh"], mesh_with_ours());
+    assert_eq!(
+        body(7)["metadata"]["resourceVersion"],
+        "7",
+        "the update is conditional on what was read"
+    );
+    let unlabel = received
+        .iter()
+        .rev()
+        .find(|r| r.method == Method::PATCH)
+        .unwrap();
+    assert_eq!(
+        unlabel.body,
+        Some(json!({"metadata": {"labels": {"apitrace.io/session": null}}}))
+    );
+    let restored = received
+        .iter()
+        .rev()
+        .find(|r| r.method == Method::PUT)
+        .unwrap();
+    let restored: Value = serde_saphyr::from_str(
+        restored.body.as_ref().unwrap()["data"]["mesh"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(restored, serde_saphyr::from_str::<Value>(MESH).unwrap());
+    // Owned by the anchor: the garbage collector removes them with it.
+    for index in 1..=3 {
+        assert_eq!(
+            body(index)["metadata"]["ownerReferences"][0]["uid"],
+            format!("uid-{}", name())
+        );
+    }
+    crate::schema_tests::validate_sent(&received);
+}
+
+#[tokio::test]
+async fn a_failure_at_any_setup_step_rolls_back_what_was_done() {
+    let steps = setup_steps();
+    for failing in 0..steps.len() {
+        let mut script: Vec<Exchange> = steps[..failing]
+            .iter()
+            .map(|s| s.exchange.clone())
+            .collect();
+        let failed = &steps[failing].exchange;
+        script.push(fail(failed.method.clone(), failed.uri.clone(), 500));
+        script.extend(teardown(&steps[..failing]));
+        let api = MockApi::new(script);
+        let error = Session::start(&api.client, plan(), &mut link(), timeouts())
+            .await
+            .unwrap_err();
+        assert!(error.leftovers.is_empty(), "step {failing}: {error}");
+        assert!(
+            error.to_string().contains("injected 500"),
+            "step {failing}: {error}"
+        );
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn probes_that_cannot_be_reached_roll_back_before_the_mesh_is_touched() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps[..5].iter().map(|s| s.exchange.clone()).collect();
+    script.extend(teardown(&steps[..5]));
+    let api = MockApi::new(script);
+    let mut link = FakeLink(Err(std::io::Error::other("port-forward refused")));
+    let error = Session::start(&api.client, plan(), &mut link, timeouts())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "connecting to the probes: port-forward refused"
+    );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_probe_image_that_cannot_be_pulled_fails_fast_with_the_reason() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps[..4].iter().map(|s| s.exchange.clone()).collect();
+    let mut pulling = probe_pod(false);
+    pulling["status"]["containerStatuses"] = json!([{
+        "name": "probe", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+        "state": { "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image \"ghcr.io/apitrace/probe:0.1.0\"" } },
+    }]);
+    script.push(ok(Method::GET, steps[4].exchange.uri.clone(), pulling));
+    script.extend(teardown(&steps[..4]));
+    let api = MockApi::new(script);
+    let error = Session::start(&api.client, plan(), &mut link(), timeouts())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "probe pod apitrace-system/{}-probe-0 cannot start: ImagePullBackOff: Back-off pulling image \"ghcr.io/apitrace/probe:0.1.0\"",
+            name()
+        )
+    );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn probes_never_ready_time_out_and_roll_back() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps[..4].iter().map(|s| s.exchange.clone()).collect();
+    let poll = ok(Method::GET, steps[4].exchange.uri.clone(), probe_pod(false));
+    let timeouts = Timeouts {
+        probes_ready: Duration::from_millis(50),
+        poll: Duration::from_millis(20),
+    };
+    // Polls until the deadline: the first look and two more.
+    script.extend([poll.clone(), poll.clone(), poll]);
+    script.extend(teardown(&steps[..4]));
+    let api = MockApi::new(script);
+    let error = Session::start(&api.client, plan(), &mut link(), timeouts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.cause, SessionError::ProbesNotReady { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&format!(
+            "look at `kubectl describe pod -n apitrace-system {}-probe-0`",
+            name()
+        )),
+        "{error}"
+    );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_mesh_config_is_retried_from_the_new_version() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps[..7].iter().map(|s| s.exchange.clone()).collect();
+    script.push(fail(Method::PUT, format!("{MESH_MAP}?"), 409));
+    // Someone else added a provider in between: ours goes on top of theirs.
+    let theirs = format!("{MESH}- name: zipkin\n  zipkin:\n    service: z.svc\n    port: 9411\n");
+    script.push(ok(Method::GET, MESH_MAP, mesh_map("8", &theirs)));
+    script.push(ok(
+        Method::PUT,
+        format!("{MESH_MAP}?"),
+        mesh_map("9", &theirs),
+    ));
+    script.extend(steps[8..].iter().map(|s| s.exchange.clone()));
+    let api = MockApi::new(script);
+    let session = Session::start(&api.client, plan(), &mut link(), timeouts())
+        .await
+        .unwrap();
+    drop(session);
+    let received = api.finish().await;
+    let put = received
+        .iter()
+        .rev()
+        .find(|r| r.method == Method::PUT)
+        .unwrap()
+        .body
+        .clone()
+        .unwrap();
+    assert_eq!(put["metadata"]["resourceVersion"], "8");
+    let names = crate::mesh::session_providers(put["data"]["mesh"].as_str().unwrap()).unwrap();
+    assert_eq!(names, [session_id()]);
+    assert!(
+        put["data"]["mesh"].as_str().unwrap().contains("zipkin"),
+        "their provider is kept"
+    );
+}
+
+#[tokio::test]
+async fn endless_conflicts_on_the_mesh_config_give_up_and_roll_back() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps[..7].iter().map(|s| s.exchange.clone()).collect();
+    script.push(fail(Method::PUT, format!("{MESH_MAP}?"), 409));
+    for _ in 1..crate::apply::MESH_UPDATE_ATTEMPTS {
+        script.push(ok(Method::GET, MESH_MAP, mesh_map("8", MESH)));
+        script.push(fail(Method::PUT, format!("{MESH_MAP}?"), 409));
+    }
+    script.extend(teardown(&steps[..7]));
+    let api = MockApi::new(script);
+    let error = Session::start(&api.client, plan(), &mut link(), timeouts())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "mesh config istio-system/istio kept changing under us (5 conflicts in a row): try again when the control plane is not being upgraded"
+    );
+    api.finish().await;
+}
+
+/// What a session leaves when its CLI died mid-way: the lists cleanup makes
+/// and the answers of a cluster holding the leftovers.
+fn leftovers_script(lease_renewed: &str, present: bool) -> Vec<Exchange> {
+    let name = name();
+    let selector = "?&labelSelector=apitrace.io%2Fsession";
+    let labelled = |value: Value| if present { value } else { json!([]) };
+    let ours = |kind: &str, namespace: &str, name: &str| {
+        let mut object = object(kind, namespace, name);
+        object["metadata"]["labels"] = json!({
+            "app.kubernetes.io/managed-by": "kubectl-apitrace", "apitrace.io/session": SESSION,
+        });
+        object
+    };
+    let list = |items: Value| json!({ "metadata": {}, "items": items });
+    let mut lease = ours("Lease", "apitrace-system", &name);
+    lease["metadata"]["annotations"] = json!({ "apitrace.io/mesh-config": "istio-system/istio" });
+    lease["spec"] = json!({ "leaseDurationSeconds": 30, "renewTime": lease_renewed });
+    let mut traced = object("Pod", "shop", "web-1");
+    traced["metadata"]["labels"] = json!({ "apitrace.io/session": SESSION, "app": "web" });
+    let mesh = if present {
+        mesh_with_ours()
+    } else {
+        MESH.to_owned()
+    };
+    vec![
+        ok(
+            Method::GET,
+            format!("/apis/extensions.istio.io/v1alpha1/wasmplugins{selector}"),
+            list(labelled(json!([ours("WasmPlugin", "shop", &name)]))),
+        ),
+        ok(
+            Method::GET,
+            format!("/apis/telemetry.istio.io/v1/telemetries{selector}"),
+            list(labelled(json!([ours("Telemetry", "shop", &name)]))),
+        ),
+        ok(
+            Method::GET,
+            format!("/api/v1/pods{selector}"),
+            list(labelled(json!([
+                traced,
+                ours("Pod", "apitrace-system", &format!("{name}-probe-0"))
+            ]))),
+        ),
+        ok(
+            Method::GET,
+            format!("/api/v1/services{selector}"),
+            list(labelled(json!([ours("Service", "apitrace-system", &name)]))),
+        ),
+        ok(
+            Method::GET,
+            format!("/api/v1/secrets{selector}"),
+            list(labelled(json!([ours("Secret", "apitrace-system", &name)]))),
+        ),
+        ok(
+            Method::GET,
+            format!("/apis/coordination.k8s.io/v1/leases{selector}"),
+            list(labelled(json!([lease]))),
+        ),
+        ok(Method::GET, MESH_MAP, mesh_map("3", &mesh)),
+    ]
+}
+
+#[tokio::test]
+async fn cleanup_removes_a_dead_sessions_leftovers_and_a_second_run_finds_nothing() {
+    let now: Timestamp = "2026-11-22T10:05:00Z".parse().unwrap();
+    let steps = setup_steps();
+    let mut script = leftovers_script("2026-11-22T10:01:00.000000Z", true);
+    // The same teardown as the session's own, in the same order.
+    script.extend(teardown(&steps));
+    let api = MockApi::new(script);
+    let configs = [MeshConfigRef::for_revision("istio-system", "default")];
+    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
+        .await
+        .unwrap();
+    assert_eq!(report.removed.len(), 8, "{:?}", report.removed);
+    assert!(report.live.is_empty() && report.failed.is_empty());
+    api.finish().await;
+
+    let api = MockApi::new(leftovers_script("2026-11-22T10:01:00.000000Z", false));
+    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
+        .await
+        .unwrap();
+    assert!(report.removed.is_empty(), "{:?}", report.removed);
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_session_whose_lease_is_renewed_is_left_alone_until_it_lapses() {
+    let configs = [MeshConfigRef::for_revision("istio-system", "default")];
+    let renewed = "2026-11-22T10:04:50.000000Z";
+    // Renewed 10 s ago with a 30 s lease: live.
+    let api = MockApi::new(leftovers_script(renewed, true));
+    let now: Timestamp = "2026-11-22T10:05:00Z".parse().unwrap();
+    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
+        .await
+        .unwrap();
+    assert_eq!(report.live, [session_id()]);
+    assert!(report.removed.is_empty());
+    api.finish().await;
+    // 31 s later nobody renewed it: the CLI is gone, everything goes.
+    let mut script = leftovers_script(renewed, true);
+    script.extend(teardown(&setup_steps()));
+    let api = MockApi::new(script);
+    let now: Timestamp = "2026-11-22T10:05:21Z".parse().unwrap();
+    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
+        .await
+        .unwrap();
+    assert!(report.live.is_empty());
+    assert_eq!(report.removed.len(), 8);
+    api.finish().await;
+}
+
+fn pod(name: &str, status: Value, extra: Value) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "namespace": "shop", "name": name, "labels": {"app": "web"} },
+        "spec": { "nodeName": "node-a", "containers": [{"name": "web"}, {"name": "istio-proxy"}] },
+        "status": status,
+    });
+    merge(&mut pod, extra);
+    pod
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(target.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
+
+fn running() -> Value {
+    json!({
+        "phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}],
+        "containerStatuses": [
+            {"name": "web", "image": "", "imageID": "", "ready": true, "restartCount": 0, "containerID": "containerd://app"},
+            {"name": "istio-proxy", "image": "", "imageID": "", "ready": true, "restartCount": 0, "containerID": "containerd://abc123"},
+        ],
+    })
+}
+
+fn node(os: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": { "name": "node-a", "labels": {"kubernetes.io/os": os} },
+        "spec": { "taints": [{"key": "dedicated", "value": "web", "effect": "NoSchedule"}] },
+        "status": { "nodeInfo": {
+            "kernelVersion": "6.8.0-1015-aws", "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+            "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "operatingSystem": os, "osImage": "", "systemUUID": "",
+        } },
+    })
+}
+
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
+const WEB_PODS: &str = "/api/v1/namespaces/shop/pods?&labelSelector=app%3Dweb";
+
+fn deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "namespace": "shop", "name": "web" },
+        "spec": { "selector": {"matchLabels": {"app": "web"}}, "template": {} },
+    })
+}
+
+async fn resolve_with(
+    pods: Vec<Value>,
+    node_os: Option<&str>,
+) -> (Result<Targets, TargetError>, MockApi) {
+    let mut script = vec![
+        ok(Method::GET, DEPLOYMENT, deployment()),
+        ok(
+            Method::GET,
+            WEB_PODS,
+            json!({"metadata": {}, "items": pods}),
+        ),
+    ];
+    if let Some(os) = node_os {
+        script.push(ok(Method::GET, "/api/v1/nodes/node-a", node(os)));
+    }
+    let api = MockApi::new(script);
+    let selection = Selection::Named("deploy/web".parse().unwrap());
+    let result = resolve(&api.client, &selection, &Scope::Namespace("shop".into())).await;
+    (result, api)
+}
+
+#[tokio::test]
+async fn a_deployment_resolves_to_its_running_pods_and_their_nodes() {
+    let pending = pod("web-2", json!({"phase": "Pending"}), json!({}));
+    let (targets, api) = resolve_with(
+        vec![pod("web-1", running(), json!({})), pending],
+        Some("linux"),
+    )
+    .await;
+    let targets = targets.unwrap();
+    api.finish().await;
+    assert_eq!(targets.pods.len(), 1, "the pending pod is left out");
+    let traced = &targets.pods[0];
+    assert_eq!(
+        (traced.name.as_str(), traced.sidecar_container_id.as_str()),
+        ("web-1", "abc123")
+    );
+    assert_eq!(traced.ips, ["10.0.0.5"]);
+    assert_eq!(targets.nodes[0].kernel, "6.8.0-1015-aws");
+    assert_eq!(targets.nodes[0].taints[0].key, "dedicated");
+}
+
+#[tokio::test]
+async fn every_target_problem_has_its_own_message() {
+    let cases: Vec<(Vec<Value>, Option<&str>, String)> = vec![
+        (vec![], None, "deployment/web in namespace \"shop\" selects no pods: check it with `kubectl get pods -n shop -l app=web`".into()),
+        (
+            vec![pod("web-1", json!({"phase": "Pending"}), json!({}))],
+            None,
+            "pod shop/web-1 is Pending, not Running: wait until `kubectl get pod -n shop web-1` shows it Running".into(),
+        ),
+        (
+            vec![pod("web-1", json!({"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": []}), json!({}))],
+            None,
+            "pod shop/web-1 has no Istio sidecar (no istio-proxy container): enable injection with `kubectl label namespace shop istio-injection=enabled` and restart the pod".into(),
+        ),
+        (
+            vec![pod("web-1", running(), json!({"spec": {"hostNetwork": true}}))],
+            None,
+            "pod shop/web-1 uses the node's network (hostNetwork): apitrace traces pods with their own network namespace; pick another pod".into(),
+        ),
+        (
+            vec![pod("web-1", running(), json!({"metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}}}))],
+            None,
+            "pod shop/web-1 is in Istio ambient mode: apitrace supports sidecar mode only for now; trace a pod with an istio-proxy sidecar".into(),
+        ),
+        (
+            vec![pod("web-1", running(), json!({"metadata": {"labels": {"apitrace.io/session": "zzzzz99999"}}}))],
+            None,
+            "pod shop/web-1 is already traced by session zzzzz99999: wait for it to end, or remove it with `kubectl apitrace cleanup --session zzzzz99999`".into(),
+        ),
+        (
+            vec![pod("web-1", running(), json!({}))],
+            Some("windows"),
+            "pod shop/web-1 runs on node node-a, a Windows node: the probe needs Linux (eBPF); pick pods on Linux nodes".into(),
+        ),
+    ];
+    for (pods, node_os, expected) in cases {
+        let (result, api) = resolve_with(pods, node_os).await;
+        assert_eq!(result.unwrap_err().to_string(), expected);
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn missing_objects_and_misplaced_flags_say_what_to_do() {
+    let api = MockApi::new(vec![fail(
+        Method::GET,
+        "/api/v1/namespaces/shop/services/api",
+        404,
+    )]);
+    let selection = Selection::Named("svc/api".parse().unwrap());
+    let error = resolve(&api.client, &selection, &Scope::Namespace("shop".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "service/api not found in namespace \"shop\": check the name with `kubectl get service -n shop`, or pass -n NAMESPACE"
+    );
+    api.finish().await;
+
+    let api = MockApi::new(vec![]);
+    let error = resolve(&api.client, &selection, &Scope::AllNamespaces)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "-A works with -l SELECTOR only: service/api names one object, so give its namespace with -n"
+    );
+    api.finish().await;
+
+    let api = MockApi::new(vec![ok(
+        Method::GET,
+        "/api/v1/pods?&labelSelector=app%3Dnone",
+        json!({"metadata": {}, "items": []}),
+    )]);
+    let error = resolve(
+        &api.client,
+        &Selection::Labels("app=none".into()),
+        &Scope::AllNamespaces,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "-l app=none selects no pods: check it with `kubectl get pods -A -l app=none`"
+    );
+    api.finish().await;
+}

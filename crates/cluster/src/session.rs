@@ -1,0 +1,317 @@
+//! A session's life on the cluster: set up in a fixed order (the anchor first,
+//! the mesh last), rolled back on any failure, torn down in reverse, kept alive
+//! by renewing the anchor Lease.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::{
+    apply::{ApplyError, Change, Journal},
+    istio,
+    objects::{FilterModule, Plan, owner_reference},
+};
+
+/// Reaches the probes once they run (through API-server port-forwards) and
+/// learns from them which filter module they serve.
+pub trait ProbeLink {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn connect(
+        &mut self,
+        probes: &[Pod],
+    ) -> impl Future<Output = Result<FilterModule, Self::Error>>;
+}
+
+/// How long setup waits for what it does not control.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub probes_ready: Duration,
+    pub poll: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            probes_ready: Duration::from_secs(120),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("probe pod {namespace}/{name} cannot start: {reason}")]
+    ProbeFailed {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error(
+        "probe pods not ready after {:?}: {}; look at `kubectl describe pod -n {namespace} {}`",
+        timeout, pending.join(", "), pending.first().map(String::as_str).unwrap_or_default()
+    )]
+    ProbesNotReady {
+        namespace: String,
+        pending: Vec<String>,
+        timeout: Duration,
+    },
+    #[error("reading probe pod {name}: {source}")]
+    ProbeApi {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("connecting to the probes: {0}")]
+    Link(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the API server returned the anchor Lease without a uid")]
+    AnchorWithoutUid,
+}
+
+/// Setup failed; what was done has been undone, except `leftovers`.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}{}", leftovers_text(.leftovers, .session))]
+pub struct SetupError {
+    #[source]
+    pub cause: SessionError,
+    pub session: String,
+    pub leftovers: Vec<(Change, ApplyError)>,
+}
+
+fn leftovers_text(leftovers: &[(Change, ApplyError)], session: &str) -> String {
+    if leftovers.is_empty() {
+        return String::new();
+    }
+    let items: Vec<String> = leftovers
+        .iter()
+        .map(|(change, error)| format!("{change} ({error})"))
+        .collect();
+    format!(
+        "; rolling back also failed for: {}; remove them with `kubectl apitrace cleanup --session {session}`",
+        items.join("; ")
+    )
+}
+
+/// A running session: what it changed, to be undone at its end.
+#[derive(Debug)]
+pub struct Session {
+    pub plan: Plan,
+    pub probes: Vec<Pod>,
+    journal: Journal,
+}
+
+impl Session {
+    /// Sets the session up: anchor Lease, token Secret, ingest Service, probe pods
+    /// (waiting until they are ready and `link` reaches them), the session label
+    /// on the traced pods, our provider in the mesh config, then the Telemetry
+    /// and WasmPlugin per namespace. The mesh is touched only once the probes
+    /// can receive what it sends. Any failure undoes what was done.
+    pub async fn start<L: ProbeLink>(
+        client: &Client,
+        plan: Plan,
+        link: &mut L,
+        timeouts: Timeouts,
+    ) -> Result<Self, SetupError> {
+        let mut journal = Journal::default();
+        match setup(client, &plan, link, timeouts, &mut journal).await {
+            Ok(probes) => Ok(Self {
+                plan,
+                probes,
+                journal,
+            }),
+            Err(cause) => {
+                let leftovers = journal.undo_all(client).await;
+                Err(SetupError {
+                    cause,
+                    session: plan.session.to_string(),
+                    leftovers,
+                })
+            }
+        }
+    }
+
+    /// Everything the session changed, in the order it changed it.
+    pub fn changes(&self) -> &[Change] {
+        self.journal.changes()
+    }
+
+    /// Undoes everything, the mesh first, the anchor last. Returns what could
+    /// not be removed.
+    pub async fn end(mut self, client: &Client) -> Vec<(Change, ApplyError)> {
+        self.journal.undo_all(client).await
+    }
+}
+
+async fn setup<L: ProbeLink>(
+    client: &Client,
+    plan: &Plan,
+    link: &mut L,
+    timeouts: Timeouts,
+    journal: &mut Journal,
+) -> Result<Vec<Pod>, SessionError> {
+    let lease = journal.create(client, &plan.lease()).await?;
+    let owner = owner_reference(&lease).ok_or(SessionError::AnchorWithoutUid)?;
+    journal
+        .create(client, &plan.token_secret(Some(&owner)))
+        .await?;
+    journal
+        .create(client, &plan.ingest_service(Some(&owner)))
+        .await?;
+    let mut probes = Vec::new();
+    for pod in plan.probe_pods(Some(&owner)) {
+        probes.push(journal.create(client, &pod).await?);
+    }
+    let probes = wait_ready(client, &plan.probe.namespace, probes, timeouts).await?;
+    let module = link
+        .connect(&probes)
+        .await
+        .map_err(|error| SessionError::Link(Box::new(error)))?;
+    for pod in &plan.targets.pods {
+        journal
+            .label_pod(client, &pod.namespace, &pod.name, &plan.session)
+            .await?;
+    }
+    journal
+        .add_mesh_provider(client, &plan.mesh, &plan.als_provider())
+        .await?;
+    let telemetry = istio::telemetry(plan.telemetry_version);
+    for object in plan.telemetries() {
+        journal.create_dynamic(client, &telemetry, &object).await?;
+    }
+    let wasm_plugin = istio::wasm_plugin();
+    for object in plan.wasm_plugins(&module) {
+        journal
+            .create_dynamic(client, &wasm_plugin, &object)
+            .await?;
+    }
+    Ok(probes)
+}
+
+/// Container states that will not resolve by waiting.
+const HOPELESS_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+];
+
+async fn wait_ready(
+    client: &Client,
+    namespace: &str,
+    mut probes: Vec<Pod>,
+    timeouts: Timeouts,
+) -> Result<Vec<Pod>, SessionError> {
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    let deadline = tokio::time::Instant::now() + timeouts.probes_ready;
+    loop {
+        let mut pending = Vec::new();
+        for pod in &mut probes {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if !is_ready(pod) {
+                *pod = api
+                    .get(&name)
+                    .await
+                    .map_err(|source| SessionError::ProbeApi {
+                        name: name.clone(),
+                        source,
+                    })?;
+            }
+            if let Some(reason) = hopeless(pod) {
+                return Err(SessionError::ProbeFailed {
+                    namespace: namespace.to_owned(),
+                    name,
+                    reason,
+                });
+            }
+            if !is_ready(pod) {
+                pending.push(name);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(probes);
+        }
+        if tokio::time::Instant::now() + timeouts.poll > deadline {
+            return Err(SessionError::ProbesNotReady {
+                namespace: namespace.to_owned(),
+                pending,
+                timeout: timeouts.probes_ready,
+            });
+        }
+        tokio::time::sleep(timeouts.poll).await;
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+}
+
+fn hopeless(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() == Some("Failed") {
+        return Some(
+            status
+                .message
+                .clone()
+                .or_else(|| status.reason.clone())
+                .unwrap_or_else(|| "it failed".into()),
+        );
+    }
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|container| container.state.as_ref()?.waiting.as_ref())
+        .find(|waiting| {
+            waiting
+                .reason
+                .as_deref()
+                .is_some_and(|reason| HOPELESS_REASONS.contains(&reason))
+        })
+        .map(|waiting| {
+            format!(
+                "{}: {}",
+                waiting.reason.as_deref().unwrap_or_default(),
+                waiting.message.as_deref().unwrap_or("no message")
+            )
+        })
+}
+
+/// Tells the probes the CLI is alive: they clean up once the Lease lapses.
+pub async fn renew_lease(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<(), kube::Error> {
+    let patch = json!({ "spec": { "renewTime": MicroTime(now) } });
+    Api::<Lease>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+}
+
+/// Whether the Lease has gone unrenewed for longer than its duration.
+pub fn lease_lapsed(lease: &Lease, now: Timestamp) -> bool {
+    let Some(spec) = &lease.spec else {
+        return true;
+    };
+    let (Some(renewed), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds) else {
+        return true;
+    };
+    renewed.0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds.into()) < now
+}
