@@ -1,8 +1,9 @@
 //! The command line, parsed. Turning it into something runnable (finding
 //! binaries, checking privileges) happens where it is run.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
+use apitrace_cluster::{names::SessionId, target::TargetRef};
 use clap::{Args, Parser, Subcommand};
 
 use crate::output::Format;
@@ -15,9 +16,74 @@ use crate::output::Format;
     about = "Trace API calls inside an Istio mesh: who called whom, with which identity, what came back, and what happened on the wire.",
     long_about = None,
 )]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  # Trace the calls to and from a pod for five minutes\n  kubectl apitrace pod/nginx\n\n  # Every pod of a deployment, as JSON lines as they come, for one minute\n  kubectl apitrace deploy/web -n shop --duration 1m -o ndjson -f\n\n  # What a session would create, without creating it\n  kubectl apitrace svc/api --dry-run\n\n  # The whole data path on this Linux host, without a cluster\n  sudo kubectl apitrace demo"
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// The API server and the account to use, as kubectl takes them.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig file [default: $KUBECONFIG or ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context [default: the current context].
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The namespace holding the mesh config (istiod's).
+    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::check::DEFAULT_ISTIO_NAMESPACE)]
+    pub istio_namespace: String,
+    /// The namespace the probes run in (see manifests/probe.yaml).
+    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::names::DEFAULT_PROBE_NAMESPACE)]
+    pub probe_namespace: String,
+}
+
+/// `kubectl apitrace TARGET`: a session on the cluster.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// What to trace: pod/NAME (or NAME), deploy/NAME, sts/NAME, ds/NAME or svc/NAME.
+    #[arg(value_name = "TARGET", value_parser = parse_target)]
+    pub target: Option<TargetRef>,
+    /// Trace the pods matching this label selector instead (e.g. app=web).
+    #[arg(
+        short = 'l',
+        long = "selector",
+        value_name = "SELECTOR",
+        conflicts_with = "target"
+    )]
+    pub selector: Option<String>,
+    /// The namespace of the target [default: the context's namespace].
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Look for the selector's pods in every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// How long the session runs; everything it created is removed at the end.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Print every object the session would create and the mesh config change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The probe image [default: the one released with this version].
+    #[arg(long, value_name = "IMAGE")]
+    pub probe_image: Option<String>,
+    /// An image pull secret in the probe namespace for the probe image (repeatable).
+    #[arg(long = "image-pull-secret", value_name = "NAME")]
+    pub image_pull_secrets: Vec<String>,
+    /// Run the probes as privileged containers instead of with the capabilities
+    /// they need (for runtimes whose seccomp or LSM profile refuses BPF otherwise).
+    #[arg(long)]
+    pub privileged: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +110,64 @@ pub enum Command {
         after_help = "Examples:\n  # The calls of a saved session, as a table\n  kubectl apitrace join demo.apitrace\n\n  # As an HTTP Archive for a browser's network panel\n  kubectl apitrace join demo.apitrace -o har > calls.har"
     )]
     Join(JoinArgs),
+    /// Check that the cluster has what a session needs, without changing anything.
+    ///
+    /// Istio and its version, the Telemetry and WasmPlugin APIs, your
+    /// permissions, the probe namespace's Pod Security level and, for a target,
+    /// each node's kernel. A session runs the same checks before it starts.
+    #[command(
+        after_help = "Examples:\n  # Is this cluster ready for apitrace?\n  kubectl apitrace check\n\n  # And for tracing this deployment?\n  kubectl apitrace check deploy/web -n shop"
+    )]
+    Check(CheckArgs),
+    /// Remove what sessions left behind (after a crash, or a kill -9).
+    ///
+    /// Finds objects by the labels every session puts on them, removes the
+    /// session label from traced pods and the session's provider from the mesh
+    /// config, and says what it removed. Sessions whose CLI is still running are
+    /// left alone unless named with --session. Running it twice is harmless.
+    #[command(
+        after_help = "Examples:\n  # Everything left by sessions that are no longer running\n  kubectl apitrace cleanup --all\n\n  # One session, running or not\n  kubectl apitrace cleanup --session abcde12345"
+    )]
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also check what tracing this target needs (its pods, their nodes).
+    #[arg(value_name = "TARGET", value_parser = parse_target)]
+    pub target: Option<TargetRef>,
+    #[arg(
+        short = 'l',
+        long = "selector",
+        value_name = "SELECTOR",
+        conflicts_with = "target"
+    )]
+    pub selector: Option<String>,
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CleanupWhich {
+    /// The session to remove, running or not (its id, as printed when it started).
+    #[arg(long, value_name = "ID", value_parser = parse_session)]
+    pub session: Option<SessionId>,
+    /// Every session whose CLI is no longer running.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub which: CleanupWhich,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// How the calls are printed; shared by every command that prints them.
@@ -107,6 +231,35 @@ pub struct DemoArgs {
     /// The probe binary [default: apitrace-probe next to this binary].
     #[arg(long, value_name = "PATH", env = "APITRACE_PROBE")]
     pub probe_bin: Option<PathBuf>,
+}
+
+/// The longest session: probes run privileged-ish on nodes, so they must not
+/// be forgotten there.
+pub const MAX_DURATION: Duration = Duration::from_secs(60 * 60);
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => {
+            Err("a session needs some time: use a duration such as 30s or 5m".into())
+        }
+        Ok(duration) if duration > MAX_DURATION => Err(format!(
+            "{text:?} is longer than a session may run (1h): run another session after it"
+        )),
+        Ok(duration) => Ok(duration),
+        Err(_) => Err(format!(
+            "{text:?} is not a duration: use a number and a unit, such as 90s, 5m or 1h"
+        )),
+    }
+}
+
+fn parse_target(text: &str) -> Result<TargetRef, String> {
+    text.parse()
+        .map_err(|error: apitrace_cluster::target::InvalidTarget| error.to_string())
+}
+
+fn parse_session(text: &str) -> Result<SessionId, String> {
+    text.parse()
+        .map_err(|error: apitrace_cluster::names::InvalidSessionId| error.to_string())
 }
 
 fn parse_requests(text: &str) -> Result<u32, String> {

@@ -3,6 +3,7 @@
 //! pieces (pods, the sidecar, the app) to measure the same data path.
 
 pub mod args;
+pub mod cluster;
 pub mod demo;
 pub mod output;
 pub mod pipeline;

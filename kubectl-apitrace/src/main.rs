@@ -6,12 +6,16 @@ use std::process::ExitCode;
 
 use kubectl_apitrace::{
     args::{self, Command},
-    demo, output, replay,
+    cluster, demo, output, replay,
 };
 
 fn main() -> ExitCode {
     let cli = args::parse();
-    match run(cli.command) {
+    let result = match cli.command {
+        Some(command) => run(command),
+        None => cluster::trace(cli.trace),
+    };
+    match result {
         Ok(code) => code,
         // A reader that went away (`| head`) is not an error of ours.
         Err(error) if output::is_closed_pipe(&error) => ExitCode::SUCCESS,
@@ -26,5 +30,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => demo::run(args),
         Command::Join(args) => replay::run(args),
+        Command::Check(args) => cluster::check(args),
+        Command::Cleanup(args) => cluster::cleanup(args),
     }
 }

@@ -87,6 +87,12 @@ fn render(mesh: &Value) -> String {
     serde_saphyr::to_string(mesh).expect("a JSON value is always representable as YAML")
 }
 
+/// The mesh config as this module writes it: what [`add_provider`] and
+/// [`remove_provider`] return differs from it only where they changed it.
+pub fn normalized(mesh: &str) -> Result<String, MeshError> {
+    Ok(render(&parse(mesh)?))
+}
+
 fn providers(mesh: &mut Value) -> Result<&mut Vec<Value>, MeshError> {
     let object = mesh.as_object_mut().ok_or(MeshError::NotAMapping)?;
     object

@@ -1,0 +1,128 @@
+//! `--dry-run`: every object the session would create, as YAML, then the diff
+//! of the mesh config. The token and the module digest are not known before a
+//! session starts; the output says so where they would be.
+
+use serde::Serialize;
+
+use crate::{
+    mesh::{self, MeshError},
+    names,
+    objects::{FilterModule, Plan},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error("cannot write an object as YAML: {0}")]
+    Yaml(String),
+}
+
+const NOT_YET: &str = "<generated when the session starts>";
+
+fn yaml(out: &mut String, comment: &str, object: &impl Serialize) -> Result<(), DryRunError> {
+    let text = serde_saphyr::to_string(object).map_err(|e| DryRunError::Yaml(e.to_string()))?;
+    out.push_str(&format!("---\n# {comment}\n{text}"));
+    Ok(())
+}
+
+pub fn render(plan: &Plan, mesh_config: &str) -> Result<String, DryRunError> {
+    let mut shown = plan.clone();
+    shown.token = NOT_YET.to_owned();
+    let module = FilterModule {
+        path: "/wasm/apitrace-filter-<sha256 reported by the probe>.wasm".into(),
+        sha256: "<reported by the probe>".into(),
+    };
+    let mut out = format!(
+        "# kubectl apitrace --dry-run: session {} would create, in this order:\n",
+        plan.session
+    );
+    yaml(
+        &mut out,
+        "the anchor: renewed while the CLI runs",
+        &shown.lease(),
+    )?;
+    yaml(&mut out, "the session token", &shown.token_secret(None))?;
+    yaml(
+        &mut out,
+        "where sidecars send access logs and WASM events",
+        &shown.ingest_service(None),
+    )?;
+    for pod in shown.probe_pods(None) {
+        yaml(&mut out, "a probe", &pod)?;
+    }
+    out.push_str("---\n");
+    for pod in &plan.targets.pods {
+        out.push_str(&format!(
+            "# label pod {}/{} with {}={} (removed at the end)\n",
+            pod.namespace,
+            pod.name,
+            names::SESSION_LABEL,
+            plan.session
+        ));
+    }
+    for object in shown.telemetries() {
+        yaml(
+            &mut out,
+            "access logs of the traced pods to the probes",
+            &object,
+        )?;
+    }
+    for object in shown.wasm_plugins(&module) {
+        yaml(&mut out, "the filter in the traced pods' sidecars", &object)?;
+    }
+    let before = mesh::normalized(mesh_config)?;
+    let after =
+        mesh::add_provider(mesh_config, &plan.als_provider())?.unwrap_or_else(|| before.clone());
+    out.push_str(&format!("---\n# mesh config {} (data.mesh):\n", plan.mesh));
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    out.push_str(
+        &diff
+            .unified_diff()
+            .header("before", "during the session")
+            .to_string(),
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_shows_every_object_and_only_our_line_of_the_mesh_config() {
+        let plan = crate::mock_tests::plan();
+        let mesh = "accessLogFile: /dev/stdout\nextensionProviders:\n- name: otel\n  envoyOtelAls:\n    service: otel.o.svc.cluster.local\n    port: 4317\n";
+        let text = render(&plan, mesh).unwrap();
+        for kind in [
+            "kind: Lease",
+            "kind: Secret",
+            "kind: Service",
+            "kind: Pod",
+            "kind: Telemetry",
+            "kind: WasmPlugin",
+        ] {
+            assert_eq!(text.matches(kind).count(), 1, "{kind} in\n{text}");
+        }
+        assert!(text.contains("# label pod shop/web-1 with apitrace.io/session=abcde12345"));
+        assert!(!text.contains("t0k3n"), "the token is never printed");
+        let changed: Vec<&str> = text
+            .lines()
+            .filter(|line| {
+                (line.starts_with('+') || line.starts_with('-'))
+                    && !line.starts_with("+++")
+                    && !line.starts_with("---")
+            })
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                "+- envoyHttpAls:",
+                "+    port: 15901",
+                "+    service: apitrace-abcde12345.apitrace-system.svc.cluster.local",
+                "+  name: apitrace-abcde12345",
+            ],
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! `kubectl apitrace TARGET`, `check` and `cleanup`: the cluster commands.
+//! Each resolves its arguments against the cluster, then hands over to
+//! `apitrace-cluster`, which does the work and is tested against a mock API.
+
+mod link;
+
+use std::{io, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, anyhow, bail};
+use apitrace_cluster::{
+    check::{self, CheckError},
+    cleanup::{self, Which},
+    names::SessionId,
+    objects::{LEASE_DURATION, Plan, ProbeOptions},
+    session::{self, Session, Timeouts},
+    target::{self, Scope, Selection, Targets},
+};
+use apitrace_join::{Input, JoinConfig, Workload, WorkloadKind};
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+use crate::{
+    args::{CheckArgs, CleanupArgs, ClusterArgs, TraceArgs},
+    output::{Destination, Printer},
+    pipeline::Pipeline,
+};
+use link::{FromProbe, PortForwardLink};
+
+/// The probe image released with this version of the CLI.
+pub fn default_probe_image() -> String {
+    format!(
+        "ghcr.io/apitrace/apitrace-probe:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A client for the chosen kubeconfig and context, and the context's namespace.
+async fn connect(args: &ClusterArgs) -> anyhow::Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
+                format!("cannot read kubeconfig {}: check the path given to --kubeconfig", path.display())
+            })?;
+            Config::from_custom_kubeconfig(kubeconfig, &options).await
+        }
+        None => Config::from_kubeconfig(&options).await,
+    }
+    .map_err(|error| {
+        anyhow!(
+            "no usable kubeconfig{}: {error}; check `kubectl config get-contexts`, or pass --kubeconfig FILE / --context NAME",
+            args.context.as_ref().map(|c| format!(" context {c:?}")).unwrap_or_default()
+        )
+    })?;
+    let namespace = config.default_namespace.clone();
+    let client = Client::try_from(config).context("cannot build a client for the API server")?;
+    Ok((client, namespace))
+}
+
+fn selection(
+    target: &Option<target::TargetRef>,
+    selector: &Option<String>,
+    namespace: Option<String>,
+    all_namespaces: bool,
+    default_namespace: String,
+) -> Option<(Selection, Scope)> {
+    let selection = match (target, selector) {
+        (Some(target), _) => Selection::Named(target.clone()),
+        (None, Some(selector)) => Selection::Labels(selector.clone()),
+        (None, None) => return None,
+    };
+    let scope = if all_namespaces {
+        Scope::AllNamespaces
+    } else {
+        Scope::Namespace(namespace.unwrap_or(default_namespace))
+    };
+    Some((selection, scope))
+}
+
+/// Everything a session checks before it creates anything; `check` prints it.
+struct Preflight {
+    targets: Targets,
+    mesh: check::Mesh,
+    plan_inherited: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+async fn preflight(
+    client: &Client,
+    cluster: &ClusterArgs,
+    selection: &Selection,
+    scope: &Scope,
+) -> anyhow::Result<Preflight> {
+    let targets = target::resolve(client, selection, scope).await?;
+    let revision = check::revision(&targets)?;
+    let mesh = check::mesh(client, &cluster.istio_namespace, &revision).await?;
+    for node in &targets.nodes {
+        check::kernel_attach(&node.name, &node.kernel)?;
+    }
+    let needed = check::permissions(
+        &cluster.probe_namespace,
+        &cluster.istio_namespace,
+        &targets.namespaces(),
+    );
+    let missing = check::missing_permissions(client, &needed).await?;
+    if !missing.is_empty() {
+        return Err(CheckError::Forbidden(missing).into());
+    }
+    check::probe_namespace_level(client, &cluster.probe_namespace).await?;
+    let plan_inherited = check::inherited_providers(client, &mesh, &targets).await?;
+    Ok(Preflight {
+        targets,
+        mesh,
+        plan_inherited,
+    })
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).map_err(|e| anyhow!("cannot read random bytes: {e}"))?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+pub fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(trace_async(args))
+}
+
+async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let (client, default_namespace) = connect(&args.cluster).await?;
+    let Some((selection, scope)) = selection(
+        &args.target,
+        &args.selector,
+        args.namespace.clone(),
+        args.all_namespaces,
+        default_namespace,
+    ) else {
+        bail!(
+            "nothing to trace: name a target (pod/NAME, deploy/NAME, sts/NAME, ds/NAME, svc/NAME) or pass -l SELECTOR; see `kubectl apitrace --help`"
+        );
+    };
+    let preflight = preflight(&client, &args.cluster, &selection, &scope).await?;
+    let plan = Plan {
+        session: SessionId::generate(),
+        token: random_hex(32)?,
+        started: Timestamp::now(),
+        duration: args.duration,
+        holder: format!(
+            "kubectl-apitrace/{}",
+            std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .unwrap_or_default()
+        ),
+        probe: ProbeOptions {
+            namespace: args.cluster.probe_namespace.clone(),
+            image: args.probe_image.clone().unwrap_or_else(default_probe_image),
+            pull_secrets: args.image_pull_secrets.clone(),
+            privileged: args.privileged,
+        },
+        mesh: preflight.mesh.config.clone(),
+        telemetry_version: preflight.mesh.telemetry_version,
+        targets: preflight.targets,
+        inherited_providers: preflight.plan_inherited,
+    };
+    if args.dry_run {
+        let text = apitrace_cluster::dry_run::render(&plan, &preflight.mesh.mesh_config)?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    run_session(&client, plan, &args).await
+}
+
+async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::Result<ExitCode> {
+    let session_id = plan.session.to_string();
+    let (mut link, mut from_probes) = PortForwardLink::new(
+        client.clone(),
+        &plan.probe.namespace,
+        &session_id,
+        &plan.token,
+    );
+    eprintln!(
+        "session {session_id}: {} pod(s) on {} node(s), for {}",
+        plan.targets.pods.len(),
+        plan.targets.nodes.len(),
+        humantime::format_duration(plan.duration)
+    );
+    let interrupted = tokio::spawn(interrupted());
+    let session = Session::start(client, plan, &mut link, Timeouts::default()).await?;
+    let printer = Printer::new(
+        io::stdout().lock(),
+        args.output.format,
+        args.output.follow,
+        Destination::stdout(),
+    )?;
+    let mut pipeline = Pipeline::new(
+        JoinConfig {
+            show_secrets: args.output.show_secrets,
+            ..JoinConfig::default()
+        },
+        None,
+        printer,
+    );
+    for pod in &session.plan.targets.pods {
+        for ip in &pod.ips {
+            if let Ok(ip) = ip.parse() {
+                pipeline.feed(Input::Identity {
+                    ip,
+                    since_ns: 0,
+                    workload: Workload {
+                        namespace: pod.namespace.clone(),
+                        name: pod.name.clone(),
+                        kind: WorkloadKind::Pod,
+                        traced: true,
+                    },
+                })?;
+            }
+        }
+    }
+    let lease_name = session.plan.session.object_name();
+    let mut renew = tokio::time::interval(LEASE_DURATION / 3);
+    let mut ticks = tokio::time::interval(Duration::from_millis(200));
+    let end = tokio::time::sleep(session.plan.duration);
+    tokio::pin!(end, interrupted);
+    let mut exit = ExitCode::SUCCESS;
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                () = &mut end => break,
+                _ = &mut interrupted => { exit = ExitCode::from(130); break }
+                _ = renew.tick() => session::renew_lease(client, &session.plan.probe.namespace, &lease_name, Timestamp::now())
+                    .await
+                    .context("renewing the session's Lease (did someone run cleanup?)")?,
+                _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
+                message = from_probes.recv() => match message {
+                    Some(FromProbe::Event(event)) => pipeline.feed(Input::Event { event: *event, now_ns: now_ns() })?,
+                    Some(FromProbe::Reconnected { pod, outage }) => eprintln!(
+                        "reconnected to probe {pod} after {}; events of that time are lost",
+                        humantime::format_duration(Duration::from_millis(outage.as_millis() as u64))
+                    ),
+                    Some(FromProbe::Lost { pod, detail }) => bail!("lost probe {pod}: {detail}"),
+                    None => bail!("every probe connection ended"),
+                },
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(link);
+    let leftovers = session.end(client).await;
+    let outcome = pipeline.finish()?;
+    eprintln!("{}", outcome.summary(None));
+    for (change, error) in &leftovers {
+        eprintln!("could not remove {change}: {error}");
+    }
+    if !leftovers.is_empty() {
+        eprintln!("remove them with `kubectl apitrace cleanup --session {session_id}`");
+    }
+    result?;
+    Ok(exit)
+}
+
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn now_ns() -> i64 {
+    Timestamp::now().as_nanosecond() as i64
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let (client, default_namespace) = connect(&args.cluster).await?;
+        let cluster = &args.cluster;
+        match selection(
+            &args.target,
+            &args.selector,
+            args.namespace.clone(),
+            args.all_namespaces,
+            default_namespace,
+        ) {
+            Some((selection, scope)) => {
+                let preflight = preflight(&client, cluster, &selection, &scope).await?;
+                print_mesh(&preflight.mesh);
+                for node in &preflight.targets.nodes {
+                    let attach = check::kernel_attach(&node.name, &node.kernel)?;
+                    println!(
+                        "node {}: kernel {} ({attach:?} attachment)",
+                        node.name, node.kernel
+                    );
+                }
+                println!(
+                    "targets: {} pod(s) ready to trace",
+                    preflight.targets.pods.len()
+                );
+            }
+            None => {
+                let mesh = check::mesh(&client, &cluster.istio_namespace, "default").await?;
+                print_mesh(&mesh);
+                let needed =
+                    check::permissions(&cluster.probe_namespace, &cluster.istio_namespace, &[]);
+                let missing = check::missing_permissions(&client, &needed).await?;
+                if !missing.is_empty() {
+                    return Err(CheckError::Forbidden(missing).into());
+                }
+                check::probe_namespace_level(&client, &cluster.probe_namespace).await?;
+            }
+        }
+        println!(
+            "permissions: all granted; probe namespace {}: Pod Security privileged",
+            cluster.probe_namespace
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_mesh(mesh: &check::Mesh) {
+    println!(
+        "istio: {} (revision {}), mesh config {}, Telemetry {}, WasmPlugin v1alpha1",
+        mesh.version.as_deref().unwrap_or("version unknown"),
+        mesh.revision,
+        mesh.config,
+        mesh.telemetry_version.as_str()
+    );
+}
+
+pub fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let (client, _) = connect(&args.cluster).await?;
+        let which = match args.which.session {
+            Some(session) => Which::Session(session),
+            None => Which::Leftovers,
+        };
+        let configs = cleanup::mesh_configs(&client, &args.cluster.istio_namespace).await?;
+        let report = cleanup::cleanup(&client, &which, &configs, Timestamp::now()).await?;
+        for change in &report.removed {
+            println!("removed {change}");
+        }
+        for session in &report.live {
+            println!(
+                "left session {session} alone: its CLI is still running (end it there, or `kubectl apitrace cleanup --session {session}`)"
+            );
+        }
+        if report.removed.is_empty() && report.live.is_empty() {
+            println!("nothing to remove");
+        }
+        for (change, error) in &report.failed {
+            eprintln!("could not remove {change}: {error}");
+        }
+        Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}
