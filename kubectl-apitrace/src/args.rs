@@ -44,9 +44,9 @@ pub struct ClusterArgs {
     pub probe_namespace: String,
 }
 
-/// `kubectl apitrace TARGET`: a session on the cluster.
+/// What to trace and where, as kubectl names objects.
 #[derive(Debug, Args)]
-pub struct TraceArgs {
+pub struct TargetArgs {
     /// What to trace: pod/NAME (or NAME), deploy/NAME, sts/NAME, ds/NAME or svc/NAME.
     #[arg(value_name = "TARGET", value_parser = parse_target)]
     pub target: Option<TargetRef>,
@@ -64,6 +64,13 @@ pub struct TraceArgs {
     /// Look for the selector's pods in every namespace.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
+}
+
+/// `kubectl apitrace TARGET`: a session on the cluster.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// How long the session runs; everything it created is removed at the end.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub duration: Duration,
@@ -133,20 +140,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Also check what tracing this target needs (its pods, their nodes).
-    #[arg(value_name = "TARGET", value_parser = parse_target)]
-    pub target: Option<TargetRef>,
-    #[arg(
-        short = 'l',
-        long = "selector",
-        value_name = "SELECTOR",
-        conflicts_with = "target"
-    )]
-    pub selector: Option<String>,
-    #[arg(short = 'n', long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
-    #[arg(short = 'A', long, conflicts_with = "namespace")]
-    pub all_namespaces: bool,
+    /// Also check what tracing a target needs (its pods, their nodes).
+    #[command(flatten)]
+    pub targets: TargetArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

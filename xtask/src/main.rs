@@ -87,13 +87,38 @@ fn workspace() -> PathBuf {
 /// What setup leaves for the other commands.
 struct Installed {
     envoy: PathBuf,
+    istio_crds: PathBuf,
 }
 
 fn setup() -> anyhow::Result<Installed> {
     apt_packages()?;
     bpf_linker()?;
     let envoy = envoy()?;
-    Ok(Installed { envoy })
+    let istio_crds = istio_crds()?;
+    Ok(Installed { envoy, istio_crds })
+}
+
+/// Istio's CRDs of the release the session's objects are validated against.
+const ISTIO_CRDS_URL: &str = "https://raw.githubusercontent.com/istio/istio/1.30.3/manifests/charts/base/files/crd-all.gen.yaml";
+
+/// The team's copy next to the repository when there is one; otherwise the
+/// same release's CRDs from upstream, fetched once into `target/`.
+fn istio_crds() -> anyhow::Result<PathBuf> {
+    let shared = workspace().join("../shared/schemas/istio-crds.yaml");
+    if shared.exists() {
+        step("istio CRDs", "the shared schemas");
+        return Ok(shared);
+    }
+    let fetched = workspace().join("target/schemas/istio-crds-1.30.3.yaml");
+    if !fetched.exists() {
+        step("istio CRDs", &format!("fetching {ISTIO_CRDS_URL}"));
+        std::fs::create_dir_all(fetched.parent().expect("a file in a directory"))?;
+        run(Command::new("curl")
+            .args(["-fsSL", "--retry", "3", "-o"])
+            .arg(&fetched)
+            .arg(ISTIO_CRDS_URL))?;
+    }
+    Ok(fetched)
 }
 
 fn apt_packages() -> anyhow::Result<()> {
@@ -268,7 +293,8 @@ fn test() -> anyhow::Result<()> {
     step("test", "unit and integration tests");
     run(cargo()
         .args(["test", "--workspace"])
-        .env("APITRACE_ENVOY", &installed.envoy))
+        .env("APITRACE_ENVOY", &installed.envoy)
+        .env("APITRACE_ISTIO_CRDS", &installed.istio_crds))
 }
 
 /// The golden sessions: each is a demo run saved with `--save` next to what

@@ -225,42 +225,33 @@ impl Journal {
 /// Reverts one change. Something already gone counts as reverted, so that
 /// undoing twice (the CLI and a probe, or two cleanups) is harmless.
 pub async fn undo(client: &Client, change: &Change) -> Result<(), ApplyError> {
-    match change {
+    let result = match change {
         Change::Created {
             resource,
             namespace,
             name,
             ..
-        } => {
-            let result = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
-                .delete(name, &DeleteParams::background())
-                .await;
-            match result {
-                Ok(_) => Ok(()),
-                Err(error) if is_status(&error, 404) => Ok(()),
-                Err(source) => Err(ApplyError::Remove {
-                    what: change.to_string(),
-                    source,
-                }),
-            }
-        }
+        } => Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
+            .delete(name, &DeleteParams::background())
+            .await
+            .map(drop),
         Change::Labelled { namespace, name } => {
             let patch = json!({ "metadata": { "labels": { names::SESSION_LABEL: null } } });
-            let result = Api::<Pod>::namespaced(client.clone(), namespace)
+            Api::<Pod>::namespaced(client.clone(), namespace)
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
-            match result {
-                Ok(_) => Ok(()),
-                Err(error) if is_status(&error, 404) => Ok(()),
-                Err(source) => Err(ApplyError::Remove {
-                    what: change.to_string(),
-                    source,
-                }),
-            }
+                .await
+                .map(drop)
         }
         Change::MeshProvider { config, provider } => {
-            update_mesh(client, config, |mesh| mesh::remove_provider(mesh, provider)).await
+            return update_mesh(client, config, |mesh| mesh::remove_provider(mesh, provider)).await;
         }
+    };
+    match result {
+        Err(error) if !is_status(&error, 404) => Err(ApplyError::Remove {
+            what: change.to_string(),
+            source: error,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -161,33 +161,23 @@ impl Found {
         mesh_configs: &[MeshConfigRef],
     ) -> Result<Self, CleanupError> {
         let params = ListParams::default().labels(selector);
-        let mut created = Vec::new();
-        // Istio's kinds first (their CRDs may not be served: nothing to remove then).
-        let telemetry_versions = [TelemetryVersion::V1, TelemetryVersion::V1Alpha1];
-        let istio_kinds =
-            std::iter::once(istio::wasm_plugin()).chain(telemetry_versions.map(istio::telemetry));
-        let mut telemetry_listed = false;
-        for resource in istio_kinds {
-            if resource.group == istio::TELEMETRY_GROUP && telemetry_listed {
-                continue;
-            }
-            match Api::<DynamicObject>::all_with(client.clone(), &resource)
-                .list(&params)
-                .await
-            {
-                Ok(list) => {
-                    telemetry_listed |= resource.group == istio::TELEMETRY_GROUP;
-                    created.extend(
-                        list.items
-                            .into_iter()
-                            .filter(|object| is_ours(&object.metadata))
-                            .map(|object| (resource.clone(), object.metadata)),
-                    );
-                }
-                Err(error) if is_not_served(&error) => {}
-                Err(error) => return Err(list_error(&resource.plural)(error)),
-            }
-        }
+        // Istio's kinds first. Telemetry is served as v1 from Istio 1.22, else
+        // as v1alpha1; both list the same objects.
+        let mut created = ours_of_crd(client, &params, &istio::wasm_plugin())
+            .await?
+            .unwrap_or_default();
+        let telemetries =
+            match ours_of_crd(client, &params, &istio::telemetry(TelemetryVersion::V1)).await? {
+                Some(found) => found,
+                None => ours_of_crd(
+                    client,
+                    &params,
+                    &istio::telemetry(TelemetryVersion::V1Alpha1),
+                )
+                .await?
+                .unwrap_or_default(),
+            };
+        created.extend(telemetries);
         let pods = Api::<Pod>::all(client.clone())
             .list(&params)
             .await
@@ -301,6 +291,30 @@ impl Found {
         }));
         changes.extend(cluster_objects.iter().map(|(r, m)| created(r, m)));
         changes
+    }
+}
+
+/// Our objects of a custom resource; `None` when its CRD is not served (there
+/// is nothing of that kind to remove then).
+async fn ours_of_crd(
+    client: &Client,
+    params: &ListParams,
+    resource: &ApiResource,
+) -> Result<Option<Vec<(ApiResource, kube::core::ObjectMeta)>>, CleanupError> {
+    match Api::<DynamicObject>::all_with(client.clone(), resource)
+        .list(params)
+        .await
+    {
+        Ok(list) => Ok(Some(
+            list.items
+                .into_iter()
+                .map(|object| object.metadata)
+                .filter(is_ours)
+                .map(|meta| (resource.clone(), meta))
+                .collect(),
+        )),
+        Err(error) if is_not_served(&error) => Ok(None),
+        Err(error) => Err(list_error(&resource.plural)(error)),
     }
 }
 

@@ -23,7 +23,7 @@ use kube::{
 };
 
 use crate::{
-    args::{CheckArgs, CleanupArgs, ClusterArgs, TraceArgs},
+    args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs},
     output::{Destination, Printer},
     pipeline::Pipeline,
 };
@@ -69,22 +69,17 @@ async fn connect(args: &ClusterArgs) -> anyhow::Result<(Client, String)> {
     Ok((client, namespace))
 }
 
-fn selection(
-    target: &Option<target::TargetRef>,
-    selector: &Option<String>,
-    namespace: Option<String>,
-    all_namespaces: bool,
-    default_namespace: String,
-) -> Option<(Selection, Scope)> {
-    let selection = match (target, selector) {
+/// What the arguments select; `None` when they name nothing.
+fn selection(args: &TargetArgs, default_namespace: String) -> Option<(Selection, Scope)> {
+    let selection = match (&args.target, &args.selector) {
         (Some(target), _) => Selection::Named(target.clone()),
         (None, Some(selector)) => Selection::Labels(selector.clone()),
         (None, None) => return None,
     };
-    let scope = if all_namespaces {
+    let scope = if args.all_namespaces {
         Scope::AllNamespaces
     } else {
-        Scope::Namespace(namespace.unwrap_or(default_namespace))
+        Scope::Namespace(args.namespace.clone().unwrap_or(default_namespace))
     };
     Some((selection, scope))
 }
@@ -93,7 +88,7 @@ fn selection(
 struct Preflight {
     targets: Targets,
     mesh: check::Mesh,
-    plan_inherited: std::collections::BTreeMap<String, Vec<String>>,
+    inherited_providers: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 async fn preflight(
@@ -118,11 +113,11 @@ async fn preflight(
         return Err(CheckError::Forbidden(missing).into());
     }
     check::probe_namespace_level(client, &cluster.probe_namespace).await?;
-    let plan_inherited = check::inherited_providers(client, &mesh, &targets).await?;
+    let inherited_providers = check::inherited_providers(client, &mesh, &targets).await?;
     Ok(Preflight {
         targets,
         mesh,
-        plan_inherited,
+        inherited_providers,
     })
 }
 
@@ -138,13 +133,7 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
 async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let (client, default_namespace) = connect(&args.cluster).await?;
-    let Some((selection, scope)) = selection(
-        &args.target,
-        &args.selector,
-        args.namespace.clone(),
-        args.all_namespaces,
-        default_namespace,
-    ) else {
+    let Some((selection, scope)) = selection(&args.targets, default_namespace) else {
         bail!(
             "nothing to trace: name a target (pod/NAME, deploy/NAME, sts/NAME, ds/NAME, svc/NAME) or pass -l SELECTOR; see `kubectl apitrace --help`"
         );
@@ -170,7 +159,7 @@ async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
         mesh: preflight.mesh.config.clone(),
         telemetry_version: preflight.mesh.telemetry_version,
         targets: preflight.targets,
-        inherited_providers: preflight.plan_inherited,
+        inherited_providers: preflight.inherited_providers,
     };
     if args.dry_run {
         let text = apitrace_cluster::dry_run::render(&plan, &preflight.mesh.mesh_config)?;
@@ -294,13 +283,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let (client, default_namespace) = connect(&args.cluster).await?;
         let cluster = &args.cluster;
-        match selection(
-            &args.target,
-            &args.selector,
-            args.namespace.clone(),
-            args.all_namespaces,
-            default_namespace,
-        ) {
+        match selection(&args.targets, default_namespace) {
             Some((selection, scope)) => {
                 let preflight = preflight(&client, cluster, &selection, &scope).await?;
                 print_mesh(&preflight.mesh);
