@@ -2,7 +2,10 @@
 //! the calls printed. The demo, a cluster session and `kubectl apitrace join`
 //! each feed one, so a replay goes through exactly what the session did.
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
 use apitrace_join::{CallRecord, Input, JoinConfig, JoinStats, Joiner};
 use apitrace_proto::{Counters, Event, event::Kind};
@@ -25,8 +28,10 @@ pub struct Pipeline<W: Write> {
     saved: Option<SavedWriter>,
     printer: Printer<W>,
     records: usize,
-    /// The probes' counters, from the last status they sent.
-    counters: Option<Counters>,
+    /// Each probe's counters (by node), from the last status it sent: a
+    /// probe's counters only grow, and several probes must not overwrite
+    /// each other's.
+    counters: BTreeMap<String, Counters>,
     /// The records an input completed, reused from one input to the next.
     joined: Vec<CallRecord>,
 }
@@ -36,7 +41,8 @@ pub struct Pipeline<W: Write> {
 pub struct Outcome {
     pub stats: JoinStats,
     pub records: usize,
-    pub counters: Option<Counters>,
+    /// Each probe's last counters, by node.
+    pub counters: BTreeMap<String, Counters>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -46,7 +52,7 @@ impl<W: Write> Pipeline<W> {
             saved,
             printer,
             records: 0,
-            counters: None,
+            counters: BTreeMap::new(),
             joined: Vec::new(),
         }
     }
@@ -66,8 +72,9 @@ impl<W: Write> Pipeline<W> {
             },
             ..
         } = &input
+            && let Some(counters) = status.counters
         {
-            self.counters = status.counters.or(self.counters);
+            self.counters.insert(status.node.clone(), counters);
         }
         self.joiner.apply(input, &mut self.joined);
         for record in self.joined.drain(..) {
@@ -120,19 +127,41 @@ impl Outcome {
             ));
         }
         text.push('.');
-        match &self.counters {
-            Some(counters) => text.push_str(&format!(
-                " The probe received {} TC, {} ALS and {} WASM events; dropped: {}.",
-                counters.tc_events,
-                counters.access_logs,
-                counters.wasm_events,
-                drops(counters)
-            )),
-            None => text.push_str(" The probes' counters were not recorded."),
+        let probes = match self.counters.len() {
+            0 => {
+                text.push_str(" The probes' counters were not recorded.");
+                return text;
+            }
+            1 => "The probe".to_owned(),
+            n => format!("The {n} probes"),
+        };
+        let mut total = Counters::default();
+        for counters in self.counters.values() {
+            total += counters;
+        }
+        text.push_str(&format!(
+            " {probes} received {} TC, {} ALS and {} WASM events; dropped: {}.",
+            total.tc_events,
+            total.access_logs,
+            total.wasm_events,
+            drops(&total)
+        ));
+        if self.counters.len() > 1 {
+            let by_node: Vec<String> = self
+                .counters
+                .iter()
+                .filter(|(_, counters)| drops(counters) != NO_DROPS)
+                .map(|(node, counters)| format!("{node}: {}", drops(counters)))
+                .collect();
+            if !by_node.is_empty() {
+                text.push_str(&format!(" By node: {}.", by_node.join("; ")));
+            }
         }
         text
     }
 }
+
+const NO_DROPS: &str = "none";
 
 fn drops(counters: &Counters) -> String {
     let drops: Vec<String> = [
@@ -155,7 +184,7 @@ fn drops(counters: &Counters) -> String {
     .map(|(what, n)| format!("{what}: {n}"))
     .collect();
     if drops.is_empty() {
-        "none".to_owned()
+        NO_DROPS.to_owned()
     } else {
         drops.join(", ")
     }
@@ -176,14 +205,17 @@ mod tests {
                 tc_after_calls: 0,
             },
             records: 4,
-            counters: Some(Counters {
-                tc_events: 10,
-                access_logs: 4,
-                wasm_events: 4,
-                tc_ring_full: 7,
-                wasm_dropped_in_filter: 1,
-                ..Counters::default()
-            }),
+            counters: BTreeMap::from([(
+                "node-a".to_owned(),
+                Counters {
+                    tc_events: 10,
+                    access_logs: 4,
+                    wasm_events: 4,
+                    tc_ring_full: 7,
+                    wasm_dropped_in_filter: 1,
+                    ..Counters::default()
+                },
+            )]),
         };
         assert_eq!(
             outcome.summary(Some(4)),
@@ -191,7 +223,7 @@ mod tests {
              The probe received 10 TC, 4 ALS and 4 WASM events; dropped: TC ring buffer full: 7, WASM dropped in the filter: 1."
         );
         let mut replayed = Outcome {
-            counters: None,
+            counters: BTreeMap::new(),
             ..outcome
         };
         replayed.stats.tc_after_calls = 2;
@@ -203,6 +235,54 @@ mod tests {
             replayed
                 .summary(None)
                 .ends_with("The probes' counters were not recorded.")
+        );
+    }
+
+    fn status(node: &str, counters: Counters) -> Input {
+        Input::Event {
+            now_ns: 0,
+            event: Event {
+                kind: Some(Kind::Status(apitrace_proto::ProbeStatus {
+                    node: node.to_owned(),
+                    counters: Some(counters),
+                    ..Default::default()
+                })),
+            },
+        }
+    }
+
+    #[test]
+    fn several_probes_counters_add_up_and_a_later_status_replaces_its_own_probes() {
+        let mut pipeline = Pipeline::new(
+            JoinConfig::default(),
+            None,
+            Printer::new(
+                Vec::new(),
+                crate::output::Format::Ndjson,
+                false,
+                crate::output::Destination {
+                    width: None,
+                    colour: false,
+                },
+            )
+            .unwrap(),
+        );
+        let ring_full = |n| Counters {
+            tc_events: 100,
+            tc_ring_full: n,
+            ..Counters::default()
+        };
+        pipeline.feed(status("node-a", ring_full(1))).unwrap();
+        pipeline.feed(status("node-b", ring_full(0))).unwrap();
+        pipeline.feed(status("node-a", ring_full(3))).unwrap();
+        let outcome = pipeline.finish().unwrap();
+        assert!(
+            outcome.summary(None).ends_with(
+                "The 2 probes received 200 TC, 0 ALS and 0 WASM events; dropped: TC ring buffer full: 3. \
+                 By node: node-a: TC ring buffer full: 3."
+            ),
+            "{}",
+            outcome.summary(None)
         );
     }
 }

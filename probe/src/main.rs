@@ -4,7 +4,7 @@ use std::{net::IpAddr, net::SocketAddr, process::ExitCode, time::Duration};
 
 use apitrace_netns::NetnsRef;
 use apitrace_probe::{
-    run::{Config, run},
+    run::{AnchorRef, Config, run},
     session::Session,
     tc::{self, AttachMode},
 };
@@ -60,6 +60,11 @@ struct Args {
     access_log_listen: SocketAddr,
     #[arg(long, default_value_t = SocketAddr::from(([0; 16], ports::HTTP)))]
     http_listen: SocketAddr,
+    /// The session's anchor Lease, as NAMESPACE/NAME: when the CLI stops
+    /// renewing it, the probe detaches and removes the session from the cluster
+    /// (with the in-cluster credentials, or $KUBECONFIG's).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    lease: Option<String>,
     /// Exit after this long whatever happens (e.g. 10m): the session's time box.
     #[arg(long, value_parser = humantime::parse_duration)]
     deadline: Duration,
@@ -107,6 +112,20 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
         Some(node) => node,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let anchor = args
+        .lease
+        .as_deref()
+        .map(|lease| {
+            lease
+                .split_once('/')
+                .filter(|(namespace, name)| !namespace.is_empty() && !name.is_empty())
+                .map(|(namespace, name)| AnchorRef {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+                .ok_or_else(|| anyhow::anyhow!("--lease {lease:?} is not NAMESPACE/NAME"))
+        })
+        .transpose()?;
     let mut ignored_ports = INFRASTRUCTURE_PORTS.to_vec();
     ignored_ports.extend(args.ignored_ports);
     Ok(Config {
@@ -118,6 +137,7 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
         access_log_listen: args.access_log_listen,
         http_listen: args.http_listen,
         deadline: args.deadline,
+        anchor,
         tc: tc::Options {
             interfaces: args.interfaces,
             mode: args.attach_mode,

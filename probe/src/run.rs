@@ -8,7 +8,12 @@ use std::{
     time::Duration,
 };
 
+use apitrace_cluster::{
+    cleanup,
+    watchdog::{self, Anchor},
+};
 use apitrace_proto::{Attachment, ProbeStatus};
+use k8s_openapi::api::coordination::v1::Lease;
 use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -41,12 +46,32 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// The probe exits when this has passed, whoever forgot to stop it.
     pub deadline: Duration,
+    /// The Lease the CLI renews; none when the probe runs on its own.
+    pub anchor: Option<AnchorRef>,
     pub tc: tc::Options,
     pub hub_capacity: usize,
 }
 
+#[derive(Debug, Clone)]
+pub struct AnchorRef {
+    pub namespace: String,
+    pub name: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("cannot reach the API server to watch the session's Lease: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("removing the session after its CLI went away: {0}")]
+    Undo(#[from] watchdog::UndoError),
+    #[error(
+        "could not remove {} after the CLI went away; run `kubectl apitrace cleanup --session {session}`",
+        .failed.join(", ")
+    )]
+    Leftovers {
+        session: String,
+        failed: Vec<String>,
+    },
     #[error(transparent)]
     Tc(#[from] tc::TcError),
     #[error("cannot listen on {address} for {what}: {source}")]
@@ -66,6 +91,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config) -> Result<(), RunError> {
     let hub = Hub::new(config.hub_capacity, Arc::default());
+    let watch = match &config.anchor {
+        Some(anchor) => Some((
+            kube::Client::try_default().await.map_err(RunError::Kube)?,
+            anchor.clone(),
+        )),
+        None => None,
+    };
     let taps = Taps::attach(&config)?;
     eprintln!(
         "apitrace-probe: session {} on {}: attached to {} interface(s) of {} pod(s)",
@@ -74,12 +106,38 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         taps.attachments().len(),
         taps.0.len()
     );
-    let result = serve(&config, hub, taps).await;
+    let lapsed = serve(&config, hub, taps, watch.as_ref()).await?;
+    eprintln!("apitrace-probe: session {}: detached", config.session.id);
+    match (lapsed, watch) {
+        (Some(lease), Some((client, _))) => undo_session(&client, &lease).await,
+        _ => Ok(()),
+    }
+}
+
+/// The CLI is gone: remove what the session did to the cluster, the Lease last
+/// (which removes this pod and the other probes with it).
+async fn undo_session(client: &kube::Client, lease: &Lease) -> Result<(), RunError> {
+    let session = cleanup::session_of(&lease.metadata)
+        .map(|session| session.to_string())
+        .unwrap_or_default();
     eprintln!(
-        "apitrace-probe: session {}: detached, exiting",
-        config.session.id
+        "apitrace-probe: session {session}: nobody renews its Lease any more: removing it from the cluster"
     );
-    result
+    let report = watchdog::undo_lapsed(client, lease).await?;
+    for change in &report.removed {
+        eprintln!("apitrace-probe: removed {change}");
+    }
+    if report.failed.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Leftovers {
+        session,
+        failed: report
+            .failed
+            .iter()
+            .map(|(change, error)| format!("{change} ({error})"))
+            .collect(),
+    })
 }
 
 /// The attached pods. Dropping this detaches them, also on an error path.
@@ -126,7 +184,14 @@ impl Drop for Taps {
     }
 }
 
-async fn serve(config: &Config, hub: Hub, mut taps: Taps) -> Result<(), RunError> {
+/// Serves until the deadline, a signal, a failure or the end of the anchor;
+/// returns the anchor if it lapsed (the session is then the probe's to undo).
+async fn serve(
+    config: &Config,
+    hub: Hub,
+    mut taps: Taps,
+    watch: Option<&(kube::Client, AnchorRef)>,
+) -> Result<Option<Box<Lease>>, RunError> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let kernel_counters = taps
@@ -191,6 +256,19 @@ async fn serve(config: &Config, hub: Hub, mut taps: Taps) -> Result<(), RunError
         .into_future(),
     ));
 
+    let anchor = async {
+        let Some((client, anchor)) = watch else {
+            return std::future::pending().await;
+        };
+        watchdog::watch_anchor(client, &anchor.namespace, &anchor.name, |error| {
+            eprintln!(
+                "apitrace-probe: reading Lease {}/{}: {error}",
+                anchor.namespace, anchor.name
+            );
+        })
+        .await
+    };
+    tokio::pin!(anchor);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let deadline = tokio::time::sleep(config.deadline);
     tokio::pin!(deadline);
@@ -207,10 +285,17 @@ async fn serve(config: &Config, hub: Hub, mut taps: Taps) -> Result<(), RunError
             }
             () = &mut deadline => {
                 eprintln!("apitrace-probe: the session's deadline passed");
-                break Ok(());
+                break Ok(None);
             }
-            _ = terminate.recv() => break Ok(()),
-            _ = interrupt.recv() => break Ok(()),
+            ending = &mut anchor => match ending {
+                Anchor::Gone => {
+                    eprintln!("apitrace-probe: the session's Lease was removed: the session is over");
+                    break Ok(None);
+                }
+                Anchor::Lapsed(lease) => break Ok(Some(lease)),
+            },
+            _ = terminate.recv() => break Ok(None),
+            _ = interrupt.recv() => break Ok(None),
             Some(finished) = servers.join_next() => {
                 break Err(match finished {
                     Ok(Err(error)) => error,

@@ -7,6 +7,7 @@
 
 mod cli;
 mod demo;
+mod fake_api;
 mod filter;
 mod layering;
 mod probe;

@@ -12,8 +12,13 @@ use std::{
 
 use apitrace_netns::{run_in, topology::Pod};
 
-use crate::support::{
-    App, DELIBERATE_ORPHANS, binaries, orphaned_programs, pods, real, wait_for_no_orphans,
+use serde_json::{Value, json};
+
+use crate::{
+    fake_api::{FakeApi, Request, not_found},
+    support::{
+        App, DELIBERATE_ORPHANS, binaries, orphaned_programs, pods, real, root, wait_for_no_orphans,
+    },
 };
 
 /// Sends one HTTP request from `client` to `address` and reads the answer.
@@ -38,6 +43,15 @@ struct Probe {
 
 impl Probe {
     fn start(probe_pod: &Pod, target: &Pod, extra: &[&str]) -> Self {
+        Self::start_with_env(probe_pod, target, extra, &[])
+    }
+
+    fn start_with_env(
+        probe_pod: &Pod,
+        target: &Pod,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
         let child = Command::new("ip")
             .args(["netns", "exec", &probe_pod.netns])
             .arg(&binaries().probe)
@@ -50,6 +64,7 @@ impl Probe {
             ))
             .args(extra)
             .env("APITRACE_SESSION_TOKEN", "test-token")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -305,4 +320,210 @@ fn an_overrun_ring_drops_and_counts_what_does_not_fit() {
         "every event is delivered or counted: {metrics:?}"
     );
     assert!(probe.signal(libc::SIGTERM).success());
+}
+
+const SESSION: &str = "abcde12345";
+const ANCHOR: &str = "apitrace-abcde12345";
+
+/// What a cluster holds for a session whose CLI died: its anchor Lease (never
+/// renewed, 2 s long), a WasmPlugin, a Telemetry, a labelled pod, and our
+/// provider in the mesh config beside another one.
+fn leftover_cluster(
+    request: &Request,
+    lease_deleted: &std::sync::atomic::AtomicBool,
+) -> (u16, Value) {
+    use std::sync::atomic::Ordering;
+    let labels = json!({ "app.kubernetes.io/managed-by": "kubectl-apitrace", "apitrace.io/session": SESSION });
+    let object = |api_version: &str, kind: &str, namespace: &str, name: &str| {
+        json!({
+            "apiVersion": api_version, "kind": kind,
+            "metadata": { "name": name, "namespace": namespace, "labels": labels, "resourceVersion": "7" },
+        })
+    };
+    let list = |items: Vec<Value>| {
+        (
+            200,
+            json!({ "kind": "List", "apiVersion": "v1", "metadata": {}, "items": items }),
+        )
+    };
+    let mut lease = object("coordination.k8s.io/v1", "Lease", "apitrace-system", ANCHOR);
+    lease["metadata"]["annotations"] = json!({
+        "apitrace.io/mesh-config": "istio-system/istio",
+        "apitrace.io/target-namespaces": "shop",
+    });
+    lease["spec"] =
+        json!({ "leaseDurationSeconds": 2, "renewTime": "2026-11-22T10:00:00.000000Z" });
+    let mut traced = object("v1", "Pod", "shop", "web-1");
+    traced["metadata"]["labels"] = json!({ "app": "web", "apitrace.io/session": SESSION });
+    let mesh = format!(
+        "extensionProviders:\n- name: otel\n  envoyOtelAls:\n    port: 4317\n    service: otel.o.svc.cluster.local\n\
+         - name: {ANCHOR}\n  envoyHttpAls:\n    port: 15901\n    service: {ANCHOR}.apitrace-system.svc.cluster.local\n"
+    );
+    let path = request.uri.split('?').next().unwrap_or_default();
+    match (request.method.as_str(), path) {
+        (
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/apitrace-abcde12345",
+        ) => {
+            if lease_deleted.load(Ordering::SeqCst) {
+                not_found()
+            } else {
+                (200, lease)
+            }
+        }
+        ("GET", "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins") => {
+            list(vec![object(
+                "extensions.istio.io/v1alpha1",
+                "WasmPlugin",
+                "shop",
+                ANCHOR,
+            )])
+        }
+        ("GET", "/apis/telemetry.istio.io/v1/namespaces/shop/telemetries") => list(vec![object(
+            "telemetry.istio.io/v1",
+            "Telemetry",
+            "shop",
+            ANCHOR,
+        )]),
+        ("GET", "/api/v1/namespaces/shop/pods") => list(vec![traced]),
+        ("GET", "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases") => {
+            list(vec![lease])
+        }
+        ("GET", path) if path.starts_with("/api/v1/namespaces/apitrace-system/") => {
+            list(Vec::new())
+        }
+        ("GET", "/api/v1/namespaces/istio-system/configmaps/istio") => (
+            200,
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": "istio", "namespace": "istio-system", "resourceVersion": "3" },
+                "data": { "mesh": mesh },
+            }),
+        ),
+        ("PUT", _) => (200, request.body.clone().unwrap_or_default()),
+        ("PATCH", "/api/v1/namespaces/shop/pods/web-1") => {
+            let mut untraced = object("v1", "Pod", "shop", "web-1");
+            untraced["metadata"]["labels"] = json!({ "app": "web" });
+            (200, untraced)
+        }
+        ("DELETE", path) => {
+            if path.ends_with("/leases/apitrace-abcde12345") {
+                lease_deleted.store(true, Ordering::SeqCst);
+            }
+            (
+                200,
+                json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }),
+            )
+        }
+        _ => not_found(),
+    }
+}
+
+/// The CLI was killed: nobody renews the session's Lease. The probe notices,
+/// detaches from the kernel, removes the session from the cluster (the mesh
+/// entry, Istio objects, the pod's label, the Lease last) and exits. The API
+/// server is a stand-in; the probe, its kube client and its TC attachments
+/// are the real ones.
+#[test]
+fn a_probe_whose_lease_lapses_detaches_and_removes_the_session() {
+    if !root("the lapsed Lease test") {
+        return;
+    }
+    let pods = pods(&["server", "probe"]);
+    let probe_pod = pods.pod("probe");
+    let listener = run_in(&probe_pod.netns_path(), || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+    })
+    .expect("inside the probe pod")
+    .expect("a loopback port");
+    let lease_deleted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleted = std::sync::Arc::clone(&lease_deleted);
+    let api = FakeApi::serve(listener, move |request| leftover_cluster(request, &deleted));
+    let kubeconfig =
+        std::env::temp_dir().join(format!("apitrace-kubeconfig-{}", std::process::id()));
+    api.write_kubeconfig(&kubeconfig);
+
+    let mut probe = Probe::start_with_env(
+        probe_pod,
+        pods.pod("server"),
+        &[
+            "--attach-mode",
+            "tcx",
+            "--lease",
+            &format!("apitrace-system/{ANCHOR}"),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = probe.child.try_wait().expect("the probe's status") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the probe did not act on the lapsed Lease; it asked: {:#?}",
+            api.received()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = std::fs::remove_file(&kubeconfig);
+    let mut stderr = String::new();
+    probe
+        .child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "the probe failed: {stderr}");
+
+    let received = api.received();
+    let changes: Vec<(&str, &str)> = received
+        .iter()
+        .filter(|request| request.method != "GET")
+        .map(|request| {
+            (
+                request.method.as_str(),
+                request.uri.split('?').next().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "DELETE",
+                "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/apitrace-abcde12345"
+            ),
+            (
+                "DELETE",
+                "/apis/telemetry.istio.io/v1/namespaces/shop/telemetries/apitrace-abcde12345"
+            ),
+            ("PUT", "/api/v1/namespaces/istio-system/configmaps/istio"),
+            ("PATCH", "/api/v1/namespaces/shop/pods/web-1"),
+            (
+                "DELETE",
+                "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/apitrace-abcde12345"
+            ),
+        ],
+        "{stderr}"
+    );
+    let put = received
+        .iter()
+        .find(|request| request.method == "PUT")
+        .unwrap();
+    let mesh = put.body.as_ref().unwrap()["data"]["mesh"].as_str().unwrap();
+    assert!(
+        mesh.contains("name: otel") && !mesh.contains(ANCHOR),
+        "{mesh}"
+    );
+    // Nothing outside the session's namespaces was listed.
+    assert!(
+        received
+            .iter()
+            .all(|request| request.uri.contains("/namespaces/")),
+        "{received:#?}"
+    );
+    let orphans = wait_for_no_orphans();
+    assert!(orphans.is_empty(), "programs left attached: {orphans:#?}");
 }

@@ -292,6 +292,7 @@ pub fn permissions(
         at("create", "", "services", "", probe),
         at("delete", "", "services", "", probe),
         at("create", "", "pods", "", probe),
+        at("get", "", "pods", "", probe),
         at("delete", "", "pods", "", probe),
         at("create", "", "pods", "portforward", probe),
     ];

@@ -45,6 +45,59 @@ pub enum CleanupError {
     Undo(#[from] ApplyError),
 }
 
+/// Where cleanup looks for a session's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Every namespace: `kubectl apitrace cleanup`, with its user's rights.
+    Cluster,
+    /// The namespaces a session's anchor names: a probe cleaning up after its
+    /// CLI, whose rights stop there (it may not list Secrets cluster-wide).
+    Session {
+        probe_namespace: String,
+        target_namespaces: Vec<String>,
+    },
+}
+
+impl Reach {
+    /// Where a session's Istio objects and traced pods are; `None` for all.
+    fn targets(&self) -> Option<&[String]> {
+        match self {
+            Self::Cluster => None,
+            Self::Session {
+                target_namespaces, ..
+            } => Some(target_namespaces),
+        }
+    }
+
+    /// Where a session's probes, Service, Secret and Lease are; `None` for all.
+    fn probes(&self) -> Option<&[String]> {
+        match self {
+            Self::Cluster => None,
+            Self::Session {
+                probe_namespace, ..
+            } => Some(std::slice::from_ref(probe_namespace)),
+        }
+    }
+
+    /// The reach of the session `lease` anchors, from its annotations.
+    pub fn of_anchor(lease: &Lease) -> Self {
+        let annotations = lease.metadata.annotations.as_ref();
+        Self::Session {
+            probe_namespace: lease.metadata.namespace.clone().unwrap_or_default(),
+            target_namespaces: annotations
+                .and_then(|annotations| annotations.get(names::TARGET_NAMESPACES_ANNOTATION))
+                .map(|namespaces| {
+                    namespaces
+                        .split(',')
+                        .filter(|namespace| !namespace.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// What a cleanup did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -92,11 +145,12 @@ pub async fn mesh_configs(
         .collect())
 }
 
-/// Removes what the chosen sessions left, looking for our providers in
-/// `mesh_configs` (and in the one each anchor Lease names).
+/// Removes what the chosen sessions left within `reach`, looking for our
+/// providers in `mesh_configs` (and in the one each anchor Lease names).
 pub async fn cleanup(
     client: &Client,
     which: &Which,
+    reach: &Reach,
     mesh_configs: &[MeshConfigRef],
     now: Timestamp,
 ) -> Result<Report, CleanupError> {
@@ -104,7 +158,7 @@ pub async fn cleanup(
         Which::Session(session) => session.session_selector(),
         Which::Leftovers => names::SESSION_LABEL.to_owned(),
     };
-    let found = Found::list(client, &selector, mesh_configs).await?;
+    let found = Found::list(client, &selector, reach, mesh_configs).await?;
     let mut report = Report::default();
     let sessions: BTreeSet<SessionId> = match which {
         Which::Session(session) => BTreeSet::from([session.clone()]),
@@ -129,7 +183,8 @@ pub async fn cleanup(
     Ok(report)
 }
 
-fn session_of(meta: &kube::core::ObjectMeta) -> Option<SessionId> {
+/// The session an object belongs to, by its session label.
+pub fn session_of(meta: &kube::core::ObjectMeta) -> Option<SessionId> {
     meta.labels
         .as_ref()?
         .get(names::SESSION_LABEL)?
@@ -158,44 +213,54 @@ impl Found {
     async fn list(
         client: &Client,
         selector: &str,
+        reach: &Reach,
         mesh_configs: &[MeshConfigRef],
     ) -> Result<Self, CleanupError> {
         let params = ListParams::default().labels(selector);
+        let targets = reach.targets();
         // Istio's kinds first. Telemetry is served as v1 from Istio 1.22, else
         // as v1alpha1; both list the same objects.
-        let mut created = ours_of_crd(client, &params, &istio::wasm_plugin())
+        let mut created = ours_of_crd(client, &params, targets, &istio::wasm_plugin())
             .await?
             .unwrap_or_default();
-        let telemetries =
-            match ours_of_crd(client, &params, &istio::telemetry(TelemetryVersion::V1)).await? {
-                Some(found) => found,
-                None => ours_of_crd(
-                    client,
-                    &params,
-                    &istio::telemetry(TelemetryVersion::V1Alpha1),
-                )
-                .await?
-                .unwrap_or_default(),
-            };
+        let telemetries = match ours_of_crd(
+            client,
+            &params,
+            targets,
+            &istio::telemetry(TelemetryVersion::V1),
+        )
+        .await?
+        {
+            Some(found) => found,
+            None => ours_of_crd(
+                client,
+                &params,
+                targets,
+                &istio::telemetry(TelemetryVersion::V1Alpha1),
+            )
+            .await?
+            .unwrap_or_default(),
+        };
         created.extend(telemetries);
-        let pods = Api::<Pod>::all(client.clone())
-            .list(&params)
+        let mut pods = list_in::<Pod>(client, &params, targets)
             .await
             .map_err(list_error("pods"))?;
-        let (probes, labelled): (Vec<_>, Vec<_>) = pods
-            .items
-            .into_iter()
-            .map(|pod| pod.metadata)
-            .partition(is_ours);
+        if let Some(probes) = reach.probes() {
+            pods.extend(
+                list_in::<Pod>(client, &params, Some(probes))
+                    .await
+                    .map_err(list_error("pods"))?,
+            );
+        }
+        let (probes, labelled): (Vec<_>, Vec<_>) =
+            pods.into_iter().map(|pod| pod.metadata).partition(is_ours);
         let pod_resource = ApiResource::erase::<Pod>(&());
         created.extend(probes.into_iter().map(|meta| (pod_resource.clone(), meta)));
-        created.extend(ours::<Service>(client, &params).await?);
-        created.extend(ours::<Secret>(client, &params).await?);
-        let leases: Vec<Lease> = Api::<Lease>::all(client.clone())
-            .list(&params)
+        created.extend(ours::<Service>(client, &params, reach.probes()).await?);
+        created.extend(ours::<Secret>(client, &params, reach.probes()).await?);
+        let leases: Vec<Lease> = list_in::<Lease>(client, &params, reach.probes())
             .await
             .map_err(list_error("leases"))?
-            .items
             .into_iter()
             .filter(|lease| is_ours(&lease.metadata))
             .collect();
@@ -299,14 +364,19 @@ impl Found {
 async fn ours_of_crd(
     client: &Client,
     params: &ListParams,
+    namespaces: Option<&[String]>,
     resource: &ApiResource,
 ) -> Result<Option<Vec<(ApiResource, kube::core::ObjectMeta)>>, CleanupError> {
-    match Api::<DynamicObject>::all_with(client.clone(), resource)
-        .list(params)
-        .await
-    {
-        Ok(list) => Ok(Some(
-            list.items
+    let apis = match namespaces {
+        None => vec![Api::<DynamicObject>::all_with(client.clone(), resource)],
+        Some(namespaces) => namespaces
+            .iter()
+            .map(|namespace| Api::namespaced_with(client.clone(), namespace, resource))
+            .collect(),
+    };
+    match list_all(apis, params).await {
+        Ok(objects) => Ok(Some(
+            objects
                 .into_iter()
                 .map(|object| object.metadata)
                 .filter(is_ours)
@@ -321,19 +391,54 @@ async fn ours_of_crd(
 async fn ours<K>(
     client: &Client,
     params: &ListParams,
+    namespaces: Option<&[String]>,
 ) -> Result<Vec<(ApiResource, kube::core::ObjectMeta)>, CleanupError>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
 {
     let resource = ApiResource::erase::<K>(&());
-    Ok(Api::<K>::all(client.clone())
-        .list(params)
+    Ok(list_in::<K>(client, params, namespaces)
         .await
         .map_err(list_error(&resource.plural))?
-        .items
         .into_iter()
         .map(|object| object.meta().clone())
         .filter(is_ours)
         .map(|meta| (resource.clone(), meta))
         .collect())
+}
+
+/// Lists `K` in `namespaces`, or in all of them for `None`.
+async fn list_in<K>(
+    client: &Client,
+    params: &ListParams,
+    namespaces: Option<&[String]>,
+) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let apis = match namespaces {
+        None => vec![Api::<K>::all(client.clone())],
+        Some(namespaces) => namespaces
+            .iter()
+            .map(|namespace| Api::namespaced(client.clone(), namespace))
+            .collect(),
+    };
+    list_all(apis, params).await
+}
+
+async fn list_all<K>(apis: Vec<Api<K>>, params: &ListParams) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let mut items = Vec::new();
+    for api in apis {
+        items.extend(api.list(params).await?.items);
+    }
+    Ok(items)
 }

@@ -13,10 +13,13 @@ pub mod names;
 pub mod objects;
 pub mod session;
 pub mod target;
+pub mod watchdog;
 
 #[cfg(test)]
 mod mock;
 #[cfg(test)]
 mod mock_tests;
+#[cfg(test)]
+mod rbac_tests;
 #[cfg(test)]
 mod schema_tests;

@@ -7,9 +7,10 @@ use std::{collections::BTreeMap, time::Duration};
 use http::Method;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cleanup::{self, Which},
+    cleanup::{self, Reach, Which},
     istio::TelemetryVersion,
     mesh::MeshConfigRef,
     mock::{Exchange, MockApi, fail, ok},
@@ -17,6 +18,7 @@ use crate::{
     objects::{FilterModule, Plan, ProbeOptions},
     session::{ProbeLink, Session, SessionError, Timeouts},
     target::{Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
+    watchdog::{self, Anchor},
 };
 
 const SESSION: &str = "abcde12345";
@@ -135,8 +137,8 @@ fn deleted() -> Value {
 }
 
 /// A setup step: the exchange, and the exchanges that undo it (if it changed anything).
-struct Step {
-    exchange: Exchange,
+pub(crate) struct Step {
+    pub(crate) exchange: Exchange,
     undo: Vec<Exchange>,
 }
 
@@ -149,7 +151,7 @@ fn mesh_with_ours() -> String {
     crate::mesh::add_provider(MESH, &provider).unwrap().unwrap()
 }
 
-fn setup_steps() -> Vec<Step> {
+pub(crate) fn setup_steps() -> Vec<Step> {
     let name = name();
     let probe = format!("{name}-probe-0");
     let delete = |uri: String| ok(Method::DELETE, uri, deleted());
@@ -236,7 +238,7 @@ fn setup_steps() -> Vec<Step> {
     ]
 }
 
-fn teardown(steps: &[Step]) -> Vec<Exchange> {
+pub(crate) fn teardown(steps: &[Step]) -> Vec<Exchange> {
     steps
         .iter()
         .rev()
@@ -250,9 +252,15 @@ async fn a_session_sets_up_in_order_and_tears_down_in_reverse() {
     let mut script: Vec<Exchange> = steps.iter().map(|s| s.exchange.clone()).collect();
     script.extend(teardown(&steps));
     let api = MockApi::new(script);
-    let session = Session::start(&api.client, plan(), &mut link(), timeouts())
-        .await
-        .unwrap();
+    let session = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(session.changes().len(), 8);
     let leftovers = session.end(&api.client).await;
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -315,9 +323,15 @@ async fn a_failure_at_any_setup_step_rolls_back_what_was_done() {
         script.push(fail(failed.method.clone(), failed.uri.clone(), 500));
         script.extend(teardown(&steps[..failing]));
         let api = MockApi::new(script);
-        let error = Session::start(&api.client, plan(), &mut link(), timeouts())
-            .await
-            .unwrap_err();
+        let error = Session::start(
+            &api.client,
+            plan(),
+            &mut link(),
+            timeouts(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(error.leftovers.is_empty(), "step {failing}: {error}");
         assert!(
             error.to_string().contains("injected 500"),
@@ -334,9 +348,15 @@ async fn probes_that_cannot_be_reached_roll_back_before_the_mesh_is_touched() {
     script.extend(teardown(&steps[..5]));
     let api = MockApi::new(script);
     let mut link = FakeLink(Err(std::io::Error::other("port-forward refused")));
-    let error = Session::start(&api.client, plan(), &mut link, timeouts())
-        .await
-        .unwrap_err();
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link,
+        timeouts(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         error.to_string(),
         "connecting to the probes: port-forward refused"
@@ -356,9 +376,15 @@ async fn a_probe_image_that_cannot_be_pulled_fails_fast_with_the_reason() {
     script.push(ok(Method::GET, steps[4].exchange.uri.clone(), pulling));
     script.extend(teardown(&steps[..4]));
     let api = MockApi::new(script);
-    let error = Session::start(&api.client, plan(), &mut link(), timeouts())
-        .await
-        .unwrap_err();
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         error.to_string(),
         format!(
@@ -382,9 +408,15 @@ async fn probes_never_ready_time_out_and_roll_back() {
     script.extend([poll.clone(), poll.clone(), poll]);
     script.extend(teardown(&steps[..4]));
     let api = MockApi::new(script);
-    let error = Session::start(&api.client, plan(), &mut link(), timeouts)
-        .await
-        .unwrap_err();
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(error.cause, SessionError::ProbesNotReady { .. }),
         "{error}"
@@ -396,6 +428,47 @@ async fn probes_never_ready_time_out_and_roll_back() {
         )),
         "{error}"
     );
+    api.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ctrl_c_while_waiting_for_the_probes_rolls_back_at_once() {
+    let steps = setup_steps();
+    // The anchor, Secret, Service and probe pod are created; the probe is not
+    // ready at 0 s nor at 1 s; Ctrl-C comes at 1.5 s.
+    let mut script: Vec<Exchange> = steps[..4].iter().map(|s| s.exchange.clone()).collect();
+    let probe = format!("{PROBES}/pods/{}-probe-0", name());
+    script.push(ok(Method::GET, &probe, probe_pod(false)));
+    script.push(ok(Method::GET, &probe, probe_pod(false)));
+    script.extend(teardown(&steps[..4]));
+    let api = MockApi::new(script);
+    let cancel = CancellationToken::new();
+    let ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        ctrl_c.cancel();
+    });
+    let timeouts = Timeouts {
+        probes_ready: Duration::from_secs(60),
+        poll: Duration::from_secs(1),
+    };
+    let error = Session::start(&api.client, plan(), &mut link(), timeouts, &cancel)
+        .await
+        .unwrap_err();
+    assert!(matches!(error.cause, SessionError::Interrupted), "{error}");
+    assert!(error.leftovers.is_empty());
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn ctrl_c_before_setup_begins_changes_nothing() {
+    let api = MockApi::new(Vec::new());
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let error = Session::start(&api.client, plan(), &mut link(), timeouts(), &cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "interrupted while setting up");
     api.finish().await;
 }
 
@@ -414,9 +487,15 @@ async fn a_conflict_on_the_mesh_config_is_retried_from_the_new_version() {
     ));
     script.extend(steps[8..].iter().map(|s| s.exchange.clone()));
     let api = MockApi::new(script);
-    let session = Session::start(&api.client, plan(), &mut link(), timeouts())
-        .await
-        .unwrap();
+    let session = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     drop(session);
     let received = api.finish().await;
     let put = received
@@ -447,9 +526,15 @@ async fn endless_conflicts_on_the_mesh_config_give_up_and_roll_back() {
     }
     script.extend(teardown(&steps[..7]));
     let api = MockApi::new(script);
-    let error = Session::start(&api.client, plan(), &mut link(), timeouts())
-        .await
-        .unwrap_err();
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         error.to_string(),
         "mesh config istio-system/istio kept changing under us (5 conflicts in a row): try again when the control plane is not being upgraded"
@@ -458,10 +543,18 @@ async fn endless_conflicts_on_the_mesh_config_give_up_and_roll_back() {
 }
 
 /// What a session leaves when its CLI died mid-way: the lists cleanup makes
-/// and the answers of a cluster holding the leftovers.
-fn leftovers_script(lease_renewed: &str, present: bool) -> Vec<Exchange> {
+/// (everywhere, or only where the anchor says for a probe) and the answers of
+/// a cluster holding the leftovers.
+pub(crate) fn leftovers_script(lease_renewed: &str, present: bool, reach: &Reach) -> Vec<Exchange> {
     let name = name();
-    let selector = "?&labelSelector=apitrace.io%2Fsession";
+    let (selector, shop, system) = match reach {
+        Reach::Cluster => ("?&labelSelector=apitrace.io%2Fsession".to_owned(), "", ""),
+        Reach::Session { .. } => (
+            format!("?&labelSelector=apitrace.io%2Fsession%3D{SESSION}"),
+            "/namespaces/shop",
+            "/namespaces/apitrace-system",
+        ),
+    };
     let labelled = |value: Value| if present { value } else { json!([]) };
     let ours = |kind: &str, namespace: &str, name: &str| {
         let mut object = object(kind, namespace, name);
@@ -471,9 +564,7 @@ fn leftovers_script(lease_renewed: &str, present: bool) -> Vec<Exchange> {
         object
     };
     let list = |items: Value| json!({ "metadata": {}, "items": items });
-    let mut lease = ours("Lease", "apitrace-system", &name);
-    lease["metadata"]["annotations"] = json!({ "apitrace.io/mesh-config": "istio-system/istio" });
-    lease["spec"] = json!({ "leaseDurationSeconds": 30, "renewTime": lease_renewed });
+    let lease = anchor(lease_renewed, "1");
     let mut traced = object("Pod", "shop", "web-1");
     traced["metadata"]["labels"] = json!({ "apitrace.io/session": SESSION, "app": "web" });
     let mesh = if present {
@@ -481,64 +572,111 @@ fn leftovers_script(lease_renewed: &str, present: bool) -> Vec<Exchange> {
     } else {
         MESH.to_owned()
     };
-    vec![
+    let probe = ours("Pod", "apitrace-system", &format!("{name}-probe-0"));
+    let mut script = vec![
         ok(
             Method::GET,
-            format!("/apis/extensions.istio.io/v1alpha1/wasmplugins{selector}"),
+            format!("/apis/extensions.istio.io/v1alpha1{shop}/wasmplugins{selector}"),
             list(labelled(json!([ours("WasmPlugin", "shop", &name)]))),
         ),
         ok(
             Method::GET,
-            format!("/apis/telemetry.istio.io/v1/telemetries{selector}"),
+            format!("/apis/telemetry.istio.io/v1{shop}/telemetries{selector}"),
             list(labelled(json!([ours("Telemetry", "shop", &name)]))),
         ),
-        ok(
+    ];
+    // Listed everywhere at once, or the traced pods' namespace then the probes'.
+    script.extend(match reach {
+        Reach::Cluster => vec![ok(
             Method::GET,
             format!("/api/v1/pods{selector}"),
-            list(labelled(json!([
-                traced,
-                ours("Pod", "apitrace-system", &format!("{name}-probe-0"))
-            ]))),
-        ),
+            list(labelled(json!([traced, probe]))),
+        )],
+        Reach::Session { .. } => vec![
+            ok(
+                Method::GET,
+                format!("/api/v1{shop}/pods{selector}"),
+                list(labelled(json!([traced]))),
+            ),
+            ok(
+                Method::GET,
+                format!("/api/v1{system}/pods{selector}"),
+                list(labelled(json!([probe]))),
+            ),
+        ],
+    });
+    script.extend([
         ok(
             Method::GET,
-            format!("/api/v1/services{selector}"),
+            format!("/api/v1{system}/services{selector}"),
             list(labelled(json!([ours("Service", "apitrace-system", &name)]))),
         ),
         ok(
             Method::GET,
-            format!("/api/v1/secrets{selector}"),
+            format!("/api/v1{system}/secrets{selector}"),
             list(labelled(json!([ours("Secret", "apitrace-system", &name)]))),
         ),
         ok(
             Method::GET,
-            format!("/apis/coordination.k8s.io/v1/leases{selector}"),
+            format!("/apis/coordination.k8s.io/v1{system}/leases{selector}"),
             list(labelled(json!([lease]))),
         ),
         ok(Method::GET, MESH_MAP, mesh_map("3", &mesh)),
-    ]
+    ]);
+    script
+}
+
+/// The session's anchor Lease as the API server returns it.
+fn anchor(renewed: &str, resource_version: &str) -> Value {
+    let mut lease = object("Lease", "apitrace-system", &name());
+    lease["metadata"]["resourceVersion"] = json!(resource_version);
+    lease["metadata"]["labels"] = json!({
+        "app.kubernetes.io/managed-by": "kubectl-apitrace", "apitrace.io/session": SESSION,
+    });
+    lease["metadata"]["annotations"] = json!({
+        "apitrace.io/mesh-config": "istio-system/istio",
+        "apitrace.io/target-namespaces": "shop",
+    });
+    lease["spec"] = json!({ "leaseDurationSeconds": 30, "renewTime": renewed });
+    lease
 }
 
 #[tokio::test]
 async fn cleanup_removes_a_dead_sessions_leftovers_and_a_second_run_finds_nothing() {
     let now: Timestamp = "2026-11-22T10:05:00Z".parse().unwrap();
     let steps = setup_steps();
-    let mut script = leftovers_script("2026-11-22T10:01:00.000000Z", true);
+    let mut script = leftovers_script("2026-11-22T10:01:00.000000Z", true, &Reach::Cluster);
     // The same teardown as the session's own, in the same order.
     script.extend(teardown(&steps));
     let api = MockApi::new(script);
     let configs = [MeshConfigRef::for_revision("istio-system", "default")];
-    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
-        .await
-        .unwrap();
+    let report = cleanup::cleanup(
+        &api.client,
+        &Which::Leftovers,
+        &Reach::Cluster,
+        &configs,
+        now,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.removed.len(), 8, "{:?}", report.removed);
     assert!(report.live.is_empty() && report.failed.is_empty());
     api.finish().await;
 
-    let api = MockApi::new(leftovers_script("2026-11-22T10:01:00.000000Z", false));
-    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
-        .await
-        .unwrap();
+    let api = MockApi::new(leftovers_script(
+        "2026-11-22T10:01:00.000000Z",
+        false,
+        &Reach::Cluster,
+    ));
+    let report = cleanup::cleanup(
+        &api.client,
+        &Which::Leftovers,
+        &Reach::Cluster,
+        &configs,
+        now,
+    )
+    .await
+    .unwrap();
     assert!(report.removed.is_empty(), "{:?}", report.removed);
     api.finish().await;
 }
@@ -548,24 +686,137 @@ async fn a_session_whose_lease_is_renewed_is_left_alone_until_it_lapses() {
     let configs = [MeshConfigRef::for_revision("istio-system", "default")];
     let renewed = "2026-11-22T10:04:50.000000Z";
     // Renewed 10 s ago with a 30 s lease: live.
-    let api = MockApi::new(leftovers_script(renewed, true));
+    let api = MockApi::new(leftovers_script(renewed, true, &Reach::Cluster));
     let now: Timestamp = "2026-11-22T10:05:00Z".parse().unwrap();
-    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
-        .await
-        .unwrap();
+    let report = cleanup::cleanup(
+        &api.client,
+        &Which::Leftovers,
+        &Reach::Cluster,
+        &configs,
+        now,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.live, [session_id()]);
     assert!(report.removed.is_empty());
     api.finish().await;
     // 31 s later nobody renewed it: the CLI is gone, everything goes.
-    let mut script = leftovers_script(renewed, true);
+    let mut script = leftovers_script(renewed, true, &Reach::Cluster);
     script.extend(teardown(&setup_steps()));
     let api = MockApi::new(script);
     let now: Timestamp = "2026-11-22T10:05:21Z".parse().unwrap();
-    let report = cleanup::cleanup(&api.client, &Which::Leftovers, &configs, now)
-        .await
-        .unwrap();
+    let report = cleanup::cleanup(
+        &api.client,
+        &Which::Leftovers,
+        &Reach::Cluster,
+        &configs,
+        now,
+    )
+    .await
+    .unwrap();
     assert!(report.live.is_empty());
     assert_eq!(report.removed.len(), 8);
+    api.finish().await;
+}
+
+/// A probe reading its session's anchor: read every 5 s (30 s / 6), renewed
+/// once, then unchanged (one read failing in between) until 30 s of the
+/// probe's own clock have passed since.
+pub(crate) fn anchor_reads() -> Vec<Exchange> {
+    let get = |renewed: &str, version: &str| {
+        ok(
+            Method::GET,
+            format!("{LEASES}/{}", name()),
+            anchor(renewed, version),
+        )
+    };
+    let mut script = vec![
+        get("2026-11-22T10:00:00.000000Z", "1"),
+        get("2026-11-22T10:00:04.000000Z", "2"),
+    ];
+    for poll in 1..=7 {
+        script.push(if poll == 3 {
+            fail(Method::GET, format!("{LEASES}/{}", name()), 500)
+        } else {
+            get("2026-11-22T10:00:04.000000Z", "2")
+        });
+    }
+    script
+}
+
+/// Where a probe of this session cleans up.
+pub(crate) fn probe_reach() -> Reach {
+    Reach::Session {
+        probe_namespace: "apitrace-system".into(),
+        target_namespaces: vec!["shop".into()],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_waits_while_the_lease_is_renewed_and_undoes_the_session_once_it_lapses() {
+    let api = MockApi::new(anchor_reads());
+    let started = tokio::time::Instant::now();
+    let mut errors = 0;
+    let ending = watchdog::watch_anchor(&api.client, "apitrace-system", &name(), |error| {
+        errors += 1;
+        // Only one failure is scripted; more means the script ran out.
+        assert_eq!(errors, 1, "unexpected error {error}");
+    })
+    .await;
+    let Anchor::Lapsed(lease) = ending else {
+        panic!("expected a lapse, got {ending:?}");
+    };
+    assert_eq!(errors, 1);
+    assert_eq!(started.elapsed(), Duration::from_secs(40));
+    api.finish().await;
+
+    // What the probe then removes: only where the anchor says, the anchor last.
+    let reach = Reach::of_anchor(&lease);
+    assert_eq!(reach, probe_reach());
+    let mut script = leftovers_script("2026-11-22T10:00:04.000000Z", true, &reach);
+    script.extend(teardown(&setup_steps()));
+    let api = MockApi::new(script);
+    let report = watchdog::undo_lapsed(&api.client, &lease).await.unwrap();
+    assert_eq!(report.removed.len(), 8, "{:?}", report.removed);
+    assert!(report.failed.is_empty());
+    api.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_stops_watching_when_the_cli_removed_the_lease() {
+    let uri = format!("{LEASES}/{}", name());
+    let api = MockApi::new(vec![
+        ok(
+            Method::GET,
+            &uri,
+            anchor("2026-11-22T10:00:00.000000Z", "1"),
+        ),
+        fail(Method::GET, &uri, 404),
+    ]);
+    let ending = watchdog::watch_anchor(&api.client, "apitrace-system", &name(), |error| {
+        panic!("unexpected error {error}")
+    })
+    .await;
+    assert!(matches!(ending, Anchor::Gone), "{ending:?}");
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_lease_that_is_not_an_anchor_is_refused_without_a_request() {
+    let mut lease: k8s_openapi::api::coordination::v1::Lease =
+        serde_json::from_value(anchor("2026-11-22T10:00:00.000000Z", "1")).unwrap();
+    lease.metadata.labels = None;
+    let api = MockApi::new(Vec::new());
+    let error = watchdog::undo_lapsed(&api.client, &lease)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "Lease {} carries no session label: it is not a session's anchor",
+            name()
+        )
+    );
     api.finish().await;
 }
 
@@ -624,10 +875,9 @@ fn deployment() -> Value {
     })
 }
 
-async fn resolve_with(
-    pods: Vec<Value>,
-    node_os: Option<&str>,
-) -> (Result<Targets, TargetError>, MockApi) {
+/// Resolving `deploy/web` in `shop`: the Deployment, its pods, and the node
+/// of a running one (when `node_os` is given).
+fn resolution(pods: Vec<Value>, node_os: Option<&str>) -> Vec<Exchange> {
     let mut script = vec![
         ok(Method::GET, DEPLOYMENT, deployment()),
         ok(
@@ -639,7 +889,18 @@ async fn resolve_with(
     if let Some(os) = node_os {
         script.push(ok(Method::GET, "/api/v1/nodes/node-a", node(os)));
     }
-    let api = MockApi::new(script);
+    script
+}
+
+pub(crate) fn resolution_script() -> Vec<Exchange> {
+    resolution(vec![pod("web-1", running(), json!({}))], Some("linux"))
+}
+
+async fn resolve_with(
+    pods: Vec<Value>,
+    node_os: Option<&str>,
+) -> (Result<Targets, TargetError>, MockApi) {
+    let api = MockApi::new(resolution(pods, node_os));
     let selection = Selection::Named("deploy/web".parse().unwrap());
     let result = resolve(&api.client, &selection, &Scope::Namespace("shop".into())).await;
     (result, api)

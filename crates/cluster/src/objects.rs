@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use apitrace_proto::ports;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -31,13 +32,6 @@ use crate::{
     names::{self, Component, SessionId},
     target::{TargetNode, Targets},
 };
-
-/// The probe's ports, as the probe binary listens on them.
-pub mod ports {
-    pub const SUBSCRIBE: u16 = 15900;
-    pub const ACCESS_LOG: u16 = 15901;
-    pub const HTTP: u16 = 15902;
-}
 
 /// How long the probes outlive the session's duration: time to tear down
 /// before the kubelet kills them.
@@ -230,6 +224,8 @@ impl Plan {
             self.session.to_string(),
             "--deadline".to_owned(),
             format!("{}s", (self.duration + PROBE_GRACE).as_secs()),
+            "--lease".to_owned(),
+            format!("{}/{}", self.probe.namespace, self.session.object_name()),
         ];
         for pod in self.targets.pods.iter().filter(|pod| pod.node == node.name) {
             args.push("--target".into());

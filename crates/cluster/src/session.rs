@@ -14,6 +14,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     apply::{ApplyError, Change, Journal},
@@ -76,6 +77,8 @@ pub enum SessionError {
     Link(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the API server returned the anchor Lease without a uid")]
     AnchorWithoutUid,
+    #[error("interrupted while setting up")]
+    Interrupted,
 }
 
 /// Setup failed; what was done has been undone, except `leftovers`.
@@ -115,15 +118,18 @@ impl Session {
     /// (waiting until they are ready and `link` reaches them), the session label
     /// on the traced pods, our provider in the mesh config, then the Telemetry
     /// and WasmPlugin per namespace. The mesh is touched only once the probes
-    /// can receive what it sends. Any failure undoes what was done.
+    /// can receive what it sends. Any failure undoes what was done, and so
+    /// does `cancel` (Ctrl-C): waits are abandoned at once, a change under way
+    /// is finished first so that the journal knows of it.
     pub async fn start<L: ProbeLink>(
         client: &Client,
         plan: Plan,
         link: &mut L,
         timeouts: Timeouts,
+        cancel: &CancellationToken,
     ) -> Result<Self, SetupError> {
         let mut journal = Journal::default();
-        match setup(client, &plan, link, timeouts, &mut journal).await {
+        match setup(client, &plan, link, timeouts, cancel, &mut journal).await {
             Ok(probes) => Ok(Self {
                 plan,
                 probes,
@@ -157,39 +163,65 @@ async fn setup<L: ProbeLink>(
     plan: &Plan,
     link: &mut L,
     timeouts: Timeouts,
+    cancel: &CancellationToken,
     journal: &mut Journal,
 ) -> Result<Vec<Pod>, SessionError> {
+    // Checked before each change rather than racing it: a request dropped
+    // half-way may have created an object the journal would not know of.
+    let go_on = || {
+        if cancel.is_cancelled() {
+            Err(SessionError::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+    go_on()?;
     let lease = journal.create(client, &plan.lease()).await?;
     let owner = owner_reference(&lease).ok_or(SessionError::AnchorWithoutUid)?;
+    go_on()?;
     journal
         .create(client, &plan.token_secret(Some(&owner)))
         .await?;
+    go_on()?;
     journal
         .create(client, &plan.ingest_service(Some(&owner)))
         .await?;
     let mut probes = Vec::new();
     for pod in plan.probe_pods(Some(&owner)) {
+        go_on()?;
         probes.push(journal.create(client, &pod).await?);
     }
-    let probes = wait_ready(client, &plan.probe.namespace, probes, timeouts).await?;
-    let module = link
-        .connect(&probes)
-        .await
-        .map_err(|error| SessionError::Link(Box::new(error)))?;
+    // Waiting changes nothing: abandoned as soon as the user asks.
+    let (probes, module) = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Err(SessionError::Interrupted),
+        connected = async {
+            let probes = wait_ready(client, &plan.probe.namespace, probes, timeouts).await?;
+            let module = link
+                .connect(&probes)
+                .await
+                .map_err(|error| SessionError::Link(Box::new(error)))?;
+            Ok::<_, SessionError>((probes, module))
+        } => connected?,
+    };
     for pod in &plan.targets.pods {
+        go_on()?;
         journal
             .label_pod(client, &pod.namespace, &pod.name, &plan.session)
             .await?;
     }
+    go_on()?;
     journal
         .add_mesh_provider(client, &plan.mesh, &plan.als_provider())
         .await?;
     let telemetry = istio::telemetry(plan.telemetry_version);
     for object in plan.telemetries() {
+        go_on()?;
         journal.create_dynamic(client, &telemetry, &object).await?;
     }
     let wasm_plugin = istio::wasm_plugin();
     for object in plan.wasm_plugins(&module) {
+        go_on()?;
         journal
             .create_dynamic(client, &wasm_plugin, &object)
             .await?;

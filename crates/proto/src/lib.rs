@@ -30,6 +30,44 @@ pub mod ports {
 /// [`WasmBatch`]es.
 pub const WASM_INGEST_PATH: &str = "/v1/wasm-events";
 
+/// Several probes' counters, summed for a session's summary.
+impl std::ops::AddAssign<&Counters> for Counters {
+    fn add_assign(&mut self, other: &Counters) {
+        let Counters {
+            tc_events,
+            tc_ring_full,
+            tc_flow_table_full,
+            tc_malformed,
+            access_logs,
+            access_logs_malformed,
+            access_log_streams_refused,
+            wasm_events,
+            wasm_dropped_in_filter,
+            wasm_batches_refused,
+            wasm_batches_malformed,
+            subscriber_lagged,
+            no_subscriber,
+            tc_packets,
+            tc_packets_traced,
+        } = other;
+        self.tc_events += tc_events;
+        self.tc_ring_full += tc_ring_full;
+        self.tc_flow_table_full += tc_flow_table_full;
+        self.tc_malformed += tc_malformed;
+        self.access_logs += access_logs;
+        self.access_logs_malformed += access_logs_malformed;
+        self.access_log_streams_refused += access_log_streams_refused;
+        self.wasm_events += wasm_events;
+        self.wasm_dropped_in_filter += wasm_dropped_in_filter;
+        self.wasm_batches_refused += wasm_batches_refused;
+        self.wasm_batches_malformed += wasm_batches_malformed;
+        self.subscriber_lagged += subscriber_lagged;
+        self.no_subscriber += no_subscriber;
+        self.tc_packets += tc_packets;
+        self.tc_packets_traced += tc_packets_traced;
+    }
+}
+
 impl Endpoint {
     pub fn new(ip: impl Into<String>, port: u32) -> Self {
         Self {

@@ -9,10 +9,10 @@ use std::{io, process::ExitCode, time::Duration};
 use anyhow::{Context as _, anyhow, bail};
 use apitrace_cluster::{
     check::{self, CheckError},
-    cleanup::{self, Which},
+    cleanup::{self, Reach, Which},
     names::SessionId,
     objects::{LEASE_DURATION, Plan, ProbeOptions},
-    session::{self, Session, Timeouts},
+    session::{self, Session, SessionError, Timeouts},
     target::{self, Scope, Selection, Targets},
 };
 use apitrace_join::{Input, JoinConfig, Workload, WorkloadKind};
@@ -21,6 +21,7 @@ use kube::{
     Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs},
@@ -183,8 +184,28 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
         plan.targets.nodes.len(),
         humantime::format_duration(plan.duration)
     );
-    let interrupted = tokio::spawn(interrupted());
-    let session = Session::start(client, plan, &mut link, Timeouts::default()).await?;
+    // Ctrl-C or SIGTERM, during setup as well as after it.
+    let interrupt = CancellationToken::new();
+    tokio::spawn({
+        let interrupt = interrupt.clone();
+        async move {
+            interrupted().await;
+            interrupt.cancel();
+        }
+    });
+    let session =
+        match Session::start(client, plan, &mut link, Timeouts::default(), &interrupt).await {
+            Ok(session) => session,
+            Err(error) if matches!(error.cause, SessionError::Interrupted) => {
+                if error.leftovers.is_empty() {
+                    eprintln!("{error}; everything set up so far was removed");
+                } else {
+                    eprintln!("{error}");
+                }
+                return Ok(ExitCode::from(130));
+            }
+            Err(error) => return Err(error.into()),
+        };
     let printer = Printer::new(
         io::stdout().lock(),
         args.output.format,
@@ -219,13 +240,13 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
     let mut renew = tokio::time::interval(LEASE_DURATION / 3);
     let mut ticks = tokio::time::interval(Duration::from_millis(200));
     let end = tokio::time::sleep(session.plan.duration);
-    tokio::pin!(end, interrupted);
+    tokio::pin!(end);
     let mut exit = ExitCode::SUCCESS;
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
                 () = &mut end => break,
-                _ = &mut interrupted => { exit = ExitCode::from(130); break }
+                () = interrupt.cancelled() => { exit = ExitCode::from(130); break }
                 _ = renew.tick() => session::renew_lease(client, &session.plan.probe.namespace, &lease_name, Timestamp::now())
                     .await
                     .context("renewing the session's Lease (did someone run cleanup?)")?,
@@ -337,7 +358,7 @@ pub fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
             None => Which::Leftovers,
         };
         let configs = cleanup::mesh_configs(&client, &args.cluster.istio_namespace).await?;
-        let report = cleanup::cleanup(&client, &which, &configs, Timestamp::now()).await?;
+        let report = cleanup::cleanup(&client, &which, &Reach::Cluster, &configs, Timestamp::now()).await?;
         for change in &report.removed {
             println!("removed {change}");
         }

@@ -1,0 +1,255 @@
+//! The RBAC in `manifests/` against the requests the mock scenarios prove we
+//! make: every request of a session, its teardown and `cleanup` is granted by
+//! the user ClusterRole and listed by `check`; every request of a probe whose
+//! CLI died is granted by the probe's roles. A permission missing from a
+//! manifest fails here, not on a user's cluster.
+
+use serde_json::Value;
+
+use crate::{
+    check::permissions,
+    cleanup::Reach,
+    mock::Exchange,
+    mock_tests::{
+        anchor_reads, leftovers_script, probe_reach, resolution_script, setup_steps, teardown,
+    },
+};
+
+/// What RBAC decides on, read off a request as the API server does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attributes {
+    verb: String,
+    group: String,
+    /// `pods`, or `pods/portforward` for a subresource.
+    resource: String,
+    /// `None` for a cluster-scoped object or a list across namespaces.
+    namespace: Option<String>,
+}
+
+impl std::fmt::Display for Attributes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dot = if self.group.is_empty() { "" } else { "." };
+        write!(
+            f,
+            "{} {}{dot}{} in {}",
+            self.verb,
+            self.resource,
+            self.group,
+            self.namespace.as_deref().unwrap_or("(all)")
+        )
+    }
+}
+
+fn attributes(exchange: &Exchange) -> Attributes {
+    let path = exchange.uri.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some(*namespace), rest),
+        rest => (None, rest),
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, subresource] => (format!("{resource}/{subresource}"), true),
+        _ => panic!("unexpected API path: {path}"),
+    };
+    let verb = match (exchange.method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        (method, _) => panic!("unexpected {method} {path}"),
+    };
+    Attributes {
+        verb: verb.into(),
+        group: group.into(),
+        resource,
+        namespace: namespace.map(str::to_owned),
+    }
+}
+
+/// Rules and where they apply: `None` everywhere (a ClusterRole bound by a
+/// ClusterRoleBinding), else one namespace.
+type Grants = Vec<(Option<String>, Vec<Value>)>;
+
+fn manifest(file: &str) -> Vec<Value> {
+    let path = format!("{}/../../manifests/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split("\n---\n")
+        .map(|document| serde_saphyr::from_str(document).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+/// What the manifests in `files` grant `subject` (a ServiceAccount
+/// `namespace/name`, or anyone the user ClusterRole is bound to for `None`).
+fn grants(files: &[&str], subject: Option<(&str, &str)>) -> Grants {
+    let documents: Vec<Value> = files.iter().flat_map(|file| manifest(file)).collect();
+    let rules_of = |kind: &str, name: &str, namespace: Option<&str>| -> Vec<Value> {
+        documents
+            .iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"] == name
+                    && d["metadata"]["namespace"].as_str() == namespace
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name} in {files:?}"))["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let Some((sa_namespace, sa_name)) = subject else {
+        return documents
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(|d| (None, d["rules"].as_array().cloned().unwrap_or_default()))
+            .collect();
+    };
+    documents
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+        .filter(|d| {
+            d["subjects"].as_array().into_iter().flatten().any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["namespace"] == sa_namespace
+                    && s["name"] == sa_name
+            })
+        })
+        .map(|binding| {
+            let namespace = binding["metadata"]["namespace"].as_str();
+            let role = binding["roleRef"]["name"].as_str().unwrap();
+            let rules = match binding["roleRef"]["kind"].as_str() {
+                Some("Role") => rules_of("Role", role, namespace),
+                _ => rules_of("ClusterRole", role, None),
+            };
+            (namespace.map(str::to_owned), rules)
+        })
+        .collect()
+}
+
+fn granted(grants: &Grants, wanted: &Attributes) -> bool {
+    let has = |rule: &Value, field: &str, value: &str| {
+        rule[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|item| item == value || item == "*")
+    };
+    grants.iter().any(|(scope, rules)| {
+        (scope.is_none() || *scope == wanted.namespace)
+            && rules.iter().any(|rule| {
+                has(rule, "apiGroups", &wanted.group)
+                    && has(rule, "resources", &wanted.resource)
+                    && has(rule, "verbs", &wanted.verb)
+            })
+    })
+}
+
+fn ungranted(grants: &Grants, script: &[Exchange]) -> Vec<String> {
+    let mut missing: Vec<String> = script
+        .iter()
+        .map(attributes)
+        .filter(|wanted| !granted(grants, wanted))
+        .map(|wanted| wanted.to_string())
+        .collect();
+    missing.dedup();
+    missing
+}
+
+/// Everything a user's CLI asks: resolving a target, a session's setup and
+/// teardown, and `cleanup` of every session.
+fn user_requests() -> Vec<Exchange> {
+    let steps = setup_steps();
+    let mut script = resolution_script();
+    script.extend(steps.iter().map(|step| step.exchange.clone()));
+    script.extend(teardown(&steps));
+    script.extend(leftovers_script(
+        "2026-11-22T10:00:00Z",
+        true,
+        &Reach::Cluster,
+    ));
+    script
+}
+
+#[test]
+fn the_user_cluster_role_grants_every_request_of_a_session_and_of_cleanup() {
+    let grants = grants(&["user-clusterrole.yaml"], None);
+    assert_eq!(ungranted(&grants, &user_requests()), Vec::<String>::new());
+}
+
+#[test]
+fn check_asks_about_every_permission_a_session_uses() {
+    let asked: Vec<Attributes> = permissions("apitrace-system", "istio-system", &["shop".into()])
+        .into_iter()
+        .map(|permission| Attributes {
+            verb: permission.verb.into(),
+            group: permission.group.into(),
+            resource: match permission.subresource {
+                "" => permission.resource.into(),
+                sub => format!("{}/{sub}", permission.resource),
+            },
+            namespace: permission.namespace,
+        })
+        .collect();
+    // A permission over all namespaces covers each one.
+    let covered = |wanted: &Attributes| {
+        asked.iter().any(|permission| {
+            (
+                permission.verb.as_str(),
+                permission.group.as_str(),
+                permission.resource.as_str(),
+            ) == (
+                wanted.verb.as_str(),
+                wanted.group.as_str(),
+                wanted.resource.as_str(),
+            ) && (permission.namespace.is_none() || permission.namespace == wanted.namespace)
+        })
+    };
+    let steps = setup_steps();
+    let mut session: Vec<Exchange> = steps.iter().map(|step| step.exchange.clone()).collect();
+    session.extend(teardown(&steps));
+    let mut unasked: Vec<String> = session
+        .iter()
+        .map(attributes)
+        .filter(|wanted| !covered(wanted))
+        .map(|wanted| wanted.to_string())
+        .collect();
+    unasked.dedup();
+    assert_eq!(unasked, Vec::<String>::new());
+}
+
+#[test]
+fn the_probe_roles_grant_what_a_probe_does_when_its_cli_died_and_nothing_more_is_needed() {
+    let grants = grants(&["probe.yaml"], Some(("apitrace-system", "apitrace-probe")));
+    let mut script = anchor_reads();
+    script.extend(leftovers_script(
+        "2026-11-22T10:00:00Z",
+        true,
+        &probe_reach(),
+    ));
+    script.extend(teardown(&setup_steps()));
+    assert_eq!(ungranted(&grants, &script), Vec::<String>::new());
+    // The probe cannot read Secrets outside its namespace, nor create anything.
+    for forbidden in [
+        ("list", "", "secrets", Some("shop")),
+        ("list", "", "secrets", None),
+        ("create", "", "pods", Some("shop")),
+        ("create", "extensions.istio.io", "wasmplugins", Some("shop")),
+        ("update", "", "configmaps", Some("shop")),
+    ] {
+        let (verb, group, resource, namespace) = forbidden;
+        let wanted = Attributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.map(str::to_owned),
+        };
+        assert!(!granted(&grants, &wanted), "the probe may {wanted}");
+    }
+}

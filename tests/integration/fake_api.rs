@@ -1,0 +1,129 @@
+//! A stand-in for the Kubernetes API server, for the probe process run for
+//! real: plain HTTP/1.1 on loopback, answering from a routing function and
+//! recording every request. No API server can be installed on these machines;
+//! this lets the probe's own binary, with its own kube client, show what it
+//! asks of one.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent.
+    pub uri: String,
+    pub body: Option<Value>,
+}
+
+type Route = dyn Fn(&Request) -> (u16, Value) + Send + Sync;
+
+pub struct FakeApi {
+    pub address: SocketAddr,
+    received: Arc<Mutex<Vec<Request>>>,
+}
+
+impl FakeApi {
+    /// Serves on `listener` (bound wherever the client can reach it), one
+    /// thread per connection, answering each request with `route`.
+    pub fn serve(
+        listener: TcpListener,
+        route: impl Fn(&Request) -> (u16, Value) + Send + Sync + 'static,
+    ) -> Self {
+        let address = listener.local_addr().expect("a bound listener");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let route: Arc<Route> = Arc::new(route);
+        let log = Arc::clone(&received);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let route = Arc::clone(&route);
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || serve_connection(stream, &*route, &log));
+            }
+        });
+        Self { address, received }
+    }
+
+    pub fn received(&self) -> Vec<Request> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// A kubeconfig whose only context points at this server.
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             users:\n- name: fake\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n",
+            self.address
+        );
+        std::fs::write(path, config).expect("writing the kubeconfig");
+    }
+}
+
+/// Reads requests off one keep-alive connection until the client closes it.
+fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let (Some(method), Some(uri)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let request = Request {
+            method: method.to_owned(),
+            uri: uri.to_owned(),
+            body: serde_json::from_slice(&body).ok(),
+        };
+        log.lock().unwrap().push(request.clone());
+        let (status, answer) = route(&request);
+        let answer = serde_json::to_vec(&answer).expect("JSON");
+        let head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// The API server's answer for an object that is not there.
+pub fn not_found() -> (u16, Value) {
+    (
+        404,
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found",
+        }),
+    )
+}
