@@ -282,6 +282,12 @@ pub fn permissions(
     let mut needed = vec![
         at("get", "", "nodes", "", None),
         at("list", "", "pods", "", None),
+        // The identity watch: who every address is.
+        at("watch", "", "pods", "", None),
+        at("list", "", "services", "", None),
+        at("watch", "", "services", "", None),
+        at("list", "", "nodes", "", None),
+        at("watch", "", "nodes", "", None),
         at("get", "", "configmaps", "", Some(istio_namespace)),
         at("update", "", "configmaps", "", Some(istio_namespace)),
         at("create", "coordination.k8s.io", "leases", "", probe),

@@ -17,6 +17,8 @@ pub struct Exchange {
     pub uri: String,
     pub status: u16,
     pub body: Value,
+    /// Whether `body` is a watch's lines of events (a string sent as it is).
+    pub raw: bool,
 }
 
 pub fn ok(method: Method, uri: impl Into<String>, body: Value) -> Exchange {
@@ -25,6 +27,20 @@ pub fn ok(method: Method, uri: impl Into<String>, body: Value) -> Exchange {
         uri: uri.into(),
         status: 200,
         body,
+        raw: false,
+    }
+}
+
+/// A watch answered with `events` (each `{"type": ..., "object": ...}`), after
+/// which the server ends the stream.
+pub fn watch(uri: impl Into<String>, events: &[Value]) -> Exchange {
+    let lines: String = events.iter().map(|event| format!("{event}\n")).collect();
+    Exchange {
+        method: Method::GET,
+        uri: uri.into(),
+        status: 200,
+        body: Value::String(lines),
+        raw: true,
     }
 }
 
@@ -39,6 +55,7 @@ pub fn fail(method: Method, uri: impl Into<String>, code: u16) -> Exchange {
     Exchange {
         method,
         uri: uri.into(),
+        raw: false,
         status: code,
         body: json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -88,7 +105,10 @@ impl MockApi {
                     Response::builder()
                         .status(exchange.status)
                         .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&exchange.body).unwrap()))
+                        .body(Body::from(match (&exchange.body, exchange.raw) {
+                            (Value::String(lines), true) => lines.clone().into_bytes(),
+                            (body, _) => serde_json::to_vec(body).unwrap(),
+                        }))
                         .unwrap(),
                 );
             }

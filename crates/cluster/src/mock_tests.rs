@@ -2,8 +2,12 @@
 //! teardown, the rollback after a failure at each step, conflicts on the mesh
 //! config, cleanup twice, a lapsed Lease, and every target error.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
+use futures::StreamExt as _;
 use http::Method;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
@@ -11,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cleanup::{self, Reach, Which},
+    identity,
     istio::TelemetryVersion,
     mesh::MeshConfigRef,
-    mock::{Exchange, MockApi, fail, ok},
+    mock::{Exchange, MockApi, fail, ok, watch},
     names::SessionId,
     objects::{FilterModule, Plan, ProbeOptions},
     session::{ProbeLink, Session, SessionError, Timeouts},
@@ -1011,6 +1016,61 @@ async fn missing_objects_and_misplaced_flags_say_what_to_do() {
     assert_eq!(
         error.to_string(),
         "-l app=none selects no pods: check it with `kubectl get pods -A -l app=none`"
+    );
+    api.finish().await;
+}
+
+/// The identity watch of pods as the API server sees it: one list, then a
+/// watch from its resourceVersion (services and nodes alike).
+pub(crate) fn identity_watch_script() -> Vec<Exchange> {
+    let listed = pod("web-1", running(), json!({}));
+    let mut added = pod("client-7", running(), json!({}));
+    added["status"]["podIPs"] = json!([{ "ip": "10.0.0.9" }]);
+    added["metadata"]["resourceVersion"] = json!("101");
+    vec![
+        ok(
+            Method::GET,
+            "/api/v1/pods?&limit=500",
+            json!({ "metadata": { "resourceVersion": "100" }, "items": [listed] }),
+        ),
+        watch(
+            "/api/v1/pods?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=100",
+            &[json!({ "type": "ADDED", "object": added })],
+        ),
+    ]
+}
+
+/// Pods listed and pods added both become identities.
+#[tokio::test]
+async fn identities_come_from_a_list_then_a_watch_of_pods() {
+    let api = MockApi::new(identity_watch_script());
+    let traced = BTreeSet::from([("shop".to_owned(), "web-1".to_owned())]);
+    let events = kube::runtime::watcher::watcher(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(api.client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+    let inputs: Vec<_> = identity::transform(events, traced, || 42)
+        .take(2)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let names: Vec<(String, i64, bool)> = inputs
+        .into_iter()
+        .map(|input| match input {
+            apitrace_join::Input::Identity {
+                ip,
+                since_ns,
+                workload,
+            } => (format!("{ip} {}", workload.name), since_ns, workload.traced),
+            other => panic!("not an identity: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("10.0.0.5 web-1".to_owned(), 0, true),
+            ("10.0.0.9 client-7".to_owned(), 42, false),
+        ]
     );
     api.finish().await;
 }

@@ -11,7 +11,8 @@ use crate::{
     cleanup::Reach,
     mock::Exchange,
     mock_tests::{
-        anchor_reads, leftovers_script, probe_reach, resolution_script, setup_steps, teardown,
+        anchor_reads, identity_watch_script, leftovers_script, probe_reach, resolution_script,
+        setup_steps, teardown,
     },
 };
 
@@ -58,7 +59,9 @@ fn attributes(exchange: &Exchange) -> Attributes {
         [resource, _name, subresource] => (format!("{resource}/{subresource}"), true),
         _ => panic!("unexpected API path: {path}"),
     };
+    let watching = exchange.uri.contains("watch=true");
     let verb = match (exchange.method.as_str(), named) {
+        ("GET", _) if watching => "watch",
         ("GET", true) => "get",
         ("GET", false) => "list",
         ("POST", _) => "create",
@@ -163,10 +166,12 @@ fn ungranted(grants: &Grants, script: &[Exchange]) -> Vec<String> {
 }
 
 /// Everything a user's CLI asks: resolving a target, a session's setup and
-/// teardown, and `cleanup` of every session.
+/// teardown (and the identity watch of pods, services and nodes meanwhile),
+/// and `cleanup` of every session.
 fn user_requests() -> Vec<Exchange> {
     let steps = setup_steps();
     let mut script = resolution_script();
+    script.extend(identity_watches());
     script.extend(steps.iter().map(|step| step.exchange.clone()));
     script.extend(teardown(&steps));
     script.extend(leftovers_script(
@@ -174,6 +179,19 @@ fn user_requests() -> Vec<Exchange> {
         true,
         &Reach::Cluster,
     ));
+    script
+}
+
+/// The pods' watch, and the same for services and nodes.
+fn identity_watches() -> Vec<Exchange> {
+    let pods = identity_watch_script();
+    let mut script = pods.clone();
+    for resource in ["services", "nodes"] {
+        script.extend(pods.iter().map(|exchange| Exchange {
+            uri: exchange.uri.replace("/pods", &format!("/{resource}")),
+            ..exchange.clone()
+        }));
+    }
     script
 }
 
@@ -214,6 +232,7 @@ fn check_asks_about_every_permission_a_session_uses() {
     let steps = setup_steps();
     let mut session: Vec<Exchange> = steps.iter().map(|step| step.exchange.clone()).collect();
     session.extend(teardown(&steps));
+    session.extend(identity_watches());
     let mut unasked: Vec<String> = session
         .iter()
         .map(attributes)

@@ -10,12 +10,14 @@ use anyhow::{Context as _, anyhow, bail};
 use apitrace_cluster::{
     check::{self, CheckError},
     cleanup::{self, Reach, Which},
+    identity,
     names::SessionId,
     objects::{LEASE_DURATION, Plan, ProbeOptions},
     session::{self, Session, SessionError, Timeouts},
     target::{self, Scope, Selection, Targets},
 };
 use apitrace_join::{Input, JoinConfig, Workload, WorkloadKind};
+use futures::StreamExt as _;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Client, Config,
@@ -236,6 +238,16 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
             }
         }
     }
+    // Everyone else the traced pods talk to, named as they come and go.
+    let traced: identity::TracedPods = session
+        .plan
+        .targets
+        .pods
+        .iter()
+        .map(|pod| (pod.namespace.clone(), pod.name.clone()))
+        .collect();
+    let mut identities = identity::watch(client, traced, now_ns);
+    let mut identities_failing = false;
     let lease_name = session.plan.session.object_name();
     let mut renew = tokio::time::interval(LEASE_DURATION / 3);
     let mut ticks = tokio::time::interval(Duration::from_millis(200));
@@ -251,6 +263,18 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
                     .await
                     .context("renewing the session's Lease (did someone run cleanup?)")?,
                 _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
+                Some(identity) = identities.next() => match identity {
+                    Ok(input) => {
+                        identities_failing = false;
+                        pipeline.feed(input)?;
+                    }
+                    // The watcher retries with backoff; say so once per outage.
+                    Err(error) if !identities_failing => {
+                        identities_failing = true;
+                        eprintln!("watching the cluster's pods, services and nodes: {error}; addresses seen meanwhile may go unnamed");
+                    }
+                    Err(_) => {}
+                },
                 message = from_probes.recv() => match message {
                     Some(FromProbe::Event(event)) => pipeline.feed(Input::Event { event: *event, now_ns: now_ns() })?,
                     Some(FromProbe::Reconnected { pod, outage }) => eprintln!(

@@ -66,7 +66,7 @@ impl Default for JoinConfig {
 
 /// What the engine is fed. Every input carries the time it was observed at
 /// (Unix nanoseconds), which is the engine's only clock.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[expect(
     clippy::large_enum_variant,
     reason = "every event passes through here once; boxing would add an allocation per event"
