@@ -136,6 +136,40 @@ pub enum Command {
         after_help = "Examples:\n  # Everything left by sessions that are no longer running\n  kubectl apitrace cleanup --all\n\n  # One session, running or not\n  kubectl apitrace cleanup --session abcde12345"
     )]
     Cleanup(CleanupArgs),
+    /// Print the version of this CLI and of the probes running on the cluster.
+    ///
+    /// The probe image a session uses is pinned to the CLI's version; running
+    /// probes (of sessions in progress) are listed with their image.
+    #[command(
+        after_help = "Examples:\n  # This CLI, and the probes of sessions running on the current context\n  kubectl apitrace version\n\n  # This CLI only\n  kubectl apitrace version --client"
+    )]
+    Version(VersionArgs),
+    /// Print a shell completion script.
+    ///
+    /// kubectl completes plugin commands (from kubectl 1.26) through an
+    /// executable named kubectl_complete-apitrace on the PATH; see the README
+    /// for the one-line wrapper. The script can also be sourced to complete
+    /// kubectl-apitrace directly.
+    #[command(
+        after_help = "Examples:\n  # bash, for this shell\n  source <(kubectl apitrace completion bash)\n\n  # zsh, for every shell\n  kubectl apitrace completion zsh > \"${fpath[1]}/_kubectl-apitrace\""
+    )]
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print the CLI's version only, without asking the cluster.
+    #[arg(long)]
+    pub client: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +313,43 @@ fn parse_loss(text: &str) -> Result<u8, String> {
 
 pub fn parse() -> Cli {
     Cli::parse()
+}
+
+/// The completion script for `shell`, for the `kubectl-apitrace` executable
+/// (a name without the space kubectl shows, which shells' function names
+/// cannot hold).
+///
+/// clap_complete's bash script names its per-subcommand cases inconsistently
+/// when the binary's name has a dash (the dispatch and the cases disagree, so
+/// nothing below the top level completes): bash's is generated for a dashless
+/// name and registered for the real one.
+pub fn completion(
+    shell: clap_complete::Shell,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    const BIN: &str = "kubectl-apitrace";
+    const DASHLESS: &str = "kubectl_apitrace";
+    let mut script = Vec::new();
+    let name = if shell == clap_complete::Shell::Bash {
+        DASHLESS
+    } else {
+        BIN
+    };
+    clap_complete::generate(shell, &mut Cli::command(), name, &mut script);
+    if shell != clap_complete::Shell::Bash {
+        return out.write_all(&script);
+    }
+    let script = String::from_utf8_lossy(&script);
+    for line in script.lines() {
+        let line = if line.trim_start().starts_with("complete -F") {
+            line.replace(&format!(" {DASHLESS}"), &format!(" {BIN}"))
+        } else {
+            line.to_owned()
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

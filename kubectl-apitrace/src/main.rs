@@ -32,5 +32,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Join(args) => replay::run(args),
         Command::Check(args) => cluster::check(args),
         Command::Cleanup(args) => cluster::cleanup(args),
+        Command::Version(args) => cluster::version(args),
+        Command::Completion(args) => {
+            args::completion(args.shell, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -143,6 +143,15 @@ pub fn all_sessions_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY},{SESSION_LABEL}")
 }
 
+/// Selects the probe pods of every session.
+pub fn probes_selector() -> String {
+    format!(
+        "{},{COMPONENT_LABEL}={}",
+        all_sessions_selector(),
+        Component::Probe.as_str()
+    )
+}
+
 impl FromStr for SessionId {
     type Err = InvalidSessionId;
 

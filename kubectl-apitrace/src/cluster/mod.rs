@@ -1,4 +1,4 @@
-//! `kubectl apitrace TARGET`, `check` and `cleanup`: the cluster commands.
+//! `kubectl apitrace TARGET`, `check`, `cleanup` and `version`: the cluster commands.
 //! Each resolves its arguments against the cluster, then hands over to
 //! `apitrace-cluster`, which does the work and is tested against a mock API.
 
@@ -11,22 +11,23 @@ use apitrace_cluster::{
     check::{self, CheckError},
     cleanup::{self, Reach, Which},
     identity,
-    names::SessionId,
+    names::{self, SessionId},
     objects::{LEASE_DURATION, Plan, ProbeOptions},
     session::{self, Session, SessionError, Timeouts},
     target::{self, Scope, Selection, Targets},
 };
 use apitrace_join::{Input, JoinConfig, Workload, WorkloadKind};
 use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Client, Config,
+    Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs},
+    args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs, VersionArgs},
     output::{Destination, Printer},
     pipeline::Pipeline,
 };
@@ -399,4 +400,69 @@ pub fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
+}
+
+/// `kubectl apitrace version`: this CLI, the probe image it would run, and
+/// (unless `--client`) the probes of sessions running on the cluster. An
+/// unreachable cluster is reported, not an error: the CLI's version is still
+/// worth printing.
+pub fn version(args: VersionArgs) -> anyhow::Result<ExitCode> {
+    println!("kubectl-apitrace {}", env!("CARGO_PKG_VERSION"));
+    println!("probe image: {}", default_probe_image());
+    if args.client {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let probes = runtime()?.block_on(async {
+        tokio::time::timeout(VERSION_TIMEOUT, async {
+            let (client, _) = connect(&args.cluster).await?;
+            running_probes(&client, &args.cluster.probe_namespace).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow!(
+                "no answer within {}",
+                humantime::format_duration(VERSION_TIMEOUT)
+            ))
+        })
+    });
+    match probes {
+        Ok(probes) if probes.is_empty() => println!("probes: none running"),
+        Ok(probes) => {
+            for (pod, node, image) in probes {
+                println!("probe {pod} on {node}: {image}");
+            }
+        }
+        Err(error) => println!("probes: cluster not reachable ({error:#})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// (pod, node, image) of every probe pod of a running session.
+async fn running_probes(
+    client: &Client,
+    namespace: &str,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let params = kube::api::ListParams::default().labels(&names::probes_selector());
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&params)
+        .await
+        .with_context(|| format!("listing probe pods in {namespace}"))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .map(|pod| {
+            let spec = pod.spec.unwrap_or_default();
+            (
+                pod.metadata.name.unwrap_or_default(),
+                spec.node_name.unwrap_or_default(),
+                spec.containers
+                    .into_iter()
+                    .next()
+                    .and_then(|container| container.image)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect())
 }
