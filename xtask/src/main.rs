@@ -10,6 +10,10 @@
 //!   ones that run Envoy, the filter and the TC program for real.
 //! - `fixtures`: record the golden sessions in `tests/fixtures` from the real
 //!   demo.
+//! - `release`: the CLI's archive for this machine's platform (binary and
+//!   licence), and the krew manifest for every archive in `target/dist`.
+
+mod krew;
 
 use std::{
     env,
@@ -49,21 +53,29 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup().map(|_| ()),
-        Some("build") => build(),
+        Some("build") => match &args[1..] {
+            [] => build(false),
+            [flag] if flag == "--release" => build(true),
+            other => Err(anyhow::anyhow!(
+                "build takes --release or nothing, not {other:?}"
+            )),
+        },
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
         Some("fixtures") => fixtures(),
+        Some("release") => release(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  setup         install what the build, the demo and the tests need (Debian, root)\n  \
-                 build         build the CLI and the probe\n  \
+                 build [--release]  build the CLI and the probe\n  \
                  demo [ARGS]   set up, build and run `kubectl-apitrace demo ARGS`\n  \
                  test          set up, build, and run formatting, lints and every test\n  \
                  bench [ARGS]  set up, build for release, and run the benchmarks (root); results in target/bench\n  \
-                 fixtures      record the golden sessions in tests/fixtures from the real demo (root)"
+                 fixtures      record the golden sessions in tests/fixtures from the real demo (root)\n  \
+                 release       build this platform's release archive into target/dist and write krew/apitrace.yaml"
             );
             return ExitCode::from(2);
         }
@@ -252,23 +264,29 @@ fn envoy_path(python: &Path) -> Option<PathBuf> {
     (output.status.success() && path.is_file()).then_some(path)
 }
 
-fn build() -> anyhow::Result<()> {
+/// The CLI and the probe; `--release` for the probe image and the e2e run.
+fn build(release: bool) -> anyhow::Result<()> {
     step(
         "build",
         "kubectl-apitrace and apitrace-probe (with its eBPF object and WASM module)",
     );
-    run(cargo().args([
+    let mut command = cargo();
+    command.args([
         "build",
         "--package",
         "kubectl-apitrace",
         "--package",
         "apitrace-probe",
-    ]))
+    ]);
+    if release {
+        command.arg("--release");
+    }
+    run(&mut command)
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
     let installed = setup()?;
-    build()?;
+    build(false)?;
     let cli = workspace().join("target/debug/kubectl-apitrace");
     run(Command::new(cli)
         .arg("demo")
@@ -278,7 +296,7 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     let installed = setup()?;
-    build()?;
+    build(false)?;
     step("test", "formatting");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("test", "lints");
@@ -294,7 +312,158 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace"])
         .env("APITRACE_ENVOY", &installed.envoy)
-        .env("APITRACE_ISTIO_CRDS", &installed.istio_crds))
+        .env("APITRACE_ISTIO_CRDS", &installed.istio_crds))?;
+    release()
+}
+
+/// This machine's platform as krew names it.
+fn host_platform() -> anyhow::Result<(&'static str, &'static str)> {
+    let os = match env::consts::OS {
+        "linux" => "linux",
+        "macos" => "darwin",
+        "windows" => "windows",
+        other => bail!("no release is made for {other}"),
+    };
+    let arch = match env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => bail!("no release is made for {other}"),
+    };
+    Ok((os, arch))
+}
+
+/// Builds the CLI for release, archives it with the licence (reproducibly:
+/// sorted, owned by root, dated 1970, gzip without a name or time), then
+/// writes the krew manifest for every archive of this version in
+/// target/dist (archives built on other machines can be dropped there), checks
+/// it against krew's rules and each sha256 against its file, and unpacks this
+/// machine's archive to run the binary in it.
+fn release() -> anyhow::Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let (os, arch) = host_platform()?;
+    if os == "windows" {
+        bail!(
+            "the release command archives with tar; build Windows archives (zip) on Windows by hand"
+        );
+    }
+    step("release", "building kubectl-apitrace for release");
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "kubectl-apitrace",
+    ]))?;
+    let dist = workspace().join("target/dist");
+    let stage = dist.join(format!("stage-{os}-{arch}"));
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    std::fs::create_dir_all(&stage)?;
+    let binary = krew::binary_name(os);
+    std::fs::copy(
+        workspace().join("target/release").join(binary),
+        stage.join(binary),
+    )?;
+    std::fs::copy(workspace().join("LICENSE"), stage.join("LICENSE"))?;
+    let archive = dist.join(krew::archive_name(version, os, arch));
+    step("release", &format!("archiving {}", archive.display()));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C '{}' -cf - {binary} LICENSE | gzip -n -9 > '{}'",
+        stage.display(),
+        archive.display()
+    )))?;
+    std::fs::remove_dir_all(&stage)?;
+
+    let mut archives = Vec::new();
+    for entry in std::fs::read_dir(&dist)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((os, arch)) = krew::platform_of(version, &name) {
+            archives.push(krew::Archive {
+                os,
+                arch,
+                sha256: sha256_of(&entry.path())?,
+                file_name: name,
+            });
+        }
+    }
+    let order = |archive: &krew::Archive| {
+        krew::PLATFORMS
+            .iter()
+            .position(|(os, arch)| *os == archive.os && *arch == archive.arch)
+    };
+    archives.sort_by_key(order);
+    let manifest = krew::manifest(version, &archives);
+    let parsed: serde_json::Value = serde_saphyr::from_str(&manifest)?;
+    let broken = krew::violations(&parsed);
+    if !broken.is_empty() {
+        bail!(
+            "the krew manifest breaks krew's rules: {}",
+            broken.join("; ")
+        );
+    }
+    for path in [
+        workspace().join("krew/apitrace.yaml"),
+        dist.join("apitrace.yaml"),
+    ] {
+        std::fs::write(&path, &manifest)?;
+    }
+    step("release", "checking each archive against the manifest");
+    let written: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dist.join("apitrace.yaml"))?)?;
+    for platform in written["spec"]["platforms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let uri = platform["uri"].as_str().unwrap_or_default();
+        let file = dist.join(uri.rsplit('/').next().unwrap_or_default());
+        let actual = sha256_of(&file)?;
+        if platform["sha256"] != actual.as_str() {
+            bail!(
+                "{} has sha256 {actual}, the manifest says {}",
+                file.display(),
+                platform["sha256"]
+            );
+        }
+        println!(
+            "{actual}  {}",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        );
+    }
+    let unpacked = dist.join(format!("unpacked-{os}-{arch}"));
+    if unpacked.exists() {
+        std::fs::remove_dir_all(&unpacked)?;
+    }
+    std::fs::create_dir_all(&unpacked)?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked))?;
+    let output = Command::new(unpacked.join(binary))
+        .args(["version", "--client"])
+        .output()?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    if !printed.starts_with(&format!("kubectl-apitrace {version}\n")) {
+        bail!("the archived binary printed {printed:?} for `version --client`");
+    }
+    std::fs::remove_dir_all(&unpacked)?;
+    step(
+        "release",
+        &format!("krew/apitrace.yaml lists {} platform(s)", archives.len()),
+    );
+    Ok(())
+}
+
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
 }
 
 /// The golden sessions: each is a demo run saved with `--save` next to what
@@ -311,7 +480,7 @@ const FIXTURES: &[(&str, &[&str])] = &[
 
 fn fixtures() -> anyhow::Result<()> {
     let installed = setup()?;
-    build()?;
+    build(false)?;
     let cli = workspace().join("target/debug/kubectl-apitrace");
     let dir = workspace().join("tests/fixtures");
     for (name, args) in FIXTURES {
