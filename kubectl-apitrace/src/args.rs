@@ -87,6 +87,9 @@ pub struct TraceArgs {
     /// they need (for runtimes whose seccomp or LSM profile refuses BPF otherwise).
     #[arg(long)]
     pub privileged: bool,
+    /// No progress on stderr (it is shown only on a terminal anyway).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]

@@ -21,7 +21,7 @@ use crate::{
     mock::{Exchange, MockApi, fail, ok, watch},
     names::SessionId,
     objects::{FilterModule, Plan, ProbeOptions},
-    session::{ProbeLink, Session, SessionError, Timeouts},
+    session::{ProbeLink, Session, SessionError, Stage, Timeouts},
     target::{Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
     watchdog::{self, Anchor},
 };
@@ -257,15 +257,26 @@ async fn a_session_sets_up_in_order_and_tears_down_in_reverse() {
     let mut script: Vec<Exchange> = steps.iter().map(|s| s.exchange.clone()).collect();
     script.extend(teardown(&steps));
     let api = MockApi::new(script);
+    let mut stages = Vec::new();
     let session = Session::start(
         &api.client,
         plan(),
         &mut link(),
         timeouts(),
         &CancellationToken::new(),
+        &mut |stage| stages.push(stage),
     )
     .await
     .unwrap();
+    assert_eq!(
+        stages,
+        [
+            Stage::Anchoring,
+            Stage::StartingProbes { nodes: 1 },
+            Stage::PatchingMesh,
+            Stage::Streaming
+        ]
+    );
     assert_eq!(session.changes().len(), 8);
     let leftovers = session.end(&api.client).await;
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -334,6 +345,7 @@ async fn a_failure_at_any_setup_step_rolls_back_what_was_done() {
             &mut link(),
             timeouts(),
             &CancellationToken::new(),
+            &mut |_| {},
         )
         .await
         .unwrap_err();
@@ -359,6 +371,7 @@ async fn probes_that_cannot_be_reached_roll_back_before_the_mesh_is_touched() {
         &mut link,
         timeouts(),
         &CancellationToken::new(),
+        &mut |_| {},
     )
     .await
     .unwrap_err();
@@ -387,6 +400,7 @@ async fn a_probe_image_that_cannot_be_pulled_fails_fast_with_the_reason() {
         &mut link(),
         timeouts(),
         &CancellationToken::new(),
+        &mut |_| {},
     )
     .await
     .unwrap_err();
@@ -419,6 +433,7 @@ async fn probes_never_ready_time_out_and_roll_back() {
         &mut link(),
         timeouts,
         &CancellationToken::new(),
+        &mut |_| {},
     )
     .await
     .unwrap_err();
@@ -457,9 +472,16 @@ async fn ctrl_c_while_waiting_for_the_probes_rolls_back_at_once() {
         probes_ready: Duration::from_secs(60),
         poll: Duration::from_secs(1),
     };
-    let error = Session::start(&api.client, plan(), &mut link(), timeouts, &cancel)
-        .await
-        .unwrap_err();
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts,
+        &cancel,
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error.cause, SessionError::Interrupted), "{error}");
     assert!(error.leftovers.is_empty());
     api.finish().await;
@@ -470,9 +492,16 @@ async fn ctrl_c_before_setup_begins_changes_nothing() {
     let api = MockApi::new(Vec::new());
     let cancel = CancellationToken::new();
     cancel.cancel();
-    let error = Session::start(&api.client, plan(), &mut link(), timeouts(), &cancel)
-        .await
-        .unwrap_err();
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &cancel,
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.to_string(), "interrupted while setting up");
     api.finish().await;
 }
@@ -498,6 +527,7 @@ async fn a_conflict_on_the_mesh_config_is_retried_from_the_new_version() {
         &mut link(),
         timeouts(),
         &CancellationToken::new(),
+        &mut |_| {},
     )
     .await
     .unwrap();
@@ -537,6 +567,7 @@ async fn endless_conflicts_on_the_mesh_config_give_up_and_roll_back() {
         &mut link(),
         timeouts(),
         &CancellationToken::new(),
+        &mut |_| {},
     )
     .await
     .unwrap_err();

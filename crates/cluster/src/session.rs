@@ -32,6 +32,34 @@ pub trait ProbeLink {
     ) -> impl Future<Output = Result<FilterModule, Self::Error>>;
 }
 
+/// Where setup has got to, for a progress line: each is reported as it begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The anchor Lease, the token Secret and the ingest Service.
+    Anchoring,
+    /// The probe pods created; waiting until they run and answer.
+    StartingProbes { nodes: usize },
+    /// The session label, the mesh config provider, Telemetry and WasmPlugin.
+    PatchingMesh,
+    /// Set up: events flow.
+    Streaming,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Anchoring => write!(f, "creating the session's anchor, token and Service"),
+            Stage::StartingProbes { nodes: 1 } => write!(f, "waiting for the probe on 1 node"),
+            Stage::StartingProbes { nodes } => write!(f, "waiting for the probes on {nodes} nodes"),
+            Stage::PatchingMesh => write!(
+                f,
+                "patching the mesh (label, access-log provider, Telemetry, WasmPlugin)"
+            ),
+            Stage::Streaming => write!(f, "streaming"),
+        }
+    }
+}
+
 /// How long setup waits for what it does not control.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -127,9 +155,20 @@ impl Session {
         link: &mut L,
         timeouts: Timeouts,
         cancel: &CancellationToken,
+        progress: &mut dyn FnMut(Stage),
     ) -> Result<Self, SetupError> {
         let mut journal = Journal::default();
-        match setup(client, &plan, link, timeouts, cancel, &mut journal).await {
+        match setup(
+            client,
+            &plan,
+            link,
+            timeouts,
+            cancel,
+            progress,
+            &mut journal,
+        )
+        .await
+        {
             Ok(probes) => Ok(Self {
                 plan,
                 probes,
@@ -164,6 +203,7 @@ async fn setup<L: ProbeLink>(
     link: &mut L,
     timeouts: Timeouts,
     cancel: &CancellationToken,
+    progress: &mut dyn FnMut(Stage),
     journal: &mut Journal,
 ) -> Result<Vec<Pod>, SessionError> {
     // Checked before each change rather than racing it: a request dropped
@@ -176,6 +216,7 @@ async fn setup<L: ProbeLink>(
         }
     };
     go_on()?;
+    progress(Stage::Anchoring);
     let lease = journal.create(client, &plan.lease()).await?;
     let owner = owner_reference(&lease).ok_or(SessionError::AnchorWithoutUid)?;
     go_on()?;
@@ -187,6 +228,9 @@ async fn setup<L: ProbeLink>(
         .create(client, &plan.ingest_service(Some(&owner)))
         .await?;
     let mut probes = Vec::new();
+    progress(Stage::StartingProbes {
+        nodes: plan.targets.nodes.len(),
+    });
     for pod in plan.probe_pods(Some(&owner)) {
         go_on()?;
         probes.push(journal.create(client, &pod).await?);
@@ -204,6 +248,7 @@ async fn setup<L: ProbeLink>(
             Ok::<_, SessionError>((probes, module))
         } => connected?,
     };
+    progress(Stage::PatchingMesh);
     for pod in &plan.targets.pods {
         go_on()?;
         journal
@@ -226,6 +271,7 @@ async fn setup<L: ProbeLink>(
             .create_dynamic(client, &wasm_plugin, &object)
             .await?;
     }
+    progress(Stage::Streaming);
     Ok(probes)
 }
 

@@ -142,6 +142,8 @@ async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
             "nothing to trace: name a target (pod/NAME, deploy/NAME, sts/NAME, ds/NAME, svc/NAME) or pass -l SELECTOR; see `kubectl apitrace --help`"
         );
     };
+    let progress = Progress::new(args.quiet);
+    progress.say("resolving the targets and checking the cluster");
     let preflight = preflight(&client, &args.cluster, &selection, &scope).await?;
     let plan = Plan {
         session: SessionId::generate(),
@@ -170,10 +172,53 @@ async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    run_session(&client, plan, &args).await
+    run_session(&client, plan, &args, progress).await
 }
 
-async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::Result<ExitCode> {
+/// Setup's progress on stderr, for a person watching: only on a terminal and
+/// without `-q`. Under `--follow` with the calls going to a file or a pipe, it
+/// also keeps a live count of the calls seen.
+struct Progress {
+    shown: bool,
+    counting: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal as _;
+        let shown = !quiet && io::stderr().is_terminal();
+        Self {
+            shown,
+            counting: shown && !io::stdout().is_terminal(),
+        }
+    }
+
+    fn say(&self, what: impl std::fmt::Display) {
+        if self.shown {
+            eprintln!("{what}...");
+        }
+    }
+
+    /// Rewrites the count in place, on its own line of the terminal.
+    fn count(&self, calls: usize) {
+        if self.counting {
+            eprint!("\r\x1b[K{calls} calls seen");
+        }
+    }
+
+    fn done_counting(&self) {
+        if self.counting {
+            eprintln!();
+        }
+    }
+}
+
+async fn run_session(
+    client: &Client,
+    plan: Plan,
+    args: &TraceArgs,
+    progress: Progress,
+) -> anyhow::Result<ExitCode> {
     let session_id = plan.session.to_string();
     let (mut link, mut from_probes) = PortForwardLink::new(
         client.clone(),
@@ -196,19 +241,27 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
             interrupt.cancel();
         }
     });
-    let session =
-        match Session::start(client, plan, &mut link, Timeouts::default(), &interrupt).await {
-            Ok(session) => session,
-            Err(error) if matches!(error.cause, SessionError::Interrupted) => {
-                if error.leftovers.is_empty() {
-                    eprintln!("{error}; everything set up so far was removed");
-                } else {
-                    eprintln!("{error}");
-                }
-                return Ok(ExitCode::from(130));
+    let session = match Session::start(
+        client,
+        plan,
+        &mut link,
+        Timeouts::default(),
+        &interrupt,
+        &mut |stage| progress.say(stage),
+    )
+    .await
+    {
+        Ok(session) => session,
+        Err(error) if matches!(error.cause, SessionError::Interrupted) => {
+            if error.leftovers.is_empty() {
+                eprintln!("{error}; everything set up so far was removed");
+            } else {
+                eprintln!("{error}");
             }
-            Err(error) => return Err(error.into()),
-        };
+            return Ok(ExitCode::from(130));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let printer = Printer::new(
         io::stdout().lock(),
         args.output.format,
@@ -263,7 +316,12 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
                 _ = renew.tick() => session::renew_lease(client, &session.plan.probe.namespace, &lease_name, Timestamp::now())
                     .await
                     .context("renewing the session's Lease (did someone run cleanup?)")?,
-                _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
+                _ = ticks.tick() => {
+                    pipeline.feed(Input::Tick { now_ns: now_ns() })?;
+                    if args.output.follow {
+                        progress.count(pipeline.records());
+                    }
+                }
                 Some(identity) = identities.next() => match identity {
                     Ok(input) => {
                         identities_failing = false;
@@ -291,6 +349,10 @@ async fn run_session(client: &Client, plan: Plan, args: &TraceArgs) -> anyhow::R
     }
     .await;
     drop(link);
+    if args.output.follow {
+        progress.done_counting();
+    }
+    progress.say("removing the session");
     let leftovers = session.end(client).await;
     let outcome = pipeline.finish()?;
     eprintln!("{}", outcome.summary(None));
