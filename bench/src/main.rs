@@ -9,6 +9,7 @@
 mod report;
 mod stats;
 mod tc;
+mod wasm;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -39,12 +40,42 @@ fn run() -> anyhow::Result<()> {
         option("--out").map_or_else(|| PathBuf::from("target/bench/results.json"), PathBuf::from);
     let repeats: usize = option("--repeats").map_or(Ok(3), |n| n.parse())?;
     let seconds: u64 = option("--seconds").map_or(Ok(5), |n| n.parse())?;
+    let envoy = option("--envoy")
+        .or_else(|| std::env::var("APITRACE_ENVOY").ok())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--envoy PATH (or APITRACE_ENVOY) is required: the Envoy the WASM benchmark runs"
+            )
+        })?;
+    // target/<profile>/apitrace-probe: the guest build is under target/.
+    let target_dir = probe
+        .parent()
+        .and_then(|profile| profile.parent())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--probe {} is not under a target directory",
+                probe.display()
+            )
+        })?;
     if !nix_is_root() {
         anyhow::bail!("the benchmarks build pods and attach eBPF programs: run them as root");
     }
 
     let mut report = Report::new();
-    report.add(tc::run(&probe, repeats, seconds)?);
+    let only = option("--only");
+    if only.as_deref().is_none_or(|only| only == "tc") {
+        report.add(tc::run(&probe, repeats, seconds)?);
+    }
+    if only.as_deref().is_none_or(|only| only == "wasm") {
+        report.add(wasm::run(
+            &probe,
+            &envoy,
+            &wasm::filter_module(target_dir),
+            repeats,
+            seconds,
+        )?);
+    }
     print!("{}", report.markdown());
     report.write_json(&out)?;
     eprintln!("raw numbers: {}", out.display());

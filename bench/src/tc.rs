@@ -151,7 +151,7 @@ fn per_packet(time_ns: u64, count: u64) -> f64 {
     }
 }
 
-fn start_probe(binary: &Path, probe_pod: &Pod, server: &Pod) -> anyhow::Result<Guard> {
+pub(crate) fn start_probe(binary: &Path, probe_pod: &Pod, server: &Pod) -> anyhow::Result<Guard> {
     let mut command = in_pod(
         probe_pod,
         &binary.to_string_lossy(),
@@ -223,7 +223,7 @@ fn iperf(client: &Pod, server: &Pod, seconds: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("iperf3 reported no throughput: {}", report["error"]))
 }
 
-fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Command {
+pub(crate) fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Command {
     let mut command = Command::new("ip");
     command
         .args(["netns", "exec", &pod.netns, program])
@@ -233,7 +233,7 @@ fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Command {
 }
 
 /// A process killed and reaped when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {

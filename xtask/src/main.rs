@@ -500,7 +500,7 @@ fn fixtures() -> anyhow::Result<()> {
 /// The benchmarks, built for release: each figure next to its peer's, printed
 /// as the tables BENCHMARKS.md records, raw numbers in target/bench.
 fn bench(args: &[String]) -> anyhow::Result<()> {
-    setup()?;
+    let installed = setup()?;
     step("bench", "building for release");
     run(cargo().args([
         "build",
@@ -516,6 +516,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .arg(release.join("apitrace-probe"))
         .arg("--out")
         .arg(workspace().join("target/bench/results.json"))
+        .arg("--envoy")
+        .arg(&installed.envoy)
         .args(args))
 }
 

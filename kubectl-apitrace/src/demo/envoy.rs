@@ -31,6 +31,22 @@ pub struct Sidecar<'a> {
     pub module_sha256: &'a str,
     /// The filter's plugin configuration (Istio's `pluginConfig`), as JSON.
     pub plugin_config: Value,
+    pub layers: Layers,
+}
+
+/// What a session adds to the sidecar. The demo adds both; the benchmark
+/// measures the sidecar without them, with the access log, and with both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layers {
+    pub access_log: bool,
+    pub filter: bool,
+}
+
+impl Layers {
+    pub const ALL: Self = Self {
+        access_log: true,
+        filter: true,
+    };
 }
 
 impl Sidecar<'_> {
@@ -70,22 +86,8 @@ impl Sidecar<'_> {
                                         "routes": [{ "name": "default", "match": { "prefix": "/" }, "route": { "cluster": inbound_cluster } }],
                                     }],
                                 },
-                                "http_filters": [self.wasm_filter(&http_cluster), {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
-                                }],
-                                "access_log": [{
-                                    "name": "envoy.access_loggers.http_grpc",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-                                        "common_config": {
-                                            "log_name": "http_envoy_accesslog",
-                                            "transport_api_version": "V3",
-                                            "grpc_service": { "envoy_grpc": { "cluster_name": als_cluster, "authority": self.probe_host } },
-                                            "filter_state_objects_to_log": ["upstream_peer", "downstream_peer"],
-                                        },
-                                    },
-                                }],
+                                "http_filters": self.http_filters(&http_cluster),
+                                "access_log": self.access_log(&als_cluster),
                             },
                         }],
                     }],
@@ -97,6 +99,36 @@ impl Sidecar<'_> {
                 ],
             },
         })
+    }
+
+    fn http_filters(&self, http_cluster: &str) -> Vec<Value> {
+        let router = json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+        });
+        if self.layers.filter {
+            vec![self.wasm_filter(http_cluster), router]
+        } else {
+            vec![router]
+        }
+    }
+
+    fn access_log(&self, als_cluster: &str) -> Vec<Value> {
+        if !self.layers.access_log {
+            return Vec::new();
+        }
+        vec![json!({
+            "name": "envoy.access_loggers.http_grpc",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                "common_config": {
+                    "log_name": "http_envoy_accesslog",
+                    "transport_api_version": "V3",
+                    "grpc_service": { "envoy_grpc": { "cluster_name": als_cluster, "authority": self.probe_host } },
+                    "filter_state_objects_to_log": ["upstream_peer", "downstream_peer"],
+                },
+            },
+        })]
     }
 
     fn wasm_filter(&self, http_cluster: &str) -> Value {
@@ -171,6 +203,7 @@ mod tests {
             module_path: "/wasm/m.wasm",
             module_sha256: "ab",
             plugin_config: json!({"session_token": "t"}),
+            layers: Layers::ALL,
         };
         let bootstrap = sidecar.bootstrap();
         let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -188,5 +221,18 @@ mod tests {
             bootstrap["node"]["id"],
             "sidecar~198.18.0.20~server.demo~demo.svc.cluster.local"
         );
+
+        // The benchmark's bare sidecar: the router alone, no access log.
+        let bare = Sidecar {
+            layers: Layers {
+                access_log: false,
+                filter: false,
+            },
+            ..sidecar
+        }
+        .bootstrap();
+        let hcm = &bare["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(hcm["access_log"], json!([]));
+        assert_eq!(hcm["http_filters"].as_array().unwrap().len(), 1);
     }
 }

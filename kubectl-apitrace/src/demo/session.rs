@@ -32,7 +32,7 @@ use tonic::transport::{Endpoint, Uri};
 use super::{
     cgroup::{self, ContainerCgroup},
     child::DemoProcess,
-    envoy::{self, Sidecar},
+    envoy::{self, Layers, Sidecar},
     http,
     plan::Plan,
     topology::{self, Pod, Topology},
@@ -174,6 +174,7 @@ impl Demo {
             module_path: &status.wasm_module_path,
             module_sha256: &status.wasm_module_sha256,
             plugin_config,
+            layers: Layers::ALL,
         };
         let config_path = workdir.path.join("envoy.json");
         std::fs::write(&config_path, sidecar.bootstrap().to_string())
