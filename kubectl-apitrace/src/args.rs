@@ -259,10 +259,20 @@ pub struct DemoArgs {
     #[arg(long)]
     pub bad_traffic: bool,
     /// The Envoy binary to run as the sidecar [default: `envoy` on PATH].
-    #[arg(long, value_name = "PATH", env = "APITRACE_ENVOY")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "APITRACE_ENVOY",
+        hide_env_values = true
+    )]
     pub envoy: Option<PathBuf>,
     /// The probe binary [default: apitrace-probe next to this binary].
-    #[arg(long, value_name = "PATH", env = "APITRACE_PROBE")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "APITRACE_PROBE",
+        hide_env_values = true
+    )]
     pub probe_bin: Option<PathBuf>,
 }
 
