@@ -10,6 +10,7 @@
 //!   ones that run Envoy, the filter and the TC program for real.
 //! - `fixtures`: record the golden sessions in `tests/fixtures` from the real
 //!   demo.
+//! - `fuzz [SECONDS]`: each fuzz target in fuzz/ for SECONDS.
 //! - `release`: the CLI's archive for this machine's platform (binary and
 //!   licence), and the krew manifest for every archive in `target/dist`.
 
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("fixtures") => fixtures(),
         Some("release") => release(),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -75,7 +77,8 @@ fn main() -> ExitCode {
                  test          set up, build, and run formatting, lints and every test\n  \
                  bench [ARGS]  set up, build for release, and run the benchmarks (root); results in target/bench\n  \
                  fixtures      record the golden sessions in tests/fixtures from the real demo (root)\n  \
-                 release       build this platform's release archive into target/dist and write krew/apitrace.yaml"
+                 release       build this platform's release archive into target/dist and write krew/apitrace.yaml\n  \
+                 fuzz [SECONDS]  run each fuzz target for SECONDS (default 20)"
             );
             return ExitCode::from(2);
         }
@@ -105,6 +108,7 @@ struct Installed {
 fn setup() -> anyhow::Result<Installed> {
     apt_packages()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     let envoy = envoy()?;
     let istio_crds = istio_crds()?;
     Ok(Installed { envoy, istio_crds })
@@ -180,6 +184,61 @@ fn cargo_bin() -> PathBuf {
         .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
         .unwrap_or_default()
         .join("bin")
+}
+
+/// cargo-fuzz, for the fuzz targets in fuzz/ (libFuzzer, with the stable
+/// toolchain's sanitizer runtime unlocked by RUSTC_BOOTSTRAP).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = Command::new(cargo_bin().join("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(CARGO_FUZZ_VERSION));
+    if installed {
+        step("cargo-fuzz", &format!("{CARGO_FUZZ_VERSION} installed"));
+        return Ok(());
+    }
+    step("cargo-fuzz", &format!("installing {CARGO_FUZZ_VERSION}"));
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]),
+    )
+}
+
+/// The fuzz targets, each for `seconds` (CI: a smoke run; by hand, longer).
+/// A crash fails the run; libFuzzer leaves the input in fuzz/artifacts, to be
+/// turned into a regression test.
+const FUZZ_TARGETS: &[&str] = &["http_head", "tc_event", "saved_session"];
+
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let seconds: u64 = match args {
+        [] => 20,
+        [seconds] => seconds.parse().with_context(|| {
+            format!("fuzz takes a number of seconds per target, not {seconds:?}")
+        })?,
+        other => bail!("fuzz takes a number of seconds per target, not {other:?}"),
+    };
+    cargo_fuzz()?;
+    for target in FUZZ_TARGETS {
+        step("fuzz", &format!("{target} for {seconds} s"));
+        run(cargo()
+            .current_dir(workspace().join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ]))?;
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -313,6 +372,8 @@ fn test() -> anyhow::Result<()> {
         .args(["test", "--workspace"])
         .env("APITRACE_ENVOY", &installed.envoy)
         .env("APITRACE_ISTIO_CRDS", &installed.istio_crds))?;
+    step("test", "fuzz targets, 10 s each");
+    fuzz(&["10".to_owned()])?;
     release()
 }
 
