@@ -6,6 +6,7 @@
 //! highest). The tables go to stdout as Markdown (they are what BENCHMARKS.md
 //! records) and the raw numbers to a JSON file.
 
+mod pods;
 mod report;
 mod stats;
 mod tc;

@@ -6,17 +6,17 @@
 //! run_time_ns / run_cnt) are taken during (b).
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use apitrace_netns::topology::{Pod, Topology};
-use kubectl_apitrace::demo::http;
+use anyhow::Context as _;
+use apitrace_netns::topology::Pod;
 
 use crate::{
+    pods::{Guard, in_pod, stage, start_probe},
     report::{Row, Table},
     stats::{BpfStats, Sample, bpf_run_stats, cpu_ms},
 };
@@ -42,21 +42,11 @@ struct Figures {
 }
 
 pub fn run(probe_binary: &Path, repeats: usize, seconds: u64) -> anyhow::Result<Table> {
-    let pods = Topology::create(
+    let (pods, runtime) = stage(
         "apitrace-bench-",
-        std::process::id(),
-        &["client", "server", "probe"],
+        SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
     )?;
     let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = {
-        let _entered = runtime.enter();
-        http::listen_in(
-            &server.netns_path(),
-            SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
-        )?
-    };
-    runtime.spawn(http::serve_app(listener));
     let _iperf = Guard(
         in_pod(server, "iperf3", &["-s", "-p", &IPERF_PORT.to_string()])
             .stdout(Stdio::null())
@@ -151,39 +141,6 @@ fn per_packet(time_ns: u64, count: u64) -> f64 {
     }
 }
 
-pub(crate) fn start_probe(binary: &Path, probe_pod: &Pod, server: &Pod) -> anyhow::Result<Guard> {
-    let mut command = in_pod(
-        probe_pod,
-        &binary.to_string_lossy(),
-        &["--session-id", "bench", "--deadline", "30m"],
-    );
-    command
-        .arg("--target")
-        .arg(format!(
-            "bench/{}=netns:{}",
-            server.name,
-            server.netns_path().display()
-        ))
-        .env("APITRACE_SESSION_TOKEN", "bench")
-        .stderr(Stdio::null());
-    let probe = Guard(command.spawn().context("cannot start the probe")?);
-    let health = SocketAddr::new(IpAddr::V4(probe_pod.ipv4), apitrace_proto::ports::HTTP);
-    let started = Instant::now();
-    let healthy = || {
-        apitrace_netns::run_in(&probe_pod.netns_path(), || {
-            std::net::TcpStream::connect(health)
-        })
-        .is_ok_and(|connected| connected.is_ok())
-    };
-    while !healthy() {
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("the probe did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(probe)
-}
-
 /// Requests/s of `wrk` from the client pod against the app, keep-alive.
 fn wrk(client: &Pod, server: &Pod, seconds: u64) -> anyhow::Result<f64> {
     let url = format!("http://{}:{APP_PORT}/status", server.ipv4);
@@ -221,32 +178,6 @@ fn iperf(client: &Pod, server: &Pod, seconds: u64) -> anyhow::Result<f64> {
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 reported no throughput: {}", report["error"]))
-}
-
-pub(crate) fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Command {
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", &pod.netns, program])
-        .args(args)
-        .stdin(Stdio::null());
-    command
-}
-
-/// A process killed and reaped when dropped.
-pub(crate) struct Guard(pub(crate) Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SIGTERM first, so that the probe detaches and tcpdump flushes.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {

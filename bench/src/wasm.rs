@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use apitrace_netns::topology::{Pod, Topology};
+use apitrace_netns::topology::Pod;
 use apitrace_proto::ports;
 use kubectl_apitrace::demo::{
     envoy::{INBOUND_PORT, Layers, Sidecar},
@@ -24,9 +24,9 @@ use kubectl_apitrace::demo::{
 };
 
 use crate::{
+    pods::{Guard, in_pod, stage, start_probe},
     report::{Row, Table},
     stats::{Sample, cpu_ms},
-    tc::{Guard, in_pod, start_probe},
 };
 
 const APP_PORT: u16 = 8080;
@@ -70,21 +70,11 @@ pub fn run(
     let module = std::fs::read(filter)
         .with_context(|| format!("reading the filter module {}", filter.display()))?;
     let sha256 = sha256_hex(&module);
-    let pods = Topology::create(
+    let (pods, runtime) = stage(
         "apitrace-bwasm-",
-        std::process::id(),
-        &["client", "server", "probe"],
+        SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
     )?;
     let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = {
-        let _entered = runtime.enter();
-        http::listen_in(
-            &server.netns_path(),
-            SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
-        )?
-    };
-    runtime.spawn(http::serve_app(listener));
     let _probe = start_probe(probe_binary, probe_pod, server)?;
     let module_path = format!("/wasm/apitrace-filter-{sha256}.wasm");
     if !probe_get(probe_pod, &module_path)?.starts_with("HTTP/1.1 200") {

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod cluster;
 pub mod demo;
+pub mod live;
 pub mod output;
 pub mod pipeline;
 pub mod probe_client;

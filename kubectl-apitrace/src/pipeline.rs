@@ -144,14 +144,15 @@ impl Outcome {
             total.tc_events,
             total.access_logs,
             total.wasm_events,
-            drops(&total)
+            describe(&drops(&total))
         ));
         if self.counters.len() > 1 {
             let by_node: Vec<String> = self
                 .counters
                 .iter()
-                .filter(|(_, counters)| drops(counters) != NO_DROPS)
-                .map(|(node, counters)| format!("{node}: {}", drops(counters)))
+                .map(|(node, counters)| (node, drops(counters)))
+                .filter(|(_, drops)| !drops.is_empty())
+                .map(|(node, drops)| format!("{node}: {}", describe(&drops)))
                 .collect();
             if !by_node.is_empty() {
                 text.push_str(&format!(" By node: {}.", by_node.join("; ")));
@@ -161,10 +162,9 @@ impl Outcome {
     }
 }
 
-const NO_DROPS: &str = "none";
-
-fn drops(counters: &Counters) -> String {
-    let drops: Vec<String> = [
+/// Every kind of drop that happened, as "what: how many".
+fn drops(counters: &Counters) -> Vec<String> {
+    [
         ("TC ring buffer full", counters.tc_ring_full),
         ("TC flow table full", counters.tc_flow_table_full),
         ("TC malformed", counters.tc_malformed),
@@ -182,9 +182,12 @@ fn drops(counters: &Counters) -> String {
     .into_iter()
     .filter(|(_, n)| *n > 0)
     .map(|(what, n)| format!("{what}: {n}"))
-    .collect();
+    .collect()
+}
+
+fn describe(drops: &[String]) -> String {
     if drops.is_empty() {
-        NO_DROPS.to_owned()
+        "none".to_owned()
     } else {
         drops.join(", ")
     }

@@ -190,12 +190,16 @@ fn cargo_bin() -> PathBuf {
 /// toolchain's sanitizer runtime unlocked by RUSTC_BOOTSTRAP).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-fn cargo_fuzz() -> anyhow::Result<()> {
-    let installed = Command::new(cargo_bin().join("cargo-fuzz"))
+/// Whether `cargo install` put `version` of `binary` in cargo's bin directory.
+fn installed(binary: &str, version: &str) -> bool {
+    Command::new(cargo_bin().join(binary))
         .arg("--version")
         .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(CARGO_FUZZ_VERSION));
-    if installed {
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(version))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if installed("cargo-fuzz", CARGO_FUZZ_VERSION) {
         step("cargo-fuzz", &format!("{CARGO_FUZZ_VERSION} installed"));
         return Ok(());
     }
@@ -242,11 +246,7 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    let installed = Command::new(cargo_bin().join("bpf-linker"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION));
-    if installed {
+    if installed("bpf-linker", BPF_LINKER_VERSION) {
         step("bpf-linker", &format!("{BPF_LINKER_VERSION} installed"));
         return Ok(());
     }

@@ -367,14 +367,14 @@ async fn ours_of_crd(
     namespaces: Option<&[String]>,
     resource: &ApiResource,
 ) -> Result<Option<Vec<(ApiResource, kube::core::ObjectMeta)>>, CleanupError> {
-    let apis = match namespaces {
-        None => vec![Api::<DynamicObject>::all_with(client.clone(), resource)],
-        Some(namespaces) => namespaces
-            .iter()
-            .map(|namespace| Api::namespaced_with(client.clone(), namespace, resource))
-            .collect(),
-    };
-    match list_all(apis, params).await {
+    let listed = list_all(
+        namespaces,
+        || Api::<DynamicObject>::all_with(client.clone(), resource),
+        |namespace| Api::namespaced_with(client.clone(), namespace, resource),
+        params,
+    )
+    .await;
+    match listed {
         Ok(objects) => Ok(Some(
             objects
                 .into_iter()
@@ -422,20 +422,29 @@ where
         + std::fmt::Debug
         + serde::de::DeserializeOwned,
 {
-    let apis = match namespaces {
-        None => vec![Api::<K>::all(client.clone())],
-        Some(namespaces) => namespaces
-            .iter()
-            .map(|namespace| Api::namespaced(client.clone(), namespace))
-            .collect(),
-    };
-    list_all(apis, params).await
+    list_all(
+        namespaces,
+        || Api::<K>::all(client.clone()),
+        |namespace| Api::namespaced(client.clone(), namespace),
+        params,
+    )
+    .await
 }
 
-async fn list_all<K>(apis: Vec<Api<K>>, params: &ListParams) -> Result<Vec<K>, kube::Error>
+/// Lists through `all` for `None`, else through `one` in each namespace.
+async fn list_all<K>(
+    namespaces: Option<&[String]>,
+    all: impl Fn() -> Api<K>,
+    one: impl Fn(&str) -> Api<K>,
+    params: &ListParams,
+) -> Result<Vec<K>, kube::Error>
 where
     K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
+    let apis = match namespaces {
+        None => vec![all()],
+        Some(namespaces) => namespaces.iter().map(|namespace| one(namespace)).collect(),
+    };
     let mut items = Vec::new();
     for api in apis {
         items.extend(api.list(params).await?.items);

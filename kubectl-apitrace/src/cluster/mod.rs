@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs, VersionArgs},
+    live::{interrupted, now_ns, random_hex},
     output::{Destination, Printer},
     pipeline::Pipeline,
 };
@@ -123,12 +124,6 @@ async fn preflight(
         mesh,
         inherited_providers,
     })
-}
-
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer).map_err(|e| anyhow!("cannot read random bytes: {e}"))?;
-    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 pub fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
@@ -276,6 +271,9 @@ async fn run_session(
         None,
         printer,
     );
+    // The traced pods are known already: named (and marked traced, which decides
+    // how hops merge) before the first event, even if the watch below is slow
+    // or not allowed.
     for pod in &session.plan.targets.pods {
         for ip in &pod.ips {
             if let Ok(ip) = ip.parse() {
@@ -364,27 +362,6 @@ async fn run_session(
     }
     result?;
     Ok(exit)
-}
-
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-fn now_ns() -> i64 {
-    Timestamp::now().as_nanosecond() as i64
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {

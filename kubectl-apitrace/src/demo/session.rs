@@ -19,7 +19,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -38,7 +38,11 @@ use super::{
     topology::{self, Pod, Topology},
     traffic::{self, APP_PORT},
 };
-use crate::{pipeline::Pipeline, probe_client::ProbeSession};
+use crate::{
+    live::{interrupted, now_ns, random_hex},
+    pipeline::Pipeline,
+    probe_client::ProbeSession,
+};
 
 const NAMESPACE: &str = "demo";
 const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
@@ -432,32 +436,6 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn interrupted() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => return std::future::pending().await,
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-/// A random identifier or secret, from the kernel's random source.
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer)
-        .map_err(|e| anyhow!("cannot read random bytes for the session token: {e}"))?;
-    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// A task aborted when its handle is dropped.
