@@ -18,10 +18,39 @@ pub struct Request {
     pub method: String,
     /// Path and query, as sent.
     pub uri: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: Option<Value>,
 }
 
-type Route = dyn Fn(&Request) -> (u16, Value) + Send + Sync;
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// How the server answers a request.
+pub enum Answer {
+    Json(u16, Value),
+    /// A watch: the head of a chunked response, then nothing until the client
+    /// hangs up (an API server sends events as they happen; these tests need
+    /// none after the list).
+    Hold,
+    /// A protocol switch: the connection is handed over as it is, the
+    /// response's head not yet written.
+    Upgrade(Box<dyn FnOnce(TcpStream) + Send>),
+}
+
+impl From<(u16, Value)> for Answer {
+    fn from((status, body): (u16, Value)) -> Self {
+        Self::Json(status, body)
+    }
+}
+
+type Route = dyn Fn(&Request) -> Answer + Send + Sync;
 
 pub struct FakeApi {
     pub address: SocketAddr,
@@ -31,13 +60,13 @@ pub struct FakeApi {
 impl FakeApi {
     /// Serves on `listener` (bound wherever the client can reach it), one
     /// thread per connection, answering each request with `route`.
-    pub fn serve(
+    pub fn serve<A: Into<Answer>>(
         listener: TcpListener,
-        route: impl Fn(&Request) -> (u16, Value) + Send + Sync + 'static,
+        route: impl Fn(&Request) -> A + Send + Sync + 'static,
     ) -> Self {
         let address = listener.local_addr().expect("a bound listener");
         let received = Arc::new(Mutex::new(Vec::new()));
-        let route: Arc<Route> = Arc::new(route);
+        let route: Arc<Route> = Arc::new(move |request: &Request| route(request).into());
         let log = Arc::clone(&received);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -80,6 +109,7 @@ fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>)
             return;
         };
         let mut length = 0;
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -89,10 +119,12 @@ fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>)
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
+            if let Some((name, value)) = header.split_once(':') {
+                let (name, value) = (name.to_ascii_lowercase(), value.trim().to_owned());
+                if name == "content-length" {
+                    length = value.parse().unwrap_or(0);
+                }
+                headers.push((name, value));
             }
         }
         let mut body = vec![0; length];
@@ -102,10 +134,25 @@ fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>)
         let request = Request {
             method: method.to_owned(),
             uri: uri.to_owned(),
+            headers,
             body: serde_json::from_slice(&body).ok(),
         };
         log.lock().unwrap().push(request.clone());
-        let (status, answer) = route(&request);
+        let (status, answer) = match route(&request) {
+            Answer::Json(status, answer) => (status, answer),
+            Answer::Hold => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if writer.write_all(head.as_bytes()).is_ok() {
+                    // Until the client closes the connection.
+                    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                }
+                return;
+            }
+            Answer::Upgrade(take_over) => {
+                take_over(writer);
+                return;
+            }
+        };
         let answer = serde_json::to_vec(&answer).expect("JSON");
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",

@@ -6,8 +6,10 @@
 //! they fail: CI must never pass without having run them.
 
 mod cli;
+mod cluster;
 mod demo;
 mod fake_api;
+mod fake_cluster;
 mod filter;
 mod layering;
 mod probe;

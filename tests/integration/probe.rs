@@ -17,23 +17,10 @@ use serde_json::{Value, json};
 use crate::{
     fake_api::{FakeApi, Request, not_found},
     support::{
-        App, DELIBERATE_ORPHANS, binaries, orphaned_programs, pods, real, root, wait_for_no_orphans,
+        App, DELIBERATE_ORPHANS, binaries, call, orphaned_programs, pods, real, root,
+        wait_for_no_orphans,
     },
 };
-
-/// Sends one HTTP request from `client` to `address` and reads the answer.
-fn call(client: &Pod, address: SocketAddr) -> String {
-    run_in(&client.netns_path(), || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(b"GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: test-1\r\n\r\n")?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-    .expect("inside the client pod")
-    .unwrap_or_else(|error| panic!("calling {address} failed: {error}"))
-}
 
 /// The probe, running in its own pod and tracing `target`.
 struct Probe {

@@ -4,7 +4,7 @@
 use std::{
     env,
     io::{Read as _, Write as _},
-    net::TcpListener,
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{
@@ -251,6 +251,21 @@ pub fn pods(names: &[&'static str]) -> Topology {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let owner = std::process::id() * 64 + NEXT.fetch_add(1, Ordering::Relaxed);
     Topology::create("apitrace-test-", owner, names).expect("the test pods are built")
+}
+
+/// Sends one HTTP request from `client` to `address`, with `x-request-id:
+/// test-1`, and reads the answer.
+pub fn call(client: &Pod, address: SocketAddr) -> String {
+    run_in(&client.netns_path(), || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: test-1\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .expect("inside the client pod")
+    .unwrap_or_else(|error| panic!("calling {address} failed: {error}"))
 }
 
 /// A TCP server inside a pod that answers every connection with an HTTP 200

@@ -10,6 +10,7 @@
 //! sockets this way (a socket keeps the namespace it was created in).
 #![cfg(target_os = "linux")]
 
+pub mod cgroup;
 pub mod topology;
 
 use std::{

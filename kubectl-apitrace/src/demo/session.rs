@@ -29,8 +29,9 @@ use futures::{StreamExt as _, stream::BoxStream};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Endpoint, Uri};
 
+use apitrace_netns::cgroup::{self, ContainerCgroup};
+
 use super::{
-    cgroup::{self, ContainerCgroup},
     child::DemoProcess,
     envoy::{self, Layers, Sidecar},
     http,
@@ -60,7 +61,7 @@ pub async fn run(plan: &Plan, mut pipeline: Pipeline<impl Write>) -> anyhow::Res
     for name in topology::sweep_stale(super::NAME_PREFIX, stale) {
         eprintln!("removed network namespace {name}, left by a demo that was killed");
     }
-    for path in cgroup::sweep_stale(stale) {
+    for path in cgroup::sweep_stale(super::NAME_PREFIX, stale) {
         eprintln!(
             "removed cgroup {}, left by a demo that was killed",
             path.display()
@@ -123,7 +124,7 @@ impl Demo {
         // The server pod's sandbox: a process in its namespace and in a cgroup
         // named after a container ID, which is all the probe is told.
         let container_id = random_hex(32)?;
-        let cgroup = ContainerCgroup::create(pid, &container_id)?;
+        let cgroup = ContainerCgroup::create(super::NAME_PREFIX, pid, &container_id)?;
         let mut command = tokio::process::Command::new("sleep");
         command.arg("infinity");
         let pause = DemoProcess::spawn(

@@ -66,14 +66,18 @@ pub(crate) fn build_record(
             .unwrap_or_default()
             .to_owned()
     };
-    let (src, dst) = match log {
-        Some(log) => (
+    // Seen by the TC program only (no sidecar logged it, or its entry is
+    // late): the caller and the callee as the first packet shows them.
+    let first_packet = wire.map(|wire| &wire.request).or(upstream);
+    let (src, dst) = match (log, wasm) {
+        (Some(log), _) => (
             log.downstream_remote.as_ref(),
             log.downstream_local.as_ref(),
         ),
-        None => (
-            wasm.and_then(|w| w.source.as_ref()),
-            wasm.and_then(|w| w.destination.as_ref()),
+        (None, Some(wasm)) => (wasm.source.as_ref(), wasm.destination.as_ref()),
+        (None, None) => (
+            first_packet.and_then(|tc| tc.src.as_ref()),
+            first_packet.and_then(|tc| tc.dst.as_ref()),
         ),
     };
     let time_ns = log
@@ -127,6 +131,14 @@ pub(crate) fn build_record(
             .map(|l| l.status)
             .filter(|status| *status != 0)
             .or_else(|| wasm.map(|w| w.status))
+            .or_else(|| {
+                // The status line on the wire, where it was plaintext.
+                let response = upstream_response.or(wire.and_then(|w| w.response.as_ref()));
+                match response?.http.as_ref()?.start_line.as_ref()? {
+                    StartLine::Response(line) => Some(line.status),
+                    StartLine::Request(_) => None,
+                }
+            })
             .unwrap_or_default(),
         layers,
         response_flags: log

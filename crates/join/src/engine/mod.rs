@@ -701,6 +701,36 @@ mod tests {
         (records, joiner.stats().clone())
     }
 
+    /// A pod without a sidecar that logs (or whose entries never came): the
+    /// call is still named and answered, from the packets.
+    #[test]
+    fn a_call_seen_on_the_wire_only_takes_its_peers_and_status_from_the_packets() {
+        let request = request_start(0, T0, 1, "req-9");
+        let Some(Kind::Tc(mut answer)) = response_start(&request, T0 + 400_000).kind else {
+            unreachable!()
+        };
+        answer.http = Some(HttpHead {
+            start_line: Some(StartLine::Response(apitrace_proto::StatusLine {
+                version: "HTTP/1.1".into(),
+                status: 503,
+            })),
+            ..HttpHead::default()
+        });
+        let answer = Event {
+            kind: Some(Kind::Tc(answer)),
+        };
+        let (records, stats) = run(vec![request, answer]);
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(record.layers, [Layer::Tc]);
+        assert_eq!((record.method.as_str(), record.status), ("GET", 503));
+        assert_eq!(
+            (record.src.ip.as_str(), record.src.port, record.dst.port),
+            ("127.0.0.1", 41000, 80)
+        );
+        assert_eq!((stats.partial, stats.unmatched_tc), (1, 0));
+    }
+
     #[test]
     fn all_layers_make_one_complete_record() {
         let (records, stats) = run(one_call());

@@ -1,16 +1,15 @@
-//! The demo's containers, as far as a node agent can see them: a cgroup whose
-//! path carries the container's ID, as a container runtime makes one. The
-//! probe finds the server pod's network namespace from that ID through
-//! `/proc/<pid>/cgroup`, the same way it does on a cluster node.
+//! Containers as far as a node agent can see them: a cgroup whose path
+//! carries the container's ID, as a container runtime makes one. The probe
+//! finds a pod's network namespace from that ID through `/proc/<pid>/cgroup`
+//! (see [`crate::NetnsRef::Container`]); the demo and the tests make their
+//! containers this way so that it does so on one host as on a cluster node.
 
 use std::path::{Path, PathBuf};
-
-use super::NAME_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(
-        "the demo needs the cgroup2 hierarchy, and none is mounted (/proc/self/mountinfo lists no cgroup2)"
+        "containers need the cgroup2 hierarchy, and none is mounted (/proc/self/mountinfo lists no cgroup2)"
     )]
     NoCgroup2,
     #[error("cannot create cgroup {path}: {source}")]
@@ -20,7 +19,7 @@ pub enum CgroupError {
     },
 }
 
-/// A container's cgroup: `<cgroup2>/apitrace-demo-<pid>/<container-id>`.
+/// A container's cgroup: `<cgroup2>/<prefix><owner pid>/<container-id>`.
 /// Dropping it removes the directories (once the processes in it are gone).
 #[derive(Debug)]
 pub struct ContainerCgroup {
@@ -31,9 +30,9 @@ pub struct ContainerCgroup {
 }
 
 impl ContainerCgroup {
-    pub fn create(owner_pid: u32, container_id: &str) -> Result<Self, CgroupError> {
+    pub fn create(prefix: &str, owner_pid: u32, container_id: &str) -> Result<Self, CgroupError> {
         let root = cgroup2_mount().ok_or(CgroupError::NoCgroup2)?;
-        let parent = root.join(format!("{NAME_PREFIX}{owner_pid}"));
+        let parent = root.join(format!("{prefix}{owner_pid}"));
         let dir = parent.join(container_id);
         std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
             path: dir.clone(),
@@ -49,7 +48,7 @@ impl ContainerCgroup {
 
 impl Drop for ContainerCgroup {
     /// Removes the cgroup once it is empty. On the error and interrupt paths the
-    /// demo's processes have been sent SIGKILL but may not have exited yet, so
+    /// container's processes have been sent SIGKILL but may not have exited yet, so
     /// everything left in the cgroup is killed (`cgroup.kill`, Linux 5.14+) and
     /// the removal retried until the kernel has taken the processes out.
     fn drop(&mut self) {
@@ -76,9 +75,9 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
-/// Removes the cgroups of demos whose CLI is no longer running; `is_stale`
-/// tells by the owner's pid. Returns what it removed.
-pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<PathBuf> {
+/// Removes the cgroups under `prefix` whose owner is no longer running;
+/// `is_stale` tells by the owner's pid. Returns what it removed.
+pub fn sweep_stale(prefix: &str, is_stale: impl Fn(u32) -> bool) -> Vec<PathBuf> {
     let Some(root) = cgroup2_mount() else {
         return Vec::new();
     };
@@ -90,7 +89,7 @@ pub fn sweep_stale(is_stale: impl Fn(u32) -> bool) -> Vec<PathBuf> {
         let Some(owner) = entry
             .file_name()
             .to_str()
-            .and_then(|name| name.strip_prefix(NAME_PREFIX))
+            .and_then(|name| name.strip_prefix(prefix))
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;

@@ -1,0 +1,368 @@
+//! `kubectl apitrace pod/web` run whole against the stand-in cluster of
+//! `fake_cluster.rs`: the CLI's binary resolves the pod, checks the cluster,
+//! creates the session, and streams from the real probe (started from the pod
+//! spec the CLI sent) through a WebSocket port-forward; the probe traces the
+//! pod's real interface. What it cannot show: Istio acting on the Telemetry and
+//! WasmPlugin (no istiod, no sidecar here), so the calls carry the wire layer
+//! only.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use apitrace_netns::{cgroup::ContainerCgroup, run_in, topology::Topology};
+use serde_json::{Value, json};
+
+use crate::{
+    fake_cluster::FakeCluster,
+    support::{App, binaries, call, pods, root, wait_for_no_orphans},
+};
+
+const APP_PORT: u16 = 8080;
+const WASM_PLUGINS: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/";
+
+/// The cluster before the session: Istio's mesh config with a provider of
+/// someone else's, the traced pod `shop/web` with its sidecar's container,
+/// its caller `shop/sleep`, and the node with this machine's kernel.
+fn cluster_objects(web: &str, sleep: &str, container_id: &str) -> Vec<Value> {
+    let namespace = |name: &str, labels: Value| json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name, "labels": labels } });
+    let pod = |name: &str, ip: &str, sidecar: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "namespace": "shop", "name": name, "labels": { "app": name } },
+            "spec": { "nodeName": "node-a", "containers": [{ "name": name }, { "name": "istio-proxy" }] },
+            "status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }],
+                "containerStatuses": [
+                    { "name": name, "image": "", "imageID": "", "ready": true, "restartCount": 0, "containerID": "containerd://0000000000000000" },
+                    { "name": "istio-proxy", "image": "", "imageID": "", "ready": true, "restartCount": 0, "containerID": format!("containerd://{sidecar}") },
+                ],
+            },
+        })
+    };
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("the kernel's release");
+    vec![
+        namespace(
+            "apitrace-system",
+            json!({ "pod-security.kubernetes.io/enforce": "privileged" }),
+        ),
+        namespace("shop", json!({})),
+        namespace("istio-system", json!({})),
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "namespace": "istio-system", "name": "istio" },
+            "data": { "mesh": "extensionProviders:\n- name: otel\n  envoyOtelAls:\n    port: 4317\n    service: otel.observability.svc.cluster.local\n" },
+        }),
+        pod("web", web, container_id),
+        pod("sleep", sleep, "1111111111111111"),
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": "node-a", "labels": { "kubernetes.io/os": "linux" } },
+            "spec": {},
+            "status": { "nodeInfo": {
+                "kernelVersion": kernel.trim(), "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "operatingSystem": "linux", "osImage": "", "systemUUID": "",
+            } },
+        }),
+    ]
+}
+
+/// The pods, the traced pod's sidecar container (a process in its network
+/// namespace and in a cgroup named by the container's ID), the stand-in
+/// cluster in the `node` pod, and the CLI running there with its stderr read
+/// as it comes.
+struct Stage {
+    pods: Topology,
+    cluster: FakeCluster,
+    _app: App,
+    sidecar: Child,
+    _sidecar_cgroup: ContainerCgroup,
+    cli: Child,
+    cli_stderr: Arc<Mutex<String>>,
+    files: Vec<PathBuf>,
+    before: BTreeMap<String, Value>,
+}
+
+impl Stage {
+    fn start(duration: &str) -> Self {
+        let pods = pods(&["kube", "web", "sleep"]);
+        let (node, web, sleep) = (pods.pod("kube"), pods.pod("web"), pods.pod("sleep"));
+        let app = App::serve(web, APP_PORT);
+        let container_id = format!("{:016x}{:048x}", std::process::id(), rand_tail());
+        let cgroup = ContainerCgroup::create("apitrace-test-", std::process::id(), &container_id)
+            .expect("a cgroup for the sidecar");
+        let sidecar = Command::new("ip")
+            .args(["netns", "exec", &web.netns, "sleep", "300"])
+            .spawn()
+            .expect("the sidecar stand-in starts");
+        std::fs::write(&cgroup.procs, sidecar.id().to_string()).expect("into its cgroup");
+
+        let tag = format!("{}-{}", std::process::id(), rand_tail());
+        let kubeconfig = std::env::temp_dir().join(format!("apitrace-kubeconfig-{tag}"));
+        let logs = std::env::temp_dir().join(format!("apitrace-probe-log-{tag}"));
+        let listener = run_in(&node.netns_path(), || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+        })
+        .expect("inside the node")
+        .expect("a loopback port");
+        let cluster = FakeCluster::start(
+            listener,
+            cluster_objects(
+                &web.ipv4.to_string(),
+                &sleep.ipv4.to_string(),
+                &container_id,
+            ),
+            "apitrace-system",
+            node,
+            &kubeconfig,
+            &logs,
+        );
+        cluster.api.write_kubeconfig(&kubeconfig);
+        let before = cluster.objects();
+
+        let mut cli = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(&binaries().cli)
+            .args([
+                "pod/web",
+                "-n",
+                "shop",
+                "-o",
+                "ndjson",
+                "--duration",
+                duration,
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CLI starts");
+        let cli_stderr = Arc::new(Mutex::new(String::new()));
+        let lines = BufReader::new(cli.stderr.take().expect("piped"));
+        let collected = Arc::clone(&cli_stderr);
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                let mut text = collected.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self {
+            pods,
+            cluster,
+            _app: app,
+            sidecar,
+            _sidecar_cgroup: cgroup,
+            cli,
+            cli_stderr,
+            files: vec![kubeconfig, logs],
+            before,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.cli_stderr.lock().unwrap().clone()
+    }
+
+    /// What went wrong, for a failed assertion: the CLI's and the probe's words.
+    fn story(&self) -> String {
+        let probe = std::fs::read_to_string(&self.files[1]).unwrap_or_default();
+        format!("CLI:\n{}\nprobe:\n{probe}", self.stderr())
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&Self) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(
+                started.elapsed() < limit,
+                "{what} did not happen within {limit:?}\n{}",
+                self.story()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn port_forwards(&self) -> usize {
+        self.cluster
+            .api
+            .received()
+            .iter()
+            .filter(|request| request.uri.contains("/portforward"))
+            .count()
+    }
+
+    /// Until the session streams: the probe port-forwarded to and the mesh
+    /// patched (the WasmPlugin is the last object setup creates).
+    fn wait_streaming(&self) {
+        self.wait_for("the session's setup", Duration::from_secs(60), |stage| {
+            stage.port_forwards() > 0
+                && stage
+                    .cluster
+                    .objects()
+                    .keys()
+                    .any(|key| key.starts_with(WASM_PLUGINS))
+        });
+    }
+
+    fn call_web(&self) {
+        let address = SocketAddr::new(IpAddr::V4(self.pods.pod("web").ipv4), APP_PORT);
+        let answer = call(self.pods.pod("sleep"), address);
+        assert!(answer.contains("200 OK"), "{answer}");
+    }
+
+    /// The cluster as it was before the session, and nothing of the session's
+    /// left on the host.
+    fn assert_left_as_it_was(&self) {
+        self.wait_for("the probes' exit", Duration::from_secs(20), |stage| {
+            stage.cluster.probes_exited()
+        });
+        let after = self.cluster.objects();
+        let keys = |objects: &BTreeMap<String, Value>| objects.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&after), keys(&self.before), "{}", self.story());
+        for (key, object) in &self.before {
+            let mut expected = object.clone();
+            let mut found = after[key].clone();
+            // The mesh config is YAML that the session reads and writes back: the
+            // same providers, in whatever layout the writer chose.
+            if key.ends_with("/configmaps/istio") {
+                let mesh = found["data"]["mesh"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(
+                    mesh.contains("name: otel") && !mesh.contains("apitrace"),
+                    "{mesh}"
+                );
+                expected["data"] = Value::Null;
+                found["data"] = Value::Null;
+            }
+            assert_eq!(found, expected, "{key} changed\n{}", self.story());
+        }
+        let orphans = wait_for_no_orphans();
+        assert!(orphans.is_empty(), "programs left attached: {orphans:#?}");
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = self.cli.kill();
+        let _ = self.cli.wait();
+        let _ = self.sidecar.kill();
+        let _ = self.sidecar.wait();
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// Distinct per call within one process.
+fn rand_tail() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+/// The whole session: setup, a port-forward cut and restored, a call traced
+/// on the pod's interface, teardown at the end of `--duration`, and the
+/// cluster and host left as they were.
+#[test]
+fn a_session_on_a_stand_in_cluster_traces_calls_through_a_cut_port_forward_and_leaves_nothing() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("12s");
+    stage.wait_streaming();
+    // What the CLI created, as the API server stored it.
+    let objects = stage.cluster.objects();
+    let created: Vec<&str> = objects
+        .keys()
+        .filter(|key| !stage.before.contains_key(*key))
+        .map(|key| key.rsplit_once('/').map_or("", |(kind, _)| kind))
+        .collect();
+    assert_eq!(
+        created,
+        [
+            "/api/v1/namespaces/apitrace-system/pods",
+            "/api/v1/namespaces/apitrace-system/secrets",
+            "/api/v1/namespaces/apitrace-system/services",
+            "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases",
+            "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins",
+            "/apis/telemetry.istio.io/v1/namespaces/shop/telemetries",
+        ],
+        "{}",
+        stage.story()
+    );
+    let web = &objects["/api/v1/namespaces/shop/pods/web"];
+    assert!(
+        web["metadata"]["labels"]["apitrace.io/session"].is_string(),
+        "{web}"
+    );
+
+    assert_eq!(stage.cluster.cut_port_forwards(), 1);
+    stage.wait_for("the reconnection", Duration::from_secs(20), |stage| {
+        stage.stderr().contains("reconnected to probe")
+    });
+    assert_eq!(stage.port_forwards(), 2);
+    stage.call_web();
+
+    let status = stage.cli.wait().expect("the CLI ends");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut stage.cli.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{status}\n{}", stage.story());
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("ndjson"))
+        .collect();
+    let traced = records
+        .iter()
+        .find(|record| record["request_id"] == "test-1")
+        .unwrap_or_else(|| panic!("no record of the call in {stdout}\n{}", stage.story()));
+    assert_eq!(traced["layers"], json!(["tc"]), "{traced}");
+    assert_eq!(
+        (&traced["method"], &traced["path"], &traced["status"]),
+        (&json!("GET"), &json!("/status"), &json!(200)),
+        "{traced}"
+    );
+    // Named from the pod list the CLI watches, and from the session's own targets.
+    let peer = |end: &str| format!("{}/{}", traced[end]["namespace"], traced[end]["name"]);
+    assert_eq!(
+        (peer("src"), peer("dst")),
+        ("\"shop\"/\"sleep\"".into(), "\"shop\"/\"web\"".into()),
+        "{traced}"
+    );
+    stage.assert_left_as_it_was();
+}
+
+/// The CLI killed mid-session: nobody renews the Lease, and the probe, once it
+/// lapses, removes what the CLI had created, through the same API.
+#[test]
+fn a_cli_killed_mid_session_leaves_a_cluster_the_probe_restores() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("5m");
+    stage.wait_streaming();
+    stage.cli.kill().expect("SIGKILL to the CLI");
+    stage.cli.wait().expect("the CLI ends");
+    stage.wait_for(
+        "the probe's cleanup of the lapsed session",
+        Duration::from_secs(75),
+        |stage| {
+            !stage
+                .cluster
+                .objects()
+                .keys()
+                .any(|key| key.starts_with(LEASES))
+        },
+    );
+    stage.assert_left_as_it_was();
+}
