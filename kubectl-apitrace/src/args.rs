@@ -37,10 +37,10 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
     /// The namespace holding the mesh config (istiod's).
-    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::check::DEFAULT_ISTIO_NAMESPACE)]
+    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::check::DEFAULT_ISTIO_NAMESPACE, value_parser = parse_namespace)]
     pub istio_namespace: String,
     /// The namespace the probes run in (see manifests/probe.yaml).
-    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::names::DEFAULT_PROBE_NAMESPACE)]
+    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::names::DEFAULT_PROBE_NAMESPACE, value_parser = parse_namespace)]
     pub probe_namespace: String,
 }
 
@@ -55,11 +55,12 @@ pub struct TargetArgs {
         short = 'l',
         long = "selector",
         value_name = "SELECTOR",
-        conflicts_with = "target"
+        conflicts_with = "target",
+        value_parser = parse_selector
     )]
     pub selector: Option<String>,
     /// The namespace of the target [default: the context's namespace].
-    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    #[arg(short = 'n', long, value_name = "NAMESPACE", value_parser = parse_namespace)]
     pub namespace: Option<String>,
     /// Look for the selector's pods in every namespace.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
@@ -78,7 +79,7 @@ pub struct TraceArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// The probe image [default: the one released with this version].
-    #[arg(long, value_name = "IMAGE")]
+    #[arg(long, value_name = "IMAGE", value_parser = parse_image)]
     pub probe_image: Option<String>,
     /// An image pull secret in the probe namespace for the probe image (repeatable).
     #[arg(long = "image-pull-secret", value_name = "NAME")]
@@ -298,6 +299,25 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_target(text: &str) -> Result<TargetRef, String> {
     text.parse()
         .map_err(|error: apitrace_cluster::target::InvalidTarget| error.to_string())
+}
+
+fn parse_namespace(text: &str) -> Result<String, String> {
+    apitrace_cluster::target::parse_namespace(text).map_err(|error| error.to_string())
+}
+
+fn parse_selector(text: &str) -> Result<String, String> {
+    apitrace_cluster::target::parse_selector(text).map_err(|error| error.to_string())
+}
+
+/// Only the shape is checked here; whether the image exists, the node finds out.
+fn parse_image(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        Err(format!(
+            "{text:?} is not an image reference: use REGISTRY/REPOSITORY:TAG or @sha256:DIGEST"
+        ))
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 fn parse_session(text: &str) -> Result<SessionId, String> {

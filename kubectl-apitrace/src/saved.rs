@@ -25,9 +25,9 @@ const MAX_ENTRY_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SavedError {
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}: {source}; pass a file written by `--save`", path.display())]
     Open { path: PathBuf, source: io::Error },
-    #[error("cannot read {} at byte {offset}: {source}", path.display())]
+    #[error("cannot read {} at byte {offset}: {source}; pass a file written by `--save`", path.display())]
     Read {
         path: PathBuf,
         offset: u64,

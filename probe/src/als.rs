@@ -68,24 +68,36 @@ impl AccessLogService for Als {
                     return Err(status);
                 }
             };
-            if let Some(identifier) = &message.identifier {
-                reporter = Reporter::from_node(identifier.node.as_ref(), &identifier.log_name);
-            }
-            match message.log_entries {
-                Some(LogEntries::HttpLogs(logs)) => {
-                    for entry in &logs.log_entry {
-                        self.accept(normalise_http(entry, &reporter));
-                    }
-                }
-                Some(LogEntries::TcpLogs(logs)) => {
-                    for entry in &logs.log_entry {
-                        self.accept(normalise_tcp(entry, &reporter));
-                    }
-                }
-                None => {}
+            for entry in entries(&message, &mut reporter) {
+                self.accept(entry);
             }
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
+    }
+}
+
+/// The entries of one message of a stream, normalised (`None` for an entry
+/// that cannot be, which is counted); a message that names its node changes
+/// who reports this and the stream's later messages.
+pub fn entries(
+    message: &StreamAccessLogsMessage,
+    reporter: &mut Reporter,
+) -> Vec<Option<AccessLog>> {
+    if let Some(identifier) = &message.identifier {
+        *reporter = Reporter::from_node(identifier.node.as_ref(), &identifier.log_name);
+    }
+    match &message.log_entries {
+        Some(LogEntries::HttpLogs(logs)) => logs
+            .log_entry
+            .iter()
+            .map(|entry| normalise_http(entry, reporter))
+            .collect(),
+        Some(LogEntries::TcpLogs(logs)) => logs
+            .log_entry
+            .iter()
+            .map(|entry| normalise_tcp(entry, reporter))
+            .collect(),
+        None => Vec::new(),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use apitrace_proto::{SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch, event::Kind};
+use apitrace_proto::{PodRef, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch, event::Kind};
 use axum::{
     Router,
     body::Bytes,
@@ -15,7 +15,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use prost::Message as _;
+use prost::{DecodeError, Message as _};
 
 use crate::{counters::Counters, hub::Hub, peers::Peers, session::Session};
 
@@ -77,18 +77,28 @@ async fn wasm_events(
         Counters::increment(&counters.wasm_batches_refused);
         return StatusCode::FORBIDDEN;
     }
-    let Ok(batch) = WasmBatch::decode(body) else {
+    let reporter = ingest.peers.pod_of(peer.ip());
+    let Ok(batch) = read_batch(&body, reporter) else {
         Counters::increment(&counters.wasm_batches_malformed);
         return StatusCode::BAD_REQUEST;
     };
     Counters::add(&counters.wasm_dropped_in_filter, batch.dropped);
-    let reporter = ingest.peers.pod_of(peer.ip()).cloned();
-    for mut event in batch.events {
+    for event in batch.events {
         Counters::increment(&counters.wasm_events);
-        event.reporter.clone_from(&reporter);
         ingest.hub.publish(Kind::Wasm(event));
     }
     StatusCode::NO_CONTENT
+}
+
+/// A filter's batch, each event marked with the pod that sent it: the
+/// sender's address says who, never the payload, so a filter cannot speak
+/// for another pod.
+pub fn read_batch(body: &[u8], reporter: Option<&PodRef>) -> Result<WasmBatch, DecodeError> {
+    let mut batch = WasmBatch::decode(body)?;
+    for event in &mut batch.events {
+        event.reporter = reporter.cloned();
+    }
+    Ok(batch)
 }
 
 async fn wasm_module(State(ingest): State<Arc<Ingest>>) -> impl IntoResponse {

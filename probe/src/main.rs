@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, value_name = "NAMESPACE/NAME")]
     lease: Option<String>,
     /// Exit after this long whatever happens (e.g. 10m): the session's time box.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_deadline)]
     deadline: Duration,
     /// Pod interfaces to attach to.
     #[arg(long, value_delimiter = ',', default_value = "eth0,lo")]
@@ -146,6 +146,11 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
         },
         hub_capacity: args.hub_capacity,
     })
+}
+
+fn parse_deadline(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is not a duration: use a number and a unit, such as 10m"))
 }
 
 fn parse_target(spec: &str) -> Result<tc::Target, String> {

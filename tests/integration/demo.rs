@@ -323,7 +323,7 @@ fn show_secrets_opts_in_to_the_raw_token() {
 
 /// Runs the demo with `args` and `-o ndjson`, checks that it succeeded and left
 /// nothing, and returns its records in time order and its summary.
-fn run_demo(real: &crate::support::Real, args: &[&str]) -> (Vec<Value>, String) {
+pub(crate) fn run_demo(real: &crate::support::Real, args: &[&str]) -> (Vec<Value>, String) {
     let child = demo(&real.envoy)
         .args(args)
         .args(["-o", "ndjson"])
@@ -347,7 +347,7 @@ fn run_demo(real: &crate::support::Real, args: &[&str]) -> (Vec<Value>, String) 
     (records, stderr(&output))
 }
 
-fn all_layers(record: &Value) -> bool {
+pub(crate) fn all_layers(record: &Value) -> bool {
     record["layers"] == serde_json::json!(["als", "wasm", "tc"])
 }
 

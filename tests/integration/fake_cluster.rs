@@ -106,7 +106,7 @@ fn query(uri: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -5,6 +5,7 @@
 //! (not root, no Envoy), they say so and skip, except under `CI=true`, where
 //! they fail: CI must never pass without having run them.
 
+mod bad_inputs;
 mod cli;
 mod cluster;
 mod demo;

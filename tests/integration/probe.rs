@@ -23,13 +23,13 @@ use crate::{
 };
 
 /// The probe, running in its own pod and tracing `target`.
-struct Probe {
+pub(crate) struct Probe {
     child: Child,
     pod: Pod,
 }
 
 impl Probe {
-    fn start(probe_pod: &Pod, target: &Pod, extra: &[&str]) -> Self {
+    pub(crate) fn start(probe_pod: &Pod, target: &Pod, extra: &[&str]) -> Self {
         Self::start_with_env(probe_pod, target, extra, &[])
     }
 
@@ -71,7 +71,7 @@ impl Probe {
         probe
     }
 
-    fn get(&self, path: &str) -> Option<String> {
+    pub(crate) fn get(&self, path: &str) -> Option<String> {
         let address = SocketAddr::new(IpAddr::V4(self.pod.ipv4), 15902);
         run_in(&self.pod.netns_path(), || -> std::io::Result<String> {
             let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
@@ -88,7 +88,7 @@ impl Probe {
 
     /// The probe's counters, by metric and labels, read from `/metrics` after
     /// the second in which the probe copies the kernel's counters.
-    fn metrics(&self) -> HashMap<String, u64> {
+    pub(crate) fn metrics(&self) -> HashMap<String, u64> {
         std::thread::sleep(Duration::from_millis(1200));
         let text = self.get("/metrics").expect("the probe serves /metrics");
         text.lines()

@@ -218,7 +218,14 @@ fn cargo_fuzz() -> anyhow::Result<()> {
 /// The fuzz targets, each for `seconds` (CI: a smoke run; by hand, longer).
 /// A crash fails the run; libFuzzer leaves the input in fuzz/artifacts, to be
 /// turned into a regression test.
-const FUZZ_TARGETS: &[&str] = &["http_head", "tc_event", "saved_session"];
+const FUZZ_TARGETS: [&str; 6] = [
+    "http_head",
+    "tc_event",
+    "saved_session",
+    "jwt",
+    "als_message",
+    "wasm_batch",
+];
 
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
     let seconds: u64 = match args {

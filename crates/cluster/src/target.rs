@@ -104,6 +104,126 @@ fn is_dns_subdomain(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
+/// A namespace name is a DNS label: at most 63 characters of `[a-z0-9-]`,
+/// starting and ending alphanumeric.
+pub fn parse_namespace(text: &str) -> Result<String, InvalidNamespace> {
+    if text.len() <= 63 && !text.contains('.') && is_dns_subdomain(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(InvalidNamespace(text.to_owned()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?} is not a namespace name: namespaces are lowercase letters, digits and '-', at most 63, as `kubectl get namespaces` lists them"
+)]
+pub struct InvalidNamespace(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{text:?} is not a label selector ({detail}): use key=value, key!=value, key in (a,b), key or !key, joined by commas, e.g. app=web,tier!=db"
+)]
+pub struct InvalidSelector {
+    text: String,
+    detail: String,
+}
+
+/// Checks a label selector's syntax as the API server would, so that a typo
+/// is caught before anything is asked of the cluster. Returns it unchanged.
+pub fn parse_selector(text: &str) -> Result<String, InvalidSelector> {
+    let invalid = |detail: String| InvalidSelector {
+        text: text.to_owned(),
+        detail,
+    };
+    for term in split_terms(text) {
+        check_requirement(term.trim()).map_err(invalid)?;
+    }
+    Ok(text.to_owned())
+}
+
+/// The requirements of a selector: split at the commas outside `( )`.
+fn split_terms(text: &str) -> Vec<&str> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0_i32, 0);
+    for (at, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&text[start..]);
+    terms
+}
+
+fn check_requirement(term: &str) -> Result<(), String> {
+    if term.is_empty() {
+        return Err("an empty requirement".into());
+    }
+    if let Some(key) = term.strip_prefix('!') {
+        return check_label_key(key.trim());
+    }
+    for operator in ["!=", "==", "="] {
+        if let Some((key, value)) = term.split_once(operator) {
+            check_label_key(key.trim())?;
+            return check_label_value(value.trim());
+        }
+    }
+    let mut words = term.splitn(3, char::is_whitespace);
+    match (words.next(), words.next(), words.next()) {
+        (Some(key), None, None) => check_label_key(key),
+        (Some(key), Some("in" | "notin"), Some(values)) => {
+            check_label_key(key)?;
+            let values = values
+                .trim()
+                .strip_prefix('(')
+                .and_then(|values| values.strip_suffix(')'))
+                .ok_or_else(|| format!("the values after {key:?} need parentheses"))?;
+            values
+                .split(',')
+                .try_for_each(|value| check_label_value(value.trim()))
+        }
+        _ => Err(format!("{term:?} has no operator")),
+    }
+}
+
+/// `[prefix/]name`: an optional DNS subdomain, then 1 to 63 of
+/// `[A-Za-z0-9_.-]`, starting and ending alphanumeric.
+fn check_label_key(key: &str) -> Result<(), String> {
+    let name = match key.rsplit_once('/') {
+        Some((prefix, name)) if is_dns_subdomain(prefix) => name,
+        Some((prefix, _)) => return Err(format!("{prefix:?} is not a key prefix")),
+        None => key,
+    };
+    if name.is_empty() || !is_label_text(name) {
+        return Err(format!("{key:?} is not a label key"));
+    }
+    Ok(())
+}
+
+fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_text(value) {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not a label value"))
+    }
+}
+
+fn is_label_text(text: &str) -> bool {
+    let alphanumeric = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    text.len() <= 63
+        && alphanumeric(text.as_bytes().first())
+        && alphanumeric(text.as_bytes().last())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// What the user asked to trace, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -564,6 +684,39 @@ mod tests {
                     "{text:?} is not something to trace: use pod/NAME, deploy/NAME, sts/NAME, ds/NAME, svc/NAME, or -l SELECTOR"
                 )
             );
+        }
+    }
+
+    #[test]
+    fn selectors_are_checked_as_the_api_server_reads_them() {
+        for good in [
+            "app=web",
+            "app==web,tier!=db",
+            "app.kubernetes.io/name=web, canary",
+            "!canary,env in (prod, staging),tier notin (db)",
+            "version=",
+        ] {
+            assert_eq!(parse_selector(good).unwrap(), good);
+        }
+        for (bad, detail) in [
+            ("==", r#""" is not a label key"#),
+            ("app=web,", "an empty requirement"),
+            ("app in (a", "the values after \"app\" need parentheses"),
+            ("app in a,b", "the values after \"app\" need parentheses"),
+            ("app web", r#""app web" has no operator"#),
+            ("-app=web", r#""-app" is not a label key"#),
+            ("app=we b", r#""we b" is not a label value"#),
+            ("Bad_Prefix/app=web", r#""Bad_Prefix" is not a key prefix"#),
+        ] {
+            assert_eq!(parse_selector(bad).unwrap_err().detail, detail, "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespaces_are_dns_labels() {
+        assert_eq!(parse_namespace("shop-2").unwrap(), "shop-2");
+        for bad in ["Bad_NS", "a.b", "", "-x", &"n".repeat(64)] {
+            assert!(parse_namespace(bad).is_err(), "{bad}");
         }
     }
 

@@ -106,12 +106,14 @@ fn names_container(cgroups: &str, id: &str) -> bool {
     })
 }
 
+/// The system's error is part of the message, not a `source`: printed as a
+/// chain, it would be said twice.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("cannot open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot enter network namespace {path}: {source}")]
-    Enter { path: PathBuf, source: nix::Error },
+    #[error("cannot open network namespace {path}: {error}")]
+    Open { path: PathBuf, error: io::Error },
+    #[error("cannot enter network namespace {path}: {error}")]
+    Enter { path: PathBuf, error: nix::Error },
     #[error("the thread that worked inside network namespace {path} panicked")]
     Panicked { path: PathBuf },
     #[error(
@@ -131,9 +133,9 @@ pub struct Netns {
 
 impl Netns {
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
-        let file = File::open(path).map_err(|source| NetnsError::Open {
+        let file = File::open(path).map_err(|error| NetnsError::Open {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Ok(Self {
             file,
@@ -146,10 +148,10 @@ impl Netns {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|error| {
                         NetnsError::Enter {
                             path: self.path.clone(),
-                            source,
+                            error,
                         }
                     })?;
                     Ok(work())
