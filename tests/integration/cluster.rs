@@ -20,7 +20,7 @@ use apitrace_netns::{cgroup::ContainerCgroup, run_in, topology::Topology};
 use serde_json::{Value, json};
 
 use crate::{
-    fake_cluster::FakeCluster,
+    fake_cluster::{FakeCluster, Fault},
     support::{App, binaries, call, pods, root, wait_for_no_orphans},
 };
 
@@ -92,7 +92,7 @@ struct Stage {
 }
 
 impl Stage {
-    fn start(duration: &str) -> Self {
+    fn start(duration: &str, faults: Vec<Fault>) -> Self {
         let pods = pods(&["kube", "web", "sleep"]);
         let (node, web, sleep) = (pods.pod("kube"), pods.pod("web"), pods.pod("sleep"));
         let app = App::serve(web, APP_PORT);
@@ -115,6 +115,7 @@ impl Stage {
         .expect("a loopback port");
         let cluster = FakeCluster::start(
             listener,
+            faults,
             cluster_objects(
                 &web.ipv4.to_string(),
                 &sleep.ipv4.to_string(),
@@ -279,7 +280,7 @@ fn a_session_on_a_stand_in_cluster_traces_calls_through_a_cut_port_forward_and_l
     if !root("the stand-in cluster session") {
         return;
     }
-    let mut stage = Stage::start("12s");
+    let mut stage = Stage::start("12s", Vec::new());
     stage.wait_streaming();
     // What the CLI created, as the API server stored it.
     let objects = stage.cluster.objects();
@@ -349,7 +350,7 @@ fn a_cli_killed_mid_session_leaves_a_cluster_the_probe_restores() {
     if !root("the stand-in cluster session") {
         return;
     }
-    let mut stage = Stage::start("5m");
+    let mut stage = Stage::start("5m", Vec::new());
     stage.wait_streaming();
     stage.cli.kill().expect("SIGKILL to the CLI");
     stage.cli.wait().expect("the CLI ends");
@@ -363,6 +364,90 @@ fn a_cli_killed_mid_session_leaves_a_cluster_the_probe_restores() {
                 .keys()
                 .any(|key| key.starts_with(LEASES))
         },
+    );
+    stage.assert_left_as_it_was();
+}
+
+/// An API server that throttles (429), is unavailable (503) or times out
+/// (504) during setup and teardown: kube's client retries with backoff, the
+/// session runs, and the cluster ends as it was. A 500 on one removal is not
+/// retried: the CLI says what it left and how to remove it, and `cleanup`
+/// does.
+#[test]
+fn an_api_server_that_throttles_or_fails_during_setup_and_teardown_leaves_nothing() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    const TELEMETRIES: &str = "/apis/telemetry.istio.io/v1/namespaces/shop/telemetries/";
+    let fault = |method, path, status, times| Fault {
+        method,
+        path,
+        status,
+        times,
+    };
+    let mut stage = Stage::start(
+        "3s",
+        vec![
+            fault(
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases",
+                429,
+                2,
+            ),
+            fault("POST", "/api/v1/namespaces/apitrace-system/pods", 503, 1),
+            fault(
+                "PUT",
+                "/api/v1/namespaces/istio-system/configmaps/istio",
+                504,
+                1,
+            ),
+            fault("DELETE", WASM_PLUGINS, 429, 2),
+            fault("DELETE", TELEMETRIES, 500, 1),
+        ],
+    );
+    let status = stage.cli.wait().expect("the CLI ends");
+    let story = stage.story();
+    let asked = |method: &str, path: &str| {
+        stage
+            .cluster
+            .api
+            .received()
+            .iter()
+            .filter(|request| request.method == method && request.uri.starts_with(path))
+            .count()
+    };
+    assert_eq!(
+        (
+            asked(
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases"
+            ),
+            asked("POST", "/api/v1/namespaces/apitrace-system/pods"),
+            asked("PUT", "/api/v1/namespaces/istio-system/configmaps/istio"),
+            asked("DELETE", WASM_PLUGINS),
+            asked("DELETE", TELEMETRIES),
+        ),
+        (3, 2, 3, 3, 1),
+        "{story}"
+    );
+    assert_eq!(status.code(), Some(1), "{story}");
+    assert!(
+        stage
+            .stderr()
+            .contains("kubectl apitrace cleanup --session"),
+        "{story}"
+    );
+    let cleanup = Command::new("ip")
+        .args(["netns", "exec", &stage.pods.pod("kube").netns])
+        .arg(&binaries().cli)
+        .args(["cleanup", "--all", "--kubeconfig"])
+        .arg(&stage.files[0])
+        .output()
+        .expect("cleanup runs");
+    assert!(
+        cleanup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleanup.stderr)
     );
     stage.assert_left_as_it_was();
 }

@@ -227,7 +227,17 @@ struct Kubelet {
     running: Mutex<BTreeMap<String, Child>>,
 }
 
+/// An answer the server gives instead of the real one, `times` times, to
+/// requests of `method` whose path starts with `path`.
+pub struct Fault {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub status: u16,
+    pub times: usize,
+}
+
 struct State {
+    faults: Mutex<Vec<Fault>>,
     store: Mutex<Store>,
     kubelet: Kubelet,
     /// Both ends of every live port-forward, to cut them.
@@ -246,6 +256,7 @@ impl FakeCluster {
     /// stderr appended to `logs`.
     pub fn start(
         listener: TcpListener,
+        faults: Vec<Fault>,
         objects: Vec<Value>,
         probe_namespace: &str,
         node: &Pod,
@@ -258,6 +269,7 @@ impl FakeCluster {
             store.put(key, object);
         }
         let state = Arc::new(State {
+            faults: Mutex::new(faults),
             store: Mutex::new(store),
             kubelet: Kubelet {
                 namespace: probe_namespace.to_owned(),
@@ -342,6 +354,16 @@ fn object_key(object: &Value) -> String {
 
 fn route(state: &Arc<State>, request: &Request) -> Answer {
     let path = request.uri.split('?').next().unwrap_or_default();
+    if let Some(fault) = state.faults.lock().unwrap().iter_mut().find(|fault| {
+        fault.times > 0 && fault.method == request.method && path.starts_with(fault.path)
+    }) {
+        fault.times -= 1;
+        return status(
+            fault.status,
+            "InjectedFault",
+            "the stand-in refused this one",
+        );
+    }
     if request.method == "GET" && path == "/apis" {
         return Answer::Json(200, api_groups());
     }

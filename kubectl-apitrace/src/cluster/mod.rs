@@ -359,6 +359,8 @@ async fn run_session(
     }
     if !leftovers.is_empty() {
         eprintln!("remove them with `kubectl apitrace cleanup --session {session_id}`");
+        // A script must see that the cluster was not left as it was.
+        exit = ExitCode::FAILURE;
     }
     result?;
     Ok(exit)
