@@ -78,27 +78,24 @@ impl AccessLogService for Als {
 
 /// The entries of one message of a stream, normalised (`None` for an entry
 /// that cannot be, which is counted); a message that names its node changes
-/// who reports this and the stream's later messages.
-pub fn entries(
-    message: &StreamAccessLogsMessage,
-    reporter: &mut Reporter,
-) -> Vec<Option<AccessLog>> {
+/// who reports this and the stream's later messages. Lazy: nothing is
+/// collected per message.
+pub fn entries<'a>(
+    message: &'a StreamAccessLogsMessage,
+    reporter: &'a mut Reporter,
+) -> impl Iterator<Item = Option<AccessLog>> + 'a {
     if let Some(identifier) = &message.identifier {
         *reporter = Reporter::from_node(identifier.node.as_ref(), &identifier.log_name);
     }
-    match &message.log_entries {
-        Some(LogEntries::HttpLogs(logs)) => logs
-            .log_entry
-            .iter()
-            .map(|entry| normalise_http(entry, reporter))
-            .collect(),
-        Some(LogEntries::TcpLogs(logs)) => logs
-            .log_entry
-            .iter()
-            .map(|entry| normalise_tcp(entry, reporter))
-            .collect(),
-        None => Vec::new(),
-    }
+    let reporter = &*reporter;
+    let (http, tcp) = match &message.log_entries {
+        Some(LogEntries::HttpLogs(logs)) => (logs.log_entry.as_slice(), &[][..]),
+        Some(LogEntries::TcpLogs(logs)) => (&[][..], logs.log_entry.as_slice()),
+        None => (&[][..], &[][..]),
+    };
+    http.iter()
+        .map(|entry| normalise_http(entry, reporter))
+        .chain(tcp.iter().map(|entry| normalise_tcp(entry, reporter)))
 }
 
 impl Als {

@@ -10,18 +10,22 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use apitrace_netns::{cgroup::ContainerCgroup, run_in, topology::Topology};
+use apitrace_netns::{
+    cgroup::ContainerCgroup,
+    run_in,
+    topology::{Pod, Topology},
+};
 use serde_json::{Value, json};
 
 use crate::{
     fake_cluster::{FakeCluster, Fault},
-    support::{App, binaries, call, pods, root, wait_for_no_orphans},
+    support::{App, binaries, call, pods, root, stderr, wait_for_no_orphans},
 };
 
 const APP_PORT: u16 = 8080;
@@ -87,7 +91,8 @@ struct Stage {
     _sidecar_cgroup: ContainerCgroup,
     cli: Child,
     cli_stderr: Arc<Mutex<String>>,
-    files: Vec<PathBuf>,
+    kubeconfig: PathBuf,
+    probe_log: PathBuf,
     before: BTreeMap<String, Value>,
 }
 
@@ -107,7 +112,7 @@ impl Stage {
 
         let tag = format!("{}-{}", std::process::id(), rand_tail());
         let kubeconfig = std::env::temp_dir().join(format!("apitrace-kubeconfig-{tag}"));
-        let logs = std::env::temp_dir().join(format!("apitrace-probe-log-{tag}"));
+        let probe_log = std::env::temp_dir().join(format!("apitrace-probe-log-{tag}"));
         let listener = run_in(&node.netns_path(), || {
             std::net::TcpListener::bind("127.0.0.1:0")
         })
@@ -124,15 +129,15 @@ impl Stage {
             "apitrace-system",
             node,
             &kubeconfig,
-            &logs,
+            &probe_log,
         );
         cluster.api.write_kubeconfig(&kubeconfig);
         let before = cluster.objects();
 
-        let mut cli = Command::new("ip")
-            .args(["netns", "exec", &node.netns])
-            .arg(&binaries().cli)
-            .args([
+        let mut cli = cli_in(
+            node,
+            &kubeconfig,
+            &[
                 "pod/web",
                 "-n",
                 "shop",
@@ -140,13 +145,12 @@ impl Stage {
                 "ndjson",
                 "--duration",
                 duration,
-            ])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the CLI starts");
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI starts");
         let cli_stderr = Arc::new(Mutex::new(String::new()));
         let lines = BufReader::new(cli.stderr.take().expect("piped"));
         let collected = Arc::clone(&cli_stderr);
@@ -165,7 +169,8 @@ impl Stage {
             _sidecar_cgroup: cgroup,
             cli,
             cli_stderr,
-            files: vec![kubeconfig, logs],
+            kubeconfig,
+            probe_log,
             before,
         }
     }
@@ -176,7 +181,7 @@ impl Stage {
 
     /// What went wrong, for a failed assertion: the CLI's and the probe's words.
     fn story(&self) -> String {
-        let probe = std::fs::read_to_string(&self.files[1]).unwrap_or_default();
+        let probe = std::fs::read_to_string(&self.probe_log).unwrap_or_default();
         format!("CLI:\n{}\nprobe:\n{probe}", self.stderr())
     }
 
@@ -259,10 +264,22 @@ impl Drop for Stage {
         let _ = self.cli.wait();
         let _ = self.sidecar.kill();
         let _ = self.sidecar.wait();
-        for file in &self.files {
-            let _ = std::fs::remove_file(file);
-        }
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let _ = std::fs::remove_file(&self.probe_log);
     }
+}
+
+/// The CLI's binary with `args`, run inside `pod` (where the stand-in API
+/// server is on loopback) with `kubeconfig`, which follows the subcommand.
+fn cli_in(pod: &Pod, kubeconfig: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &pod.netns])
+        .arg(&binaries().cli)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig);
+    command
 }
 
 /// Distinct per call within one process.
@@ -437,17 +454,13 @@ fn an_api_server_that_throttles_or_fails_during_setup_and_teardown_leaves_nothin
             .contains("kubectl apitrace cleanup --session"),
         "{story}"
     );
-    let cleanup = Command::new("ip")
-        .args(["netns", "exec", &stage.pods.pod("kube").netns])
-        .arg(&binaries().cli)
-        .args(["cleanup", "--all", "--kubeconfig"])
-        .arg(&stage.files[0])
-        .output()
-        .expect("cleanup runs");
-    assert!(
-        cleanup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cleanup.stderr)
-    );
+    let cleanup = cli_in(
+        stage.pods.pod("kube"),
+        &stage.kubeconfig,
+        &["cleanup", "--all"],
+    )
+    .output()
+    .expect("cleanup runs");
+    assert!(cleanup.status.success(), "{}", stderr(&cleanup));
     stage.assert_left_as_it_was();
 }

@@ -21,7 +21,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 
 use crate::{
     fake_api::{Answer, FakeApi, Request, not_found},
-    support::binaries,
+    support::{binaries, http_get},
 };
 
 /// Where a request points: a collection, an object or its subresource.
@@ -240,8 +240,8 @@ struct State {
     faults: Mutex<Vec<Fault>>,
     store: Mutex<Store>,
     kubelet: Kubelet,
-    /// Both ends of every live port-forward, to cut them.
-    forwards: Mutex<Vec<TcpStream>>,
+    /// Both ends (the client's, the pod's) of every live port-forward, to cut them.
+    forwards: Mutex<Vec<(TcpStream, TcpStream)>>,
 }
 
 pub struct FakeCluster {
@@ -306,13 +306,12 @@ impl FakeCluster {
     /// Breaks every port-forward open now, as a restarted API server or a
     /// dropped connection does. Returns how many there were.
     pub fn cut_port_forwards(&self) -> usize {
-        let mut forwards = self.state.forwards.lock().unwrap();
-        for stream in forwards.iter() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+        let forwards = std::mem::take(&mut *self.state.forwards.lock().unwrap());
+        for (client, pod) in &forwards {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = pod.shutdown(std::net::Shutdown::Both);
         }
-        let cut = forwards.len() / 2;
-        forwards.clear();
-        cut
+        forwards.len()
     }
 
     /// Whether every probe process the kubelet started has exited.
@@ -551,7 +550,7 @@ impl Kubelet {
         std::thread::spawn(move || {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(30) {
-                if http_ok(&netns, port, &path) {
+                if http_get(&netns, SocketAddr::from(([127, 0, 0, 1], port)), &path).is_some() {
                     let mut store = state.store.lock().unwrap();
                     if let Some(mut pod) = store.objects.get(&key).cloned() {
                         pod["status"] = json!({
@@ -593,23 +592,6 @@ impl Kubelet {
     }
 }
 
-fn http_ok(netns: &Path, port: u16, path: &str) -> bool {
-    run_in(netns, || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(1),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-    .ok()
-    .and_then(Result::ok)
-    .is_some_and(|answer| answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
-}
-
 /// The WebSocket handshake's answer, then the pod's port spliced into
 /// channel 0 of `v4.channel.k8s.io`.
 fn port_forward(
@@ -637,7 +619,7 @@ fn port_forward(
              sec-websocket-accept: {accept}\r\nsec-websocket-protocol: v4.channel.k8s.io\r\n\r\n"
         );
         let Ok(Ok(mut probe)) = run_in(&netns, || {
-            TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
         }) else {
             return;
         };
@@ -655,7 +637,7 @@ fn port_forward(
             .forwards
             .lock()
             .unwrap()
-            .extend([client_copy, probe_copy]);
+            .push((client_copy, probe_copy));
         let (Ok(mut to_client), Ok(mut from_probe)) = (client.try_clone(), probe.try_clone())
         else {
             return;

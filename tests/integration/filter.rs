@@ -15,7 +15,7 @@ use apitrace_netns::{run_in, topology::Pod};
 use apitrace_proto::{SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch};
 use prost::Message as _;
 
-use crate::support::{App, binaries, pods, real};
+use crate::support::{App, base64url, binaries, pods, real};
 
 const LISTENER: u16 = 10000;
 const INGEST: u16 = 15902;
@@ -260,19 +260,4 @@ fn an_unreachable_probe_costs_traffic_nothing_and_every_lost_event_is_counted() 
         dropped >= 90,
         "the 8 KiB budget held at most a handful of 1 KB events: {dropped}"
     );
-}
-
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }

@@ -4,8 +4,8 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    io::Read as _,
+    net::{IpAddr, SocketAddr},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::{
     fake_api::{FakeApi, Request, not_found},
     support::{
-        App, DELIBERATE_ORPHANS, binaries, call, orphaned_programs, pods, real, root,
+        App, DELIBERATE_ORPHANS, binaries, call, http_get, orphaned_programs, pods, real, root,
         wait_for_no_orphans,
     },
 };
@@ -73,17 +73,7 @@ impl Probe {
 
     pub(crate) fn get(&self, path: &str) -> Option<String> {
         let address = SocketAddr::new(IpAddr::V4(self.pod.ipv4), 15902);
-        run_in(&self.pod.netns_path(), || -> std::io::Result<String> {
-            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer)?;
-            Ok(answer)
-        })
-        .ok()?
-        .ok()
-        .filter(|answer| answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+        http_get(&self.pod.netns_path(), address, path)
     }
 
     /// The probe's counters, by metric and labels, read from `/metrics` after

@@ -268,6 +268,28 @@ pub fn call(client: &Pod, address: SocketAddr) -> String {
     .unwrap_or_else(|error| panic!("calling {address} failed: {error}"))
 }
 
+/// GET `path` from `address`, connecting from inside `netns`: the answer when
+/// it is a 200, as a probe's readiness check or a test reads an endpoint.
+pub fn http_get(netns: &Path, address: SocketAddr, path: &str) -> Option<String> {
+    run_in(netns, || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .ok()?
+    .ok()
+    .filter(|answer| answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+}
+
+/// Unpadded base64url, as JWT segments are written.
+pub fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// A TCP server inside a pod that answers every connection with an HTTP 200
 /// and closes it; stopped when dropped.
 pub struct App {
