@@ -95,6 +95,8 @@ pub struct TraceArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub save: SaveArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +221,16 @@ pub struct OutputArgs {
     pub show_secrets: bool,
 }
 
+/// Where a live session keeps its raw events; shared by the demo and cluster
+/// sessions.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Keep every event the session receives in FILE, to replay with
+    /// `kubectl apitrace join FILE`. Only its owner can read it.
+    #[arg(long = "save", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct JoinArgs {
     /// A file written by `--save`.
@@ -235,10 +247,8 @@ pub struct DemoArgs {
     pub requests: u32,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Keep every event the session receives in FILE, to replay with
-    /// `kubectl apitrace join FILE`. Only its owner can read it.
-    #[arg(long, value_name = "FILE")]
-    pub save: Option<PathBuf>,
+    #[command(flatten)]
+    pub save: SaveArgs,
     /// The bearer token the client sends [default: a generated JWT, shaped like
     /// an identity provider's].
     #[arg(long, value_name = "TOKEN")]

@@ -170,6 +170,10 @@ fn drops(counters: &Counters) -> Vec<String> {
         ("TC malformed", counters.tc_malformed),
         ("access logs malformed", counters.access_logs_malformed),
         (
+            "ALS streams broken (their entries in flight)",
+            counters.access_log_streams_broken,
+        ),
+        (
             "WASM dropped in the filter",
             counters.wasm_dropped_in_filter,
         ),

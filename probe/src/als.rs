@@ -24,7 +24,7 @@ use envoy_types::pb::{
     },
     google::protobuf::{Duration, Timestamp, value::Kind as ValueKind},
 };
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{counters::Counters, hub::Hub, peers::Peers};
 
@@ -55,6 +55,7 @@ impl AccessLogService for Als {
                 "this access-log service accepts only the sidecars of the traced pods",
             ));
         }
+        Counters::increment(&counters.access_log_streams);
         let mut stream = request.into_inner();
         let mut reporter = Reporter::default();
         loop {
@@ -62,9 +63,17 @@ impl AccessLogService for Als {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 // Bytes that do not decode end this stream (Envoy reconnects),
-                // counted; the other streams are not affected.
+                // counted; the other streams are not affected. A connection
+                // that broke (reset, cut, Envoy killed) is not malformed
+                // input, but what was in flight on it is lost: counted apart.
                 Err(status) => {
-                    Counters::increment(&counters.access_logs_malformed);
+                    let counter = match status.code() {
+                        Code::Internal | Code::OutOfRange | Code::ResourceExhausted => {
+                            &counters.access_logs_malformed
+                        }
+                        _ => &counters.access_log_streams_broken,
+                    };
+                    Counters::increment(counter);
                     return Err(status);
                 }
             };
@@ -643,8 +652,13 @@ mod stream_tests {
         assert_eq!(drain(&mut subscription, 3).await.len(), 3);
         let counters = hub.counters().snapshot();
         assert_eq!(
-            (counters.access_logs, counters.access_logs_malformed),
-            (3, 1)
+            (
+                counters.access_logs,
+                counters.access_logs_malformed,
+                counters.access_log_streams
+            ),
+            (3, 1, 2),
+            "the garbage stream and the good one were both accepted"
         );
     }
 
@@ -663,8 +677,12 @@ mod stream_tests {
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         let counters = hub.counters().snapshot();
         assert_eq!(
-            (counters.access_logs, counters.access_log_streams_refused),
-            (0, 1)
+            (
+                counters.access_logs,
+                counters.access_log_streams,
+                counters.access_log_streams_refused
+            ),
+            (0, 0, 1)
         );
     }
 }

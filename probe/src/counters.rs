@@ -54,6 +54,10 @@ counters! {
     access_logs => "apitrace_probe_events_total", "source=\"als\"";
     /// Access-log entries without the fields a record needs.
     access_logs_malformed => "apitrace_probe_dropped_total", "source=\"als\",reason=\"malformed\"";
+    /// Access-log streams accepted from sidecars (a reconnect opens another).
+    access_log_streams => "apitrace_probe_streams_total", "source=\"als\"";
+    /// Access-log streams whose connection broke, losing what was in flight.
+    access_log_streams_broken => "apitrace_probe_dropped_total", "source=\"als\",reason=\"stream_broken\"";
     /// Access-log streams refused because the peer is not in the session.
     access_log_streams_refused => "apitrace_probe_refused_total", "source=\"als\"";
     /// Events received from WASM filters.

@@ -3,25 +3,36 @@
 //!
 //! A bounded broadcast channel decouples them: sources never wait for a slow
 //! subscriber. A subscriber that falls behind loses the oldest events, and the
-//! loss is counted, never silent.
+//! loss is counted, never silent. The channel's slots hold a pointer each, not
+//! an event: it allocates every slot up front, and an `Event` is 552 bytes,
+//! so an idle probe would otherwise hold its whole capacity in memory. Statuses travel apart, as a watched value: a
+//! subscriber gets the latest one, missing an older one loses nothing, and
+//! what is counted as lagged is events only, so that the events received plus
+//! those lagged add up to the events published.
 
 use std::sync::Arc;
 
 use apitrace_proto::{Event, ProbeStatus, event::Kind};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::counters::Counters;
 
 #[derive(Clone)]
 pub struct Hub {
-    sender: broadcast::Sender<Event>,
+    sender: broadcast::Sender<Arc<Event>>,
+    status: Arc<watch::Sender<ProbeStatus>>,
     counters: Arc<Counters>,
 }
 
 impl Hub {
     pub fn new(capacity: usize, counters: Arc<Counters>) -> Self {
         let (sender, _) = broadcast::channel(capacity);
-        Self { sender, counters }
+        let (status, _) = watch::channel(ProbeStatus::default());
+        Self {
+            sender,
+            status: Arc::new(status),
+            counters,
+        }
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -29,43 +40,56 @@ impl Hub {
     }
 
     pub fn publish(&self, kind: Kind) {
-        if self.sender.send(Event { kind: Some(kind) }).is_err() {
+        if self
+            .sender
+            .send(Arc::new(Event { kind: Some(kind) }))
+            .is_err()
+        {
             Counters::increment(&self.counters.no_subscriber);
         }
     }
 
-    /// Publishes a status without counting it as lost when nobody listens:
-    /// statuses are state, and every subscription starts with a fresh one.
+    /// Replaces the status subscribers are given, without counting anything
+    /// as lost when nobody listens: statuses are state, and every
+    /// subscription starts with a fresh one.
     pub fn publish_status(&self, status: ProbeStatus) {
-        let _ = self.sender.send(Event {
-            kind: Some(Kind::Status(status)),
-        });
+        self.status.send_replace(status);
     }
 
+    /// A subscription to the events and statuses published from now on.
     pub fn subscribe(&self) -> Subscription {
         Subscription {
             receiver: self.sender.subscribe(),
+            status: self.status.subscribe(),
             counters: Arc::clone(&self.counters),
         }
     }
 }
 
 pub struct Subscription {
-    receiver: broadcast::Receiver<Event>,
+    receiver: broadcast::Receiver<Arc<Event>>,
+    status: watch::Receiver<ProbeStatus>,
     counters: Arc<Counters>,
 }
 
 impl Subscription {
-    /// The next event, or `None` when the hub is gone. Events this subscriber
-    /// missed by falling behind are counted and skipped.
+    /// The next event or newer status, or `None` when the hub is gone. Events
+    /// this subscriber missed by falling behind are counted and skipped.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            match self.receiver.recv().await {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    Counters::add(&self.counters.subscriber_lagged, missed);
+            tokio::select! {
+                changed = self.status.changed() => {
+                    changed.ok()?;
+                    let status = self.status.borrow_and_update().clone();
+                    return Some(Event { kind: Some(Kind::Status(status)) });
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                received = self.receiver.recv() => match received {
+                    Ok(event) => return Some(Arc::unwrap_or_clone(event)),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        Counters::add(&self.counters.subscriber_lagged, missed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
             }
         }
     }
@@ -100,5 +124,37 @@ mod tests {
         let first = subscription.next().await.unwrap();
         assert!(matches!(first.kind, Some(Kind::Wasm(ref e)) if e.request_id == "4"));
         assert_eq!(hub.counters().snapshot().subscriber_lagged, 3);
+    }
+
+    /// A subscriber behind on statuses gets the latest one and has lost
+    /// nothing; only events count as lagged.
+    #[tokio::test]
+    async fn statuses_are_latest_wins_and_never_counted_as_lagged() {
+        let hub = Hub::new(2, Arc::default());
+        let mut subscription = hub.subscribe();
+        for node in ["a", "b", "c"] {
+            hub.publish_status(ProbeStatus {
+                node: node.into(),
+                ..ProbeStatus::default()
+            });
+        }
+        hub.publish(wasm("1"));
+        let mut received = Vec::new();
+        for _ in 0..2 {
+            received.push(subscription.next().await.unwrap().kind.unwrap());
+        }
+        assert!(
+            received
+                .iter()
+                .any(|kind| matches!(kind, Kind::Status(status) if status.node == "c")),
+            "{received:?}"
+        );
+        assert!(
+            received
+                .iter()
+                .any(|kind| matches!(kind, Kind::Wasm(event) if event.request_id == "1")),
+            "{received:?}"
+        );
+        assert_eq!(hub.counters().snapshot().subscriber_lagged, 0);
     }
 }

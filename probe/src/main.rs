@@ -79,8 +79,10 @@ struct Args {
     /// Ports whose traffic is not traced, in addition to Istio's and the probe's.
     #[arg(long = "ignore-port", value_delimiter = ',')]
     ignored_ports: Vec<u16>,
-    /// Events buffered for a slow subscriber before the oldest are dropped (and counted).
-    #[arg(long, default_value_t = 65536)]
+    /// Events buffered for a slow subscriber before the oldest are dropped (and
+    /// counted). Each costs about 650 bytes while buffered: the default keeps a
+    /// stalled subscriber's share of the probe's memory near 21 MiB.
+    #[arg(long, default_value_t = 32768)]
     hub_capacity: usize,
 }
 

@@ -93,6 +93,8 @@ struct Stage {
     cli_stderr: Arc<Mutex<String>>,
     kubeconfig: PathBuf,
     probe_log: PathBuf,
+    /// The session's events, kept with `--save`.
+    saved: PathBuf,
     before: BTreeMap<String, Value>,
 }
 
@@ -113,6 +115,7 @@ impl Stage {
         let tag = format!("{}-{}", std::process::id(), rand_tail());
         let kubeconfig = std::env::temp_dir().join(format!("apitrace-kubeconfig-{tag}"));
         let probe_log = std::env::temp_dir().join(format!("apitrace-probe-log-{tag}"));
+        let saved = std::env::temp_dir().join(format!("apitrace-saved-{tag}"));
         let listener = run_in(&node.netns_path(), || {
             std::net::TcpListener::bind("127.0.0.1:0")
         })
@@ -145,6 +148,8 @@ impl Stage {
                 "ndjson",
                 "--duration",
                 duration,
+                "--save",
+                &saved.to_string_lossy(),
             ],
         )
         .stdout(Stdio::piped())
@@ -171,6 +176,7 @@ impl Stage {
             cli_stderr,
             kubeconfig,
             probe_log,
+            saved,
             before,
         }
     }
@@ -221,7 +227,7 @@ impl Stage {
 
     fn call_web(&self) {
         let address = SocketAddr::new(IpAddr::V4(self.pods.pod("web").ipv4), APP_PORT);
-        let answer = call(self.pods.pod("sleep"), address);
+        let answer = call(self.pods.pod("sleep"), address, "test-1");
         assert!(answer.contains("200 OK"), "{answer}");
     }
 
@@ -266,6 +272,7 @@ impl Drop for Stage {
         let _ = self.sidecar.wait();
         let _ = std::fs::remove_file(&self.kubeconfig);
         let _ = std::fs::remove_file(&self.probe_log);
+        let _ = std::fs::remove_file(&self.saved);
     }
 }
 
@@ -357,6 +364,15 @@ fn a_session_on_a_stand_in_cluster_traces_calls_through_a_cut_port_forward_and_l
         ("\"shop\"/\"sleep\"".into(), "\"shop\"/\"web\"".into()),
         "{traced}"
     );
+    // The saved session replays offline to the same records.
+    let replay = Command::new(&binaries().cli)
+        .arg("join")
+        .arg(&stage.saved)
+        .args(["-o", "ndjson"])
+        .output()
+        .expect("the CLI runs");
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert_eq!(String::from_utf8_lossy(&replay.stdout), stdout);
     stage.assert_left_as_it_was();
 }
 

@@ -6,7 +6,6 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -15,7 +14,7 @@ use apitrace_netns::{run_in, topology::Pod};
 use apitrace_proto::{SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch};
 use prost::Message as _;
 
-use crate::support::{App, base64url, binaries, pods, real};
+use crate::support::{App, Envoy, base64url, binaries, pods, real};
 
 const LISTENER: u16 = 10000;
 const INGEST: u16 = 15902;
@@ -64,43 +63,6 @@ fn bootstrap(module: &std::path::Path) -> String {
         },
     })
     .to_string()
-}
-
-struct Envoy(Child);
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_envoy(pod: &Pod, envoy: &std::path::Path, config: &std::path::Path) -> Envoy {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &pod.netns])
-        .arg(envoy)
-        .arg("--config-path")
-        .arg(config)
-        .args([
-            "--log-level",
-            "error",
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("Envoy starts");
-    let started = Instant::now();
-    while get(pod, ADMIN, "/ready", None).is_none_or(|(status, _)| status != 200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "Envoy did not get ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Envoy(child)
 }
 
 /// One HTTP/1.1 GET inside `pod`: the status and how long it took.
@@ -205,8 +167,9 @@ fn an_unreachable_probe_costs_traffic_nothing_and_every_lost_event_is_counted() 
     let config =
         std::env::temp_dir().join(format!("apitrace-filter-test-{}.json", std::process::id()));
     std::fs::write(&config, bootstrap(&binaries().filter)).expect("the config is written");
-    let _envoy = start_envoy(pod, &real.envoy, &config);
+    let _envoy = Envoy::start(&real.envoy, pod, &config, &config.with_extension("log"));
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(config.with_extension("log"));
     // A bearer JWT of about 1 KB: each event is large against the 8 KiB budget.
     let claims = format!(r#"{{"sub":"alice","pad":"{}"}}"#, "x".repeat(700));
     let token = format!("eyJhbGciOiJub25lIn0.{}.c2ln", base64url(claims.as_bytes()));

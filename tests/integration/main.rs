@@ -15,4 +15,5 @@ mod filter;
 mod layering;
 mod probe;
 mod replay;
+mod sidecar;
 mod support;

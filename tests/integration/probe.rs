@@ -90,7 +90,11 @@ impl Probe {
             .collect()
     }
 
-    fn signal(mut self, signal: i32) -> std::process::ExitStatus {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn signal(mut self, signal: i32) -> std::process::ExitStatus {
         // SAFETY: signalling our own child (`ip netns exec` execs the probe,
         // so the pid is the probe's).
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -223,7 +227,14 @@ fn traffic_outside_the_session_produces_no_events() {
 
     let before = probe.metrics();
     for _ in 0..20 {
-        assert!(call(client, SocketAddr::new(IpAddr::V4(other.ipv4), 8080)).contains("200 OK"));
+        assert!(
+            call(
+                client,
+                SocketAddr::new(IpAddr::V4(other.ipv4), 8080),
+                "test-1"
+            )
+            .contains("200 OK")
+        );
     }
     let after_other = probe.metrics();
     assert_eq!(
@@ -234,7 +245,14 @@ fn traffic_outside_the_session_produces_no_events() {
     assert_eq!(tc(&after_other, events), 0, "and produces nothing");
 
     for _ in 0..5 {
-        assert!(call(client, SocketAddr::new(IpAddr::V4(server.ipv4), 15021)).contains("200 OK"));
+        assert!(
+            call(
+                client,
+                SocketAddr::new(IpAddr::V4(server.ipv4), 15021),
+                "test-1"
+            )
+            .contains("200 OK")
+        );
     }
     let after_ignored = probe.metrics();
     assert!(
@@ -248,7 +266,14 @@ fn traffic_outside_the_session_produces_no_events() {
     );
     assert_eq!(tc(&after_ignored, events), 0, "and produced nothing");
 
-    assert!(call(client, SocketAddr::new(IpAddr::V4(server.ipv4), 8080)).contains("200 OK"));
+    assert!(
+        call(
+            client,
+            SocketAddr::new(IpAddr::V4(server.ipv4), 8080),
+            "test-1"
+        )
+        .contains("200 OK")
+    );
     let after_api = probe.metrics();
     assert!(
         tc(&after_api, traced) > tc(&after_ignored, traced),
@@ -278,7 +303,7 @@ fn an_overrun_ring_drops_and_counts_what_does_not_fit() {
     // SAFETY: stopping and resuming our own child.
     unsafe { libc::kill(probe.child.id() as i32, libc::SIGSTOP) };
     for _ in 0..20 {
-        assert!(call(client, address).contains("200 OK"));
+        assert!(call(client, address, "test-1").contains("200 OK"));
     }
     // SAFETY: as above.
     unsafe { libc::kill(probe.child.id() as i32, libc::SIGCONT) };

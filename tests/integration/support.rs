@@ -6,13 +6,13 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
     sync::{
         Arc, OnceLock,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use apitrace_netns::{
@@ -253,13 +253,20 @@ pub fn pods(names: &[&'static str]) -> Topology {
     Topology::create("apitrace-test-", owner, names).expect("the test pods are built")
 }
 
-/// Sends one HTTP request from `client` to `address`, with `x-request-id:
-/// test-1`, and reads the answer.
-pub fn call(client: &Pod, address: SocketAddr) -> String {
+/// Sends one HTTP request from `client` to `address` with `x-request-id:
+/// request_id`, and reads the answer.
+pub fn call(client: &Pod, address: SocketAddr, request_id: &str) -> String {
     run_in(&client.netns_path(), || -> std::io::Result<String> {
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(b"GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: test-1\r\n\r\n")?;
+        // One write, so one segment: the TC program reads a request's head
+        // from its first segment only.
+        stream.write_all(
+            format!(
+                "GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer)?;
         Ok(answer)
@@ -274,7 +281,9 @@ pub fn http_get(netns: &Path, address: SocketAddr, path: &str) -> Option<String>
     run_in(netns, || -> std::io::Result<String> {
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        stream.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: pod\r\nconnection: close\r\n\r\n").as_bytes(),
+        )?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer)?;
         Ok(answer)
@@ -337,5 +346,51 @@ impl Drop for App {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A real Envoy inside a pod, its admin on 127.0.0.1:15000 and its log in
+/// `log`; killed when dropped.
+pub struct Envoy(pub Child);
+
+impl Envoy {
+    pub fn start(binary: &Path, pod: &Pod, config: &Path, log: &Path) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &pod.netns])
+            .arg(binary)
+            .arg("--config-path")
+            .arg(config)
+            .args([
+                "--log-level",
+                "warn",
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("Envoy's log file"))
+            .spawn()
+            .expect("Envoy starts");
+        let mut envoy = Self(child);
+        let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+        let started = Instant::now();
+        // LIVE once its listener is up, with the module fetched from the probe.
+        while !http_get(&pod.netns_path(), admin, "/ready").is_some_and(|a| a.contains("LIVE")) {
+            let exited = envoy.0.try_wait().expect("Envoy's status");
+            assert!(
+                exited.is_none() && started.elapsed() < Duration::from_secs(30),
+                "Envoy did not get ready ({exited:?}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        envoy
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -49,6 +49,8 @@ impl std::ops::AddAssign<&Counters> for Counters {
             no_subscriber,
             tc_packets,
             tc_packets_traced,
+            access_log_streams,
+            access_log_streams_broken,
         } = other;
         self.tc_events += tc_events;
         self.tc_ring_full += tc_ring_full;
@@ -65,6 +67,8 @@ impl std::ops::AddAssign<&Counters> for Counters {
         self.no_subscriber += no_subscriber;
         self.tc_packets += tc_packets;
         self.tc_packets_traced += tc_packets_traced;
+        self.access_log_streams += access_log_streams;
+        self.access_log_streams_broken += access_log_streams_broken;
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
     live::{interrupted, now_ns, random_hex},
     output::{Destination, Printer},
     pipeline::Pipeline,
+    saved::SavedWriter,
 };
 use link::{FromProbe, PortForwardLink};
 
@@ -167,7 +168,14 @@ async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    run_session(&client, plan, &args, progress).await
+    // Before the cluster is changed: a path that cannot be written ends here.
+    let saved = args
+        .save
+        .file
+        .as_deref()
+        .map(SavedWriter::create)
+        .transpose()?;
+    run_session(&client, plan, &args, saved, progress).await
 }
 
 /// Setup's progress on stderr, for a person watching: only on a terminal and
@@ -212,6 +220,7 @@ async fn run_session(
     client: &Client,
     plan: Plan,
     args: &TraceArgs,
+    saved: Option<SavedWriter>,
     progress: Progress,
 ) -> anyhow::Result<ExitCode> {
     let session_id = plan.session.to_string();
@@ -268,7 +277,7 @@ async fn run_session(
             show_secrets: args.output.show_secrets,
             ..JoinConfig::default()
         },
-        None,
+        saved,
         printer,
     );
     // The traced pods are known already: named (and marked traced, which decides

@@ -161,6 +161,37 @@ impl Sidecar<'_> {
     }
 }
 
+/// A sidecar's pod's iptables: Istio's inbound capture (istio-iptables), reduced
+/// to what the demo needs (every inbound TCP connection goes to the sidecar's
+/// port 15006, except the sidecar's own ports), and with `--loss`, a random
+/// drop of inbound packets to `app_port`. TC ingress runs before netfilter,
+/// so the probe sees each dropped packet and then its retransmission.
+pub fn inbound_capture(app_port: u16, loss_percent: Option<u8>) -> String {
+    let mut rules = format!(
+        "*nat\n\
+         :ISTIO_INBOUND - [0:0]\n\
+         :ISTIO_IN_REDIRECT - [0:0]\n\
+         -A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+         -A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN\n\
+         -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n\
+         -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}\n\
+         COMMIT\n",
+        INBOUND_PORT
+    );
+    if let Some(percent) = loss_percent {
+        rules.push_str(&format!(
+            "*raw\n\
+             -A PREROUTING -i eth0 -p tcp --dport {app_port} -m statistic --mode random --probability {:.2} -j DROP\n\
+             COMMIT\n",
+            f64::from(percent) / 100.0
+        ));
+    }
+    rules
+}
+
 fn socket(address: &str, port: u16) -> Value {
     json!({ "socket_address": { "address": address, "port_value": port } })
 }

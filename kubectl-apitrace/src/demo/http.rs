@@ -46,6 +46,22 @@ pub async fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<Tc
         })?
 }
 
+/// A gRPC channel to `address`, each of whose connections is made from
+/// inside the network namespace at `netns`, as a port-forward reaches a pod.
+pub async fn channel_in(
+    netns: &Path,
+    address: SocketAddr,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let netns = netns.to_owned();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let netns = netns.clone();
+        async move { connect_in(&netns, address).await.map(TokioIo::new) }
+    });
+    tonic::transport::Endpoint::from_static("http://pod.demo")
+        .connect_with_connector(connector)
+        .await
+}
+
 /// The app behind the sidecar: a small API, like the nginx of the paper's
 /// example, answering until the listener is dropped.
 pub async fn serve_app(listener: TcpListener) {

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use crate::args::DemoArgs;
 
 #[cfg(target_os = "linux")]
-#[cfg(target_os = "linux")]
 pub mod child;
 #[cfg(target_os = "linux")]
 pub mod envoy;

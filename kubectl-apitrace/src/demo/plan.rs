@@ -84,7 +84,7 @@ impl Plan {
                 bad_traffic: args.bad_traffic,
             },
             show_secrets: args.output.show_secrets,
-            save: args.save,
+            save: args.save.file,
             probe,
             envoy,
         })

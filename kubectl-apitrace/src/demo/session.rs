@@ -26,8 +26,6 @@ use anyhow::{Context as _, anyhow, bail};
 use apitrace_join::{Input, Workload, WorkloadKind};
 use apitrace_proto::{Event, ProbeStatus, event::Kind, ports};
 use futures::{StreamExt as _, stream::BoxStream};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Endpoint, Uri};
 
 use apitrace_netns::cgroup::{self, ContainerCgroup};
 
@@ -112,7 +110,11 @@ impl Demo {
         let probe_pod = topology.pod("probe").clone();
         for ipv6 in [false, true] {
             topology
-                .restore_iptables(&server, ipv6, &server_rules(plan.traffic.loss))
+                .restore_iptables(
+                    &server,
+                    ipv6,
+                    &envoy::inbound_capture(APP_PORT, plan.traffic.loss),
+                )
                 .context("cannot set up the server pod's inbound capture")?;
         }
         let listener = http::listen_in(
@@ -322,37 +324,6 @@ impl Demo {
     }
 }
 
-/// The server pod's iptables: Istio's inbound capture (istio-iptables), reduced
-/// to what the demo needs (every inbound TCP connection goes to the sidecar's
-/// port 15006, except the sidecar's own ports), and with `--loss`, a random
-/// drop of inbound packets to the app port. TC ingress runs before netfilter,
-/// so the probe sees each dropped packet and then its retransmission.
-fn server_rules(loss_percent: Option<u8>) -> String {
-    let mut rules = format!(
-        "*nat\n\
-         :ISTIO_INBOUND - [0:0]\n\
-         :ISTIO_IN_REDIRECT - [0:0]\n\
-         -A PREROUTING -p tcp -j ISTIO_INBOUND\n\
-         -A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n\
-         -A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN\n\
-         -A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN\n\
-         -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN\n\
-         -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n\
-         -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}\n\
-         COMMIT\n",
-        envoy::INBOUND_PORT
-    );
-    if let Some(percent) = loss_percent {
-        rules.push_str(&format!(
-            "*raw\n\
-             -A PREROUTING -i eth0 -p tcp --dport {APP_PORT} -m statistic --mode random --probability {:.2} -j DROP\n\
-             COMMIT\n",
-            f64::from(percent) / 100.0
-        ));
-    }
-    rules
-}
-
 /// Connects to the probe inside its pod (the demo's port-forward) and
 /// subscribes, retrying while it starts. Returns the session, its events and
 /// the probe's first status.
@@ -376,15 +347,8 @@ async fn subscribe(
                 probe.log_tail()
             );
         }
-        let netns = netns.clone();
-        let connector = tower::service_fn(move |_: Uri| {
-            let netns = netns.clone();
-            async move { http::connect_in(&netns, address).await.map(TokioIo::new) }
-        });
         let attempt = async {
-            let channel = Endpoint::from_static("http://probe.demo")
-                .connect_with_connector(connector)
-                .await?;
+            let channel = http::channel_in(&netns, address).await?;
             let mut session = ProbeSession::new(channel, session_id, token)?;
             let mut events = session.subscribe().await?.boxed();
             match events.next().await {
