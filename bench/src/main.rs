@@ -6,8 +6,10 @@
 //! highest). The tables go to stdout as Markdown (they are what BENCHMARKS.md
 //! records) and the raw numbers to a JSON file.
 
+mod e2e;
 mod pods;
 mod report;
+mod sidecar;
 mod stats;
 mod tc;
 mod wasm;
@@ -65,6 +67,13 @@ fn run() -> anyhow::Result<()> {
 
     let mut report = Report::new();
     let only = option("--only");
+    if let Some(only) = &only
+        && !["tc", "wasm", "e2e"].contains(&only.as_str())
+    {
+        anyhow::bail!(
+            "--only {only:?} is not a benchmark here: use tc, wasm or e2e (`cargo xtask bench --only join` runs the join's)"
+        );
+    }
     if only.as_deref().is_none_or(|only| only == "tc") {
         report.add(tc::run(&probe, repeats, seconds)?);
     }
@@ -72,7 +81,17 @@ fn run() -> anyhow::Result<()> {
         report.add(wasm::run(
             &probe,
             &envoy,
-            &wasm::filter_module(target_dir),
+            &sidecar::filter_module(target_dir),
+            repeats,
+            seconds,
+        )?);
+    }
+    if only.as_deref().is_none_or(|only| only == "e2e") {
+        let seconds: u64 = option("--e2e-seconds").map_or(Ok(20), |n| n.parse())?;
+        report.add(e2e::run(
+            &probe,
+            &envoy,
+            &sidecar::filter_module(target_dir),
             repeats,
             seconds,
         )?);

@@ -11,6 +11,8 @@
 //! - `fixtures`: record the golden sessions in `tests/fixtures` from the real
 //!   demo.
 //! - `fuzz [SECONDS]`: each fuzz target in fuzz/ for SECONDS.
+//! - `bench [--only tc|wasm|e2e|join] [ARGS]`: every benchmark next to its
+//!   peer (`apitrace-bench`, then the join's criterion benchmark).
 //! - `release`: the CLI's archive for this machine's platform (binary and
 //!   licence), and the krew manifest for every archive in `target/dist`.
 
@@ -568,6 +570,14 @@ fn fixtures() -> anyhow::Result<()> {
 /// The benchmarks, built for release: each figure next to its peer's, printed
 /// as the tables BENCHMARKS.md records, raw numbers in target/bench.
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    let only = args
+        .iter()
+        .position(|arg| arg == "--only")
+        .and_then(|index| args.get(index + 1))
+        .map(String::as_str);
+    if only == Some("join") {
+        return bench_join();
+    }
     let installed = setup()?;
     step("bench", "building for release");
     run(cargo().args([
@@ -586,7 +596,18 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .arg(workspace().join("target/bench/results.json"))
         .arg("--envoy")
         .arg(&installed.envoy)
-        .args(args))
+        .args(args))?;
+    if only.is_none() {
+        bench_join()?;
+    }
+    Ok(())
+}
+
+/// The join's benchmark (criterion, one core, no root): its throughput next to
+/// the group-by-key floor, and its memory over 10 million events.
+fn bench_join() -> anyhow::Result<()> {
+    step("bench", "the join (criterion)");
+    run(cargo().args(["bench", "--package", "apitrace-join"]))
 }
 
 fn cargo() -> Command {

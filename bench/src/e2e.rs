@@ -1,0 +1,336 @@
+//! End to end under load: the demo's data path (Istio's inbound capture, a
+//! real Envoy with the filter and the access log, the probe's TC program on
+//! the server pod) at a fixed request rate from the client pod, with a
+//! subscriber that joins what the probe streams as the CLI does. Reported per
+//! rate: the requests answered, the share of them joined from all three
+//! layers, what was lost at each stage (Envoy's access-log buffer, the
+//! filter's queue, the probe, the subscriber), and the probe's peak RSS and
+//! CPU.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use apitrace_join::{Input, JoinConfig, JoinStats, Joiner, Workload, WorkloadKind};
+use apitrace_netns::topology::{Pod, Topology};
+use apitrace_proto::ports;
+use futures::StreamExt as _;
+use kubectl_apitrace::{
+    demo::{
+        envoy::{self, ADMIN_PORT, Layers},
+        http::{self, Connection},
+        jwt,
+    },
+    live::now_ns,
+    probe_client::ProbeSession,
+};
+use tokio::{runtime::Runtime, sync::oneshot};
+
+use crate::{
+    pods::{stage, start_probe},
+    report::{Row, Table},
+    sidecar::{APP_PORT, Load, Module, probe_metrics, start_envoy, wait_ready, write_bootstrap},
+    stats::{Sample, cpu_ms},
+};
+
+pub const RATES: [u32; 2] = [1000, 5000];
+/// Keep-alive connections per 1000 requests/s.
+const CONNECTIONS_PER_1000: u32 = 8;
+/// After the load, how long the access logs (flushed every second) and the
+/// filter's batches get to arrive before the join is ended.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// One run at one rate.
+#[derive(Default)]
+struct Figures {
+    answered_per_second: Vec<f64>,
+    joined_percent: Vec<f64>,
+    dropped_envoy: Vec<f64>,
+    dropped_filter: Vec<f64>,
+    dropped_probe: Vec<f64>,
+    dropped_subscriber: Vec<f64>,
+    probe_rss_mib: Vec<f64>,
+    probe_cpu_ms_per_second: Vec<f64>,
+}
+
+pub fn run(
+    probe_binary: &Path,
+    envoy: &Path,
+    filter: &Path,
+    repeats: usize,
+    seconds: u64,
+) -> anyhow::Result<Table> {
+    let (pods, runtime) = stage(
+        "apitrace-be2e-",
+        SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
+    )?;
+    let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
+    pods.restore_iptables(server, false, &envoy::inbound_capture(APP_PORT, None))
+        .context("the server pod's inbound capture")?;
+    let probe = start_probe(probe_binary, probe_pod, server)?;
+    let probe_pid = probe.0.id();
+    let module = Module::served(filter, probe_pod)?;
+    let workdir = std::env::temp_dir().join(format!("apitrace-be2e-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir)?;
+    let config = workdir.join("envoy.json");
+    write_bootstrap(&config, server, probe_pod, &module, Layers::ALL)?;
+    let _envoy = start_envoy(envoy, server, &config, &workdir)?;
+    let target = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
+    runtime.block_on(wait_ready(client, target))?;
+    let token = format!("Bearer {}", jwt::demo_token(1_790_000_000));
+
+    let mut figures: Vec<Figures> = RATES.iter().map(|_| Figures::default()).collect();
+    for repeat in 0..repeats {
+        for (rate, figures) in RATES.iter().zip(&mut figures) {
+            eprintln!("e2e: repeat {}/{repeats}, {rate} requests/s", repeat + 1);
+            let load = Load {
+                rate: *rate,
+                connections: CONNECTIONS_PER_1000 * rate / 1000,
+            };
+            // Subscribed first: what the probe sees from here on is the run's.
+            let (stop, joined) = runtime.block_on(subscribe(&pods, probe_pod))?;
+            std::thread::sleep(Duration::from_millis(500));
+            let before = probe_metrics(probe_pod)?;
+            let envoy_before = envoy_als_stats(&runtime, server)?;
+            let cpu_before = cpu_ms(probe_pid);
+            let started = Instant::now();
+            let latencies =
+                runtime.block_on(load.run(client, target, &token, Duration::from_secs(seconds)))?;
+            // A client that fell behind its schedule sent late: the rate
+            // achieved is what was answered over the time it took.
+            let took = started.elapsed().as_secs_f64();
+            let cpu = cpu_ms(probe_pid) - cpu_before;
+            std::thread::sleep(DRAIN);
+            let _ = stop.send(());
+            let stats = runtime
+                .block_on(joined)
+                .context("the subscriber stopped")??;
+            let after = probe_metrics(probe_pod)?;
+            let envoy_after = envoy_als_stats(&runtime, server)?;
+            let answered = latencies.len() as f64;
+            let delta = |name: &str| {
+                after.get(name).copied().unwrap_or(0) as f64
+                    - before.get(name).copied().unwrap_or(0) as f64
+            };
+            figures.answered_per_second.push(answered / took);
+            figures
+                .joined_percent
+                .push(100.0 * stats.complete as f64 / answered);
+            figures
+                .dropped_envoy
+                .push((envoy_after.dropped - envoy_before.dropped) as f64);
+            figures.dropped_filter.push(delta(
+                r#"apitrace_probe_dropped_total{source="wasm",reason="filter_queue"}"#,
+            ));
+            figures.dropped_subscriber.push(
+                delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="lagged"}"#)
+                    + delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="none"}"#),
+            );
+            figures.dropped_probe.push(probe_drops(&before, &after));
+            figures.probe_rss_mib.push(peak_rss_mib(probe_pid)?);
+            figures.probe_cpu_ms_per_second.push(cpu / took);
+            eprintln!(
+                "e2e: {answered} answered, {} joined from every layer, {} with some; envoy sent {} access logs",
+                stats.complete,
+                stats.partial,
+                envoy_after.written - envoy_before.written
+            );
+        }
+    }
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&workdir);
+    Ok(table(&figures, repeats, seconds))
+}
+
+/// Subscribes to the probe and joins what it streams, as the CLI does, until
+/// told to stop; then ends the join and returns how it went.
+async fn subscribe(
+    pods: &Topology,
+    probe_pod: &Pod,
+) -> anyhow::Result<(
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<JoinStats>>,
+)> {
+    let address = SocketAddr::new(IpAddr::V4(probe_pod.ipv4), ports::SUBSCRIBE);
+    let channel = http::channel_in(&probe_pod.netns_path(), address).await?;
+    let mut session = ProbeSession::new(channel, "bench", "bench")?;
+    let mut events = session.subscribe().await?.boxed();
+    let mut joiner = Joiner::new(JoinConfig::default());
+    let mut records = Vec::new();
+    for pod in &pods.pods {
+        joiner.apply(
+            Input::Identity {
+                ip: IpAddr::V4(pod.ipv4),
+                since_ns: 0,
+                workload: Workload {
+                    namespace: "bench".to_owned(),
+                    name: pod.name.to_owned(),
+                    kind: WorkloadKind::Pod,
+                    traced: pod.name == "server",
+                },
+            },
+            &mut records,
+        );
+    }
+    let (stop, mut stopped) = oneshot::channel();
+    let joined = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            let input = tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => Input::Event { event, now_ns: now_ns() },
+                    Some(Err(status)) => bail!("the probe's stream failed: {}", status.message()),
+                    None => bail!("the probe ended its stream"),
+                },
+                _ = ticks.tick() => Input::Tick { now_ns: now_ns() },
+                _ = &mut stopped => break,
+            };
+            joiner.apply(input, &mut records);
+            records.clear();
+        }
+        joiner.apply(Input::End, &mut records);
+        Ok(joiner.stats().clone())
+    });
+    Ok((stop, joined))
+}
+
+/// Every event the probe lost on its own side: its rings and flow table,
+/// malformed or refused input, broken access-log streams.
+fn probe_drops(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> f64 {
+    after
+        .iter()
+        .filter(|(name, _)| {
+            (name.starts_with("apitrace_probe_dropped_total")
+                || name.starts_with("apitrace_probe_refused_total"))
+                && !name.contains(r#"source="subscriber""#)
+                && !name.contains(r#"reason="filter_queue""#)
+        })
+        .map(|(name, value)| (*value - before.get(name).copied().unwrap_or(0)) as f64)
+        .sum()
+}
+
+/// Envoy's own count of access-log entries it sent and dropped (its gRPC
+/// logger's buffer full, or the stream down).
+struct EnvoyAls {
+    written: u64,
+    dropped: u64,
+}
+
+fn envoy_als_stats(runtime: &Runtime, server: &Pod) -> anyhow::Result<EnvoyAls> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+    let body = runtime.block_on(async {
+        let stream = http::connect_in(&server.netns_path(), admin).await?;
+        let mut connection = Connection::over(stream).await?;
+        let (_, body) = connection
+            .get("admin", "/stats?filter=grpc_access_log", None)
+            .await?;
+        anyhow::Ok(body)
+    })?;
+    let text = String::from_utf8_lossy(&body);
+    let stat = |suffix: &str| {
+        text.lines()
+            .filter(|line| line.contains(suffix))
+            .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum()
+    };
+    Ok(EnvoyAls {
+        written: stat("logs_written"),
+        dropped: stat("logs_dropped"),
+    })
+}
+
+/// The probe's peak resident memory so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in the probe's status")?;
+    Ok(kib / 1024.0)
+}
+
+fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
+    let mut rows = Vec::new();
+    for (rate, figures) in RATES.iter().zip(figures) {
+        let row = |metric: &str, values: &Vec<f64>, target: &str, met: Option<fn(f64) -> bool>| {
+            let ours = Sample::of(values.clone());
+            Row {
+                metric: format!("{rate}/s: {metric}"),
+                met: met.map(|met| met(ours.median)),
+                ours,
+                peer: None,
+                baseline: None,
+                target: target.to_owned(),
+            }
+        };
+        let zero: Option<fn(f64) -> bool> = Some(|max| max == 0.0);
+        rows.extend([
+            row(
+                "requests answered per second (achieved rate)",
+                &figures.answered_per_second,
+                &format!("{rate}"),
+                None,
+            ),
+            row(
+                "calls joined from all three layers, %",
+                &figures.joined_percent,
+                "≥ 99.9",
+                Some(|percent| percent >= 99.9),
+            ),
+            row(
+                "access logs dropped by Envoy",
+                &figures.dropped_envoy,
+                "0",
+                zero,
+            ),
+            row(
+                "events dropped in the WASM filter",
+                &figures.dropped_filter,
+                "0",
+                zero,
+            ),
+            row(
+                "events dropped in the probe",
+                &figures.dropped_probe,
+                "0",
+                zero,
+            ),
+            row(
+                "events the subscriber missed",
+                &figures.dropped_subscriber,
+                "0",
+                zero,
+            ),
+            row(
+                "probe peak RSS, MiB",
+                &figures.probe_rss_mib,
+                "≤ 50",
+                Some(|mib| mib <= 50.0),
+            ),
+            row(
+                "probe CPU, ms per second",
+                &figures.probe_cpu_ms_per_second,
+                "-",
+                None,
+            ),
+        ]);
+    }
+    Table {
+        title: "End to end under load".to_owned(),
+        setup: format!(
+            "The demo's data path: Istio's inbound capture, a real Envoy (the demo's sidecar bootstrap, --concurrency 2) with our filter \
+             and the gRPC access log, the probe's TC program on the server pod, and a subscriber joining what the probe streams as the CLI does. \
+             The client pod sends {} at a fixed rate over {CONNECTIONS_PER_1000} keep-alive connections per 1000/s, each request with a 1.3 KB JWT, \
+             {seconds} s per run, {repeats} runs per rate interleaved; the join is ended {} s after the load. \
+             Dropped counts are per run; the peak RSS is the probe's VmHWM since it started. Median (lowest–highest) of the runs.",
+            RATES.map(|rate| format!("{rate}/s")).join(" and "),
+            DRAIN.as_secs()
+        ),
+        rows,
+    }
+}

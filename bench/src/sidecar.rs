@@ -1,0 +1,209 @@
+//! The server pod's sidecar in the benchmarks that run Envoy: the demo's
+//! bootstrap with the filter module the probe serves, Envoy started in the
+//! pod, the client pod loading it at a fixed rate, and the probe's counters.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use apitrace_netns::topology::Pod;
+use apitrace_proto::ports;
+use kubectl_apitrace::demo::{
+    envoy::{Layers, Sidecar},
+    http::{self, Connection},
+};
+
+use crate::pods::{Guard, in_pod};
+
+pub const APP_PORT: u16 = 8080;
+const PROBE_HOST: &str = "apitrace-bench.apitrace-system.svc.cluster.local";
+
+/// The filter module the probe embeds, checked to be the one it serves.
+pub struct Module {
+    path: String,
+    sha256: String,
+}
+
+impl Module {
+    pub fn served(filter: &Path, probe_pod: &Pod) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(filter)
+            .with_context(|| format!("reading the filter module {}", filter.display()))?;
+        let sha256 = sha256_hex(&bytes);
+        let path = format!("/wasm/apitrace-filter-{sha256}.wasm");
+        if !probe_get(probe_pod, &path)?.starts_with("HTTP/1.1 200") {
+            bail!(
+                "the probe does not serve {path}: {} is not the module it embeds; build both with `cargo xtask bench`",
+                filter.display()
+            );
+        }
+        Ok(Self { path, sha256 })
+    }
+}
+
+/// The demo's sidecar bootstrap for `server`, with `layers`, written to
+/// `config`.
+pub fn write_bootstrap(
+    config: &Path,
+    server: &Pod,
+    probe_pod: &Pod,
+    module: &Module,
+    layers: Layers,
+) -> anyhow::Result<()> {
+    let sidecar = Sidecar {
+        pod_name: server.name,
+        namespace: "bench",
+        pod_ip: server.ipv4,
+        app_port: APP_PORT,
+        probe_ip: probe_pod.ipv4,
+        probe_host: PROBE_HOST,
+        module_path: &module.path,
+        module_sha256: &module.sha256,
+        plugin_config: serde_json::json!({
+            "ingest_cluster": format!("outbound|{}||{PROBE_HOST}", ports::HTTP),
+            "ingest_authority": format!("{PROBE_HOST}:{}", ports::HTTP),
+            "session_token": "bench",
+            "show_secrets": false,
+        }),
+        layers,
+    };
+    std::fs::write(config, sidecar.bootstrap().to_string())
+        .with_context(|| format!("writing {}", config.display()))
+}
+
+/// Where the guest build leaves the filter module the probe embeds.
+pub fn filter_module(target_dir: &Path) -> PathBuf {
+    target_dir.join("guest/wasm32-unknown-unknown/guest-wasm/apitrace_wasm_filter.wasm")
+}
+
+pub fn start_envoy(
+    envoy: &Path,
+    server: &Pod,
+    config: &Path,
+    workdir: &Path,
+) -> anyhow::Result<Guard> {
+    let log = std::fs::File::create(workdir.join("envoy.log"))?;
+    let mut command = in_pod(server, &envoy.to_string_lossy(), &[]);
+    command
+        .arg("--config-path")
+        .arg(config)
+        .args([
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+            "--concurrency",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log);
+    Ok(Guard(command.spawn().context("cannot start Envoy")?))
+}
+
+pub async fn wait_ready(client: &Pod, target: SocketAddr) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(stream) = http::connect_in(&client.netns_path(), target).await
+            && let Ok(mut connection) = Connection::over(stream).await
+            && let Ok((status, _)) = connection.get("app", "/status", None).await
+            && status.is_success()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("Envoy did not answer on {target} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fixed request rate, spread over keep-alive connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub rate: u32,
+    pub connections: u32,
+}
+
+impl Load {
+    /// `rate` requests a second for `duration`, spread over the connections,
+    /// each on its own schedule; returns each request's latency. A schedule
+    /// that falls behind sends at once (the latency counts from when the
+    /// request was due, so queueing is not hidden).
+    pub async fn run(
+        self,
+        client: &Pod,
+        target: SocketAddr,
+        token: &str,
+        duration: Duration,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let period = Duration::from_secs(1) * self.connections / self.rate;
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..self.connections {
+            let stream = http::connect_in(&client.netns_path(), target).await?;
+            let mut connection = Connection::over(stream).await?;
+            let token = token.to_owned();
+            tasks.spawn(async move {
+                let offset = period * index / self.connections;
+                let start = tokio::time::Instant::now() + offset;
+                let mut latencies = Vec::new();
+                let mut due = start;
+                while due < start + duration {
+                    tokio::time::sleep_until(due).await;
+                    let (status, _) = connection.get("app", "/api/orders", Some(&token)).await?;
+                    if !status.is_success() && status.as_u16() != 404 {
+                        anyhow::bail!("the app answered {status}");
+                    }
+                    latencies.push(due.elapsed());
+                    due += period;
+                }
+                Ok(latencies)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            all.extend(done??);
+        }
+        Ok(all)
+    }
+}
+
+/// The probe's counters, by metric and labels as `/metrics` writes them.
+pub fn probe_metrics(probe_pod: &Pod) -> anyhow::Result<HashMap<String, u64>> {
+    let metrics = probe_get(probe_pod, "/metrics")?;
+    Ok(metrics
+        .lines()
+        .filter(|line| line.starts_with("apitrace_probe_"))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+fn probe_get(probe_pod: &Pod, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let address = SocketAddr::new(IpAddr::V4(probe_pod.ipv4), ports::HTTP);
+    let answer = apitrace_netns::run_in(&probe_pod.netns_path(), || -> std::io::Result<Vec<u8>> {
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: probe\r\nconnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        Ok(answer)
+    })
+    .map_err(|error| anyhow::anyhow!("entering the probe pod: {error}"))??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
