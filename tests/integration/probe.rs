@@ -322,6 +322,8 @@ fn an_overrun_ring_drops_and_counts_what_does_not_fit() {
         "every event is delivered or counted: {metrics:?}"
     );
     assert!(probe.signal(libc::SIGTERM).success());
+    let orphans = wait_for_no_orphans();
+    assert!(orphans.is_empty(), "programs left attached: {orphans:#?}");
 }
 
 const SESSION: &str = "abcde12345";

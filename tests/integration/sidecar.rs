@@ -228,12 +228,14 @@ impl Stage {
             .collect()
     }
 
-    /// Stops the probe as the session's end does, and checks it detached.
+    /// Stops the probe as the session's end does, removes the pods, and
+    /// checks that no program, namespace or process is left.
     fn end(self) {
         let Self {
             envoy,
             probe,
             files,
+            pods,
             ..
         } = self;
         drop(envoy);
@@ -241,6 +243,26 @@ impl Stage {
         assert!(exit.success(), "the probe ended with {exit}");
         let orphans = wait_for_no_orphans();
         assert!(orphans.is_empty(), "programs left attached: {orphans:#?}");
+        let namespaces: Vec<String> = pods.pods.iter().map(|pod| pod.netns.clone()).collect();
+        drop(pods);
+        let listed = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip runs");
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            namespaces
+                .iter()
+                .all(|netns| !listed.contains(netns.as_str())),
+            "namespaces left: {listed}"
+        );
+        let envoys: Vec<String> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+            .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+            .filter(|cmdline| cmdline.contains(&*files.to_string_lossy()))
+            .collect();
+        assert!(envoys.is_empty(), "processes left: {envoys:#?}");
         let _ = std::fs::remove_dir_all(&files);
     }
 }
@@ -478,4 +500,6 @@ fn a_slow_subscriber_costs_the_probe_no_memory_and_every_lost_event_is_counted()
     );
     let exit = probe.signal(libc::SIGTERM);
     assert!(exit.success(), "the probe ended with {exit}");
+    let orphans = wait_for_no_orphans();
+    assert!(orphans.is_empty(), "programs left attached: {orphans:#?}");
 }
