@@ -98,8 +98,21 @@ struct Stage {
     before: BTreeMap<String, Value>,
 }
 
+/// Where the CLI's output goes.
+enum Output {
+    /// Stdout and stderr piped to the test, as a script would run it.
+    Piped,
+    /// A terminal (a pty, through `script`) with `--follow`, the calls going
+    /// to this file, as a person watching would run it.
+    Terminal { calls: PathBuf },
+}
+
 impl Stage {
     fn start(duration: &str, faults: Vec<Fault>) -> Self {
+        Self::start_with(duration, faults, Output::Piped)
+    }
+
+    fn start_with(duration: &str, faults: Vec<Fault>, output: Output) -> Self {
         let pods = pods(&["kube", "web", "sleep"]);
         let (node, web, sleep) = (pods.pod("kube"), pods.pod("web"), pods.pod("sleep"));
         let app = App::serve(web, APP_PORT);
@@ -137,27 +150,52 @@ impl Stage {
         cluster.api.write_kubeconfig(&kubeconfig);
         let before = cluster.objects();
 
-        let mut cli = cli_in(
-            node,
-            &kubeconfig,
-            &[
-                "pod/web",
-                "-n",
-                "shop",
-                "-o",
-                "ndjson",
-                "--duration",
-                duration,
-                "--save",
-                &saved.to_string_lossy(),
-            ],
-        )
+        let saved_arg = saved.to_string_lossy();
+        let mut args = vec![
+            "pod/web",
+            "-n",
+            "shop",
+            "-o",
+            "ndjson",
+            "--duration",
+            duration,
+            "--save",
+            &saved_arg,
+        ];
+        let mut cli = match &output {
+            Output::Piped => cli_in(node, &kubeconfig, &args),
+            Output::Terminal { calls } => {
+                args.push("--follow");
+                let inner = cli_in(node, &kubeconfig, &args);
+                let words: Vec<String> = std::iter::once(inner.get_program())
+                    .chain(inner.get_args())
+                    .map(|word| word.to_string_lossy().into_owned())
+                    .collect();
+                let mut script = Command::new("script");
+                script
+                    .args(["-qefc"])
+                    .arg(format!("{} > {}", words.join(" "), calls.display()));
+                script.arg("/dev/null");
+                script
+            }
+        }
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the CLI starts");
+        // What a person sees: stderr, or the terminal's whole transcript.
         let cli_stderr = Arc::new(Mutex::new(String::new()));
-        let lines = BufReader::new(cli.stderr.take().expect("piped"));
+        let seen = match output {
+            Output::Piped => cli
+                .stderr
+                .take()
+                .map(|pipe| Box::new(pipe) as Box<dyn std::io::Read + Send>),
+            Output::Terminal { .. } => cli
+                .stdout
+                .take()
+                .map(|pipe| Box::new(pipe) as Box<dyn std::io::Read + Send>),
+        };
+        let lines = BufReader::new(seen.expect("piped"));
         let collected = Arc::clone(&cli_stderr);
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {
@@ -373,6 +411,65 @@ fn a_session_on_a_stand_in_cluster_traces_calls_through_a_cut_port_forward_and_l
         .expect("the CLI runs");
     assert!(replay.status.success(), "{}", stderr(&replay));
     assert_eq!(String::from_utf8_lossy(&replay.stdout), stdout);
+    stage.assert_left_as_it_was();
+}
+
+/// A person at a terminal: setup's progress on stderr, then, with `--follow`
+/// and the calls going to a file, a live count of the calls seen, rewritten
+/// in place on its line.
+#[test]
+fn on_a_terminal_a_session_shows_its_progress_and_a_live_count_of_calls() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let calls = std::env::temp_dir().join(format!("apitrace-calls-{}", rand_tail()));
+    let mut stage = Stage::start_with(
+        "10s",
+        Vec::new(),
+        Output::Terminal {
+            calls: calls.clone(),
+        },
+    );
+    stage.wait_streaming();
+    stage.call_web();
+    let status = stage.cli.wait().expect("the CLI ends");
+    assert!(status.success(), "{status}\n{}", stage.story());
+    // The transcript is read to its end once the terminal closes.
+    stage.wait_for(
+        "the terminal's last line",
+        Duration::from_secs(5),
+        |stage| stage.stderr().contains("dropped:"),
+    );
+    let transcript = stage.stderr();
+    for progress in [
+        "resolving the targets and checking the cluster...",
+        "creating the session's anchor, token and Service...",
+        "waiting for the probe on 1 node...",
+        "patching the mesh (label, access-log provider, Telemetry, WasmPlugin)...",
+        "streaming...",
+        "removing the session...",
+    ] {
+        assert!(
+            transcript.contains(progress),
+            "no {progress:?} in:\n{transcript}"
+        );
+    }
+    assert!(
+        transcript.contains("\r\x1b[K0 calls seen") && transcript.contains("\r\x1b[K1 calls seen"),
+        "no live count in:\n{transcript:?}"
+    );
+    let written = std::fs::read_to_string(&calls).expect("the calls file");
+    let _ = std::fs::remove_file(&calls);
+    let records: Vec<Value> = written
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("ndjson"))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|record| record["request_id"] == "test-1"),
+        "{written}"
+    );
     stage.assert_left_as_it_was();
 }
 
