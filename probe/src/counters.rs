@@ -66,7 +66,7 @@ counters! {
     wasm_dropped_in_filter => "apitrace_probe_dropped_total", "source=\"wasm\",reason=\"filter_queue\"";
     /// WASM batches refused (wrong token or peer).
     wasm_batches_refused => "apitrace_probe_refused_total", "source=\"wasm\"";
-    /// WASM batches that were not a valid WasmBatch.
+    /// WASM batches that were not a valid WasmBatch, or over the size limit.
     wasm_batches_malformed => "apitrace_probe_dropped_total", "source=\"wasm\",reason=\"malformed\"";
     /// Events a subscriber did not receive because it fell behind.
     subscriber_lagged => "apitrace_probe_dropped_total", "source=\"subscriber\",reason=\"lagged\"";

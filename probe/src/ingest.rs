@@ -10,7 +10,7 @@ use apitrace_proto::{PodRef, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch, 
 use axum::{
     Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, State},
+    extract::{ConnectInfo, DefaultBodyLimit, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::{get, post},
@@ -67,7 +67,7 @@ async fn wasm_events(
     State(ingest): State<Arc<Ingest>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> StatusCode {
     let counters = ingest.hub.counters();
     let token = headers
@@ -77,6 +77,15 @@ async fn wasm_events(
         Counters::increment(&counters.wasm_batches_refused);
         return StatusCode::FORBIDDEN;
     }
+    // A batch over the size limit (or cut short) is lost like a malformed
+    // one, and counted with them, once the sender is known to be a filter.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            Counters::increment(&counters.wasm_batches_malformed);
+            return rejection.status();
+        }
+    };
     let reporter = ingest.peers.pod_of(peer.ip());
     let Ok(batch) = read_batch(&body, reporter) else {
         Counters::increment(&counters.wasm_batches_malformed);
@@ -219,6 +228,33 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(hub.counters().snapshot().wasm_batches_malformed, 1);
+    }
+
+    /// A batch over the limit is lost: counted when a filter sent it,
+    /// refused like any other post when a stranger did.
+    #[tokio::test]
+    async fn an_oversized_batch_is_counted_as_lost() {
+        let (router, hub) = setup();
+        let oversized = || vec![0; MAX_BATCH_BYTES + 1];
+        let response = router
+            .clone()
+            .oneshot(post(oversized(), Some("t0k"), CLIENT))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let response = router
+            .oneshot(post(oversized(), Some("t0k"), "198.18.0.9:1"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let counters = hub.counters().snapshot();
+        assert_eq!(
+            (
+                counters.wasm_batches_malformed,
+                counters.wasm_batches_refused
+            ),
+            (1, 1)
+        );
     }
 
     #[tokio::test]

@@ -304,9 +304,10 @@ fn every_bad_input_gets_its_exact_error_and_breaks_nothing_else() {
             metric("apitrace_probe_dropped_total{source=\"als\",reason=\"malformed\"}"),
             metric("apitrace_probe_events_total{source=\"wasm\"}"),
         ),
-        // One malformed batch, two refused, one malformed access-log frame,
-        // and the good batch after each of the eight requests.
-        (Some(1), Some(2), Some(1), Some(8)),
+        // Two malformed batches (garbage, and one over the size limit), two
+        // refused, one malformed access-log frame, and the good batch after
+        // each of the eight requests.
+        (Some(2), Some(2), Some(1), Some(8)),
         "{metrics:#?}"
     );
     drop(probe);
