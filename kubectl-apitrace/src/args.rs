@@ -17,7 +17,8 @@ use crate::output::Format;
     long_about = None,
 )]
 #[command(
-    args_conflicts_with_subcommands = true,
+    subcommand_precedence_over_arg = true,
+    override_usage = "kubectl apitrace [OPTIONS] [TARGET]\n       kubectl apitrace [OPTIONS] <COMMAND>",
     after_help = "Examples:\n  # Trace the calls to and from a pod for five minutes\n  kubectl apitrace pod/nginx\n\n  # Every pod of a deployment, as JSON lines as they come, for one minute\n  kubectl apitrace deploy/web -n shop --duration 1m -o ndjson -f\n\n  # What a session would create, without creating it\n  kubectl apitrace svc/api --dry-run\n\n  # The whole data path on this Linux host, without a cluster\n  sudo kubectl apitrace demo"
 )]
 pub struct Cli {
@@ -25,22 +26,35 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
-/// The API server and the account to use, as kubectl takes them.
+/// The API server and the account to use, as kubectl takes them: anywhere on
+/// the line, before or after the command, as kubectl's own global flags.
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
     /// The kubeconfig file [default: $KUBECONFIG or ~/.kube/config].
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Cluster options"
+    )]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context [default: the current context].
-    #[arg(long, value_name = "NAME")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        global = true,
+        help_heading = "Cluster options"
+    )]
     pub context: Option<String>,
     /// The namespace holding the mesh config (istiod's).
-    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::check::DEFAULT_ISTIO_NAMESPACE, value_parser = parse_namespace)]
+    #[arg(long, value_name = "NAMESPACE", global = true, help_heading = "Cluster options", default_value = apitrace_cluster::check::DEFAULT_ISTIO_NAMESPACE, value_parser = parse_namespace)]
     pub istio_namespace: String,
     /// The namespace the probes run in (see manifests/probe.yaml).
-    #[arg(long, value_name = "NAMESPACE", default_value = apitrace_cluster::names::DEFAULT_PROBE_NAMESPACE, value_parser = parse_namespace)]
+    #[arg(long, value_name = "NAMESPACE", global = true, help_heading = "Cluster options", default_value = apitrace_cluster::names::DEFAULT_PROBE_NAMESPACE, value_parser = parse_namespace)]
     pub probe_namespace: String,
 }
 
@@ -91,8 +105,6 @@ pub struct TraceArgs {
     /// No progress on stderr (it is shown only on a terminal anyway).
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -167,8 +179,6 @@ pub struct VersionArgs {
     /// Print the CLI's version only, without asking the cluster.
     #[arg(long)]
     pub client: bool,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -183,8 +193,6 @@ pub struct CheckArgs {
     /// Also check what tracing a target needs (its pods, their nodes).
     #[command(flatten)]
     pub targets: TargetArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -202,8 +210,6 @@ pub struct CleanupWhich {
 pub struct CleanupArgs {
     #[command(flatten)]
     pub which: CleanupWhich,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
 }
 
 /// How the calls are printed; shared by every command that prints them.
@@ -354,8 +360,36 @@ fn parse_loss(text: &str) -> Result<u8, String> {
     }
 }
 
+/// The command line, where the cluster's flags (`--kubeconfig`, `--context`,
+/// ...) go anywhere, as kubectl's do. A subcommand takes precedence over the
+/// session's target, so a session's own flags given with a subcommand are
+/// refused here rather than ignored.
 pub fn parse() -> Cli {
-    Cli::parse()
+    use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    if let Some((name, _)) = matches.subcommand() {
+        let session = TraceArgs::augment_args(clap::Command::new("session"));
+        let given = session.get_arguments().find(|arg| {
+            matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+        });
+        if let Some(arg) = given {
+            let flag = match (arg.get_long(), arg.get_value_names()) {
+                (Some(long), _) => format!("--{long}"),
+                (None, Some([name, ..])) => name.to_string(),
+                (None, _) => arg.get_id().to_string(),
+            };
+            command
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{flag} belongs to a session (`kubectl apitrace TARGET ...`), not to `kubectl apitrace {name}`; see `kubectl apitrace {name} --help`"
+                    ),
+                )
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
 /// The completion script for `shell`, for the `kubectl-apitrace` executable

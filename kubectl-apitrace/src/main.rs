@@ -5,15 +5,15 @@
 use std::process::ExitCode;
 
 use kubectl_apitrace::{
-    args::{self, Command},
+    args::{self, ClusterArgs, Command},
     cluster, demo, output, replay,
 };
 
 fn main() -> ExitCode {
     let cli = args::parse();
     let result = match cli.command {
-        Some(command) => run(command),
-        None => cluster::trace(cli.trace),
+        Some(command) => run(command, cli.cluster),
+        None => cluster::trace(cli.trace, cli.cluster),
     };
     match result {
         Ok(code) => code,
@@ -43,13 +43,13 @@ fn chain(error: &anyhow::Error) -> String {
     text
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+fn run(command: Command, on: ClusterArgs) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => demo::run(args),
         Command::Join(args) => replay::run(args),
-        Command::Check(args) => cluster::check(args),
-        Command::Cleanup(args) => cluster::cleanup(args),
-        Command::Version(args) => cluster::version(args),
+        Command::Check(args) => cluster::check(args, on),
+        Command::Cleanup(args) => cluster::cleanup(args, on),
+        Command::Version(args) => cluster::version(args, on),
         Command::Completion(args) => {
             args::completion(args.shell, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)

@@ -94,6 +94,10 @@ fn table(files: &Path, probe: IpAddr) -> Vec<(Bad, String)> {
         cli(&["pod/x", "--duration", "48h"], "exit 2: error: invalid value '48h' for '--duration <DURATION>': \"48h\" is longer than a session may run (1h): run another session after it"),
         cli(&["pod/x", "--probe-image", ""], "exit 2: error: invalid value '' for '--probe-image <IMAGE>': \"\" is not an image reference: use REGISTRY/REPOSITORY:TAG or @sha256:DIGEST"),
         cli(&["pod/x", "--kubeconfig", "/nonexistent/config"], "exit 1: error: cannot read kubeconfig /nonexistent/config: check the path given to --kubeconfig: failed to read kubeconfig from '\"/nonexistent/config\"': No such file or directory (os error 2)"),
+        // kubectl's cluster flags go before the command too; a session's own
+        // flags with another command are refused, not ignored.
+        cli(&["--kubeconfig", "/nonexistent/config", "cleanup", "--all"], "exit 1: error: cannot read kubeconfig /nonexistent/config: check the path given to --kubeconfig: failed to read kubeconfig from '\"/nonexistent/config\"': No such file or directory (os error 2)"),
+        cli(&["-n", "shop", "demo"], "exit 2: error: --namespace belongs to a session (`kubectl apitrace TARGET ...`), not to `kubectl apitrace demo`; see `kubectl apitrace demo --help`"),
         cli(&["cleanup", "--session", "BAD!ID"], "exit 2: error: invalid value 'BAD!ID' for '--session <ID>': \"BAD!ID\" is not a session id: ids are 10 lowercase letters and digits, as `kubectl get leases -A -l apitrace.io/session` shows them"),
         cli(&["completion", "tcsh"], "exit 2: error: invalid value 'tcsh' for '<SHELL>'"),
         cli(&["demo", "--requests", "0"], "exit 2: error: invalid value '0' for '--requests <N>': the demo needs at least one request: use --requests 1 or more"),

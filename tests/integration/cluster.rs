@@ -315,7 +315,7 @@ impl Drop for Stage {
 }
 
 /// The CLI's binary with `args`, run inside `pod` (where the stand-in API
-/// server is on loopback) with `kubeconfig`, which follows the subcommand.
+/// server is on loopback) with `kubeconfig`.
 fn cli_in(pod: &Pod, kubeconfig: &Path, args: &[&str]) -> Command {
     let mut command = Command::new("ip");
     command

@@ -127,12 +127,12 @@ async fn preflight(
     })
 }
 
-pub fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(trace_async(args))
+pub fn trace(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(trace_async(args, cluster))
 }
 
-async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let (client, default_namespace) = connect(&args.cluster).await?;
+async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let (client, default_namespace) = connect(&cluster).await?;
     let Some((selection, scope)) = selection(&args.targets, default_namespace) else {
         bail!(
             "nothing to trace: name a target (pod/NAME, deploy/NAME, sts/NAME, ds/NAME, svc/NAME) or pass -l SELECTOR; see `kubectl apitrace --help`"
@@ -140,7 +140,7 @@ async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = Progress::new(args.quiet);
     progress.say("resolving the targets and checking the cluster");
-    let preflight = preflight(&client, &args.cluster, &selection, &scope).await?;
+    let preflight = preflight(&client, &cluster, &selection, &scope).await?;
     let plan = Plan {
         session: SessionId::generate(),
         token: random_hex(32)?,
@@ -153,7 +153,7 @@ async fn trace_async(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         ),
         probe: ProbeOptions {
-            namespace: args.cluster.probe_namespace.clone(),
+            namespace: cluster.probe_namespace.clone(),
             image: args.probe_image.clone().unwrap_or_else(default_probe_image),
             pull_secrets: args.image_pull_secrets.clone(),
             privileged: args.privileged,
@@ -375,13 +375,12 @@ async fn run_session(
     Ok(exit)
 }
 
-pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let (client, default_namespace) = connect(&args.cluster).await?;
-        let cluster = &args.cluster;
+        let (client, default_namespace) = connect(&cluster).await?;
         match selection(&args.targets, default_namespace) {
             Some((selection, scope)) => {
-                let preflight = preflight(&client, cluster, &selection, &scope).await?;
+                let preflight = preflight(&client, &cluster, &selection, &scope).await?;
                 print_mesh(&preflight.mesh);
                 for node in &preflight.targets.nodes {
                     let attach = check::kernel_attach(&node.name, &node.kernel)?;
@@ -425,14 +424,14 @@ fn print_mesh(mesh: &check::Mesh) {
     );
 }
 
-pub fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+pub fn cleanup(args: CleanupArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let (client, _) = connect(&args.cluster).await?;
+        let (client, _) = connect(&cluster).await?;
         let which = match args.which.session {
             Some(session) => Which::Session(session),
             None => Which::Leftovers,
         };
-        let configs = cleanup::mesh_configs(&client, &args.cluster.istio_namespace).await?;
+        let configs = cleanup::mesh_configs(&client, &cluster.istio_namespace).await?;
         let report = cleanup::cleanup(&client, &which, &Reach::Cluster, &configs, Timestamp::now()).await?;
         for change in &report.removed {
             println!("removed {change}");
@@ -456,7 +455,7 @@ pub fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
 /// (unless `--client`) the probes of sessions running on the cluster. An
 /// unreachable cluster is reported, not an error: the CLI's version is still
 /// worth printing.
-pub fn version(args: VersionArgs) -> anyhow::Result<ExitCode> {
+pub fn version(args: VersionArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> {
     println!("kubectl-apitrace {}", env!("CARGO_PKG_VERSION"));
     println!("probe image: {}", default_probe_image());
     if args.client {
@@ -464,8 +463,8 @@ pub fn version(args: VersionArgs) -> anyhow::Result<ExitCode> {
     }
     let probes = runtime()?.block_on(async {
         tokio::time::timeout(VERSION_TIMEOUT, async {
-            let (client, _) = connect(&args.cluster).await?;
-            running_probes(&client, &args.cluster.probe_namespace).await
+            let (client, _) = connect(&cluster).await?;
+            running_probes(&client, &cluster.probe_namespace).await
         })
         .await
         .unwrap_or_else(|_| {
