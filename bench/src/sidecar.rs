@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use apitrace_netns::topology::Pod;
 use apitrace_proto::ports;
 use kubectl_apitrace::demo::{
-    envoy::{Layers, Sidecar},
+    envoy::{self, Layers, Sidecar},
     http::{self, Connection},
 };
 
@@ -63,12 +63,8 @@ pub fn write_bootstrap(
         probe_host: PROBE_HOST,
         module_path: &module.path,
         module_sha256: &module.sha256,
-        plugin_config: serde_json::json!({
-            "ingest_cluster": format!("outbound|{}||{PROBE_HOST}", ports::HTTP),
-            "ingest_authority": format!("{PROBE_HOST}:{}", ports::HTTP),
-            "session_token": "bench",
-            "show_secrets": false,
-        }),
+        session_token: "bench",
+        show_secrets: false,
         layers,
     };
     std::fs::write(config, sidecar.bootstrap().to_string())
@@ -89,15 +85,7 @@ pub fn start_envoy(
     let log = std::fs::File::create(workdir.join("envoy.log"))?;
     let mut command = in_pod(server, &envoy.to_string_lossy(), &[]);
     command
-        .arg("--config-path")
-        .arg(config)
-        .args([
-            "--log-level",
-            "warn",
-            "--disable-hot-restart",
-            "--concurrency",
-            "2",
-        ])
+        .args(envoy::command_line(config, 2))
         .stdout(Stdio::null())
         .stderr(log);
     Ok(Guard(command.spawn().context("cannot start Envoy")?))

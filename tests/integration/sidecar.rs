@@ -136,12 +136,8 @@ impl Stage {
             probe_host: PROBE_HOST,
             module_path: &status.wasm_module_path,
             module_sha256: &status.wasm_module_sha256,
-            plugin_config: serde_json::json!({
-                "ingest_cluster": format!("outbound|{}||{PROBE_HOST}", ports::HTTP),
-                "ingest_authority": format!("{PROBE_HOST}:{}", ports::HTTP),
-                "session_token": "test-token",
-                "show_secrets": false,
-            }),
+            session_token: "test-token",
+            show_secrets: false,
             layers: Layers::ALL,
         };
         std::fs::write(files.join("envoy.json"), sidecar.bootstrap().to_string())

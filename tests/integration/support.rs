@@ -358,15 +358,7 @@ impl Envoy {
         let child = Command::new("ip")
             .args(["netns", "exec", &pod.netns])
             .arg(binary)
-            .arg("--config-path")
-            .arg(config)
-            .args([
-                "--log-level",
-                "warn",
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-            ])
+            .args(kubectl_apitrace::demo::envoy::command_line(config, 1))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("Envoy's log file"))
             .spawn()

@@ -10,7 +10,7 @@
 //!   authority, log name and filter-state objects istiod generates for an
 //!   `envoyHttpAls` provider.
 
-use std::net::Ipv4Addr;
+use std::{ffi::OsString, net::Ipv4Addr, path::Path};
 
 use apitrace_proto::ports;
 use serde_json::{Value, json};
@@ -29,8 +29,10 @@ pub struct Sidecar<'a> {
     pub probe_host: &'a str,
     pub module_path: &'a str,
     pub module_sha256: &'a str,
-    /// The filter's plugin configuration (Istio's `pluginConfig`), as JSON.
-    pub plugin_config: Value,
+    /// The session's token, which the filter sends with its batches.
+    pub session_token: &'a str,
+    /// Whether the filter sends raw credentials (`--show-secrets`).
+    pub show_secrets: bool,
     pub layers: Layers,
 }
 
@@ -131,6 +133,17 @@ impl Sidecar<'_> {
         })]
     }
 
+    /// The filter's configuration (Istio's `pluginConfig`): it posts its
+    /// batches through the cluster that reaches the probe's HTTP port.
+    fn plugin_config(&self, http_cluster: &str) -> Value {
+        json!({
+            "ingest_cluster": http_cluster,
+            "ingest_authority": format!("{}:{}", self.probe_host, ports::HTTP),
+            "session_token": self.session_token,
+            "show_secrets": self.show_secrets,
+        })
+    }
+
     fn wasm_filter(&self, http_cluster: &str) -> Value {
         json!({
             "name": "apitrace",
@@ -142,7 +155,7 @@ impl Sidecar<'_> {
                     "failure_policy": "FAIL_OPEN",
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": self.plugin_config.to_string(),
+                        "value": self.plugin_config(http_cluster).to_string(),
                     },
                     "vm_config": {
                         "runtime": "envoy.wasm.runtime.v8",
@@ -192,6 +205,23 @@ pub fn inbound_capture(app_port: u16, loss_percent: Option<u8>) -> String {
     rules
 }
 
+/// Envoy's command line for a sidecar running `config`: no hot restart (as
+/// pilot-agent runs it), `workers` worker threads, warnings and errors only.
+pub fn command_line(config: &Path, workers: u32) -> Vec<OsString> {
+    let mut line: Vec<OsString> = vec!["--config-path".into(), config.into()];
+    line.extend(
+        [
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+            "--concurrency",
+            &workers.to_string(),
+        ]
+        .map(OsString::from),
+    );
+    line
+}
+
 fn socket(address: &str, port: u16) -> Value {
     json!({ "socket_address": { "address": address, "port_value": port } })
 }
@@ -233,7 +263,8 @@ mod tests {
             probe_host: "apitrace-probe.demo.svc.cluster.local",
             module_path: "/wasm/m.wasm",
             module_sha256: "ab",
-            plugin_config: json!({"session_token": "t"}),
+            session_token: "t",
+            show_secrets: false,
             layers: Layers::ALL,
         };
         let bootstrap = sidecar.bootstrap();
@@ -247,7 +278,25 @@ mod tests {
         assert_eq!(hcm["http_filters"][1]["name"], "envoy.filters.http.router");
         let wasm = &hcm["http_filters"][0]["typed_config"]["config"];
         assert_eq!(wasm["failure_policy"], "FAIL_OPEN");
-        assert_eq!(wasm["configuration"]["value"], r#"{"session_token":"t"}"#);
+        // The filter posts through the cluster that reaches the probe's HTTP port.
+        let plugin: Value =
+            serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            plugin,
+            json!({
+                "ingest_cluster": "outbound|15902||apitrace-probe.demo.svc.cluster.local",
+                "ingest_authority": "apitrace-probe.demo.svc.cluster.local:15902",
+                "session_token": "t",
+                "show_secrets": false,
+            })
+        );
+        assert!(
+            bootstrap["static_resources"]["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|cluster| cluster["name"] == plugin["ingest_cluster"])
+        );
         assert_eq!(
             bootstrap["node"]["id"],
             "sidecar~198.18.0.20~server.demo~demo.svc.cluster.local"

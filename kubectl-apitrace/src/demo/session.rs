@@ -165,12 +165,6 @@ impl Demo {
         let (probe_session, events, status) =
             subscribe(&mut probe, &probe_pod, &session_id, &token).await?;
 
-        let plugin_config = serde_json::json!({
-            "ingest_cluster": format!("outbound|{}||{PROBE_HOST}", ports::HTTP),
-            "ingest_authority": format!("{PROBE_HOST}:{}", ports::HTTP),
-            "session_token": token,
-            "show_secrets": plan.show_secrets,
-        });
         let sidecar = Sidecar {
             pod_name: server.name,
             namespace: NAMESPACE,
@@ -180,20 +174,15 @@ impl Demo {
             probe_host: PROBE_HOST,
             module_path: &status.wasm_module_path,
             module_sha256: &status.wasm_module_sha256,
-            plugin_config,
+            session_token: &token,
+            show_secrets: plan.show_secrets,
             layers: Layers::ALL,
         };
         let config_path = workdir.path.join("envoy.json");
         std::fs::write(&config_path, sidecar.bootstrap().to_string())
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let mut command = tokio::process::Command::new(&plan.envoy);
-        command.arg("--config-path").arg(&config_path).args([
-            "--log-level",
-            "warn",
-            "--disable-hot-restart",
-            "--concurrency",
-            "2",
-        ]);
+        command.args(envoy::command_line(&config_path, 2));
         let mut envoy = DemoProcess::spawn(
             "envoy",
             command,
