@@ -16,12 +16,14 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         && signature.len() >= 16
         && !signed.contains(signature)
     {
+        // Not `decode_error`: it is always one of the filter's fixed messages
+        // (a `&'static str`), which a crafted "signature" can quote but never
+        // leak (fuzz/regressions/jwt holds the input that did).
         for field in [
             &redacted.scheme,
             &redacted.jwt_header_json,
             &redacted.jwt_claims_json,
             &redacted.fingerprint,
-            &redacted.decode_error,
         ] {
             assert!(!field.contains(signature), "the signature leaked: {redacted:?}");
         }

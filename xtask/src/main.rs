@@ -218,8 +218,9 @@ fn cargo_fuzz() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets, each for `seconds` (CI: a smoke run; by hand, longer).
-/// A crash fails the run; libFuzzer leaves the input in fuzz/artifacts, to be
-/// turned into a regression test.
+/// A crash fails the run; libFuzzer leaves the input in fuzz/artifacts. Once
+/// understood and fixed, it goes to fuzz/regressions/TARGET, which every run
+/// replays before fuzzing.
 const FUZZ_TARGETS: [&str; 6] = [
     "http_head",
     "tc_event",
@@ -238,18 +239,23 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
         other => bail!("fuzz takes a number of seconds per target, not {other:?}"),
     };
     cargo_fuzz()?;
+    let fuzz_dir = workspace().join("fuzz");
     for target in FUZZ_TARGETS {
         step("fuzz", &format!("{target} for {seconds} s"));
-        run(cargo()
-            .current_dir(workspace().join("fuzz"))
+        // The corpus grows in fuzz/corpus (not committed); the inputs that
+        // once failed, in fuzz/regressions (committed), run first every time.
+        let mut command = cargo();
+        command
+            .current_dir(&fuzz_dir)
             .env("RUSTC_BOOTSTRAP", "1")
-            .args([
-                "fuzz",
-                "run",
-                target,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ]))?;
+            .args(["fuzz", "run", target])
+            .arg(format!("corpus/{target}"));
+        let regressions = format!("regressions/{target}");
+        if fuzz_dir.join(&regressions).is_dir() {
+            command.arg(regressions);
+        }
+        std::fs::create_dir_all(fuzz_dir.join("corpus").join(target))?;
+        run(command.args(["--", &format!("-max_total_time={seconds}")]))?;
     }
     Ok(())
 }
