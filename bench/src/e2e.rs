@@ -81,6 +81,9 @@ pub fn run(
     let _envoy = start_envoy(envoy, server, &config, &workdir)?;
     let target = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
     runtime.block_on(wait_ready(client, target))?;
+    // The ready check's own layers arrive within the drain; the first run's
+    // subscriber must not count them as one of its calls.
+    std::thread::sleep(DRAIN);
     let token = format!("Bearer {}", jwt::demo_token(1_790_000_000));
 
     let mut figures: Vec<Figures> = RATES.iter().map(|_| Figures::default()).collect();
@@ -130,7 +133,13 @@ pub fn run(
                 delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="lagged"}"#)
                     + delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="none"}"#),
             );
-            figures.dropped_probe.push(probe_drops(&before, &after));
+            let lost = probe_drops(&before, &after);
+            for (counter, count) in &lost {
+                eprintln!("e2e: the probe dropped {count}: {counter}");
+            }
+            figures
+                .dropped_probe
+                .push(lost.iter().map(|(_, count)| count).sum::<u64>() as f64);
             figures.probe_rss_mib.push(peak_rss_mib(probe_pid)?);
             figures.probe_cpu_ms_per_second.push(cpu / took);
             eprintln!(
@@ -198,9 +207,10 @@ async fn subscribe(
     Ok((stop, joined))
 }
 
-/// Every event the probe lost on its own side: its rings and flow table,
-/// malformed or refused input, broken access-log streams.
-fn probe_drops(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> f64 {
+/// Every event the probe lost on its own side during a run, by counter: its
+/// rings and flow table, malformed or refused input, broken access-log
+/// streams.
+fn probe_drops(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Vec<(String, u64)> {
     after
         .iter()
         .filter(|(name, _)| {
@@ -209,8 +219,12 @@ fn probe_drops(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> f
                 && !name.contains(r#"source="subscriber""#)
                 && !name.contains(r#"reason="filter_queue""#)
         })
-        .map(|(name, value)| (*value - before.get(name).copied().unwrap_or(0)) as f64)
-        .sum()
+        .map(|(name, value)| {
+            let before = before.get(name).copied().unwrap_or(0);
+            (name.clone(), value.saturating_sub(before))
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
 }
 
 /// Envoy's own count of access-log entries it sent and dropped (its gRPC
@@ -257,18 +271,21 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
 fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
     let mut rows = Vec::new();
     for (rate, figures) in RATES.iter().zip(figures) {
-        let row = |metric: &str, values: &Vec<f64>, target: &str, met: Option<fn(f64) -> bool>| {
-            let ours = Sample::of(values.clone());
-            Row {
-                metric: format!("{rate}/s: {metric}"),
-                met: met.map(|met| met(ours.median)),
-                ours,
-                peer: None,
-                baseline: None,
-                target: target.to_owned(),
-            }
-        };
-        let zero: Option<fn(f64) -> bool> = Some(|max| max == 0.0);
+        // A target is met only if every run met it: one run that dropped
+        // events is a miss, whatever the median says.
+        let row =
+            |metric: &str, values: &Vec<f64>, target: &str, met: Option<fn(&Sample) -> bool>| {
+                let ours = Sample::of(values.clone());
+                Row {
+                    metric: format!("{rate}/s: {metric}"),
+                    met: met.map(|met| met(&ours)),
+                    ours,
+                    peer: None,
+                    baseline: None,
+                    target: target.to_owned(),
+                }
+            };
+        let zero: Option<fn(&Sample) -> bool> = Some(|runs| runs.max == 0.0);
         rows.extend([
             row(
                 "requests answered per second (achieved rate)",
@@ -280,7 +297,7 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
                 "calls joined from all three layers, %",
                 &figures.joined_percent,
                 "≥ 99.9",
-                Some(|percent| percent >= 99.9),
+                Some(|runs| runs.min >= 99.9),
             ),
             row(
                 "access logs dropped by Envoy",
@@ -310,7 +327,7 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
                 "probe peak RSS, MiB",
                 &figures.probe_rss_mib,
                 "≤ 50",
-                Some(|mib| mib <= 50.0),
+                Some(|runs| runs.max <= 50.0),
             ),
             row(
                 "probe CPU, ms per second",
@@ -327,7 +344,8 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
              and the gRPC access log, the probe's TC program on the server pod, and a subscriber joining what the probe streams as the CLI does. \
              The client pod sends {} at a fixed rate over {CONNECTIONS_PER_1000} keep-alive connections per 1000/s, each request with a 1.3 KB JWT, \
              {seconds} s per run, {repeats} runs per rate interleaved; the join is ended {} s after the load. \
-             Dropped counts are per run; the peak RSS is the probe's VmHWM since it started. Median (lowest–highest) of the runs.",
+             Dropped counts are per run; the peak RSS is the probe's VmHWM since it started. Median (lowest–highest) of the runs; \
+             a target is met only if every run met it.",
             RATES.map(|rate| format!("{rate}/s")).join(" and "),
             DRAIN.as_secs()
         ),

@@ -87,7 +87,7 @@ fn run() -> anyhow::Result<()> {
         )?);
     }
     if only.as_deref().is_none_or(|only| only == "e2e") {
-        let seconds: u64 = option("--e2e-seconds").map_or(Ok(20), |n| n.parse())?;
+        let seconds: u64 = option("--e2e-seconds").map_or(Ok(60), |n| n.parse())?;
         report.add(e2e::run(
             &probe,
             &envoy,
