@@ -134,7 +134,14 @@ fn istio_crds() -> anyhow::Result<PathBuf> {
         run(Command::new("curl")
             .args(["-fsSL", "--retry", "3", "-o"])
             .arg(&fetched)
-            .arg(ISTIO_CRDS_URL))?;
+            .arg(ISTIO_CRDS_URL))
+        .with_context(|| {
+            format!(
+                "the schema tests need Istio's CRDs and they could not be fetched; \
+                 save {ISTIO_CRDS_URL} as {} (or clone next to a shared/schemas/istio-crds.yaml) and run again",
+                fetched.display()
+            )
+        })?;
     }
     Ok(fetched)
 }
