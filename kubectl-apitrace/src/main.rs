@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use apitrace_cluster::error_text::error_chain;
 use kubectl_apitrace::{
     args::{self, ClusterArgs, Command},
     cluster, demo, output, replay,
@@ -20,27 +21,10 @@ fn main() -> ExitCode {
         // A reader that went away (`| head`) is not an error of ours.
         Err(error) if output::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", chain(&error));
+            eprintln!("error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, joined by ": ", each said once: many errors
-/// (kube's, io's through ours) already repeat their cause in their own text.
-fn chain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string();
-        if text.contains(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
 }
 
 fn run(command: Command, on: ClusterArgs) -> anyhow::Result<ExitCode> {

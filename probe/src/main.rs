@@ -2,6 +2,7 @@
 
 use std::{net::IpAddr, net::SocketAddr, process::ExitCode, time::Duration};
 
+use apitrace_cluster::error_text::error_chain;
 use apitrace_netns::NetnsRef;
 use apitrace_probe::{
     run::{AnchorRef, Config, run},
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
     match resolve(args).and_then(start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("apitrace-probe: {error:#}");
+            eprintln!("apitrace-probe: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
         Some("fixtures") => fixtures(),
-        Some("release") => release(),
+        Some("release") => release(Manifest::CheckedIn),
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
@@ -396,7 +396,17 @@ fn test() -> anyhow::Result<()> {
         .env("APITRACE_ISTIO_CRDS", &installed.istio_crds))?;
     step("test", "fuzz targets, 10 s each");
     fuzz(&["10".to_owned()])?;
-    release()
+    release(Manifest::DistOnly)
+}
+
+/// Where `release` writes the krew manifest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Manifest {
+    /// Also over krew/apitrace.yaml, for the release to commit.
+    CheckedIn,
+    /// Only next to the archives: the tests check a release without changing
+    /// a checked-in file (each build's archive has another sha256).
+    DistOnly,
 }
 
 /// This machine's platform as krew names it.
@@ -418,10 +428,11 @@ fn host_platform() -> anyhow::Result<(&'static str, &'static str)> {
 /// Builds the CLI for release, archives it with the licence (reproducibly:
 /// sorted, owned by root, dated 1970, gzip without a name or time), then
 /// writes the krew manifest for every archive of this version in
-/// target/dist (archives built on other machines can be dropped there), checks
+/// target/dist (archives built on other machines can be dropped there) next
+/// to them, and where `manifest_at` says, checks
 /// it against krew's rules and each sha256 against its file, and unpacks this
 /// machine's archive to run the binary in it.
-fn release() -> anyhow::Result<()> {
+fn release(manifest_at: Manifest) -> anyhow::Result<()> {
     let version = env!("CARGO_PKG_VERSION");
     let (os, arch) = host_platform()?;
     if os == "windows" {
@@ -486,11 +497,9 @@ fn release() -> anyhow::Result<()> {
             broken.join("; ")
         );
     }
-    for path in [
-        workspace().join("krew/apitrace.yaml"),
-        dist.join("apitrace.yaml"),
-    ] {
-        std::fs::write(&path, &manifest)?;
+    std::fs::write(dist.join("apitrace.yaml"), &manifest)?;
+    if manifest_at == Manifest::CheckedIn {
+        std::fs::write(workspace().join("krew/apitrace.yaml"), &manifest)?;
     }
     step("release", "checking each archive against the manifest");
     let written: serde_json::Value =

@@ -14,6 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use crate::{
+    error_text::ApiText,
     mesh::{self, MESH_KEY, MeshConfigRef, MeshError},
     names,
 };
@@ -65,26 +66,26 @@ impl fmt::Display for Change {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("creating {what}: {source}")]
+    #[error("creating {what}: {}", ApiText(source))]
     Create {
         what: String,
         #[source]
         source: kube::Error,
     },
-    #[error("removing {what}: {source}")]
+    #[error("removing {what}: {}", ApiText(source))]
     Remove {
         what: String,
         #[source]
         source: kube::Error,
     },
-    #[error("labelling pod {namespace}/{name}: {source}")]
+    #[error("labelling pod {namespace}/{name}: {}", ApiText(source))]
     Label {
         namespace: String,
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("mesh config {config}: {source}")]
+    #[error("mesh config {config}: {}", ApiText(source))]
     MeshApi {
         config: MeshConfigRef,
         #[source]

@@ -17,6 +17,7 @@ use kube::{
 };
 
 use crate::{
+    error_text::ApiText,
     istio::{self, TelemetryVersion},
     mesh::{self, MESH_KEY, MeshConfigRef, TelemetryPolicy},
     target::Targets,
@@ -66,7 +67,7 @@ pub enum CheckError {
         .0.join(", ")
     )]
     MixedRevisions(Vec<String>),
-    #[error("asking the API server about {what}: {source}")]
+    #[error("asking the API server about {what}: {}", ApiText(source))]
     Api {
         what: String,
         #[source]

@@ -20,6 +20,7 @@ use kube::{
 
 use crate::{
     apply::{ApplyError, Change, undo},
+    error_text::ApiText,
     istio::{self, TelemetryVersion},
     mesh::{self, MESH_KEY, MeshConfigRef},
     names::{self, SessionId},
@@ -35,7 +36,7 @@ pub enum Which {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
-    #[error("listing {what}: {source}")]
+    #[error("listing {what}: {}", ApiText(source))]
     List {
         what: String,
         #[source]

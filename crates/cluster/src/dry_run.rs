@@ -71,11 +71,10 @@ pub fn render(plan: &Plan, mesh_config: &str) -> Result<String, DryRunError> {
     for object in shown.wasm_plugins(&module) {
         yaml(&mut out, "the filter in the traced pods' sidecars", &object)?;
     }
-    let before = mesh::normalized(mesh_config)?;
-    let after =
-        mesh::add_provider(mesh_config, &plan.als_provider())?.unwrap_or_else(|| before.clone());
+    let after = mesh::add_provider(mesh_config, &plan.als_provider())?
+        .unwrap_or_else(|| mesh_config.to_owned());
     out.push_str(&format!("---\n# mesh config {} (data.mesh):\n", plan.mesh));
-    let diff = similar::TextDiff::from_lines(&before, &after);
+    let diff = similar::TextDiff::from_lines(mesh_config, &after);
     out.push_str(
         &diff
             .unified_diff()
@@ -117,10 +116,7 @@ mod tests {
         assert_eq!(
             changed,
             [
-                "+- envoyHttpAls:",
-                "+    port: 15901",
-                "+    service: apitrace-abcde12345.apitrace-system.svc.cluster.local",
-                "+  name: apitrace-abcde12345",
+                r#"+- {"envoyHttpAls":{"port":15901,"service":"apitrace-abcde12345.apitrace-system.svc.cluster.local"},"name":"apitrace-abcde12345"}"#
             ],
             "{text}"
         );

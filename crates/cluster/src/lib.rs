@@ -7,6 +7,7 @@ pub mod apply;
 pub mod check;
 pub mod cleanup;
 pub mod dry_run;
+pub mod error_text;
 pub mod identity;
 pub mod istio;
 pub mod mesh;

@@ -2,6 +2,13 @@
 //! the access-log providers workloads already log to, as pure functions: the
 //! session adds exactly one `extensionProviders` entry and removes exactly that
 //! one, keeping every other provider and field.
+//!
+//! The entry is one line of the text, put into the list where it is written,
+//! so that the rest of the text keeps its order, comments and layout, and a
+//! session leaves the ConfigMap as it found it, byte for byte (GitOps tools
+//! and `kubectl diff` see nothing). Where the text is laid out otherwise (a
+//! list written on one line, a flow mapping), or the line edit would not mean
+//! exactly the change, the config is written anew from its parsed value.
 
 use std::collections::BTreeMap;
 
@@ -87,19 +94,118 @@ fn render(mesh: &Value) -> String {
     serde_saphyr::to_string(mesh).expect("a JSON value is always representable as YAML")
 }
 
-/// The mesh config as this module writes it: what [`add_provider`] and
-/// [`remove_provider`] return differs from it only where they changed it.
-pub fn normalized(mesh: &str) -> Result<String, MeshError> {
-    Ok(render(&parse(mesh)?))
+/// `edited` if it reads as `wanted`, else `wanted` written anew.
+fn checked(edited: Option<String>, wanted: &Value) -> String {
+    edited
+        .filter(|text| parse(text).is_ok_and(|value| value == *wanted))
+        .unwrap_or_else(|| render(wanted))
+}
+
+const PROVIDERS_KEY_LINE: &str = "extensionProviders:";
+
+/// Where the items of the block list under `extensionProviders:` are: the
+/// key's line, the last line of the last item, and the items' indentation.
+/// `None` for the items when the key has none under it.
+fn provider_block(lines: &[&str]) -> Option<(usize, Option<(usize, usize)>)> {
+    let key = lines
+        .iter()
+        .position(|line| line.trim_end() == PROVIDERS_KEY_LINE)?;
+    let mut items = None;
+    for (index, line) in lines.iter().enumerate().skip(key + 1) {
+        let content = line.trim_start();
+        if content.trim().is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - content.len();
+        let is_item = content.starts_with("- ") || content.trim_end() == "-";
+        if indent == 0 && !is_item {
+            break;
+        }
+        let item_indent = items.map_or(indent, |(_, item_indent)| item_indent);
+        items = Some((index, item_indent));
+    }
+    Some((key, items))
+}
+
+/// `lines` joined, with `line` put after `lines[after]` (at the end for
+/// `None`). A text without a final newline keeps going without one.
+fn with_line(lines: &[&str], after: Option<usize>, line: &str) -> String {
+    let at = after.map_or(lines.len(), |after| after + 1);
+    let mut text: String = lines[..at].concat();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+        text.push_str(line);
+    } else {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.extend(lines[at..].iter().copied());
+    text
+}
+
+/// The text with `provider` as one more line of the `extensionProviders`
+/// list, written as JSON (which YAML reads as a flow mapping), or with the
+/// list added at the end when there is none.
+fn insert_provider_line(mesh: &str, provider: &Value) -> Option<String> {
+    let item = format!("- {}", serde_json::to_string(provider).ok()?);
+    let lines: Vec<&str> = mesh.split_inclusive('\n').collect();
+    match provider_block(&lines) {
+        // A list written on the key's line (`extensionProviders: []`) is
+        // not one to add a line to, nor to add a second key for.
+        None if lines
+            .iter()
+            .any(|line| line.starts_with("extensionProviders")) =>
+        {
+            None
+        }
+        None => Some(with_line(
+            &lines,
+            None,
+            &format!("{PROVIDERS_KEY_LINE}\n{item}"),
+        )),
+        Some((_, Some((last, indent)))) => Some(with_line(
+            &lines,
+            Some(last),
+            &format!("{}{item}", " ".repeat(indent)),
+        )),
+        Some((_, None)) => None,
+    }
+}
+
+/// The text without the line of the provider called `name`, as
+/// [`insert_provider_line`] wrote it, and without the list's key when that
+/// was its only item.
+fn remove_provider_line(mesh: &str, name: &str) -> Option<String> {
+    let mut lines: Vec<&str> = mesh.split_inclusive('\n').collect();
+    let ours = lines.iter().position(|line| {
+        line.trim()
+            .strip_prefix("- ")
+            .and_then(|json| serde_json::from_str::<Value>(json).ok())
+            .is_some_and(|provider| provider["name"] == name)
+    })?;
+    lines.remove(ours);
+    if let Some((key, None)) = provider_block(&lines) {
+        lines.remove(key);
+    }
+    let mut text = lines.concat();
+    // The line taken out was the last: the one before it ends the text now,
+    // without the newline that separated the two.
+    if !mesh.ends_with('\n') && text.ends_with('\n') {
+        text.pop();
+    }
+    Some(text)
 }
 
 fn providers(mesh: &mut Value) -> Result<&mut Vec<Value>, MeshError> {
     let object = mesh.as_object_mut().ok_or(MeshError::NotAMapping)?;
-    object
+    let list = object
         .entry("extensionProviders")
-        .or_insert_with(|| json!([]))
-        .as_array_mut()
-        .ok_or(MeshError::ProvidersNotAList)
+        .or_insert_with(|| json!([]));
+    // `extensionProviders:` with nothing after it: none yet, as Istio reads it.
+    if list.is_null() {
+        *list = json!([]);
+    }
+    list.as_array_mut().ok_or(MeshError::ProvidersNotAList)
 }
 
 /// The mesh config with `provider` added; `None` when it is already there as is
@@ -117,7 +223,7 @@ pub fn add_provider(mesh: &str, provider: &Value) -> Result<Option<String>, Mesh
         };
     }
     list.push(provider.clone());
-    Ok(Some(render(&value)))
+    Ok(Some(checked(insert_provider_line(mesh, provider), &value)))
 }
 
 /// The mesh config without the provider called `name`; `None` when it is not
@@ -137,7 +243,7 @@ pub fn remove_provider(mesh: &str, name: &str) -> Result<Option<String>, MeshErr
             .expect("parsed as a mapping")
             .remove("extensionProviders");
     }
-    Ok(Some(render(&value)))
+    Ok(Some(checked(remove_provider_line(mesh, name), &value)))
 }
 
 /// The sessions whose access-log provider is in the mesh config: named
@@ -315,10 +421,96 @@ mod tests {
         let removed = remove_provider(&added, "apitrace-abcde12345")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            serde_saphyr::from_str::<Value>(&removed).unwrap(),
-            json!({})
-        );
+        assert_eq!(removed, "");
+    }
+
+    /// A mesh config as Istio's chart writes it (`mesh: |-`: no final
+    /// newline), with a comment and keys out of alphabetical order.
+    const CHART_MESH: &str = "# written by the istiod chart\ndefaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\ndefaultProviders:\n  metrics:\n  - prometheus\nenablePrometheusMerge: true\nrootNamespace: istio-system\ntrustDomain: cluster.local";
+
+    /// The lines of `after` that are not in `before`.
+    fn added_lines<'a>(before: &str, after: &'a str) -> Vec<&'a str> {
+        after
+            .lines()
+            .filter(|line| !before.lines().any(|kept| kept == *line))
+            .collect()
+    }
+
+    #[test]
+    fn a_session_leaves_the_mesh_config_byte_for_byte_as_it_found_it() {
+        let provider = als_provider(&session(), "apitrace-abcde12345.apitrace-system.svc", 15901);
+        let ours = r#"{"envoyHttpAls":{"port":15901,"service":"apitrace-abcde12345.apitrace-system.svc"},"name":"apitrace-abcde12345"}"#;
+        let indented = "extensionProviders:\n  # tracing\n  - name: otel\n    envoyOtelAls:\n      service: otel.o.svc\n      port: 4317\n\n# the rest\nrootNamespace: istio-system\n";
+        for (mesh, expected_lines) in [
+            (
+                CHART_MESH,
+                vec!["extensionProviders:".to_owned(), format!("- {ours}")],
+            ),
+            (MESH, vec![format!("- {ours}")]),
+            (indented, vec![format!("  - {ours}")]),
+            (
+                "",
+                vec!["extensionProviders:".to_owned(), format!("- {ours}")],
+            ),
+        ] {
+            let added = add_provider(mesh, &provider).unwrap().unwrap();
+            assert_eq!(
+                added_lines(mesh, &added),
+                expected_lines,
+                "{mesh:?} became {added:?}"
+            );
+            assert_eq!(
+                added.lines().count(),
+                mesh.lines().count() + expected_lines.len()
+            );
+            let removed = remove_provider(&added, "apitrace-abcde12345")
+                .unwrap()
+                .unwrap();
+            assert_eq!(removed, mesh);
+        }
+    }
+
+    #[test]
+    fn an_edit_made_during_the_session_is_kept_when_the_provider_goes() {
+        let provider = als_provider(&session(), "h", 1);
+        let added = add_provider(CHART_MESH, &provider).unwrap().unwrap();
+        let edited = added.replace("trustDomain: cluster.local", "trustDomain: example.org");
+        let removed = remove_provider(&edited, "apitrace-abcde12345")
+            .unwrap()
+            .unwrap();
+        assert_eq!(removed, CHART_MESH.replace("cluster.local", "example.org"));
+    }
+
+    #[test]
+    fn a_list_on_one_line_or_a_flow_mapping_is_written_anew_and_still_only_gains_ours() {
+        let provider = als_provider(&session(), "h", 1);
+        for mesh in [
+            "extensionProviders: []\nrootNamespace: istio-system\n",
+            "{rootNamespace: istio-system}",
+            "extensionProviders: # none yet\nrootNamespace: istio-system\n",
+        ] {
+            let added = add_provider(mesh, &provider).unwrap().unwrap();
+            let mut expected: Value = serde_saphyr::from_str(mesh).unwrap();
+            expected["extensionProviders"] = json!([provider]);
+            assert_eq!(
+                serde_saphyr::from_str::<Value>(&added).unwrap(),
+                expected,
+                "{mesh:?}"
+            );
+            assert_eq!(added.matches("extensionProviders").count(), 1, "{added:?}");
+            let removed = remove_provider(&added, "apitrace-abcde12345")
+                .unwrap()
+                .unwrap();
+            expected
+                .as_object_mut()
+                .unwrap()
+                .remove("extensionProviders");
+            assert_eq!(
+                serde_saphyr::from_str::<Value>(&removed).unwrap(),
+                expected,
+                "{mesh:?}"
+            );
+        }
     }
 
     #[test]

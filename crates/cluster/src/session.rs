@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     apply::{ApplyError, Change, Journal},
+    error_text::ApiText,
     istio,
     objects::{FilterModule, Plan, owner_reference},
 };
@@ -95,7 +96,7 @@ pub enum SessionError {
         pending: Vec<String>,
         timeout: Duration,
     },
-    #[error("reading probe pod {name}: {source}")]
+    #[error("reading probe pod {name}: {}", ApiText(source))]
     ProbeApi {
         name: String,
         #[source]

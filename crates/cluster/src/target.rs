@@ -13,6 +13,8 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::ListParams};
 
+use crate::error_text::ApiText;
+
 /// The kinds a target can name, with the short names kubectl accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
@@ -341,7 +343,7 @@ pub enum TargetError {
         "{what} has a selector apitrace cannot turn into a label query: {detail}; use -l SELECTOR"
     )]
     UnsupportedSelector { what: String, detail: String },
-    #[error("reading {what} from the cluster: {source}")]
+    #[error("reading {what} from the cluster: {}", ApiText(source))]
     Api {
         what: String,
         #[source]

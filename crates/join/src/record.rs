@@ -2,6 +2,8 @@
 //! a public interface (`-o ndjson`, `-o json`): `docs/record.md` describes
 //! each of them, and a test pins them.
 
+use std::{borrow::Cow, sync::Arc};
+
 use serde::{Deserialize, Serialize};
 
 /// A joined API call.
@@ -55,8 +57,9 @@ pub struct Hop {
     /// `namespace/name` of the sidecar.
     pub reporter: String,
     /// `inbound` (it received the call for its pod) or `outbound` (its pod made
-    /// the call); empty when the cluster name says neither.
-    pub direction: String,
+    /// the call); empty when the cluster name says neither. One of a few
+    /// words: not a string per record.
+    pub direction: Cow<'static, str>,
     pub status: u32,
     pub upstream_cluster: String,
     /// From the sidecar receiving the request to its last response byte.
@@ -87,8 +90,8 @@ impl Layer {
 pub struct Peer {
     pub namespace: String,
     pub name: String,
-    /// `Pod`, `Service`, `Node` or `External`.
-    pub kind: String,
+    /// `Pod`, `Service`, `Node` or `External`: not a string per record.
+    pub kind: Cow<'static, str>,
     pub ip: String,
     pub port: u32,
 }
@@ -97,11 +100,12 @@ pub struct Peer {
 pub struct AuthRecord {
     /// `Bearer`, `Basic`, ...
     pub scheme: String,
-    /// The JWT's decoded claims (an empty object when the credentials are not a JWT).
-    pub claims: serde_json::Value,
+    /// The JWT's decoded claims (an empty object when the credentials are not a
+    /// JWT). Shared: the calls that carry the same token carry the same claims.
+    pub claims: Arc<serde_json::Value>,
     /// The JWT's decoded JOSE header.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub jwt_header: serde_json::Value,
+    #[serde(skip_serializing_if = "is_null")]
+    pub jwt_header: Arc<serde_json::Value>,
     /// `sha256:<hex>` of the credentials.
     pub fingerprint: String,
     /// The raw credentials: present only with `--show-secrets`.
@@ -182,6 +186,10 @@ pub struct Latency {
     pub app_wire_us: Option<i64>,
 }
 
+fn is_null(value: &Arc<serde_json::Value>) -> bool {
+    value.is_null()
+}
+
 pub(crate) fn rfc3339(unix_nanos: i64) -> String {
     let nanos = u64::try_from(unix_nanos).unwrap_or(0);
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
@@ -217,8 +225,8 @@ mod tests {
             response_body_bytes: Some(2),
             auth: Some(AuthRecord {
                 scheme: "Bearer".into(),
-                claims: serde_json::json!({"sub": "alice"}),
-                jwt_header: serde_json::json!({"alg": "none"}),
+                claims: serde_json::json!({"sub": "alice"}).into(),
+                jwt_header: serde_json::json!({"alg": "none"}).into(),
                 fingerprint: "sha256:00".into(),
                 token: Some("t".into()),
                 error: Some("e".into()),

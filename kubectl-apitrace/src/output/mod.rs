@@ -205,8 +205,8 @@ pub(crate) mod tests {
             response_body_bytes: Some(612),
             auth: Some(AuthRecord {
                 scheme: "Bearer".into(),
-                claims: serde_json::json!({"sub": "alice"}),
-                jwt_header: serde_json::json!({"alg": "RS256"}),
+                claims: serde_json::json!({"sub": "alice"}).into(),
+                jwt_header: serde_json::json!({"alg": "RS256"}).into(),
                 fingerprint: "sha256:00".into(),
                 token: None,
                 error: None,

@@ -1,8 +1,12 @@
 //! A joined call, put together as a record.
 
+use std::sync::Arc;
+
 use apitrace_proto::{
-    AccessLog, AuthInfo, Endpoint as ProtoEndpoint, TcEvent, http_head::StartLine,
+    AccessLog, AuthInfo, Endpoint as ProtoEndpoint, RequestLine, TcEvent, http_head::StartLine,
 };
+use rustc_hash::FxHashMap;
+use serde_json::Value;
 
 use super::PendingCall;
 use crate::{
@@ -16,78 +20,112 @@ use crate::{
 /// What the TC program saw of a call on the pod's interface.
 #[derive(Debug)]
 pub(crate) struct Wire {
-    pub request: TcEvent,
+    pub request: Box<TcEvent>,
     /// The first packet of the response, when it was seen.
-    pub response: Option<TcEvent>,
+    pub response: Option<Box<TcEvent>>,
     pub retransmits: u32,
     pub resets: u32,
 }
 
 /// The entry of the sidecar that received the call from its caller: the
 /// inbound one when both sidecars logged the call.
-pub(crate) fn primary_log(logs: &[AccessLog]) -> Option<&AccessLog> {
+pub(crate) fn primary_index(logs: &[AccessLog]) -> Option<usize> {
     logs.iter()
-        .find(|log| log.upstream_cluster.starts_with("inbound|"))
-        .or_else(|| logs.first())
+        .position(|log| log.upstream_cluster.starts_with("inbound|"))
+        .or_else(|| (!logs.is_empty()).then_some(0))
+}
+
+/// Decoded JSON documents by their text. A client sends the same token with
+/// each of its calls, so its claims are decoded once, not once per call.
+#[derive(Debug, Default)]
+pub(crate) struct JsonMemo {
+    decoded: FxHashMap<String, Arc<Value>>,
+}
+
+impl JsonMemo {
+    /// Tokens remembered at most: beyond it, the memo starts over.
+    const CAPACITY: usize = 1024;
+
+    /// `text` decoded; `null` when it is not JSON.
+    fn decode(&mut self, text: String) -> Arc<Value> {
+        if let Some(value) = self.decoded.get(&text) {
+            return Arc::clone(value);
+        }
+        let value = Arc::new(serde_json::from_str(&text).unwrap_or(Value::Null));
+        if self.decoded.len() >= Self::CAPACITY {
+            self.decoded.clear();
+        }
+        self.decoded.insert(text, Arc::clone(&value));
+        value
+    }
+}
+
+/// What a record is made from besides the call's own events.
+pub(crate) struct Context<'a> {
+    pub directory: &'a Directory,
+    pub show_secrets: bool,
+    pub json: &'a mut JsonMemo,
 }
 
 /// The record of `call`. `upstream_response` is the first packet of the app's
-/// response on `lo`, when the hop to the app was seen.
+/// response on `lo`, when the hop to the app was seen. The record takes the
+/// events' strings instead of copying them: the events end here.
 pub(crate) fn build_record(
     request_id: &str,
-    call: &PendingCall,
-    wire: Option<&Wire>,
-    upstream_response: Option<&TcEvent>,
-    directory: &Directory,
-    show_secrets: bool,
+    call: PendingCall,
+    mut wire: Option<Wire>,
+    upstream_response: Option<Box<TcEvent>>,
+    context: Context<'_>,
 ) -> CallRecord {
-    let log = primary_log(&call.access_logs);
-    let wasm = call
-        .wasm
+    let PendingCall {
+        mut access_logs,
+        wasm: mut wasm_events,
+        upstream,
+        ..
+    } = call;
+    let hops: Vec<Hop> = access_logs.iter().map(hop).collect();
+    let primary = primary_index(&access_logs);
+    let primary_reporter = primary.map(|index| hops[index].reporter.clone());
+    let mut log = primary.map(|index| access_logs.swap_remove(index));
+    let mut wasm = wasm_events
         .iter()
-        .find(|event| event.listener_direction == "inbound")
-        .or_else(|| call.wasm.first());
-    let upstream = call.upstream.first().map(|(_, request)| request);
+        .position(|event| event.listener_direction == "inbound")
+        .or_else(|| (!wasm_events.is_empty()).then_some(0))
+        .map(|index| wasm_events.swap_remove(index));
+    let mut upstream = upstream.into_iter().next().map(|(_, request)| request);
     // The request line as the TC program read it: on the hop to the app, else
     // on the wire (where a request the sidecar rejected still shows it).
-    let request_line = upstream
-        .into_iter()
-        .chain(wire.map(|wire| &wire.request))
-        .find_map(|tc| match tc.http.as_ref()?.start_line.as_ref()? {
-            StartLine::Request(line) => Some(line),
-            StartLine::Response(_) => None,
-        });
+    let mut request_line = upstream.as_mut().and_then(take_request_line).or_else(|| {
+        wire.as_mut()
+            .and_then(|wire| take_request_line(&mut wire.request))
+    });
 
-    let pick = |from_log: Option<&str>, from_wasm: Option<&str>, from_tc: Option<&str>| {
-        [from_log, from_wasm, from_tc]
-            .into_iter()
-            .flatten()
-            .find(|value| !value.is_empty())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    // Seen by the TC program only (no sidecar logged it, or its entry is
-    // late): the caller and the callee as the first packet shows them.
-    let first_packet = wire.map(|wire| &wire.request).or(upstream);
-    let (src, dst) = match (log, wasm) {
-        (Some(log), _) => (
-            log.downstream_remote.as_ref(),
-            log.downstream_local.as_ref(),
-        ),
-        (None, Some(wasm)) => (wasm.source.as_ref(), wasm.destination.as_ref()),
-        (None, None) => (
-            first_packet.and_then(|tc| tc.src.as_ref()),
-            first_packet.and_then(|tc| tc.dst.as_ref()),
-        ),
-    };
     let time_ns = log
+        .as_ref()
         .map(|log| log.start_time_unix_nano)
-        .or_else(|| wasm.map(|w| w.time_unix_nano))
-        .or_else(|| wire.map(|w| w.request.time_unix_nano))
-        .or_else(|| upstream.map(|tc| tc.time_unix_nano))
+        .or_else(|| wasm.as_ref().map(|w| w.time_unix_nano))
+        .or_else(|| wire.as_ref().map(|w| w.request.time_unix_nano))
+        .or_else(|| upstream.as_ref().map(|tc| tc.time_unix_nano))
         .unwrap_or_default();
+    let (src, dst) = match (log.as_mut(), wasm.as_mut()) {
+        // The downstream address stays in the log, for the record's `als`.
+        (Some(log), _) => (log.downstream_remote.clone(), log.downstream_local.take()),
+        (None, Some(wasm)) => (wasm.source.take(), wasm.destination.take()),
+        // Seen by the TC program only (no sidecar logged it, or its entry is
+        // late): the caller and the callee as the first packet shows them.
+        (None, None) => {
+            let first_packet = wire
+                .as_ref()
+                .map(|wire| &*wire.request)
+                .or(upstream.as_ref());
+            (
+                first_packet.and_then(|tc| tc.src.clone()),
+                first_packet.and_then(|tc| tc.dst.clone()),
+            )
+        }
+    };
 
-    let mut layers = Vec::new();
+    let mut layers = Vec::with_capacity(3);
     if log.is_some() {
         layers.push(Layer::Als);
     }
@@ -98,6 +136,55 @@ pub(crate) fn build_record(
         layers.push(Layer::Tc);
     }
 
+    let status = log
+        .as_ref()
+        .map(|l| l.status)
+        .filter(|status| *status != 0)
+        .or_else(|| wasm.as_ref().map(|w| w.status))
+        .or_else(|| {
+            // The status line on the wire, where it was plaintext.
+            let response = upstream_response
+                .as_ref()
+                .or(wire.as_ref().and_then(|w| w.response.as_ref()));
+            match response?.http.as_ref()?.start_line.as_ref()? {
+                StartLine::Response(line) => Some(line.status),
+                StartLine::Request(_) => None,
+            }
+        })
+        .unwrap_or_default();
+    let latency = log.as_ref().map(|log| {
+        latency(
+            log,
+            wire.as_ref(),
+            upstream.as_ref(),
+            upstream_response.as_deref(),
+        )
+    });
+    let tc = wire.map(|wire| {
+        let Wire {
+            request,
+            retransmits,
+            resets,
+            ..
+        } = wire;
+        WireRecord {
+            ip_id: request.ip_id,
+            tcp_seq: request.tcp_seq,
+            payload_len: request.payload_len,
+            src: endpoint(request.src),
+            dst: endpoint(request.dst),
+            interface: request.interface,
+            time: rfc3339(request.time_unix_nano),
+            request_id: upstream
+                .as_mut()
+                .and_then(|tc| tc.http.as_mut())
+                .map(|head| std::mem::take(&mut head.request_id))
+                .unwrap_or_default(),
+            retransmits,
+            resets,
+        }
+    });
+
     CallRecord {
         time: rfc3339(time_ns),
         request_id: if request_id.starts_with(super::UNIDENTIFIED) {
@@ -105,82 +192,80 @@ pub(crate) fn build_record(
         } else {
             request_id.to_owned()
         },
-        src: peer(src, time_ns, directory),
-        dst: peer(dst, time_ns, directory),
-        protocol: pick(
-            log.map(|l| l.protocol.as_str()),
+        src: peer(src, time_ns, context.directory),
+        dst: peer(dst, time_ns, context.directory),
+        protocol: first_given([
+            log.as_mut().map(|l| &mut l.protocol),
             None,
-            request_line.map(|l| l.version.as_str()),
-        ),
-        method: pick(
-            log.map(|l| l.method.as_str()),
-            wasm.map(|w| w.method.as_str()),
-            request_line.map(|l| l.method.as_str()),
-        ),
-        path: pick(
-            log.map(|l| l.path.as_str()),
-            wasm.map(|w| w.path.as_str()),
-            request_line.map(|l| l.path.as_str()),
-        ),
-        authority: pick(
-            log.map(|l| l.authority.as_str()),
-            wasm.map(|w| w.authority.as_str()),
+            request_line.as_mut().map(|l| &mut l.version),
+        ]),
+        method: first_given([
+            log.as_mut().map(|l| &mut l.method),
+            wasm.as_mut().map(|w| &mut w.method),
+            request_line.as_mut().map(|l| &mut l.method),
+        ]),
+        path: first_given([
+            log.as_mut().map(|l| &mut l.path),
+            wasm.as_mut().map(|w| &mut w.path),
+            request_line.as_mut().map(|l| &mut l.path),
+        ]),
+        authority: first_given([
+            log.as_mut().map(|l| &mut l.authority),
+            wasm.as_mut().map(|w| &mut w.authority),
             None,
-        ),
-        status: log
-            .map(|l| l.status)
-            .filter(|status| *status != 0)
-            .or_else(|| wasm.map(|w| w.status))
-            .or_else(|| {
-                // The status line on the wire, where it was plaintext.
-                let response = upstream_response.or(wire.and_then(|w| w.response.as_ref()));
-                match response?.http.as_ref()?.start_line.as_ref()? {
-                    StartLine::Response(line) => Some(line.status),
-                    StartLine::Request(_) => None,
-                }
-            })
-            .unwrap_or_default(),
+        ]),
+        status,
         layers,
         response_flags: log
+            .as_ref()
             .map(|l| spell_out_flags(&l.response_flags))
             .unwrap_or_default(),
-        request_body_bytes: log.map(|l| l.request_body_bytes),
-        response_body_bytes: log.map(|l| l.response_body_bytes),
+        request_body_bytes: log.as_ref().map(|l| l.request_body_bytes),
+        response_body_bytes: log.as_ref().map(|l| l.response_body_bytes),
         auth: wasm
-            .and_then(|w| w.auth.as_ref())
-            .map(|auth| auth_record(auth, show_secrets)),
-        tc: wire.map(|wire| WireRecord {
-            ip_id: wire.request.ip_id,
-            tcp_seq: wire.request.tcp_seq,
-            payload_len: wire.request.payload_len,
-            src: endpoint(wire.request.src.as_ref()),
-            dst: endpoint(wire.request.dst.as_ref()),
-            interface: wire.request.interface.clone(),
-            time: rfc3339(wire.request.time_unix_nano),
-            request_id: upstream
-                .and_then(|tc| tc.http.as_ref())
-                .map(|head| head.request_id.clone())
-                .unwrap_or_default(),
-            retransmits: wire.retransmits,
-            resets: wire.resets,
-        }),
-        latency: log.map(|log| latency(log, wire, upstream, upstream_response)),
-        hops: call.access_logs.iter().map(hop).collect(),
+            .as_mut()
+            .and_then(|w| w.auth.take())
+            .map(|auth| auth_record(auth, context.show_secrets, context.json)),
+        tc,
+        latency,
+        hops,
         als: log.map(|log| AlsRecord {
-            request_id: log.request_id.clone(),
-            reporter: reporter(log),
-            downstream: endpoint(log.downstream_remote.as_ref()),
-            upstream_cluster: log.upstream_cluster.clone(),
+            reporter: primary_reporter.unwrap_or_default(),
+            downstream: endpoint(log.downstream_remote),
+            request_id: log.request_id,
+            upstream_cluster: log.upstream_cluster,
         }),
         wasm: wasm.map(|w| WasmRecord {
-            request_id: w.request_id.clone(),
-            direction: w.listener_direction.clone(),
+            request_id: w.request_id,
+            direction: w.listener_direction,
             duration_us: w.duration_ns / 1_000,
         }),
     }
 }
 
-fn peer(endpoint: Option<&ProtoEndpoint>, at_ns: i64, directory: &Directory) -> Peer {
+/// The request line of `tc`'s HTTP head, taken out, if the head is a request's.
+fn take_request_line(tc: &mut TcEvent) -> Option<RequestLine> {
+    let head = tc.http.as_mut()?;
+    match head.start_line.take()? {
+        StartLine::Request(line) => Some(line),
+        response @ StartLine::Response(_) => {
+            head.start_line = Some(response);
+            None
+        }
+    }
+}
+
+/// The first of `candidates` that is given and not empty, taken.
+fn first_given<const N: usize>(candidates: [Option<&mut String>; N]) -> String {
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|value| !value.is_empty())
+        .map(std::mem::take)
+        .unwrap_or_default()
+}
+
+fn peer(endpoint: Option<ProtoEndpoint>, at_ns: i64, directory: &Directory) -> Peer {
     let Some(endpoint) = endpoint else {
         return Peer::default();
     };
@@ -191,20 +276,20 @@ fn peer(endpoint: Option<&ProtoEndpoint>, at_ns: i64, directory: &Directory) -> 
         kind: workload
             .map_or(WorkloadKind::External, |w| w.kind)
             .as_str()
-            .to_owned(),
-        ip: endpoint.ip.clone(),
+            .into(),
+        ip: endpoint.ip,
         port: endpoint.port,
     }
 }
 
-fn endpoint(endpoint: Option<&ProtoEndpoint>) -> Endpoint {
+fn endpoint(endpoint: Option<ProtoEndpoint>) -> Endpoint {
     endpoint.map_or(
         Endpoint {
             ip: String::new(),
             port: 0,
         },
         |e| Endpoint {
-            ip: e.ip.clone(),
+            ip: e.ip,
             port: e.port,
         },
     )
@@ -213,19 +298,18 @@ fn endpoint(endpoint: Option<&ProtoEndpoint>) -> Endpoint {
 /// The caller's credentials. The filter sends the raw token only when the
 /// session opted in to secrets; a saved session replayed without
 /// `--show-secrets` still leaves it out.
-fn auth_record(auth: &AuthInfo, show_secrets: bool) -> AuthRecord {
-    let json = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+fn auth_record(auth: AuthInfo, show_secrets: bool, json: &mut JsonMemo) -> AuthRecord {
     AuthRecord {
-        scheme: auth.scheme.clone(),
+        scheme: auth.scheme,
         claims: if auth.jwt_claims_json.is_empty() {
-            serde_json::Value::Object(serde_json::Map::new())
+            Arc::new(Value::Object(serde_json::Map::new()))
         } else {
-            json(&auth.jwt_claims_json)
+            json.decode(auth.jwt_claims_json)
         },
-        jwt_header: json(&auth.jwt_header_json),
-        fingerprint: auth.fingerprint.clone(),
-        token: (show_secrets && !auth.token.is_empty()).then(|| auth.token.clone()),
-        error: (!auth.decode_error.is_empty()).then(|| auth.decode_error.clone()),
+        jwt_header: json.decode(auth.jwt_header_json),
+        fingerprint: auth.fingerprint,
+        token: (show_secrets && !auth.token.is_empty()).then_some(auth.token),
+        error: (!auth.decode_error.is_empty()).then_some(auth.decode_error),
     }
 }
 
@@ -252,8 +336,8 @@ fn latency(
         before_sidecar_us: wire
             .map(|wire| micros(log.start_time_unix_nano - wire.request.time_unix_nano)),
         pod_wire_us: between(
-            wire.map(|w| &w.request),
-            wire.and_then(|w| w.response.as_ref()),
+            wire.map(|w| &*w.request),
+            wire.and_then(|w| w.response.as_deref()),
         ),
         app_wire_us: between(upstream, upstream_response),
     }
@@ -268,7 +352,7 @@ fn hop(log: &AccessLog) -> Hop {
     };
     Hop {
         reporter: reporter(log),
-        direction: direction.to_owned(),
+        direction: direction.into(),
         status: log.status,
         upstream_cluster: log.upstream_cluster.clone(),
         duration_us: log.last_downstream_tx_byte_ns / 1_000,

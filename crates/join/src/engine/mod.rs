@@ -3,22 +3,23 @@
 mod build;
 mod wire;
 
-use std::{collections::VecDeque, net::IpAddr, sync::Arc};
+use std::{collections::VecDeque, hash::BuildHasher as _, net::IpAddr, sync::Arc};
 
 use apitrace_proto::{
     AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, WasmEvent, event::Kind,
     http_head::StartLine,
 };
 use futures::{Stream, StreamExt as _, stream};
-use rustc_hash::FxHashMap;
+use hashbrown::{HashTable, hash_table};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::Serialize;
 
 use crate::{
     directory::{Directory, Workload},
     record::CallRecord,
 };
-use build::{Wire, build_record, primary_log};
-use wire::{Flow, UpstreamIndex, WireIndex, flow, reverse};
+use build::{Context, JsonMemo, Wire, build_record, primary_index};
+use wire::{Exchange, Flow, UpstreamIndex, WireIndex, flow, reverse};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
 /// session expects, and when its window closes otherwise.
@@ -112,12 +113,62 @@ pub struct JoinStats {
 /// time), shared by the indexes that point at the call.
 type CallId = Arc<str>;
 
+/// The open calls, by request id: a table of the calls themselves, so that
+/// finding one hashes its id once and compares it in place, and opening one
+/// copies no key. Most events find their call open.
+#[derive(Debug, Default)]
+struct Calls {
+    table: HashTable<PendingCall>,
+}
+
+impl Calls {
+    fn hash(request_id: &str) -> u64 {
+        FxBuildHasher.hash_one(request_id)
+    }
+
+    fn get(&self, request_id: &str) -> Option<&PendingCall> {
+        self.table
+            .find(Self::hash(request_id), |call| &*call.id == request_id)
+    }
+
+    fn remove(&mut self, request_id: &str) -> Option<PendingCall> {
+        let entry = self
+            .table
+            .find_entry(Self::hash(request_id), |call| &*call.id == request_id)
+            .ok()?;
+        Some(entry.remove().0)
+    }
+
+    /// The call `request_id`, made by `open` if it is not there.
+    fn get_or_open(
+        &mut self,
+        request_id: &str,
+        open: impl FnOnce() -> PendingCall,
+    ) -> &mut PendingCall {
+        let entry = self.table.entry(
+            Self::hash(request_id),
+            |call| &*call.id == request_id,
+            |call| Self::hash(&call.id),
+        );
+        match entry {
+            hash_table::Entry::Occupied(entry) => entry.into_mut(),
+            hash_table::Entry::Vacant(entry) => entry.insert(open()).into_mut(),
+        }
+    }
+}
+
 /// What has arrived of one call.
 #[derive(Debug)]
 pub(crate) struct PendingCall {
     id: CallId,
     first_arrival_ns: i64,
     pub(crate) access_logs: Vec<AccessLog>,
+    /// The connections the access logs name, parsed once: the keys the call
+    /// is indexed under in `awaiting_wire`.
+    downstream_flows: Vec<Flow>,
+    /// Where and when the request to look for on the wire started: the
+    /// primary log's connection and start time.
+    wire_request: Option<(Flow, i64)>,
     pub(crate) wasm: Vec<WasmEvent>,
     /// The sidecar's plaintext requests to the app, with the x-request-id,
     /// and their flow.
@@ -128,7 +179,7 @@ pub(crate) struct PendingCall {
 pub struct Joiner {
     config: JoinConfig,
     directory: Directory,
-    calls: FxHashMap<CallId, PendingCall>,
+    calls: Calls,
     /// Calls in the order they opened: (first arrival, id). Their windows
     /// close in this order; an entry whose call was emitted (or replaced by a
     /// later one with the same id) is skipped.
@@ -139,6 +190,7 @@ pub struct Joiner {
     awaiting_wire: FxHashMap<Flow, Vec<CallId>>,
     /// Open calls by their plaintext hop to the app.
     upstream: UpstreamIndex,
+    json: JsonMemo,
     stats: JoinStats,
 }
 
@@ -147,11 +199,12 @@ impl Joiner {
         Self {
             config,
             directory: Directory::default(),
-            calls: FxHashMap::default(),
+            calls: Calls::default(),
             opened: VecDeque::new(),
             wire: WireIndex::default(),
             awaiting_wire: FxHashMap::default(),
             upstream: UpstreamIndex::default(),
+            json: JsonMemo::default(),
             stats: JoinStats::default(),
         }
     }
@@ -166,10 +219,8 @@ impl Joiner {
     pub fn apply(&mut self, input: Input, records: &mut Vec<CallRecord>) {
         match input {
             Input::Event { event, now_ns } => {
-                if let Some(request_id) = self.accept(event, now_ns)
-                    && self.is_complete(&request_id)
-                {
-                    records.extend(self.emit(&request_id, true, now_ns));
+                if let Some((request_id, claims)) = self.accept(event, now_ns) {
+                    records.extend(self.emit(&request_id, claims, true, now_ns));
                 }
                 self.expire(now_ns, records);
             }
@@ -183,8 +234,9 @@ impl Joiner {
         }
     }
 
-    /// Files an event; returns the request id of the call it belongs to.
-    fn accept(&mut self, event: Event, now_ns: i64) -> Option<CallId> {
+    /// Files an event; returns the call it completed, and what that call
+    /// claims of the wire.
+    fn accept(&mut self, event: Event, now_ns: i64) -> Option<(CallId, Claims)> {
         match event.kind? {
             Kind::AccessLog(log) => {
                 // Requests the sidecar rejected before assigning an
@@ -201,14 +253,20 @@ impl Joiner {
                     log.downstream_remote.as_ref(),
                     log.downstream_local.as_ref(),
                 );
+                let start_ns = log.start_time_unix_nano;
                 push_exact(&mut call.access_logs, log);
+                // Another entry only ever takes over as the primary one.
+                if primary_index(&call.access_logs) == Some(call.access_logs.len() - 1) {
+                    call.wire_request = key.map(|key| (key, start_ns));
+                }
                 if let Some(key) = key {
+                    push_exact(&mut call.downstream_flows, key);
                     self.awaiting_wire
                         .entry(key)
                         .or_default()
                         .push(Arc::clone(&id));
                 }
-                Some(id)
+                self.completed(id)
             }
             Kind::Wasm(wasm) => {
                 if wasm.request_id.is_empty() {
@@ -217,14 +275,15 @@ impl Joiner {
                 }
                 let call = self.open(&wasm.request_id, now_ns);
                 push_exact(&mut call.wasm, wasm);
-                Some(Arc::clone(&call.id))
+                let id = Arc::clone(&call.id);
+                self.completed(id)
             }
             Kind::Tc(tc) => self.accept_tc(tc, now_ns),
             Kind::Status(_) => None,
         }
     }
 
-    fn accept_tc(&mut self, tc: TcEvent, now_ns: i64) -> Option<CallId> {
+    fn accept_tc(&mut self, tc: TcEvent, now_ns: i64) -> Option<(CallId, Claims)> {
         let key = flow(tc.src.as_ref(), tc.dst.as_ref())?;
         match TcKind::try_from(tc.kind) {
             Ok(TcKind::Message) => {
@@ -240,7 +299,7 @@ impl Joiner {
                     let id = Arc::clone(&call.id);
                     push_exact(&mut call.upstream, (key, tc));
                     self.upstream.add(key, time, Arc::clone(&id));
-                    return Some(id);
+                    return self.completed(id);
                 }
                 let time = tc.time_unix_nano;
                 self.wire.add_message(key, tc, now_ns);
@@ -255,8 +314,7 @@ impl Joiner {
                     .filter_map(|key| self.awaiting_wire.get(key))
                     .flatten()
                     .chain(answered)
-                    .find(|id| self.is_complete(id))
-                    .cloned()
+                    .find_map(|id| self.completed(Arc::clone(id)))
             }
             Ok(kind @ (TcKind::Retransmit | TcKind::Reset)) => {
                 // Attributed when a call on this connection is emitted.
@@ -271,75 +329,60 @@ impl Joiner {
 
     /// The open call `request_id`, opened now if it was not.
     fn open(&mut self, request_id: &str, now_ns: i64) -> &mut PendingCall {
-        let id = match self.calls.get_key_value(request_id) {
-            Some((id, _)) => Arc::clone(id),
-            None => {
-                let id = CallId::from(request_id);
-                self.opened.push_back((now_ns, Arc::clone(&id)));
-                id
-            }
-        };
-        self.calls
-            .entry(Arc::clone(&id))
-            .or_insert_with(|| PendingCall {
+        let opened = &mut self.opened;
+        self.calls.get_or_open(request_id, || {
+            let id = CallId::from(request_id);
+            opened.push_back((now_ns, Arc::clone(&id)));
+            PendingCall {
                 id,
                 first_arrival_ns: now_ns,
                 access_logs: Vec::new(),
+                downstream_flows: Vec::new(),
+                wire_request: None,
                 wasm: Vec::new(),
                 upstream: Vec::new(),
-            })
+            }
+        })
     }
 
-    /// The request start on the wire for the call `log` belongs to.
-    fn find_wire_request(&self, log: &AccessLog) -> Option<wire::Pick> {
-        let key = flow(
-            log.downstream_remote.as_ref(),
-            log.downstream_local.as_ref(),
-        )?;
-        self.wire.find_request(
-            &key,
-            log.start_time_unix_nano,
-            self.config.wire_tolerance_ns,
-        )
+    /// The call `id` with what it claims of the wire, if it has every part
+    /// its session expects.
+    fn completed(&self, id: CallId) -> Option<(CallId, Claims)> {
+        let call = self.calls.get(&id)?;
+        // Most calls checked still miss a part that costs no search to see.
+        if !self.has_every_part(call, None) || !self.has_every_hop(call) {
+            return None;
+        }
+        let claims = self.claims(call);
+        self.has_every_part(call, Some(&claims))
+            .then_some((id, claims))
     }
 
-    fn is_complete(&self, request_id: &str) -> bool {
-        let Some(call) = self.calls.get(request_id) else {
-            return false;
-        };
-        let log = primary_log(&call.access_logs);
-        self.has_every_hop(call)
-            && self.config.expect.iter().all(|part| match part {
-                Part::AccessLog => !call.access_logs.is_empty(),
-                // Each sidecar that logged the call ran the filter too.
-                Part::Wasm => call.wasm.len() >= call.access_logs.len().max(1),
-                Part::Upstream => call.upstream.first().is_some_and(|(flow, request)| {
-                    self.find_upstream_response(flow, request.time_unix_nano)
-                        .is_some()
-                }),
-                Part::Wire => log
-                    .and_then(|log| self.find_wire_request(log))
-                    .and_then(|pick| Some((pick.flow, self.wire.message(pick)?.time_ns)))
-                    .is_some_and(|(flow, time)| self.find_wire_response(&flow, time).is_some()),
-            })
+    /// Whether `call` has each part its session expects (see [`has_part`]).
+    fn has_every_part(&self, call: &PendingCall, claims: Option<&Claims>) -> bool {
+        self.config
+            .expect
+            .iter()
+            .all(|&part| has_part(call, part, claims))
     }
 
-    /// The start of the response to a request seen on the pod's interface.
-    /// HTTP/1.1 on one connection answers a request before the next one is
-    /// sent, so the response starts before the connection's next request; a
-    /// timing from the sidecar would not do as the bound, since the sidecar's
-    /// and the kernel's clocks are converted separately.
-    fn find_wire_response(&self, request_flow: &Flow, request_ns: i64) -> Option<wire::Pick> {
-        let until = self
-            .wire
-            .next_request_after(request_flow, request_ns)
-            .unwrap_or(i64::MAX);
-        self.wire.find_response(request_flow, request_ns, until)
+    /// What `call` would take of the wire if it were emitted now.
+    fn claims(&self, call: &PendingCall) -> Claims {
+        let wire = call.wire_request.and_then(|(flow, start_ns)| {
+            self.wire
+                .find_exchange(&flow, start_ns, self.config.wire_tolerance_ns)
+        });
+        Claims {
+            wire,
+            upstream_response: self.find_upstream_response(call),
+        }
     }
 
-    /// The start of the app's response to the sidecar's request `request`:
-    /// before the sidecar's next request on that pooled connection.
-    fn find_upstream_response(&self, request_flow: &Flow, request_ns: i64) -> Option<wire::Pick> {
+    /// The start of the app's response to the sidecar's first request of
+    /// `call`: before the sidecar's next request on that pooled connection.
+    fn find_upstream_response(&self, call: &PendingCall) -> Option<wire::Pick> {
+        let (request_flow, request) = call.upstream.first()?;
+        let request_ns = request.time_unix_nano;
         let until = self
             .upstream
             .next_after(request_flow, request_ns)
@@ -383,14 +426,16 @@ impl Joiner {
             let Some((opened_ns, id)) = self.opened.pop_front() else {
                 break;
             };
-            let still_open = self
+            let Some(call) = self
                 .calls
                 .get(&id)
-                .is_some_and(|call| call.first_arrival_ns == opened_ns);
-            if still_open {
-                let complete = self.is_complete(&id);
-                records.extend(self.emit(&id, complete, now_ns));
-            }
+                .filter(|call| call.first_arrival_ns == opened_ns)
+            else {
+                continue;
+            };
+            let claims = self.claims(call);
+            let complete = self.has_every_hop(call) && self.has_every_part(call, Some(&claims));
+            records.extend(self.emit(&id, claims, complete, now_ns));
         }
         // A wire event can come up to a window before its call's first event
         // (the request starts long before the sidecar logs it), and the call
@@ -401,30 +446,32 @@ impl Joiner {
         self.stats.tc_after_calls += expired.after_a_call;
     }
 
-    fn emit(&mut self, request_id: &str, complete: bool, now_ns: i64) -> Option<CallRecord> {
+    /// Removes the call `request_id`, takes what it claims of the wire, and
+    /// makes its record.
+    fn emit(
+        &mut self,
+        request_id: &str,
+        claims: Claims,
+        complete: bool,
+        now_ns: i64,
+    ) -> Option<CallRecord> {
         let call = self.calls.remove(request_id)?;
         for (key, upstream) in &call.upstream {
             self.upstream
                 .remove(key, upstream.time_unix_nano, request_id);
         }
-        for log in &call.access_logs {
-            unindex(
-                &mut self.awaiting_wire,
-                flow(
-                    log.downstream_remote.as_ref(),
-                    log.downstream_local.as_ref(),
-                ),
-                request_id,
-            );
+        for key in &call.downstream_flows {
+            unindex(&mut self.awaiting_wire, key, request_id);
         }
-        let wire = primary_log(&call.access_logs)
-            .and_then(|log| self.find_wire_request(log))
-            .and_then(|pick| self.claim_wire(pick, now_ns));
-        let upstream_response = call
-            .upstream
-            .first()
-            .and_then(|(flow, request)| self.find_upstream_response(flow, request.time_unix_nano))
-            .and_then(|pick| self.wire.take(pick));
+        let wire = claims.wire.and_then(|claim| self.claim_wire(claim, now_ns));
+        let upstream_response = match claims.upstream_response {
+            // Taking the wire's messages moved the others on their flows.
+            Some(pick) if claims.wire.is_some_and(|claim| claim.touches(&pick.flow)) => {
+                self.find_upstream_response(&call)
+            }
+            pick => pick,
+        }
+        .and_then(|pick| self.wire.take(pick));
         if complete {
             self.stats.complete += 1;
         } else {
@@ -432,33 +479,61 @@ impl Joiner {
         }
         Some(build_record(
             request_id,
-            &call,
-            wire.as_ref(),
-            upstream_response.as_ref(),
-            &self.directory,
-            self.config.show_secrets,
+            call,
+            wire,
+            upstream_response,
+            Context {
+                directory: &self.directory,
+                show_secrets: self.config.show_secrets,
+                json: &mut self.json,
+            },
         ))
     }
 
     /// Takes a request start, its response start, and the retransmissions and
     /// resets of its connection from it until the next request on it.
-    fn claim_wire(&mut self, pick: wire::Pick, now_ns: i64) -> Option<Wire> {
-        let request = self.wire.take(pick)?;
-        let response = self
-            .find_wire_response(&pick.flow, request.time_unix_nano)
-            .and_then(|pick| self.wire.take(pick));
-        let start = request.time_unix_nano;
-        let until = self
-            .wire
-            .next_request_after(&pick.flow, start)
-            .unwrap_or(i64::MAX);
-        let (retransmits, resets) = self.wire.take_context(&pick.flow, start, until, now_ns);
+    fn claim_wire(&mut self, claim: Exchange, now_ns: i64) -> Option<Wire> {
+        let request = self.wire.take(claim.request)?;
+        let response = claim.response.and_then(|pick| self.wire.take(pick));
+        let (retransmits, resets) = self.wire.take_context(
+            &claim.request.flow,
+            claim.request_ns,
+            claim.next_request_ns,
+            now_ns,
+        );
         Some(Wire {
             request,
             response,
             retransmits,
             resets,
         })
+    }
+}
+
+/// What a call takes of the wire when it is emitted, found once when it is
+/// checked for completeness.
+#[derive(Debug, Clone, Copy)]
+struct Claims {
+    wire: Option<Exchange>,
+    /// The start of the app's response on the hop from the sidecar.
+    upstream_response: Option<wire::Pick>,
+}
+
+/// Whether `call` has `part`. Without `claims` (the wire not searched yet),
+/// a part found on the wire counts if the call has what the search needs.
+fn has_part(call: &PendingCall, part: Part, claims: Option<&Claims>) -> bool {
+    match part {
+        Part::AccessLog => !call.access_logs.is_empty(),
+        // Each sidecar that logged the call ran the filter too.
+        Part::Wasm => call.wasm.len() >= call.access_logs.len().max(1),
+        Part::Upstream => match claims {
+            Some(claims) => claims.upstream_response.is_some(),
+            None => !call.upstream.is_empty(),
+        },
+        Part::Wire => match claims {
+            Some(claims) => claims.wire.is_some_and(|wire| wire.response.is_some()),
+            None => call.wire_request.is_some(),
+        },
     }
 }
 
@@ -485,12 +560,11 @@ fn push_exact<T>(parts: &mut Vec<T>, item: T) {
 }
 
 /// Removes `request_id` from the calls indexed under `key`.
-fn unindex(index: &mut FxHashMap<Flow, Vec<CallId>>, key: Option<Flow>, request_id: &str) {
-    let Some(key) = key else { return };
-    if let Some(ids) = index.get_mut(&key) {
+fn unindex(index: &mut FxHashMap<Flow, Vec<CallId>>, key: &Flow, request_id: &str) {
+    if let Some(ids) = index.get_mut(key) {
         ids.retain(|id| &**id != request_id);
         if ids.is_empty() {
-            index.remove(&key);
+            index.remove(key);
         }
     }
 }
@@ -739,13 +813,10 @@ mod tests {
         assert_eq!(record.layers, [Layer::Als, Layer::Wasm, Layer::Tc]);
         assert_eq!(record.request_id, "req-1");
         assert_eq!(
-            (record.src.name.as_str(), record.src.kind.as_str()),
+            (record.src.name.as_str(), &*record.src.kind),
             ("sleep", "Pod")
         );
-        assert_eq!(
-            (record.dst.kind.as_str(), record.dst.port),
-            ("External", 80)
-        );
+        assert_eq!((&*record.dst.kind, record.dst.port), ("External", 80));
         let tc = record.tc.as_ref().unwrap();
         assert_eq!((tc.ip_id, tc.tcp_seq, tc.src.port), (2342, 547_548, 50174));
         assert_eq!(tc.request_id, "req-1");
@@ -1371,13 +1442,7 @@ mod session_tests {
         let hops: Vec<(&str, &str, i64)> = record
             .hops
             .iter()
-            .map(|hop| {
-                (
-                    hop.reporter.as_str(),
-                    hop.direction.as_str(),
-                    hop.duration_us,
-                )
-            })
+            .map(|hop| (hop.reporter.as_str(), &*hop.direction, hop.duration_us))
             .collect();
         assert_eq!(
             hops,

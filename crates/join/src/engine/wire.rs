@@ -63,8 +63,9 @@ struct Context {
 /// What the arrival queue tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Arrival {
-    /// A message start or a context event, by id.
-    Event(u64),
+    /// A message start or a context event, by id, and where it is: its flow
+    /// (a message start) or connection (context).
+    Event(u64, Flow),
     /// A call on the connection claimed its wire events.
     Claim(Flow),
 }
@@ -85,29 +86,77 @@ pub(crate) struct WireIndex {
     messages: FxHashMap<Flow, VecDeque<MessageStart>>,
     /// Retransmissions and resets by connection.
     context: FxHashMap<Flow, Vec<Context>>,
-    /// Where each event not yet claimed is: its flow (a message start) or
-    /// connection (context). What is not here was claimed.
-    unclaimed: FxHashMap<u64, Flow>,
+    /// Which events no call claimed yet.
+    unclaimed: Unclaimed,
     /// Connections a call claimed wire events from, and when it last did.
     claimed: FxHashMap<Flow, i64>,
     /// What arrived when, for expiry.
     arrivals: VecDeque<(i64, Arrival)>,
-    next_id: u64,
 }
 
-/// A request start chosen for a call, and where to find it.
+/// Whether each event not yet expired is still unclaimed, by id. Ids are
+/// given in arrival order and expire in that order, so the flags are a queue:
+/// claiming one is an indexed write, where a set of ids would cost a hash
+/// table removal per claim.
+#[derive(Debug, Default)]
+struct Unclaimed {
+    /// The id of the front flag.
+    first_id: u64,
+    flags: VecDeque<bool>,
+}
+
+impl Unclaimed {
+    fn add(&mut self) -> u64 {
+        self.flags.push_back(true);
+        self.first_id + self.flags.len() as u64 - 1
+    }
+
+    fn claim(&mut self, id: u64) {
+        if let Some(flag) = id
+            .checked_sub(self.first_id)
+            .and_then(|index| self.flags.get_mut(usize::try_from(index).ok()?))
+        {
+            *flag = false;
+        }
+    }
+
+    /// Forgets the oldest id; whether it was still unclaimed.
+    fn pop_oldest(&mut self) -> bool {
+        self.first_id += 1;
+        self.flags.pop_front().unwrap_or(false)
+    }
+}
+
+/// A message start chosen for a call, and where to find it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pick {
     pub flow: Flow,
     pub index: usize,
 }
 
+/// A request start on the pod's interface and the start of its response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exchange {
+    pub request: Pick,
+    pub request_ns: i64,
+    pub response: Option<Pick>,
+    /// When the connection's next request started: the end of the call's
+    /// share of the connection's retransmissions and resets.
+    pub next_request_ns: i64,
+}
+
+impl Exchange {
+    /// Whether taking this exchange shifts the messages of `flow`.
+    pub fn touches(&self, flow: &Flow) -> bool {
+        self.request.flow == *flow || self.response.is_some_and(|pick| pick.flow == *flow)
+    }
+}
+
 impl WireIndex {
     fn new_id(&mut self, at: Flow, arrival_ns: i64) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.unclaimed.insert(id, at);
-        self.arrivals.push_back((arrival_ns, Arrival::Event(id)));
+        let id = self.unclaimed.add();
+        self.arrivals
+            .push_back((arrival_ns, Arrival::Event(id, at)));
         id
     }
 
@@ -115,16 +164,19 @@ impl WireIndex {
         let id = self.new_id(flow, arrival_ns);
         let messages = self.messages.entry(flow).or_default();
         let time_ns = event.time_unix_nano;
-        // Usually the latest: a push.
-        let at = messages.partition_point(|message| message.time_ns <= time_ns);
-        messages.insert(
-            at,
-            MessageStart {
-                time_ns,
-                id,
-                event: Box::new(event),
-            },
-        );
+        let message = MessageStart {
+            time_ns,
+            id,
+            event: Box::new(event),
+        };
+        // Usually the latest: a push, without searching a queue that has not
+        // been touched since the connection's previous message.
+        if messages.back().is_none_or(|last| last.time_ns <= time_ns) {
+            messages.push_back(message);
+        } else {
+            let at = messages.partition_point(|message| message.time_ns <= time_ns);
+            messages.insert(at, message);
+        }
     }
 
     pub fn add_context(&mut self, flow: &Flow, time_ns: i64, reset: bool, arrival_ns: i64) {
@@ -139,26 +191,47 @@ impl WireIndex {
         });
     }
 
-    pub fn message(&self, pick: Pick) -> Option<&MessageStart> {
-        self.messages.get(&pick.flow)?.get(pick.index)
-    }
-
-    /// The request start on `flow` for a call the sidecar started at
-    /// `start_ns`: the last one at or before it (within `tolerance_ns`), unless
+    /// The exchange on `flow` of a call the sidecar started at `start_ns`:
+    /// the last request start at or before it (within `tolerance_ns`), unless
     /// its response started before `start_ns`. Then that exchange ended before
     /// this call began: it was an earlier request's, and this call's request
     /// start has not arrived (events come in any order).
-    pub fn find_request(&self, flow: &Flow, start_ns: i64, tolerance_ns: i64) -> Option<Pick> {
+    pub fn find_exchange(&self, flow: &Flow, start_ns: i64, tolerance_ns: i64) -> Option<Exchange> {
         let limit = start_ns.saturating_add(tolerance_ns);
         let messages = self.messages.get(flow)?;
         let index = messages
             .partition_point(|message| message.time_ns <= limit)
             .checked_sub(1)?;
-        let answered_before = self
-            .find_response(flow, messages[index].time_ns, i64::MAX)
-            .and_then(|pick| self.message(pick))
-            .is_some_and(|response| response.time_ns < start_ns);
-        (!answered_before).then_some(Pick { flow: *flow, index })
+        let request_ns = messages[index].time_ns;
+        let reversed = reverse(flow);
+        // The first message the other side sent after the request.
+        let reply = self.messages.get(&reversed).and_then(|replies| {
+            let index = replies.partition_point(|message| message.time_ns < request_ns);
+            Some((index, replies.get(index)?.time_ns))
+        });
+        if reply.is_some_and(|(_, reply_ns)| reply_ns < start_ns) {
+            return None;
+        }
+        // HTTP/1.1 on one connection answers a request before the next one is
+        // sent, so the response starts before the connection's next request;
+        // a timing from the sidecar would not do as the bound, since the
+        // sidecar's and the kernel's clocks are converted separately.
+        let next_request_ns = messages
+            .range(index + 1..)
+            .map(|message| message.time_ns)
+            .find(|&time_ns| time_ns > request_ns)
+            .unwrap_or(i64::MAX);
+        Some(Exchange {
+            request: Pick { flow: *flow, index },
+            request_ns,
+            response: reply
+                .filter(|&(_, reply_ns)| reply_ns <= next_request_ns)
+                .map(|(index, _)| Pick {
+                    flow: reversed,
+                    index,
+                }),
+            next_request_ns,
+        })
     }
 
     /// The first message the other side sent after the request that started
@@ -179,14 +252,14 @@ impl WireIndex {
     }
 
     /// Takes a message out of the index (a call claimed it).
-    pub fn take(&mut self, pick: Pick) -> Option<TcEvent> {
+    pub fn take(&mut self, pick: Pick) -> Option<Box<TcEvent>> {
         let messages = self.messages.get_mut(&pick.flow)?;
         let taken = messages.remove(pick.index)?;
         if messages.is_empty() {
             self.messages.remove(&pick.flow);
         }
-        self.unclaimed.remove(&taken.id);
-        Some(*taken.event)
+        self.unclaimed.claim(taken.id);
+        Some(taken.event)
     }
 
     /// Takes the retransmissions and resets of `flow`'s connection that
@@ -216,7 +289,7 @@ impl WireIndex {
                 } else {
                     retransmits += 1;
                 }
-                unclaimed.remove(&event.id);
+                unclaimed.claim(event.id);
             }
             !during
         });
@@ -224,13 +297,6 @@ impl WireIndex {
             self.context.remove(&connection);
         }
         (retransmits, resets)
-    }
-
-    /// The next request start on `flow` after `after_ns`, if one arrived.
-    pub fn next_request_after(&self, flow: &Flow, after_ns: i64) -> Option<i64> {
-        let messages = self.messages.get(flow)?;
-        let index = messages.partition_point(|message| message.time_ns <= after_ns);
-        messages.get(index).map(|message| message.time_ns)
     }
 
     /// Forgets what arrived before `cutoff_ns` and nobody claimed.
@@ -242,9 +308,9 @@ impl WireIndex {
             }
             self.arrivals.pop_front();
             match what {
-                Arrival::Event(id) => {
+                Arrival::Event(id, at) => {
                     // Claimed events left no trace: only the rest costs a search.
-                    if let Some(at) = self.unclaimed.remove(&id) {
+                    if self.unclaimed.pop_oldest() {
                         self.forget(id, at, &mut expired);
                     }
                 }
@@ -292,14 +358,19 @@ impl WireIndex {
 /// to the app, so one carries many calls, one after the other.
 #[derive(Debug, Default)]
 pub(crate) struct UpstreamIndex {
-    requests: FxHashMap<Flow, Vec<(i64, CallId)>>,
+    /// A queue: calls are mostly emitted oldest first.
+    requests: FxHashMap<Flow, VecDeque<(i64, CallId)>>,
 }
 
 impl UpstreamIndex {
     pub fn add(&mut self, flow: Flow, time_ns: i64, id: CallId) {
         let requests = self.requests.entry(flow).or_default();
-        let at = requests.partition_point(|(time, _)| *time <= time_ns);
-        requests.insert(at, (time_ns, id));
+        if requests.back().is_none_or(|(last, _)| *last <= time_ns) {
+            requests.push_back((time_ns, id));
+        } else {
+            let at = requests.partition_point(|(time, _)| *time <= time_ns);
+            requests.insert(at, (time_ns, id));
+        }
     }
 
     pub fn remove(&mut self, flow: &Flow, time_ns: i64, request_id: &str) {
@@ -307,8 +378,8 @@ impl UpstreamIndex {
             return;
         };
         let from = requests.partition_point(|(time, _)| *time < time_ns);
-        if let Some(offset) = requests[from..]
-            .iter()
+        if let Some(offset) = requests
+            .range(from..)
             .take_while(|(time, _)| *time == time_ns)
             .position(|(_, id)| &**id == request_id)
         {
@@ -323,6 +394,12 @@ impl UpstreamIndex {
     /// one a response seen then answers.
     pub fn last_before(&self, flow: &Flow, time_ns: i64) -> Option<&CallId> {
         let requests = self.requests.get(flow)?;
+        // Mostly the response to the latest request.
+        if let Some((time, id)) = requests.back()
+            && *time <= time_ns
+        {
+            return Some(id);
+        }
         let index = requests
             .partition_point(|(time, _)| *time <= time_ns)
             .checked_sub(1)?;
