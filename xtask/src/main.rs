@@ -27,13 +27,16 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: the guest toolchain (rustc-web with the BPF `core` and the
-/// standard library's source), LLVM for building bpf-linker, what the demo and
+/// standard library's source, and lld-22: rust-web-llvm's `rust-lld`, the
+/// wasm linker, is a link to it that `--no-install-recommends` leaves
+/// dangling), LLVM for building bpf-linker, what the demo and
 /// tests run (iproute2, iptables, bpftool, a Python venv for Envoy), and the
 /// benchmarks' load generators and peer (wrk, iperf3, tcpdump).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-llvm",
+    "lld-22",
     "libstd-rust-web-dev-bpf",
     "rust-web-src",
     "llvm-22-dev",
