@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use apitrace_proto::{
-    AccessLog, AuthInfo, Endpoint as ProtoEndpoint, RequestLine, TcEvent, http_head::StartLine,
+    AccessLog, AuthInfo, Endpoint as ProtoEndpoint, RequestLine, http_head::StartLine,
 };
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
-use super::PendingCall;
+use super::{
+    PendingCall,
+    wire::{self, Flow, Packet},
+};
 use crate::{
     directory::{Directory, WorkloadKind},
     record::{
@@ -20,9 +23,11 @@ use crate::{
 /// What the TC program saw of a call on the pod's interface.
 #[derive(Debug)]
 pub(crate) struct Wire {
-    pub request: Box<TcEvent>,
+    /// The request's flow: the packets' addresses.
+    pub flow: Flow,
+    pub request: Box<Packet>,
     /// The first packet of the response, when it was seen.
-    pub response: Option<Box<TcEvent>>,
+    pub response: Option<Box<Packet>>,
     pub retransmits: u32,
     pub resets: u32,
 }
@@ -74,7 +79,7 @@ pub(crate) fn build_record(
     request_id: &str,
     call: PendingCall,
     mut wire: Option<Wire>,
-    upstream_response: Option<Box<TcEvent>>,
+    upstream_response: Option<Box<Packet>>,
     context: Context<'_>,
 ) -> CallRecord {
     let PendingCall {
@@ -92,20 +97,23 @@ pub(crate) fn build_record(
         .position(|event| event.listener_direction == "inbound")
         .or_else(|| (!wasm_events.is_empty()).then_some(0))
         .map(|index| wasm_events.swap_remove(index));
-    let mut upstream = upstream.into_iter().next().map(|(_, request)| request);
+    let mut upstream = upstream.into_iter().next();
     // The request line as the TC program read it: on the hop to the app, else
     // on the wire (where a request the sidecar rejected still shows it).
-    let mut request_line = upstream.as_mut().and_then(take_request_line).or_else(|| {
-        wire.as_mut()
-            .and_then(|wire| take_request_line(&mut wire.request))
-    });
+    let mut request_line = upstream
+        .as_mut()
+        .and_then(|(_, request)| take_request_line(request))
+        .or_else(|| {
+            wire.as_mut()
+                .and_then(|wire| take_request_line(&mut wire.request))
+        });
 
     let time_ns = log
         .as_ref()
         .map(|log| log.start_time_unix_nano)
         .or_else(|| wasm.as_ref().map(|w| w.time_unix_nano))
-        .or_else(|| wire.as_ref().map(|w| w.request.time_unix_nano))
-        .or_else(|| upstream.as_ref().map(|tc| tc.time_unix_nano))
+        .or_else(|| wire.as_ref().map(|w| w.request.time_ns))
+        .or_else(|| upstream.as_ref().map(|(_, request)| request.time_ns))
         .unwrap_or_default();
     let (src, dst) = match (log.as_mut(), wasm.as_mut()) {
         // The downstream address stays in the log, for the record's `als`.
@@ -116,11 +124,11 @@ pub(crate) fn build_record(
         (None, None) => {
             let first_packet = wire
                 .as_ref()
-                .map(|wire| &*wire.request)
-                .or(upstream.as_ref());
+                .map(|wire| &wire.flow)
+                .or(upstream.as_ref().map(|(flow, _)| flow));
             (
-                first_packet.and_then(|tc| tc.src.clone()),
-                first_packet.and_then(|tc| tc.dst.clone()),
+                first_packet.map(wire::source),
+                first_packet.map(wire::destination),
             )
         }
     };
@@ -146,7 +154,7 @@ pub(crate) fn build_record(
             let response = upstream_response
                 .as_ref()
                 .or(wire.as_ref().and_then(|w| w.response.as_ref()));
-            match response?.http.as_ref()?.start_line.as_ref()? {
+            match response?.start_line.as_ref()? {
                 StartLine::Response(line) => Some(line.status),
                 StartLine::Request(_) => None,
             }
@@ -156,12 +164,13 @@ pub(crate) fn build_record(
         latency(
             log,
             wire.as_ref(),
-            upstream.as_ref(),
+            upstream.as_ref().map(|(_, request)| request),
             upstream_response.as_deref(),
         )
     });
     let tc = wire.map(|wire| {
         let Wire {
+            flow,
             request,
             retransmits,
             resets,
@@ -171,14 +180,13 @@ pub(crate) fn build_record(
             ip_id: request.ip_id,
             tcp_seq: request.tcp_seq,
             payload_len: request.payload_len,
-            src: endpoint(request.src),
-            dst: endpoint(request.dst),
-            interface: request.interface,
-            time: rfc3339(request.time_unix_nano),
+            src: endpoint(Some(wire::source(&flow))),
+            dst: endpoint(Some(wire::destination(&flow))),
+            interface: request.interface.to_string(),
+            time: rfc3339(request.time_ns),
             request_id: upstream
                 .as_mut()
-                .and_then(|tc| tc.http.as_mut())
-                .map(|head| std::mem::take(&mut head.request_id))
+                .map(|(_, request)| std::mem::take(&mut request.request_id))
                 .unwrap_or_default(),
             retransmits,
             resets,
@@ -243,13 +251,13 @@ pub(crate) fn build_record(
     }
 }
 
-/// The request line of `tc`'s HTTP head, taken out, if the head is a request's.
-fn take_request_line(tc: &mut TcEvent) -> Option<RequestLine> {
-    let head = tc.http.as_mut()?;
-    match head.start_line.take()? {
+/// The request line of `packet`'s HTTP head, taken out, if the head is a
+/// request's.
+fn take_request_line(packet: &mut Packet) -> Option<RequestLine> {
+    match packet.start_line.take()? {
         StartLine::Request(line) => Some(line),
         response @ StartLine::Response(_) => {
-            head.start_line = Some(response);
+            packet.start_line = Some(response);
             None
         }
     }
@@ -316,8 +324,8 @@ fn auth_record(auth: AuthInfo, show_secrets: bool, json: &mut JsonMemo) -> AuthR
 fn latency(
     log: &AccessLog,
     wire: Option<&Wire>,
-    upstream: Option<&TcEvent>,
-    upstream_response: Option<&TcEvent>,
+    upstream: Option<&Packet>,
+    upstream_response: Option<&Packet>,
 ) -> Latency {
     let micros = |nanos: i64| nanos / 1_000;
     let total = log.last_downstream_tx_byte_ns;
@@ -326,15 +334,14 @@ fn latency(
     } else {
         0
     };
-    let between = |request: Option<&TcEvent>, response: Option<&TcEvent>| {
-        Some(micros(response?.time_unix_nano - request?.time_unix_nano))
+    let between = |request: Option<&Packet>, response: Option<&Packet>| {
+        Some(micros(response?.time_ns - request?.time_ns))
     };
     Latency {
         total_us: micros(total),
         upstream_us: micros(upstream_time),
         sidecar_us: micros(total.saturating_sub(upstream_time).max(0)),
-        before_sidecar_us: wire
-            .map(|wire| micros(log.start_time_unix_nano - wire.request.time_unix_nano)),
+        before_sidecar_us: wire.map(|wire| micros(log.start_time_unix_nano - wire.request.time_ns)),
         pod_wire_us: between(
             wire.map(|w| &*w.request),
             wire.and_then(|w| w.response.as_deref()),

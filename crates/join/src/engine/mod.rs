@@ -19,7 +19,7 @@ use crate::{
     record::CallRecord,
 };
 use build::{Context, JsonMemo, Wire, build_record, primary_index};
-use wire::{Exchange, Flow, UpstreamIndex, WireIndex, flow, reverse};
+use wire::{Exchange, Flow, InterfaceNames, Packet, UpstreamIndex, WireIndex, flow, reverse};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
 /// session expects, and when its window closes otherwise.
@@ -172,7 +172,7 @@ pub(crate) struct PendingCall {
     pub(crate) wasm: Vec<WasmEvent>,
     /// The sidecar's plaintext requests to the app, with the x-request-id,
     /// and their flow.
-    pub(crate) upstream: Vec<(Flow, TcEvent)>,
+    pub(crate) upstream: Vec<(Flow, Packet)>,
 }
 
 #[derive(Debug)]
@@ -185,6 +185,7 @@ pub struct Joiner {
     /// later one with the same id) is skipped.
     opened: VecDeque<(i64, CallId)>,
     wire: WireIndex,
+    interfaces: InterfaceNames,
     /// Open calls by the connection their access logs name, so that a wire
     /// event finds its call without looking at the others.
     awaiting_wire: FxHashMap<Flow, Vec<CallId>>,
@@ -202,6 +203,7 @@ impl Joiner {
             calls: Calls::default(),
             opened: VecDeque::new(),
             wire: WireIndex::default(),
+            interfaces: InterfaceNames::default(),
             awaiting_wire: FxHashMap::default(),
             upstream: UpstreamIndex::default(),
             json: JsonMemo::default(),
@@ -287,22 +289,19 @@ impl Joiner {
         let key = flow(tc.src.as_ref(), tc.dst.as_ref())?;
         match TcKind::try_from(tc.kind) {
             Ok(TcKind::Message) => {
-                let request_id = tc
-                    .http
-                    .as_ref()
-                    .filter(|head| matches!(head.start_line, Some(StartLine::Request(_))))
-                    .map_or("", |head| head.request_id.as_str());
-                if !request_id.is_empty() {
+                let packet = self.interfaces.packet(tc);
+                let time = packet.time_ns;
+                if matches!(packet.start_line, Some(StartLine::Request(_)))
+                    && !packet.request_id.is_empty()
+                {
                     // A hop after a sidecar: the header it added is on the wire.
-                    let time = tc.time_unix_nano;
-                    let call = self.open(request_id, now_ns);
+                    let call = self.open(&packet.request_id, now_ns);
                     let id = Arc::clone(&call.id);
-                    push_exact(&mut call.upstream, (key, tc));
+                    push_exact(&mut call.upstream, (key, packet));
                     self.upstream.add(key, time, Arc::clone(&id));
                     return self.completed(id);
                 }
-                let time = tc.time_unix_nano;
-                self.wire.add_message(key, tc, now_ns);
+                self.wire.add_message(key, packet, now_ns);
                 // A message start can complete a call whose other parts came
                 // first: as its request start, as the response to it, or as
                 // the app's response on its hop from the sidecar (to the
@@ -382,7 +381,7 @@ impl Joiner {
     /// `call`: before the sidecar's next request on that pooled connection.
     fn find_upstream_response(&self, call: &PendingCall) -> Option<wire::Pick> {
         let (request_flow, request) = call.upstream.first()?;
-        let request_ns = request.time_unix_nano;
+        let request_ns = request.time_ns;
         let until = self
             .upstream
             .next_after(request_flow, request_ns)
@@ -457,8 +456,7 @@ impl Joiner {
     ) -> Option<CallRecord> {
         let call = self.calls.remove(request_id)?;
         for (key, upstream) in &call.upstream {
-            self.upstream
-                .remove(key, upstream.time_unix_nano, request_id);
+            self.upstream.remove(key, upstream.time_ns, request_id);
         }
         for key in &call.downstream_flows {
             unindex(&mut self.awaiting_wire, key, request_id);
@@ -502,6 +500,7 @@ impl Joiner {
             now_ns,
         );
         Some(Wire {
+            flow: claim.request.flow,
             request,
             response,
             retransmits,

@@ -8,9 +8,9 @@
 //! logs. Expiry goes by arrival, through a queue, and costs nothing for what
 //! a call already claimed.
 
-use std::{collections::VecDeque, net::IpAddr};
+use std::{collections::VecDeque, net::IpAddr, sync::Arc};
 
-use apitrace_proto::{Endpoint, TcEvent};
+use apitrace_proto::{Endpoint, TcEvent, http_head::StartLine};
 use rustc_hash::FxHashMap;
 
 use super::CallId;
@@ -33,6 +33,75 @@ pub(crate) fn reverse(flow: &Flow) -> Flow {
     (flow.2, flow.3, flow.0, flow.1)
 }
 
+/// Where `flow` comes from, as the records show it.
+pub(crate) fn source(flow: &Flow) -> Endpoint {
+    Endpoint::new(flow.0.to_string(), flow.1)
+}
+
+/// Where `flow` goes, as the records show it.
+pub(crate) fn destination(flow: &Flow) -> Endpoint {
+    Endpoint::new(flow.2.to_string(), flow.3)
+}
+
+/// A message start as the join keeps it: what a record shows of the packet.
+/// Its addresses are its flow's, and its interface name is shared, so the
+/// event's own strings for them (and the head's `authority`, never shown) are
+/// freed as it arrives, while still in the cache, not with its call a second
+/// later; at the join's rate those late frees cost more than the rest of the
+/// work on a packet.
+#[derive(Debug)]
+pub(crate) struct Packet {
+    pub time_ns: i64,
+    pub ip_id: u32,
+    pub tcp_seq: u32,
+    pub payload_len: u32,
+    pub interface: Arc<str>,
+    /// The HTTP head's first line, where the packet was plaintext.
+    pub start_line: Option<StartLine>,
+    /// The head's `x-request-id`, on a hop after a sidecar.
+    pub request_id: String,
+}
+
+/// The interface names seen, each kept once: a pod has a few (`eth0`, `lo`)
+/// and every pod's are named alike.
+#[derive(Debug, Default)]
+pub(crate) struct InterfaceNames {
+    names: Vec<Arc<str>>,
+}
+
+impl InterfaceNames {
+    /// Names kept at most; a name past them is not shared.
+    const CAPACITY: usize = 32;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.names.iter().find(|known| ***known == *name) {
+            return Arc::clone(known);
+        }
+        let name = Arc::<str>::from(name);
+        if self.names.len() < Self::CAPACITY {
+            self.names.push(Arc::clone(&name));
+        }
+        name
+    }
+
+    /// What the join keeps of `event`.
+    pub fn packet(&mut self, event: TcEvent) -> Packet {
+        let (start_line, request_id) = event
+            .http
+            .map(|head| (head.start_line, head.request_id))
+            .unwrap_or_default();
+        Packet {
+            time_ns: event.time_unix_nano,
+            ip_id: event.ip_id,
+            tcp_seq: event.tcp_seq,
+            payload_len: event.payload_len,
+            interface: self.get(&event.interface),
+            start_line,
+            request_id,
+        }
+    }
+}
+
 /// The same connection, whichever direction it is seen from.
 fn connection(flow: &Flow) -> Flow {
     let reversed = reverse(flow);
@@ -45,7 +114,7 @@ fn connection(flow: &Flow) -> Flow {
 pub(crate) struct MessageStart {
     pub time_ns: i64,
     id: u64,
-    pub event: Box<TcEvent>,
+    pub packet: Box<Packet>,
 }
 
 /// A retransmission or a reset on a connection.
@@ -160,14 +229,14 @@ impl WireIndex {
         id
     }
 
-    pub fn add_message(&mut self, flow: Flow, event: TcEvent, arrival_ns: i64) {
+    pub fn add_message(&mut self, flow: Flow, packet: Packet, arrival_ns: i64) {
         let id = self.new_id(flow, arrival_ns);
         let messages = self.messages.entry(flow).or_default();
-        let time_ns = event.time_unix_nano;
+        let time_ns = packet.time_ns;
         let message = MessageStart {
             time_ns,
             id,
-            event: Box::new(event),
+            packet: Box::new(packet),
         };
         // Usually the latest: a push, without searching a queue that has not
         // been touched since the connection's previous message.
@@ -252,14 +321,14 @@ impl WireIndex {
     }
 
     /// Takes a message out of the index (a call claimed it).
-    pub fn take(&mut self, pick: Pick) -> Option<Box<TcEvent>> {
+    pub fn take(&mut self, pick: Pick) -> Option<Box<Packet>> {
         let messages = self.messages.get_mut(&pick.flow)?;
         let taken = messages.remove(pick.index)?;
         if messages.is_empty() {
             self.messages.remove(&pick.flow);
         }
         self.unclaimed.claim(taken.id);
-        Some(taken.event)
+        Some(taken.packet)
     }
 
     /// Takes the retransmissions and resets of `flow`'s connection that
