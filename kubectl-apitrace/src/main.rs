@@ -10,6 +10,14 @@ use kubectl_apitrace::{
     cluster, demo, output, replay,
 };
 
+/// The join holds each call's events for about a second (until the sidecar
+/// flushes its access log) and frees them when the call is printed, long after
+/// they left the cache. glibc's free pays for that in cache misses on every
+/// chunk header and neighbour it consolidates with; mimalloc frees into a
+/// per-page list and keeps the join faster (BENCHMARKS.md, the join).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = args::parse();
     let result = match cli.command {
