@@ -76,13 +76,13 @@ pub(crate) struct Context<'a> {
 /// response on `lo`, when the hop to the app was seen. The record takes the
 /// events' strings instead of copying them: the events end here.
 pub(crate) fn build_record(
-    request_id: &str,
     call: PendingCall,
     mut wire: Option<Wire>,
     upstream_response: Option<Box<Packet>>,
     context: Context<'_>,
 ) -> CallRecord {
     let PendingCall {
+        request_id,
         mut access_logs,
         wasm: mut wasm_events,
         upstream,
@@ -198,7 +198,7 @@ pub(crate) fn build_record(
         request_id: if request_id.starts_with(super::UNIDENTIFIED) {
             String::new()
         } else {
-            request_id.to_owned()
+            request_id.into()
         },
         src: peer(src, time_ns, context.directory),
         dst: peer(dst, time_ns, context.directory),

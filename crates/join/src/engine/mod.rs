@@ -3,7 +3,7 @@
 mod build;
 mod wire;
 
-use std::{collections::VecDeque, hash::BuildHasher as _, net::IpAddr, sync::Arc};
+use std::{collections::VecDeque, hash::BuildHasher as _, net::IpAddr};
 
 use apitrace_proto::{
     AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, WasmEvent, event::Kind,
@@ -109,9 +109,16 @@ pub struct JoinStats {
     pub tc_after_calls: u64,
 }
 
-/// A call's key: its x-request-id (or, without one, its connection and start
-/// time), shared by the indexes that point at the call.
-type CallId = Arc<str>;
+/// Which open call an index points at: the hash of its request id, where
+/// the calls table keeps it, and the serial number it was opened with. Plain
+/// numbers: the indexes hold no copy of the id, and following one compares no
+/// string. A call opened again with the same id gets a new serial, so an
+/// entry left from the earlier one points at nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallId {
+    hash: u64,
+    serial: u64,
+}
 
 /// The open calls, by request id: a table of the calls themselves, so that
 /// finding one hashes its id once and compares it in place, and opening one
@@ -119,6 +126,8 @@ type CallId = Arc<str>;
 #[derive(Debug, Default)]
 struct Calls {
     table: HashTable<PendingCall>,
+    /// The serial number of the next call opened.
+    next_serial: u64,
 }
 
 impl Calls {
@@ -126,33 +135,38 @@ impl Calls {
         FxBuildHasher.hash_one(request_id)
     }
 
-    fn get(&self, request_id: &str) -> Option<&PendingCall> {
-        self.table
-            .find(Self::hash(request_id), |call| &*call.id == request_id)
+    fn get(&self, id: CallId) -> Option<&PendingCall> {
+        self.table.find(id.hash, |call| call.id == id)
     }
 
-    fn remove(&mut self, request_id: &str) -> Option<PendingCall> {
-        let entry = self
-            .table
-            .find_entry(Self::hash(request_id), |call| &*call.id == request_id)
-            .ok()?;
+    fn remove(&mut self, id: CallId) -> Option<PendingCall> {
+        let entry = self.table.find_entry(id.hash, |call| call.id == id).ok()?;
         Some(entry.remove().0)
     }
 
-    /// The call `request_id`, made by `open` if it is not there.
+    /// The call `request_id`, made by `open` (given its id) if it is not
+    /// there.
     fn get_or_open(
         &mut self,
         request_id: &str,
-        open: impl FnOnce() -> PendingCall,
+        open: impl FnOnce(CallId) -> PendingCall,
     ) -> &mut PendingCall {
+        let hash = Self::hash(request_id);
         let entry = self.table.entry(
-            Self::hash(request_id),
-            |call| &*call.id == request_id,
-            |call| Self::hash(&call.id),
+            hash,
+            |call| *call.request_id == *request_id,
+            |call| call.id.hash,
         );
         match entry {
             hash_table::Entry::Occupied(entry) => entry.into_mut(),
-            hash_table::Entry::Vacant(entry) => entry.insert(open()).into_mut(),
+            hash_table::Entry::Vacant(entry) => {
+                let id = CallId {
+                    hash,
+                    serial: self.next_serial,
+                };
+                self.next_serial += 1;
+                entry.insert(open(id)).into_mut()
+            }
         }
     }
 }
@@ -161,7 +175,8 @@ impl Calls {
 #[derive(Debug)]
 pub(crate) struct PendingCall {
     id: CallId,
-    first_arrival_ns: i64,
+    /// The x-request-id (or, without one, the connection and start time).
+    request_id: Box<str>,
     pub(crate) access_logs: Vec<AccessLog>,
     /// The connections the access logs name, parsed once: the keys the call
     /// is indexed under in `awaiting_wire`.
@@ -181,8 +196,7 @@ pub struct Joiner {
     directory: Directory,
     calls: Calls,
     /// Calls in the order they opened: (first arrival, id). Their windows
-    /// close in this order; an entry whose call was emitted (or replaced by a
-    /// later one with the same id) is skipped.
+    /// close in this order; an entry whose call was emitted is skipped.
     opened: VecDeque<(i64, CallId)>,
     wire: WireIndex,
     interfaces: InterfaceNames,
@@ -222,7 +236,7 @@ impl Joiner {
         match input {
             Input::Event { event, now_ns } => {
                 if let Some((request_id, claims)) = self.accept(event, now_ns) {
-                    records.extend(self.emit(&request_id, claims, true, now_ns));
+                    records.extend(self.emit(request_id, claims, true, now_ns));
                 }
                 self.expire(now_ns, records);
             }
@@ -250,7 +264,7 @@ impl Joiner {
                 } else {
                     self.open(&log.request_id, now_ns)
                 };
-                let id = Arc::clone(&call.id);
+                let id = call.id;
                 let key = flow(
                     log.downstream_remote.as_ref(),
                     log.downstream_local.as_ref(),
@@ -263,10 +277,7 @@ impl Joiner {
                 }
                 if let Some(key) = key {
                     push_exact(&mut call.downstream_flows, key);
-                    self.awaiting_wire
-                        .entry(key)
-                        .or_default()
-                        .push(Arc::clone(&id));
+                    self.awaiting_wire.entry(key).or_default().push(id);
                 }
                 self.completed(id)
             }
@@ -277,7 +288,7 @@ impl Joiner {
                 }
                 let call = self.open(&wasm.request_id, now_ns);
                 push_exact(&mut call.wasm, wasm);
-                let id = Arc::clone(&call.id);
+                let id = call.id;
                 self.completed(id)
             }
             Kind::Tc(tc) => self.accept_tc(tc, now_ns),
@@ -296,9 +307,9 @@ impl Joiner {
                 {
                     // A hop after a sidecar: the header it added is on the wire.
                     let call = self.open(&packet.request_id, now_ns);
-                    let id = Arc::clone(&call.id);
+                    let id = call.id;
                     push_exact(&mut call.upstream, (key, packet));
-                    self.upstream.add(key, time, Arc::clone(&id));
+                    self.upstream.add(key, time, id);
                     return self.completed(id);
                 }
                 self.wire.add_message(key, packet, now_ns);
@@ -313,7 +324,7 @@ impl Joiner {
                     .filter_map(|key| self.awaiting_wire.get(key))
                     .flatten()
                     .chain(answered)
-                    .find_map(|id| self.completed(Arc::clone(id)))
+                    .find_map(|&id| self.completed(id))
             }
             Ok(kind @ (TcKind::Retransmit | TcKind::Reset)) => {
                 // Attributed when a call on this connection is emitted.
@@ -329,12 +340,11 @@ impl Joiner {
     /// The open call `request_id`, opened now if it was not.
     fn open(&mut self, request_id: &str, now_ns: i64) -> &mut PendingCall {
         let opened = &mut self.opened;
-        self.calls.get_or_open(request_id, || {
-            let id = CallId::from(request_id);
-            opened.push_back((now_ns, Arc::clone(&id)));
+        self.calls.get_or_open(request_id, |id| {
+            opened.push_back((now_ns, id));
             PendingCall {
                 id,
-                first_arrival_ns: now_ns,
+                request_id: request_id.into(),
                 access_logs: Vec::new(),
                 downstream_flows: Vec::new(),
                 wire_request: None,
@@ -347,7 +357,7 @@ impl Joiner {
     /// The call `id` with what it claims of the wire, if it has every part
     /// its session expects.
     fn completed(&self, id: CallId) -> Option<(CallId, Claims)> {
-        let call = self.calls.get(&id)?;
+        let call = self.calls.get(id)?;
         // Most calls checked still miss a part that costs no search to see.
         if !self.has_every_part(call, None) || !self.has_every_hop(call) {
             return None;
@@ -422,19 +432,15 @@ impl Joiner {
             if opened_ns.saturating_add(window) > now_ns {
                 break;
             }
-            let Some((opened_ns, id)) = self.opened.pop_front() else {
+            let Some((_, id)) = self.opened.pop_front() else {
                 break;
             };
-            let Some(call) = self
-                .calls
-                .get(&id)
-                .filter(|call| call.first_arrival_ns == opened_ns)
-            else {
+            let Some(call) = self.calls.get(id) else {
                 continue;
             };
             let claims = self.claims(call);
             let complete = self.has_every_hop(call) && self.has_every_part(call, Some(&claims));
-            records.extend(self.emit(&id, claims, complete, now_ns));
+            records.extend(self.emit(id, claims, complete, now_ns));
         }
         // A wire event can come up to a window before its call's first event
         // (the request starts long before the sidecar logs it), and the call
@@ -445,21 +451,21 @@ impl Joiner {
         self.stats.tc_after_calls += expired.after_a_call;
     }
 
-    /// Removes the call `request_id`, takes what it claims of the wire, and
-    /// makes its record.
+    /// Removes the call `id`, takes what it claims of the wire, and makes its
+    /// record.
     fn emit(
         &mut self,
-        request_id: &str,
+        id: CallId,
         claims: Claims,
         complete: bool,
         now_ns: i64,
     ) -> Option<CallRecord> {
-        let call = self.calls.remove(request_id)?;
+        let call = self.calls.remove(id)?;
         for (key, upstream) in &call.upstream {
-            self.upstream.remove(key, upstream.time_ns, request_id);
+            self.upstream.remove(key, upstream.time_ns, id);
         }
         for key in &call.downstream_flows {
-            unindex(&mut self.awaiting_wire, key, request_id);
+            unindex(&mut self.awaiting_wire, key, id);
         }
         let wire = claims.wire.and_then(|claim| self.claim_wire(claim, now_ns));
         let upstream_response = match claims.upstream_response {
@@ -476,7 +482,6 @@ impl Joiner {
             self.stats.partial += 1;
         }
         Some(build_record(
-            request_id,
             call,
             wire,
             upstream_response,
@@ -558,10 +563,10 @@ fn push_exact<T>(parts: &mut Vec<T>, item: T) {
     parts.push(item);
 }
 
-/// Removes `request_id` from the calls indexed under `key`.
-fn unindex(index: &mut FxHashMap<Flow, Vec<CallId>>, key: &Flow, request_id: &str) {
+/// Removes the call `id` from the calls indexed under `key`.
+fn unindex(index: &mut FxHashMap<Flow, Vec<CallId>>, key: &Flow, id: CallId) {
     if let Some(ids) = index.get_mut(key) {
-        ids.retain(|id| &**id != request_id);
+        ids.retain(|indexed| *indexed != id);
         if ids.is_empty() {
             index.remove(key);
         }

@@ -468,7 +468,7 @@ impl UpstreamIndex {
         }
     }
 
-    pub fn remove(&mut self, flow: &Flow, time_ns: i64, request_id: &str) {
+    pub fn remove(&mut self, flow: &Flow, time_ns: i64, id: CallId) {
         let Some(requests) = self.requests.get_mut(flow) else {
             return;
         };
@@ -476,7 +476,7 @@ impl UpstreamIndex {
         if let Some(offset) = requests
             .range(from..)
             .take_while(|(time, _)| *time == time_ns)
-            .position(|(_, id)| &**id == request_id)
+            .position(|(_, indexed)| *indexed == id)
         {
             requests.remove(from + offset);
         }
