@@ -195,11 +195,9 @@ pub(crate) fn build_record(
 
     CallRecord {
         time: rfc3339(time_ns),
-        request_id: if request_id.starts_with(super::UNIDENTIFIED) {
-            String::new()
-        } else {
-            request_id.into()
-        },
+        request_id: Some(request_id.into_string())
+            .filter(|id| !id.starts_with(super::UNIDENTIFIED))
+            .unwrap_or_default(),
         src: peer(src, time_ns, context.directory),
         dst: peer(dst, time_ns, context.directory),
         protocol: first_given([
