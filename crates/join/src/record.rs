@@ -216,7 +216,8 @@ pub(crate) fn rfc3339(unix_nanos: i64) -> String {
             value /= 10;
         }
     }
-    String::from_utf8_lossy(&text).into_owned()
+    // Digits and ASCII punctuation: always UTF-8.
+    String::from_utf8(text.to_vec()).unwrap_or_default()
 }
 
 /// The proleptic Gregorian date (year, month, day) `days` after 1970-01-01,

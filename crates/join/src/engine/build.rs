@@ -368,7 +368,7 @@ fn hop(log: &AccessLog) -> Hop {
 fn reporter(log: &AccessLog) -> String {
     log.reporter
         .as_ref()
-        .map(|pod| format!("{}/{}", pod.namespace, pod.name))
+        .map(|pod| [pod.namespace.as_str(), "/", pod.name.as_str()].concat())
         .unwrap_or_default()
 }
 

@@ -209,8 +209,8 @@ impl RequestId {
 
     fn into_string(self) -> String {
         match self {
-            // Copied from a `str`: the lossy conversion never replaces a byte.
-            Self::Inline { .. } => String::from_utf8_lossy(self.as_bytes()).into_owned(),
+            // Copied from a `str`: always UTF-8.
+            Self::Inline { .. } => String::from_utf8(self.as_bytes().to_vec()).unwrap_or_default(),
             Self::Heap(id) => id.into(),
         }
     }

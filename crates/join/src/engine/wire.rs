@@ -35,12 +35,35 @@ pub(crate) fn reverse(flow: &Flow) -> Flow {
 
 /// Where `flow` comes from, as the records show it.
 pub(crate) fn source(flow: &Flow) -> Endpoint {
-    Endpoint::new(flow.0.to_string(), flow.1)
+    Endpoint::new(ip_text(flow.0), flow.1)
 }
 
 /// Where `flow` goes, as the records show it.
 pub(crate) fn destination(flow: &Flow) -> Endpoint {
-    Endpoint::new(flow.2.to_string(), flow.3)
+    Endpoint::new(ip_text(flow.2), flow.3)
+}
+
+/// `ip` as text, as `ip.to_string()` writes it. IPv4 by hand: `Display`
+/// goes through the formatter's machinery and takes four times as long
+/// (72 ns against 18, allocation included), twice for every record.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 /// A message start as the join keeps it: what a record shows of the packet.
@@ -511,9 +534,26 @@ impl UpstreamIndex {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
+    #[test]
+    fn other_addresses_are_written_as_the_standard_library_writes_them() {
+        for text in ["::1", "fd00::14", "::ffff:10.0.0.7"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
     proptest::proptest! {
+        /// Every IPv4 address is written as the standard library writes it.
+        #[test]
+        fn ipv4_addresses_are_written_as_the_standard_library_writes_them(bits: u32) {
+            let ip = IpAddr::V4(Ipv4Addr::from(bits));
+            proptest::prop_assert_eq!(ip_text(ip), ip.to_string());
+        }
+
         /// The search from the front finds what a binary search finds, at
         /// every threshold, whatever the queue's length and duplicates.
         #[test]
