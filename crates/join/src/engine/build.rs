@@ -25,9 +25,9 @@ use crate::{
 pub(crate) struct Wire {
     /// The request's flow: the packets' addresses.
     pub flow: Flow,
-    pub request: Box<Packet>,
+    pub request: Packet,
     /// The first packet of the response, when it was seen.
-    pub response: Option<Box<Packet>>,
+    pub response: Option<Packet>,
     pub retransmits: u32,
     pub resets: u32,
 }
@@ -78,7 +78,7 @@ pub(crate) struct Context<'a> {
 pub(crate) fn build_record(
     call: PendingCall,
     mut wire: Option<Wire>,
-    upstream_response: Option<Box<Packet>>,
+    upstream_response: Option<Packet>,
     context: Context<'_>,
 ) -> CallRecord {
     let PendingCall {
@@ -154,7 +154,7 @@ pub(crate) fn build_record(
             let response = upstream_response
                 .as_ref()
                 .or(wire.as_ref().and_then(|w| w.response.as_ref()));
-            match response?.start_line.as_ref()? {
+            match response?.head.as_ref()?.start_line.as_ref()? {
                 StartLine::Response(line) => Some(line.status),
                 StartLine::Request(_) => None,
             }
@@ -165,7 +165,7 @@ pub(crate) fn build_record(
             log,
             wire.as_ref(),
             upstream.as_ref().map(|(_, request)| request),
-            upstream_response.as_deref(),
+            upstream_response.as_ref(),
         )
     });
     let tc = wire.map(|wire| {
@@ -186,7 +186,8 @@ pub(crate) fn build_record(
             time: rfc3339(request.time_ns),
             request_id: upstream
                 .as_mut()
-                .map(|(_, request)| std::mem::take(&mut request.request_id))
+                .and_then(|(_, request)| request.head.as_mut())
+                .map(|head| std::mem::take(&mut head.request_id))
                 .unwrap_or_default(),
             retransmits,
             resets,
@@ -252,10 +253,11 @@ pub(crate) fn build_record(
 /// The request line of `packet`'s HTTP head, taken out, if the head is a
 /// request's.
 fn take_request_line(packet: &mut Packet) -> Option<RequestLine> {
-    match packet.start_line.take()? {
+    let head = packet.head.as_mut()?;
+    match head.start_line.take()? {
         StartLine::Request(line) => Some(line),
         response @ StartLine::Response(_) => {
-            packet.start_line = Some(response);
+            head.start_line = Some(response);
             None
         }
     }
@@ -341,8 +343,8 @@ fn latency(
         sidecar_us: micros(total.saturating_sub(upstream_time).max(0)),
         before_sidecar_us: wire.map(|wire| micros(log.start_time_unix_nano - wire.request.time_ns)),
         pod_wire_us: between(
-            wire.map(|w| &*w.request),
-            wire.and_then(|w| w.response.as_deref()),
+            wire.map(|w| &w.request),
+            wire.and_then(|w| w.response.as_ref()),
         ),
         app_wire_us: between(upstream, upstream_response),
     }

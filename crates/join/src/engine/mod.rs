@@ -347,11 +347,15 @@ impl Joiner {
             Ok(TcKind::Message) => {
                 let packet = self.interfaces.packet(tc);
                 let time = packet.time_ns;
-                if matches!(packet.start_line, Some(StartLine::Request(_)))
-                    && !packet.request_id.is_empty()
-                {
+                let request_id = packet
+                    .head
+                    .as_ref()
+                    .filter(|head| matches!(head.start_line, Some(StartLine::Request(_))))
+                    .map(|head| head.request_id.as_str())
+                    .filter(|id| !id.is_empty());
+                if let Some(request_id) = request_id {
                     // A hop after a sidecar: the header it added is on the wire.
-                    let call = self.open(&packet.request_id, now_ns);
+                    let call = self.open(request_id, now_ns);
                     let id = call.id;
                     push_exact(&mut call.upstream, (key, packet));
                     self.upstream.add(key, time, id);

@@ -71,7 +71,8 @@ fn ip_text(ip: IpAddr) -> String {
 /// event's own strings for them (and the head's `authority`, never shown) are
 /// freed as it arrives, while still in the cache, not with its call a second
 /// later; at the join's rate those late frees cost more than the rest of the
-/// work on a packet.
+/// work on a packet. Its HTTP head is kept apart, so that a packet fits in
+/// one cache line of its flow's queue.
 #[derive(Debug)]
 pub(crate) struct Packet {
     pub time_ns: i64,
@@ -79,9 +80,15 @@ pub(crate) struct Packet {
     pub tcp_seq: u32,
     pub payload_len: u32,
     pub interface: Arc<str>,
-    /// The HTTP head's first line, where the packet was plaintext.
+    /// The HTTP head, where the packet was plaintext.
+    pub head: Option<Box<Head>>,
+}
+
+/// What a record shows of a packet's HTTP head.
+#[derive(Debug)]
+pub(crate) struct Head {
     pub start_line: Option<StartLine>,
-    /// The head's `x-request-id`, on a hop after a sidecar.
+    /// The `x-request-id`, on a hop after a sidecar.
     pub request_id: String,
 }
 
@@ -109,18 +116,18 @@ impl InterfaceNames {
 
     /// What the join keeps of `event`.
     pub fn packet(&mut self, event: TcEvent) -> Packet {
-        let (start_line, request_id) = event
-            .http
-            .map(|head| (head.start_line, head.request_id))
-            .unwrap_or_default();
         Packet {
             time_ns: event.time_unix_nano,
             ip_id: event.ip_id,
             tcp_seq: event.tcp_seq,
             payload_len: event.payload_len,
             interface: self.get(&event.interface),
-            start_line,
-            request_id,
+            head: event.http.map(|head| {
+                Box::new(Head {
+                    start_line: head.start_line,
+                    request_id: head.request_id,
+                })
+            }),
         }
     }
 }
@@ -158,13 +165,14 @@ fn connection(flow: &Flow) -> Flow {
     if *flow <= reversed { *flow } else { reversed }
 }
 
-/// The start of a message (a request or a response) on a flow. Small, so
-/// that a flow's queue is searched and shifted cheaply.
+/// The start of a message (a request or a response) on a flow: one cache
+/// line, kept in its flow's queue, so that a call reads its messages where
+/// the queue's neighbours are, not from a separate allocation each.
 #[derive(Debug)]
 pub(crate) struct MessageStart {
     pub time_ns: i64,
     id: u64,
-    pub packet: Box<Packet>,
+    pub packet: Packet,
 }
 
 /// A retransmission or a reset on a connection.
@@ -286,7 +294,7 @@ impl WireIndex {
         let message = MessageStart {
             time_ns,
             id,
-            packet: Box::new(packet),
+            packet,
         };
         // Usually the latest: a push, without searching a queue that has not
         // been touched since the connection's previous message.
@@ -370,7 +378,7 @@ impl WireIndex {
     }
 
     /// Takes a message out of the index (a call claimed it).
-    pub fn take(&mut self, pick: Pick) -> Option<Box<Packet>> {
+    pub fn take(&mut self, pick: Pick) -> Option<Packet> {
         let messages = self.messages.get_mut(&pick.flow)?;
         let taken = messages.remove(pick.index)?;
         if messages.is_empty() {
