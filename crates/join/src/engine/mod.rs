@@ -6,8 +6,7 @@ mod wire;
 use std::{collections::VecDeque, hash::BuildHasher as _, net::IpAddr};
 
 use apitrace_proto::{
-    AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, WasmEvent, event::Kind,
-    http_head::StartLine,
+    AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, event::Kind, http_head::StartLine,
 };
 use futures::{Stream, StreamExt as _, stream};
 use hashbrown::{HashTable, hash_table};
@@ -18,7 +17,7 @@ use crate::{
     directory::{Directory, Workload},
     record::CallRecord,
 };
-use build::{Context, JsonMemo, Wire, build_record, primary_index};
+use build::{Context, JsonMemo, WasmPart, Wire, build_record, primary_index};
 use wire::{Exchange, Flow, InterfaceNames, Packet, UpstreamIndex, WireIndex, flow, reverse};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
@@ -229,7 +228,7 @@ pub(crate) struct PendingCall {
     /// Where and when the request to look for on the wire started: the
     /// primary log's connection and start time.
     wire_request: Option<(Flow, i64)>,
-    pub(crate) wasm: Vec<WasmEvent>,
+    pub(crate) wasm: Vec<WasmPart>,
     /// The sidecar's plaintext requests to the app, with the x-request-id,
     /// and their flow.
     pub(crate) upstream: Vec<(Flow, Packet)>,
@@ -326,13 +325,15 @@ impl Joiner {
                 }
                 self.completed(id)
             }
-            Kind::Wasm(wasm) => {
+            Kind::Wasm(mut wasm) => {
                 if wasm.request_id.is_empty() {
                     self.stats.unmatched_wasm += 1;
                     return None;
                 }
-                let call = self.open(&wasm.request_id, now_ns);
-                push_exact(&mut call.wasm, wasm);
+                let request_id = std::mem::take(&mut wasm.request_id);
+                let part = WasmPart::new(wasm, self.config.show_secrets, &mut self.json);
+                let call = self.open(&request_id, now_ns);
+                push_exact(&mut call.wasm, part);
                 let id = call.id;
                 self.completed(id)
             }
@@ -536,8 +537,6 @@ impl Joiner {
             upstream_response,
             Context {
                 directory: &self.directory,
-                show_secrets: self.config.show_secrets,
-                json: &mut self.json,
             },
         ))
     }
@@ -683,7 +682,7 @@ mod tests {
             assert_eq!(kept.into_string(), id);
         }
     }
-    use apitrace_proto::{AuthInfo, HttpHead, PodRef, RequestLine, TcDirection};
+    use apitrace_proto::{AuthInfo, HttpHead, PodRef, RequestLine, TcDirection, WasmEvent};
 
     use crate::{directory::WorkloadKind, record::Layer};
 
