@@ -251,17 +251,13 @@ fn timed_in_batches(
 fn join(inputs: &[Input], batch: usize) -> Duration {
     let mut joiner = Joiner::new(JoinConfig::default());
     let mut records = Vec::new();
-    timed_in_batches(inputs, batch, |chunk| {
+    let mut apply = |chunk: Vec<Input>| {
         for input in chunk {
             joiner.apply(input, &mut records);
             black_box(records.drain(..));
         }
-    }) + timed_in_batches(&[Input::End], 1, |end| {
-        for input in end {
-            joiner.apply(input, &mut records);
-            black_box(records.drain(..));
-        }
-    })
+    };
+    timed_in_batches(inputs, batch, &mut apply) + timed_in_batches(&[Input::End], 1, apply)
 }
 
 #[derive(Hash, PartialEq, Eq)]

@@ -78,7 +78,7 @@ enum WasmText {
     DestinationIp,
 }
 
-const WASM_TEXTS: usize = 8;
+const WASM_TEXTS: usize = WasmText::DestinationIp as usize + 1;
 
 /// What the join keeps of a WASM event, reduced as it arrives: its strings
 /// in one allocation and its token's JSON decoded. The event's own strings,
@@ -175,8 +175,14 @@ impl WasmPart {
         self.text(WasmText::Direction) == "inbound"
     }
 
-    fn endpoint(&self, ip: WasmText, port: Option<u32>) -> Option<ProtoEndpoint> {
-        port.map(|port| ProtoEndpoint::new(self.text(ip), port))
+    fn source(&self) -> Option<ProtoEndpoint> {
+        self.source_port
+            .map(|port| ProtoEndpoint::new(self.text(WasmText::SourceIp), port))
+    }
+
+    fn destination(&self) -> Option<ProtoEndpoint> {
+        self.destination_port
+            .map(|port| ProtoEndpoint::new(self.text(WasmText::DestinationIp), port))
     }
 
     fn auth_record(&mut self) -> Option<AuthRecord> {
@@ -198,19 +204,15 @@ fn split_endpoint(endpoint: Option<ProtoEndpoint>) -> (String, Option<u32>) {
     endpoint.map_or((String::new(), None), |e| (e.ip, Some(e.port)))
 }
 
-/// What a record is made from besides the call's own events.
-pub(crate) struct Context<'a> {
-    pub directory: &'a Directory,
-}
-
-/// The record of `call`. `upstream_response` is the first packet of the app's
-/// response on `lo`, when the hop to the app was seen. The record takes the
-/// events' strings instead of copying them: the events end here.
+/// The record of `call`, its peers named from `directory`.
+/// `upstream_response` is the first packet of the app's response on `lo`,
+/// when the hop to the app was seen. The record takes the events' strings
+/// instead of copying them: the events end here.
 pub(crate) fn build_record(
     call: PendingCall,
     mut wire: Option<Wire>,
     upstream_response: Option<Packet>,
-    context: Context<'_>,
+    directory: &Directory,
 ) -> CallRecord {
     let PendingCall {
         request_id,
@@ -249,10 +251,7 @@ pub(crate) fn build_record(
     let (src, dst) = match (log.as_mut(), wasm.as_mut()) {
         // The downstream address stays in the log, for the record's `als`.
         (Some(log), _) => (log.downstream_remote.clone(), log.downstream_local.take()),
-        (None, Some(wasm)) => (
-            wasm.endpoint(WasmText::SourceIp, wasm.source_port),
-            wasm.endpoint(WasmText::DestinationIp, wasm.destination_port),
-        ),
+        (None, Some(wasm)) => (wasm.source(), wasm.destination()),
         // Seen by the TC program only (no sidecar logged it, or its entry is
         // late): the caller and the callee as the first packet shows them.
         (None, None) => {
@@ -333,8 +332,8 @@ pub(crate) fn build_record(
         .unwrap_or_default();
     CallRecord {
         time: rfc3339(time_ns),
-        src: peer(src, time_ns, context.directory),
-        dst: peer(dst, time_ns, context.directory),
+        src: peer(src, time_ns, directory),
+        dst: peer(dst, time_ns, directory),
         protocol: first_given(
             log.as_mut().map(|l| &mut l.protocol),
             None,
@@ -586,14 +585,8 @@ mod tests {
             assert_eq!(part.text(field), expected, "{field:?}");
         }
         assert!(part.is_inbound());
-        assert_eq!(
-            part.endpoint(WasmText::SourceIp, part.source_port),
-            Some(ProtoEndpoint::new("10.0.0.1", 41_000))
-        );
-        assert_eq!(
-            part.endpoint(WasmText::DestinationIp, part.destination_port),
-            None
-        );
+        assert_eq!(part.source(), Some(ProtoEndpoint::new("10.0.0.1", 41_000)));
+        assert_eq!(part.destination(), None);
         let auth = part.auth_record().unwrap();
         assert_eq!(auth.scheme, "Bearer");
         assert_eq!(auth.fingerprint, "sha256:ab");

@@ -17,7 +17,7 @@ use crate::{
     directory::{Directory, Workload},
     record::CallRecord,
 };
-use build::{Context, JsonMemo, WasmPart, Wire, build_record, primary_index};
+use build::{JsonMemo, WasmPart, Wire, build_record, primary_index};
 use wire::{Exchange, Flow, InterfaceNames, Packet, UpstreamIndex, WireIndex, flow, reverse};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
@@ -531,14 +531,7 @@ impl Joiner {
         } else {
             self.stats.partial += 1;
         }
-        Some(build_record(
-            call,
-            wire,
-            upstream_response,
-            Context {
-                directory: &self.directory,
-            },
-        ))
+        Some(build_record(call, wire, upstream_response, &self.directory))
     }
 
     /// Takes a request start, its response start, and the retransmissions and
@@ -667,6 +660,7 @@ pub fn joined<S: Stream<Item = Input>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apitrace_proto::{AuthInfo, HttpHead, PodRef, RequestLine, TcDirection, WasmEvent};
 
     #[test]
     fn request_ids_of_any_length_are_kept_whole() {
@@ -682,7 +676,6 @@ mod tests {
             assert_eq!(kept.into_string(), id);
         }
     }
-    use apitrace_proto::{AuthInfo, HttpHead, PodRef, RequestLine, TcDirection, WasmEvent};
 
     use crate::{directory::WorkloadKind, record::Layer};
 
