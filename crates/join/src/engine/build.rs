@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
-use apitrace_proto::{
-    AccessLog, Endpoint as ProtoEndpoint, RequestLine, WasmEvent, http_head::StartLine,
-};
+use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, WasmEvent};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use super::{
     PendingCall,
+    texts::Texts,
     wire::{self, Flow, Packet},
 };
 use crate::{
@@ -93,9 +92,8 @@ pub(crate) struct WasmPart {
     status: u32,
     source_port: Option<u32>,
     destination_port: Option<u32>,
-    /// Where each [`WasmText`] ends in `text`.
-    ends: [u32; WASM_TEXTS],
-    text: Box<str>,
+    /// Each [`WasmText`].
+    texts: Texts<WASM_TEXTS>,
     auth: Option<WasmAuth>,
 }
 
@@ -134,7 +132,7 @@ impl WasmPart {
             None => (String::new(), String::new(), None),
         };
         // In `WasmText`'s order.
-        let texts = [
+        let texts = Texts::new([
             &event.method,
             &event.path,
             &event.authority,
@@ -143,32 +141,20 @@ impl WasmPart {
             &fingerprint,
             &source_ip,
             &destination_ip,
-        ];
-        let mut text = String::with_capacity(texts.iter().map(|t| t.len()).sum());
-        let mut ends = [0; WASM_TEXTS];
-        for (end, field) in ends.iter_mut().zip(texts) {
-            text.push_str(field);
-            // An event is far smaller than 4 GiB; past it, `text` gives "".
-            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
-        }
+        ]);
         Self {
             time_ns: event.time_unix_nano,
             duration_ns: event.duration_ns,
             status: event.status,
             source_port,
             destination_port,
-            ends,
-            text: text.into_boxed_str(),
+            texts,
             auth,
         }
     }
 
     fn text(&self, field: WasmText) -> &str {
-        let index = field as usize;
-        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
-        self.text
-            .get(start as usize..self.ends[index] as usize)
-            .unwrap_or_default()
+        self.texts.get(field as usize)
     }
 
     fn is_inbound(&self) -> bool {
@@ -210,7 +196,7 @@ fn split_endpoint(endpoint: Option<ProtoEndpoint>) -> (String, Option<u32>) {
 /// instead of copying them: the events end here.
 pub(crate) fn build_record(
     call: PendingCall,
-    mut wire: Option<Wire>,
+    wire: Option<Wire>,
     upstream_response: Option<Packet>,
     directory: &Directory,
 ) -> CallRecord {
@@ -230,16 +216,25 @@ pub(crate) fn build_record(
         .position(WasmPart::is_inbound)
         .or_else(|| (!wasm_events.is_empty()).then_some(0))
         .map(|index| wasm_events.swap_remove(index));
-    let mut upstream = upstream.into_iter().next();
+    let upstream = upstream.into_iter().next();
     // The request line as the TC program read it: on the hop to the app, else
     // on the wire (where a request the sidecar rejected still shows it).
-    let mut request_line = upstream
-        .as_mut()
-        .and_then(|(_, request)| take_request_line(request))
-        .or_else(|| {
-            wire.as_mut()
-                .and_then(|wire| take_request_line(&mut wire.request))
-        });
+    let [wire_method, wire_path, wire_version] = upstream
+        .as_ref()
+        .and_then(|(_, request)| request_line(request))
+        .or_else(|| wire.as_ref().and_then(|wire| request_line(&wire.request)))
+        .map_or([None; 3], |line| line.map(Some));
+    let protocol = first_given(log.as_mut().map(|l| &mut l.protocol), None, wire_version);
+    let method = first_given(
+        log.as_mut().map(|l| &mut l.method),
+        wasm.as_ref().map(|w| w.text(WasmText::Method)),
+        wire_method,
+    );
+    let path = first_given(
+        log.as_mut().map(|l| &mut l.path),
+        wasm.as_ref().map(|w| w.text(WasmText::Path)),
+        wire_path,
+    );
 
     let time_ns = log
         .as_ref()
@@ -287,10 +282,7 @@ pub(crate) fn build_record(
             let response = upstream_response
                 .as_ref()
                 .or(wire.as_ref().and_then(|w| w.response.as_ref()));
-            match response?.head.as_ref()?.start_line.as_ref()? {
-                StartLine::Response(line) => Some(line.status),
-                StartLine::Request(_) => None,
-            }
+            response?.head.as_ref()?.status()
         })
         .unwrap_or_default();
     let latency = log.as_ref().map(|log| {
@@ -318,9 +310,9 @@ pub(crate) fn build_record(
             interface: request.interface.to_string(),
             time: rfc3339(request.time_ns),
             request_id: upstream
-                .as_mut()
-                .and_then(|(_, request)| request.head.as_mut())
-                .map(|head| std::mem::take(&mut head.request_id))
+                .as_ref()
+                .and_then(|(_, request)| request.head.as_ref()?.request_id())
+                .map(str::to_owned)
                 .unwrap_or_default(),
             retransmits,
             resets,
@@ -334,21 +326,9 @@ pub(crate) fn build_record(
         time: rfc3339(time_ns),
         src: peer(src, time_ns, directory),
         dst: peer(dst, time_ns, directory),
-        protocol: first_given(
-            log.as_mut().map(|l| &mut l.protocol),
-            None,
-            request_line.as_mut().map(|l| &mut l.version),
-        ),
-        method: first_given(
-            log.as_mut().map(|l| &mut l.method),
-            wasm.as_ref().map(|w| w.text(WasmText::Method)),
-            request_line.as_mut().map(|l| &mut l.method),
-        ),
-        path: first_given(
-            log.as_mut().map(|l| &mut l.path),
-            wasm.as_ref().map(|w| w.text(WasmText::Path)),
-            request_line.as_mut().map(|l| &mut l.path),
-        ),
+        protocol,
+        method,
+        path,
         authority: first_given(
             log.as_mut().map(|l| &mut l.authority),
             wasm.as_ref().map(|w| w.text(WasmText::Authority)),
@@ -382,30 +362,22 @@ pub(crate) fn build_record(
     }
 }
 
-/// The request line of `packet`'s HTTP head, taken out, if the head is a
-/// request's.
-fn take_request_line(packet: &mut Packet) -> Option<RequestLine> {
-    let head = packet.head.as_mut()?;
-    match head.start_line.take()? {
-        StartLine::Request(line) => Some(line),
-        response @ StartLine::Response(_) => {
-            head.start_line = Some(response);
-            None
-        }
-    }
+/// The method, the path and the version of `packet`'s HTTP head, if the head
+/// is a request's.
+fn request_line(packet: &Packet) -> Option<[&str; 3]> {
+    packet.head.as_ref()?.request_line()
 }
 
 /// The first of the access log's value, the WASM filter's and the wire's
-/// that is given and not empty: taken, or copied from the filter's.
-fn first_given(log: Option<&mut String>, wasm: Option<&str>, wire: Option<&mut String>) -> String {
+/// that is given and not empty: taken from the log, or copied.
+fn first_given(log: Option<&mut String>, wasm: Option<&str>, wire: Option<&str>) -> String {
     if let Some(value) = log.filter(|value| !value.is_empty()) {
         return std::mem::take(value);
     }
-    if let Some(value) = wasm.filter(|value| !value.is_empty()) {
-        return value.to_owned();
-    }
-    wire.filter(|value| !value.is_empty())
-        .map(std::mem::take)
+    wasm.into_iter()
+        .chain(wire)
+        .find(|value| !value.is_empty())
+        .map(str::to_owned)
         .unwrap_or_default()
 }
 

@@ -1,13 +1,12 @@
 //! The join state machine and its stream form.
 
 mod build;
+mod texts;
 mod wire;
 
 use std::{collections::VecDeque, hash::BuildHasher as _, net::IpAddr};
 
-use apitrace_proto::{
-    AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, event::Kind, http_head::StartLine,
-};
+use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, Event, TcEvent, TcKind, event::Kind};
 use futures::{Stream, StreamExt as _, stream};
 use hashbrown::{HashTable, hash_table};
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -348,12 +347,7 @@ impl Joiner {
             Ok(TcKind::Message) => {
                 let packet = self.interfaces.packet(tc);
                 let time = packet.time_ns;
-                let request_id = packet
-                    .head
-                    .as_ref()
-                    .filter(|head| matches!(head.start_line, Some(StartLine::Request(_))))
-                    .map(|head| head.request_id.as_str())
-                    .filter(|id| !id.is_empty());
+                let request_id = packet.head.as_ref().and_then(|head| head.request_id());
                 if let Some(request_id) = request_id {
                     // A hop after a sidecar: the header it added is on the wire.
                     let call = self.open(request_id, now_ns);
@@ -660,7 +654,11 @@ pub fn joined<S: Stream<Item = Input>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apitrace_proto::{AuthInfo, HttpHead, PodRef, RequestLine, TcDirection, WasmEvent};
+    use apitrace_proto::{
+        AuthInfo, HttpHead, PodRef, RequestLine, TcDirection, WasmEvent, http_head::StartLine,
+    };
+
+    use crate::{directory::WorkloadKind, record::Layer};
 
     #[test]
     fn request_ids_of_any_length_are_kept_whole() {
@@ -676,8 +674,6 @@ mod tests {
             assert_eq!(kept.into_string(), id);
         }
     }
-
-    use crate::{directory::WorkloadKind, record::Layer};
 
     const SECOND: i64 = 1_000_000_000;
     const T0: i64 = 1_726_632_414 * SECOND;

@@ -10,10 +10,10 @@
 
 use std::{collections::VecDeque, net::IpAddr, sync::Arc};
 
-use apitrace_proto::{Endpoint, TcEvent, http_head::StartLine};
+use apitrace_proto::{Endpoint, HttpHead, TcEvent, http_head::StartLine};
 use rustc_hash::FxHashMap;
 
-use super::CallId;
+use super::{CallId, texts::Texts};
 
 /// A connection in one direction: source address and port, destination
 /// address and port.
@@ -84,12 +84,61 @@ pub(crate) struct Packet {
     pub head: Option<Box<Head>>,
 }
 
-/// What a record shows of a packet's HTTP head.
+/// What a record shows of a packet's HTTP head, reduced as it arrives (see
+/// [`Texts`]): a request's is two allocations a second later, not five.
 #[derive(Debug)]
 pub(crate) struct Head {
-    pub start_line: Option<StartLine>,
-    /// The `x-request-id`, on a hop after a sidecar.
-    pub request_id: String,
+    line: Line,
+    /// The method, the path, the version and the `x-request-id`.
+    texts: Texts<4>,
+}
+
+/// Which start line a [`Head`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// None was read (the capture began past it).
+    Unread,
+    Request,
+    /// A status line, with its status; the record shows nothing else of it.
+    Response(u32),
+}
+
+impl Head {
+    fn new(head: HttpHead) -> Self {
+        let (line, request_line) = match head.start_line {
+            Some(StartLine::Request(line)) => (Line::Request, Some(line)),
+            Some(StartLine::Response(line)) => (Line::Response(line.status), None),
+            None => (Line::Unread, None),
+        };
+        let request_line = request_line.unwrap_or_default();
+        Self {
+            line,
+            texts: Texts::new([
+                &request_line.method,
+                &request_line.path,
+                &request_line.version,
+                &head.request_id,
+            ]),
+        }
+    }
+
+    /// The method, the path and the version, if the head is a request's.
+    pub fn request_line(&self) -> Option<[&str; 3]> {
+        (self.line == Line::Request).then(|| [0, 1, 2].map(|field| self.texts.get(field)))
+    }
+
+    /// The `x-request-id`, if the head is a request's and has one.
+    pub fn request_id(&self) -> Option<&str> {
+        Some(self.texts.get(3)).filter(|id| self.line == Line::Request && !id.is_empty())
+    }
+
+    /// The status, if the head is a response's.
+    pub fn status(&self) -> Option<u32> {
+        match self.line {
+            Line::Response(status) => Some(status),
+            Line::Request | Line::Unread => None,
+        }
+    }
 }
 
 /// The interface names seen, each kept once: a pod has a few (`eth0`, `lo`)
@@ -122,12 +171,7 @@ impl InterfaceNames {
             tcp_seq: event.tcp_seq,
             payload_len: event.payload_len,
             interface: self.get(&event.interface),
-            head: event.http.map(|head| {
-                Box::new(Head {
-                    start_line: head.start_line,
-                    request_id: head.request_id,
-                })
-            }),
+            head: event.http.map(|head| Box::new(Head::new(head))),
         }
     }
 }
@@ -544,6 +588,8 @@ impl UpstreamIndex {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use apitrace_proto::{RequestLine, StatusLine};
+
     use super::*;
 
     #[test]
@@ -554,7 +600,63 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_reduced_response_head_keeps_its_status_and_no_request_line() {
+        let head = Head::new(HttpHead {
+            start_line: Some(StartLine::Response(StatusLine {
+                version: "HTTP/1.1".into(),
+                status: 503,
+            })),
+            request_id: "late-id".into(),
+            authority: "orders".into(),
+        });
+        assert_eq!(head.status(), Some(503));
+        assert_eq!(head.request_line(), None);
+        assert_eq!(head.request_id(), None, "a response is not filed by id");
+    }
+
+    #[test]
+    fn a_head_captured_past_its_start_line_gives_nothing() {
+        let head = Head::new(HttpHead {
+            request_id: "req-1".into(),
+            ..HttpHead::default()
+        });
+        assert_eq!(
+            (head.status(), head.request_line(), head.request_id()),
+            (None, None, None)
+        );
+    }
+
     proptest::proptest! {
+        /// A reduced request head gives back each field whole, whatever
+        /// their lengths and characters.
+        #[test]
+        fn a_reduced_request_head_gives_back_each_field(
+            method in ".{0,8}",
+            path in ".{0,40}",
+            version in ".{0,9}",
+            request_id in ".{0,40}",
+        ) {
+            let head = Head::new(HttpHead {
+                start_line: Some(StartLine::Request(RequestLine {
+                    method: method.clone(),
+                    path: path.clone(),
+                    version: version.clone(),
+                })),
+                request_id: request_id.clone(),
+                authority: "orders".into(),
+            });
+            proptest::prop_assert_eq!(
+                head.request_line(),
+                Some([method.as_str(), path.as_str(), version.as_str()])
+            );
+            proptest::prop_assert_eq!(
+                head.request_id(),
+                Some(request_id.as_str()).filter(|id| !id.is_empty())
+            );
+            proptest::prop_assert_eq!(head.status(), None);
+        }
+
         /// Every IPv4 address is written as the standard library writes it.
         #[test]
         fn ipv4_addresses_are_written_as_the_standard_library_writes_them(bits: u32) {
