@@ -35,6 +35,11 @@ pub enum Part {
     Upstream,
 }
 
+/// How often the wire index is swept for what no call claimed, per window:
+/// an unclaimed wire event is forgotten two windows after it arrived, and an
+/// eighth of one later at most.
+const SWEEPS_PER_WINDOW: i64 = 8;
+
 #[derive(Debug, Clone)]
 pub struct JoinConfig {
     /// How long a call waits for its missing parts after its first event
@@ -255,11 +260,11 @@ pub struct Joiner {
 impl Joiner {
     pub fn new(config: JoinConfig) -> Self {
         Self {
+            wire: WireIndex::new(config.window_ns / SWEEPS_PER_WINDOW),
             config,
             directory: Directory::default(),
             calls: Calls::default(),
             opened: VecDeque::new(),
-            wire: WireIndex::default(),
             interfaces: InterfaceNames::default(),
             awaiting_wire: FxHashMap::default(),
             upstream: UpstreamIndex::default(),
@@ -488,7 +493,8 @@ impl Joiner {
         }
         // A wire event can come up to a window before its call's first event
         // (the request starts long before the sidecar logs it), and the call
-        // may wait a window more: a wire event is kept for two.
+        // may wait a window more: a wire event is kept for two (and up to
+        // a sweep more, see `SWEEPS_PER_WINDOW`).
         let cutoff = now_ns.saturating_sub(window.saturating_mul(2));
         let expired = self.wire.expire(cutoff);
         self.stats.unmatched_tc += expired.unmatched;
