@@ -6,8 +6,9 @@
 //! access-log entry; the TC events arrive first, the WASM events 100 ms later
 //! (the filter batches them), the access logs a second later (Envoy flushes
 //! them every second), over 64 keep-alive connections, and one call in a
-//! hundred never gets its access log (its window closes). At 20,000 calls a
-//! second, that keeps about 20,000 calls open at any time.
+//! hundred never gets its access log (its window closes); the client's and
+//! the pod's identities come first. At 20,000 calls a second, that keeps
+//! about 20,000 calls open at any time.
 //!
 //! Criterion measures the join and, next to it, a floor: grouping the same
 //! events by their key (the request id, or the connection for a wire event)
@@ -24,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apitrace_join::{Input, JoinConfig, Joiner};
+use apitrace_join::{Input, JoinConfig, Joiner, Workload, WorkloadKind};
 use apitrace_proto::{
     AccessLog, AuthInfo, Endpoint, Event, HttpHead, PodRef, RequestLine, TcDirection, TcEvent,
     TcKind, WasmEvent, event::Kind, http_head::StartLine,
@@ -183,10 +184,25 @@ struct Stream {
 
 impl Stream {
     fn new(events: u64) -> Self {
+        // Who the two addresses are, as the CLI tells the join first: each
+        // record names its peers.
+        let ready: VecDeque<Input> = [("10.1.0.7", "web-5d4f"), ("10.0.0.10", "orders-7f9c")]
+            .into_iter()
+            .map(|(ip, name)| Input::Identity {
+                ip: ip.parse().expect("a literal address"),
+                since_ns: 0,
+                workload: Workload {
+                    namespace: "shop".into(),
+                    name: name.into(),
+                    kind: WorkloadKind::Pod,
+                    traced: name.starts_with("orders"),
+                },
+            })
+            .collect();
         Self {
             call: 0,
-            events_left: events,
-            ready: VecDeque::new(),
+            events_left: events + ready.len() as u64,
+            ready,
         }
     }
 
