@@ -436,9 +436,11 @@ impl WireIndex {
         }
         self.next_sweep_ns = cutoff_ns.saturating_add(self.sweep_every_ns);
         // A flow's queue is in time order, which is arrival order but for
-        // events from several probes arriving out of order: one of those
-        // waits behind a later arrival, a sweep or two longer. Reading only
-        // the fronts keeps a sweep from reading every message held.
+        // events arriving out of order (from several probes): a message that
+        // arrives late with an earlier time goes in front of earlier
+        // arrivals, which then wait for it to expire, by as long as it came
+        // after them. Reading only the fronts keeps a sweep from reading
+        // every message held.
         self.messages.retain(|_, messages| {
             while messages
                 .front()
