@@ -142,6 +142,10 @@ impl Calls {
         self.table.find(id.hash, |call| call.id == id)
     }
 
+    fn get_mut(&mut self, id: CallId) -> Option<&mut PendingCall> {
+        self.table.find_mut(id.hash, |call| call.id == id)
+    }
+
     fn remove(&mut self, id: CallId) -> Option<PendingCall> {
         let entry = self.table.find_entry(id.hash, |call| call.id == id).ok()?;
         Some(entry.remove().0)
@@ -323,11 +327,17 @@ impl Joiner {
                 if primary_index(&call.access_logs) == Some(call.access_logs.len() - 1) {
                     call.wire_request = key.map(|key| (key, start_ns));
                 }
-                if let Some(key) = key {
+                let completed = self.completed(id);
+                // A call its access log completes is emitted now: indexing it
+                // by its connection would be undone at once.
+                if completed.is_none()
+                    && let Some(key) = key
+                    && let Some(call) = self.calls.get_mut(id)
+                {
                     push_exact(&mut call.downstream_flows, key);
                     self.awaiting_wire.entry(key).or_default().push(id);
                 }
-                self.completed(id)
+                completed
             }
             Kind::Wasm(mut wasm) => {
                 if wasm.request_id.is_empty() {
@@ -799,6 +809,38 @@ mod tests {
             wasm("req-1"),
             access_log("req-1", 50174, T0 + 200_000),
         ]
+    }
+
+    /// A call whose access log came before its packets on the pod's
+    /// interface is emitted by the last of them, not when its window closes.
+    #[test]
+    fn a_call_is_emitted_by_its_last_wire_event() {
+        let wire = request_start(50174, T0, 547_548, "");
+        let response = response_start(&wire, T0 + 1_000_000);
+        for wire_last in [[wire.clone(), response.clone()], [response, wire]] {
+            let mut joiner = Joiner::new(JoinConfig::default());
+            let mut emitted = Vec::new();
+            let upstream = request_start(0, T0 + 300_000, 1, "req-1");
+            let first = [
+                wasm("req-1"),
+                access_log("req-1", 50174, T0 + 200_000),
+                response_start(&upstream, T0 + 700_000),
+                upstream,
+            ];
+            for (i, event) in first.into_iter().chain(wire_last).enumerate() {
+                emitted.push(apply(
+                    &mut joiner,
+                    Input::Event {
+                        event,
+                        now_ns: T0 + i as i64,
+                    },
+                ));
+            }
+            let counts: Vec<usize> = emitted.iter().map(Vec::len).collect();
+            assert_eq!(counts, [0, 0, 0, 0, 0, 1]);
+            assert_eq!(emitted[5][0].layers, [Layer::Als, Layer::Wasm, Layer::Tc]);
+            assert_eq!(joiner.stats().complete, 1);
+        }
     }
 
     /// The records `input` completes or expires.
