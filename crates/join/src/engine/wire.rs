@@ -85,58 +85,54 @@ pub(crate) struct Packet {
 }
 
 /// What a record shows of a packet's HTTP head, reduced as it arrives (see
-/// [`Texts`]): a request's is two allocations a second later, not five.
+/// [`Texts`]): a request's is two allocations a second later, not five. A
+/// head whose start line was not captured shows nothing and is not kept.
 #[derive(Debug)]
-pub(crate) struct Head {
-    line: Line,
-    /// The method, the path, the version and the `x-request-id`.
-    texts: Texts<4>,
-}
-
-/// Which start line a [`Head`] holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
-    /// None was read (the capture began past it).
-    Unread,
-    Request,
-    /// A status line, with its status; the record shows nothing else of it.
+pub(crate) enum Head {
+    /// The method, the path, the version and the `x-request-id`, in that
+    /// order.
+    Request(Texts<4>),
+    /// A status line's status; the record shows nothing else of it.
     Response(u32),
 }
 
+/// Where a request's `x-request-id` is in its [`Head`]'s texts.
+const REQUEST_ID: usize = 3;
+
 impl Head {
-    fn new(head: HttpHead) -> Self {
-        let (line, request_line) = match head.start_line {
-            Some(StartLine::Request(line)) => (Line::Request, Some(line)),
-            Some(StartLine::Response(line)) => (Line::Response(line.status), None),
-            None => (Line::Unread, None),
-        };
-        let request_line = request_line.unwrap_or_default();
-        Self {
-            line,
-            texts: Texts::new([
-                &request_line.method,
-                &request_line.path,
-                &request_line.version,
+    fn new(head: HttpHead) -> Option<Self> {
+        Some(match head.start_line? {
+            StartLine::Request(line) => Self::Request(Texts::new([
+                &line.method,
+                &line.path,
+                &line.version,
                 &head.request_id,
-            ]),
-        }
+            ])),
+            StartLine::Response(line) => Self::Response(line.status),
+        })
     }
 
     /// The method, the path and the version, if the head is a request's.
     pub fn request_line(&self) -> Option<[&str; 3]> {
-        (self.line == Line::Request).then(|| [0, 1, 2].map(|field| self.texts.get(field)))
+        match self {
+            Self::Request(texts) => Some([0, 1, 2].map(|field| texts.get(field))),
+            Self::Response(_) => None,
+        }
     }
 
     /// The `x-request-id`, if the head is a request's and has one.
     pub fn request_id(&self) -> Option<&str> {
-        Some(self.texts.get(3)).filter(|id| self.line == Line::Request && !id.is_empty())
+        match self {
+            Self::Request(texts) => Some(texts.get(REQUEST_ID)).filter(|id| !id.is_empty()),
+            Self::Response(_) => None,
+        }
     }
 
     /// The status, if the head is a response's.
     pub fn status(&self) -> Option<u32> {
-        match self.line {
-            Line::Response(status) => Some(status),
-            Line::Request | Line::Unread => None,
+        match self {
+            Self::Response(status) => Some(*status),
+            Self::Request(_) => None,
         }
     }
 }
@@ -171,7 +167,7 @@ impl InterfaceNames {
             tcp_seq: event.tcp_seq,
             payload_len: event.payload_len,
             interface: self.get(&event.interface),
-            head: event.http.map(|head| Box::new(Head::new(head))),
+            head: event.http.and_then(Head::new).map(Box::new),
         }
     }
 }
@@ -258,6 +254,7 @@ pub(crate) struct WireIndex {
     /// The earliest cutoff the next sweep runs at.
     next_sweep_ns: i64,
 }
+
 /// A message start chosen for a call, and where to find it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pick {
@@ -554,7 +551,8 @@ mod tests {
             })),
             request_id: "late-id".into(),
             authority: "orders".into(),
-        });
+        })
+        .unwrap();
         assert_eq!(head.status(), Some(503));
         assert_eq!(head.request_line(), None);
         assert_eq!(head.request_id(), None, "a response is not filed by id");
@@ -566,8 +564,13 @@ mod tests {
             request_id: "req-1".into(),
             ..HttpHead::default()
         });
+        let head = head.as_ref();
         assert_eq!(
-            (head.status(), head.request_line(), head.request_id()),
+            (
+                head.and_then(Head::status),
+                head.and_then(Head::request_line),
+                head.and_then(Head::request_id)
+            ),
             (None, None, None)
         );
     }
@@ -667,7 +670,8 @@ mod tests {
                 })),
                 request_id: request_id.clone(),
                 authority: "orders".into(),
-            });
+            })
+            .unwrap();
             proptest::prop_assert_eq!(
                 head.request_line(),
                 Some([method.as_str(), path.as_str(), version.as_str()])
