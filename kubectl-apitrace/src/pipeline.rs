@@ -32,8 +32,6 @@ pub struct Pipeline<W: Write> {
     /// probe's counters only grow, and several probes must not overwrite
     /// each other's.
     counters: BTreeMap<String, Counters>,
-    /// The records an input completed, reused from one input to the next.
-    joined: Vec<CallRecord>,
 }
 
 /// What a session joined and lost.
@@ -53,7 +51,6 @@ impl<W: Write> Pipeline<W> {
             printer,
             records: 0,
             counters: BTreeMap::new(),
-            joined: Vec::new(),
         }
     }
 
@@ -76,12 +73,16 @@ impl<W: Write> Pipeline<W> {
         {
             self.counters.insert(status.node.clone(), counters);
         }
-        self.joiner.apply(input, &mut self.joined);
-        for record in self.joined.drain(..) {
-            self.records += 1;
-            self.printer.print(record).map_err(PipelineError::Print)?;
+        let mut printing = Printing {
+            printer: &mut self.printer,
+            records: &mut self.records,
+            failed: None,
+        };
+        self.joiner.apply(input, &mut printing);
+        match printing.failed {
+            Some(error) => Err(PipelineError::Print(error)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Emits the calls still open, prints what was held and closes the file.
@@ -104,6 +105,31 @@ impl<W: Write> Pipeline<W> {
             records,
             counters,
         })
+    }
+}
+
+/// Hands each record to the printer as the join emits it: the calls an input
+/// closes at once (the end of a session, thousands of them) are not gathered
+/// first, and with `--follow` each is written as it comes.
+struct Printing<'a, W: Write> {
+    printer: &'a mut Printer<W>,
+    records: &'a mut usize,
+    /// The first error printing met: the session ends with it, and the
+    /// records after it are not printed.
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Extend<CallRecord> for Printing<'_, W> {
+    fn extend<I: IntoIterator<Item = CallRecord>>(&mut self, records: I) {
+        for record in records {
+            if self.failed.is_some() {
+                return;
+            }
+            *self.records += 1;
+            if let Err(error) = self.printer.print(record) {
+                self.failed = Some(error);
+            }
+        }
     }
 }
 
@@ -256,6 +282,62 @@ mod tests {
                 })),
             },
         }
+    }
+
+    /// Takes one line, then fails as a closed pipe does.
+    struct ClosesAfterOneLine(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+    impl Write for ClosesAfterOneLine {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let mut written = self.0.borrow_mut();
+            if written.contains(&b'\n') {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_print_failing_while_the_end_closes_calls_ends_the_session_with_it() {
+        let written = std::rc::Rc::default();
+        let printer = Printer::new(
+            ClosesAfterOneLine(std::rc::Rc::clone(&written)),
+            crate::output::Format::Ndjson,
+            true,
+            crate::output::Destination {
+                width: None,
+                colour: false,
+            },
+        )
+        .unwrap();
+        let mut pipeline = Pipeline::new(JoinConfig::default(), None, printer);
+        for id in ["req-1", "req-2", "req-3"] {
+            let wasm = apitrace_proto::WasmEvent {
+                request_id: id.to_owned(),
+                ..Default::default()
+            };
+            let event = Event {
+                kind: Some(Kind::Wasm(wasm)),
+            };
+            pipeline.feed(Input::Event { event, now_ns: 0 }).unwrap();
+        }
+        assert!(
+            written.borrow().is_empty(),
+            "the calls wait for their window"
+        );
+        let error = pipeline.finish().unwrap_err();
+        assert!(
+            matches!(&error, PipelineError::Print(e) if e.kind() == io::ErrorKind::BrokenPipe),
+            "{error:?}"
+        );
+        let written = String::from_utf8(written.borrow().clone()).unwrap();
+        assert_eq!(written.lines().count(), 1, "{written}");
+        assert!(written.contains("req-1"), "{written}");
     }
 
     #[test]

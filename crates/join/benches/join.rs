@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apitrace_join::{Input, JoinConfig, Joiner, Workload, WorkloadKind};
+use apitrace_join::{CallRecord, Input, JoinConfig, Joiner, Workload, WorkloadKind};
 use apitrace_proto::{
     AccessLog, AuthInfo, Endpoint, Event, HttpHead, PodRef, RequestLine, TcDirection, TcEvent,
     TcKind, WasmEvent, event::Kind, http_head::StartLine,
@@ -263,14 +263,24 @@ fn timed_in_batches(
     spent
 }
 
+/// Where the bench's records go: each is dropped as it comes, as the CLI
+/// prints each as it comes.
+struct Dropped;
+
+impl Extend<CallRecord> for Dropped {
+    fn extend<I: IntoIterator<Item = CallRecord>>(&mut self, records: I) {
+        records
+            .into_iter()
+            .for_each(|record| drop(black_box(record)));
+    }
+}
+
 /// The time the join takes over `inputs`, and over the end of them.
 fn join(inputs: &[Input], batch: usize) -> Duration {
     let mut joiner = Joiner::new(JoinConfig::default());
-    let mut records = Vec::new();
     let mut apply = |chunk: Vec<Input>| {
         for input in chunk {
-            joiner.apply(input, &mut records);
-            black_box(records.drain(..));
+            joiner.apply(input, &mut Dropped);
         }
     };
     timed_in_batches(inputs, batch, &mut apply) + timed_in_batches(&[Input::End], 1, apply)
@@ -373,18 +383,15 @@ fn stream_and_report() {
     let mut joiner = Joiner::new(JoinConfig::default());
     let started = Instant::now();
     let mut checkpoints = CHECKPOINTS.iter().peekable();
-    let mut records = Vec::new();
     for (i, input) in Stream::new(STREAM_EVENTS).enumerate() {
-        joiner.apply(input, &mut records);
-        black_box(records.drain(..));
+        joiner.apply(input, &mut Dropped);
         let done = i as u64 + 1;
         if checkpoints.peek() == Some(&&done) {
             checkpoints.next();
             println!("{done} {} {}", peak_kib(), started.elapsed().as_nanos());
         }
     }
-    joiner.apply(Input::End, &mut records);
-    black_box(records);
+    joiner.apply(Input::End, &mut Dropped);
 }
 
 /// Prints the join's and the floor's throughput, given their inputs in

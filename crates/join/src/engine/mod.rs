@@ -281,10 +281,13 @@ impl Joiner {
         &self.stats
     }
 
-    /// Applies one input and appends the calls it completed or expired to
-    /// `records`, oldest first. The caller's buffer, reused from one input to
-    /// the next, saves an allocation per record.
-    pub fn apply(&mut self, input: Input, records: &mut Vec<CallRecord>) {
+    /// Applies one input and hands the calls it completed or expired to
+    /// `records`, oldest first: a `Vec` the caller reuses from one input to
+    /// the next, or a sink that prints each record as it comes. The end of a
+    /// session closes thousands of calls at once; gathered first, at 968
+    /// bytes a record, they grow a buffer onto fresh pages (3.6% of the
+    /// benchmark's time, in which 20 000 calls are open at its end).
+    pub fn apply(&mut self, input: Input, records: &mut impl Extend<CallRecord>) {
         match input {
             Input::Event { event, now_ns } => {
                 if let Some((request_id, claims)) = self.accept(event, now_ns) {
@@ -485,7 +488,7 @@ impl Joiner {
 
     /// Emits the calls whose window closed, and forgets wire events no call
     /// claimed in time.
-    fn expire(&mut self, now_ns: i64, records: &mut Vec<CallRecord>) {
+    fn expire(&mut self, now_ns: i64, records: &mut impl Extend<CallRecord>) {
         let window = self.config.window_ns;
         while let Some((opened_ns, _)) = self.opened.front() {
             if opened_ns.saturating_add(window) > now_ns {
