@@ -23,6 +23,10 @@ pub enum PipelineError {
     Print(#[source] io::Error),
 }
 
+/// How many inputs a session feeds the join at once, at most: enough for it
+/// to read ahead (see [`Pipeline::feed_all`]), few enough to be in the cache.
+pub const BATCH: usize = 256;
+
 pub struct Pipeline<W: Write> {
     joiner: Joiner,
     saved: Option<SavedWriter>,
@@ -60,25 +64,34 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn feed(&mut self, input: Input) -> Result<(), PipelineError> {
-        if let Some(saved) = &mut self.saved {
-            saved.save(&input)?;
-        }
-        if let Input::Event {
-            event: Event {
-                kind: Some(Kind::Status(status)),
-            },
-            ..
-        } = &input
-            && let Some(counters) = status.counters
-        {
-            self.counters.insert(status.node.clone(), counters);
+        self.feed_all(vec![input])
+    }
+
+    /// Feeds `inputs` in order, as [`Self::feed`] would one by one: the join
+    /// reads ahead in a batch, so a session feeds what arrived together.
+    pub fn feed_all(&mut self, inputs: Vec<Input>) -> Result<(), PipelineError> {
+        for input in &inputs {
+            if let Some(saved) = &mut self.saved {
+                saved.save(input)?;
+            }
+            if let Input::Event {
+                event:
+                    Event {
+                        kind: Some(Kind::Status(status)),
+                    },
+                ..
+            } = input
+                && let Some(counters) = status.counters
+            {
+                self.counters.insert(status.node.clone(), counters);
+            }
         }
         let mut printing = Printing {
             printer: &mut self.printer,
             records: &mut self.records,
             failed: None,
         };
-        self.joiner.apply(input, &mut printing);
+        self.joiner.apply_all(inputs, &mut printing);
         match printing.failed {
             Some(error) => Err(PipelineError::Print(error)),
             None => Ok(()),

@@ -7,7 +7,7 @@ use apitrace_join::JoinConfig;
 use crate::{
     args::JoinArgs,
     output::{Destination, Printer},
-    pipeline::Pipeline,
+    pipeline::{BATCH, Pipeline},
     saved::SavedReader,
 };
 
@@ -25,9 +25,22 @@ pub fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         ..JoinConfig::default()
     };
     let mut pipeline = Pipeline::new(config, None, printer);
+    let mut batch = Vec::with_capacity(BATCH);
     for input in inputs {
-        pipeline.feed(input?)?;
+        match input {
+            Ok(input) => batch.push(input),
+            // What came before a bad entry is joined (and printed, when
+            // followed) before the error ends the replay.
+            Err(error) => {
+                pipeline.feed_all(batch)?;
+                return Err(error.into());
+            }
+        }
+        if batch.len() == BATCH {
+            pipeline.feed_all(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+        }
     }
+    pipeline.feed_all(batch)?;
     let outcome = pipeline.finish()?;
     eprintln!("{}", outcome.summary(None));
     Ok(ExitCode::SUCCESS)

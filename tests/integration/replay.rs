@@ -215,8 +215,12 @@ fn bad_saved_sessions_name_the_file_and_the_byte() {
         assert_eq!(message.lines().count(), 1, "{message}");
         assert!(output.stdout.is_empty());
     }
-    // The message's remedy works: cut there, and the rest replays.
+    // Followed, the calls joined before the bad entry are printed first.
     let truncated = dir.join("truncated.apitrace");
+    let output = join(&truncated, &["-o", "ndjson", "--follow"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stdout(&output).lines().count() >= 4, "{}", stdout(&output));
+    // The message's remedy works: cut there, and the rest replays.
     let message = stderr(&join(&truncated, &[]));
     let offset: usize = message
         .split("truncated at byte ")

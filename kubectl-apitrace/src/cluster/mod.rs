@@ -30,7 +30,7 @@ use crate::{
     args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs, VersionArgs},
     live::{interrupted, now_ns, random_hex},
     output::{Destination, Printer},
-    pipeline::Pipeline,
+    pipeline::{BATCH, Pipeline},
     saved::SavedWriter,
 };
 use link::{FromProbe, PortForwardLink};
@@ -315,6 +315,7 @@ async fn run_session(
     let end = tokio::time::sleep(session.plan.duration);
     tokio::pin!(end);
     let mut exit = ExitCode::SUCCESS;
+    let mut messages = Vec::with_capacity(BATCH);
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -341,15 +342,31 @@ async fn run_session(
                     }
                     Err(_) => {}
                 },
-                message = from_probes.recv() => match message {
-                    Some(FromProbe::Event(event)) => pipeline.feed(Input::Event { event: *event, now_ns: now_ns() })?,
-                    Some(FromProbe::Reconnected { pod, outage }) => eprintln!(
-                        "reconnected to probe {pod} after {}; events of that time are lost",
-                        humantime::format_duration(Duration::from_millis(outage.as_millis() as u64))
-                    ),
-                    Some(FromProbe::Lost { pod, detail }) => bail!("lost probe {pod}: {detail}"),
-                    None => bail!("every probe connection ended"),
-                },
+                received = from_probes.recv_many(&mut messages, BATCH) => {
+                    if received == 0 {
+                        bail!("every probe connection ended");
+                    }
+                    // What arrived together is joined together (the join
+                    // reads ahead in a batch), all of it before a lost probe
+                    // ends the session.
+                    let now_ns = now_ns();
+                    let mut events = Vec::with_capacity(received);
+                    let mut lost = None;
+                    for message in messages.drain(..) {
+                        match message {
+                            FromProbe::Event(event) => events.push(Input::Event { event: *event, now_ns }),
+                            FromProbe::Reconnected { pod, outage } => eprintln!(
+                                "reconnected to probe {pod} after {}; events of that time are lost",
+                                humantime::format_duration(Duration::from_millis(outage.as_millis() as u64))
+                            ),
+                            FromProbe::Lost { pod, detail } => lost = lost.or(Some((pod, detail))),
+                        }
+                    }
+                    pipeline.feed_all(events)?;
+                    if let Some((pod, detail)) = lost {
+                        bail!("lost probe {pod}: {detail}");
+                    }
+                }
             }
         }
         Ok(())

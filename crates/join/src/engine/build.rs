@@ -153,6 +153,10 @@ impl WasmPart {
         }
     }
 
+    pub fn prefetch_texts(&self) {
+        self.texts.prefetch();
+    }
+
     fn text(&self, field: WasmText) -> &str {
         self.texts.get(field as usize)
     }

@@ -1,5 +1,6 @@
 //! The join state machine and its stream form.
 
+mod ahead;
 mod build;
 mod texts;
 mod wire;
@@ -1429,6 +1430,41 @@ mod session_tests {
             let (records, stats) = join(interleaved(session(false), &picks));
             prop_assert_eq!(records, expected);
             prop_assert_eq!((stats.complete, stats.unmatched_tc), (11, 0));
+        }
+
+        /// Inputs fed in batches of any sizes give what they give one by
+        /// one: the same records in the same order, the same counts.
+        #[test]
+        fn inputs_in_batches_give_what_they_give_one_by_one(
+            picks in proptest::collection::vec(0usize..3, 1..200),
+            sizes in proptest::collection::vec(1usize..12, 1..40),
+        ) {
+            let inputs = || {
+                interleaved(session(true), &picks)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, event)| Input::Event { event, now_ns: T0 + n as i64 })
+                    .chain([Input::End])
+                    .collect::<Vec<_>>()
+            };
+            let mut joiner = Joiner::new(JoinConfig::default());
+            let mut expected = Vec::new();
+            for input in inputs() {
+                joiner.apply(input, &mut expected);
+            }
+            let expected_stats = joiner.stats().clone();
+            let mut joiner = Joiner::new(JoinConfig::default());
+            let mut records = Vec::new();
+            let mut inputs = inputs().into_iter();
+            for &size in sizes.iter().cycle() {
+                let batch: Vec<Input> = inputs.by_ref().take(size).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                joiner.apply_all(batch, &mut records);
+            }
+            prop_assert_eq!(records, expected);
+            prop_assert_eq!(joiner.stats(), &expected_stats);
         }
 
         /// The same when the hop to the app is not part of a complete call (a

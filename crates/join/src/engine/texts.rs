@@ -26,6 +26,11 @@ impl<const N: usize> Texts<N> {
         }
     }
 
+    /// Fetches the text into the cache (see [`super::ahead`]).
+    pub fn prefetch(&self) {
+        super::ahead::prefetch(&*self.text);
+    }
+
     /// The `index`th string; "" past the last.
     pub fn get(&self, index: usize) -> &str {
         let start = index

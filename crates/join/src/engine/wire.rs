@@ -112,6 +112,12 @@ impl Head {
         })
     }
 
+    pub fn prefetch_texts(&self) {
+        if let Self::Request(texts) = self {
+            texts.prefetch();
+        }
+    }
+
     /// The method, the path and the version, if the head is a request's.
     pub fn request_line(&self) -> Option<[&str; 3]> {
         match self {
@@ -311,6 +317,16 @@ impl WireIndex {
         }
     }
 
+    /// Fetches the first messages of `flow`'s queue into the cache, where
+    /// a call's are mostly found (see [`super::ahead`]).
+    pub fn prefetch_front(&self, flow: &Flow) {
+        if let Some(messages) = self.messages.get(flow) {
+            messages
+                .range(..messages.len().min(2))
+                .for_each(super::ahead::prefetch);
+        }
+    }
+
     pub fn add_context(&mut self, flow: &Flow, time_ns: i64, reset: bool, arrival_ns: i64) {
         let connection = connection(flow);
         let after_a_call = self.claimed.contains_key(&connection);
@@ -499,6 +515,16 @@ impl UpstreamIndex {
         }
         if requests.is_empty() {
             self.requests.remove(flow);
+        }
+    }
+
+    /// Fetches the first requests of `flow`'s queue into the cache (see
+    /// [`super::ahead`]).
+    pub fn prefetch_front(&self, flow: &Flow) {
+        if let Some(requests) = self.requests.get(flow) {
+            requests
+                .range(..requests.len().min(2))
+                .for_each(super::ahead::prefetch);
         }
     }
 
