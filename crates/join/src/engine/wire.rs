@@ -317,14 +317,10 @@ impl WireIndex {
         }
     }
 
-    /// Fetches the first messages of `flow`'s queue into the cache, where
-    /// a call's are mostly found (see [`super::ahead`]).
+    /// Fetches the front of `flow`'s queue into the cache (see
+    /// [`super::ahead`]).
     pub fn prefetch_front(&self, flow: &Flow) {
-        if let Some(messages) = self.messages.get(flow) {
-            messages
-                .range(..messages.len().min(2))
-                .for_each(super::ahead::prefetch);
-        }
+        super::ahead::prefetch_front(self.messages.get(flow));
     }
 
     pub fn add_context(&mut self, flow: &Flow, time_ns: i64, reset: bool, arrival_ns: i64) {
@@ -518,14 +514,10 @@ impl UpstreamIndex {
         }
     }
 
-    /// Fetches the first requests of `flow`'s queue into the cache (see
+    /// Fetches the front of `flow`'s queue into the cache (see
     /// [`super::ahead`]).
     pub fn prefetch_front(&self, flow: &Flow) {
-        if let Some(requests) = self.requests.get(flow) {
-            requests
-                .range(..requests.len().min(2))
-                .for_each(super::ahead::prefetch);
-        }
+        super::ahead::prefetch_front(self.requests.get(flow));
     }
 
     /// The call whose request on `flow` went last at or before `time_ns`: the
