@@ -32,12 +32,15 @@ pub use apitrace_netns::topology;
 const NAME_PREFIX: &str = "apitrace-demo-";
 
 /// Whether `pid` is a live process of this program (a pid can be reused).
+/// Compared by the executable's name, not its path: another build or install
+/// of the CLI running its own demo is not stale.
 #[cfg(target_os = "linux")]
 fn is_running_demo(pid: u32) -> bool {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return false;
     };
-    std::env::current_exe().is_ok_and(|ours| ours == exe) || pid == std::process::id()
+    pid == std::process::id()
+        || std::env::current_exe().is_ok_and(|ours| ours.file_name() == exe.file_name())
 }
 
 #[cfg(target_os = "linux")]
