@@ -21,9 +21,9 @@ use apitrace_proto::ports;
 use futures::StreamExt as _;
 use kubectl_apitrace::{
     demo::{
-        envoy::{self, ADMIN_PORT, Layers},
         http::{self, Connection},
         jwt,
+        mesh::{ADMIN_PORT, Layers, iptables},
     },
     live::now_ns,
     probe_client::ProbeSession,
@@ -64,13 +64,10 @@ pub fn run(
     repeats: usize,
     seconds: u64,
 ) -> anyhow::Result<Table> {
-    let (pods, runtime) = stage(
-        "apitrace-be2e-",
-        SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
-    )?;
+    let (pods, runtime) = stage("apitrace-be2e-", SocketAddr::from(([0, 0, 0, 0], APP_PORT)))?;
     let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
-    pods.restore_iptables(server, false, &envoy::inbound_capture(APP_PORT, None))
-        .context("the server pod's inbound capture")?;
+    pods.restore_iptables(server, false, &iptables::capture(false, APP_PORT, None))
+        .context("the server pod's traffic capture")?;
     let probe = start_probe(probe_binary, probe_pod, server)?;
     let probe_pid = probe.0.id();
     let module = Module::served(filter, probe_pod)?;

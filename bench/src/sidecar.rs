@@ -14,11 +14,11 @@ use anyhow::{Context as _, bail};
 use apitrace_netns::topology::Pod;
 use apitrace_proto::ports;
 use kubectl_apitrace::demo::{
-    envoy::{self, Layers, Sidecar},
     http::{self, Connection},
+    mesh::{self, Layers, MeshPod, ProbeAt, Sidecar},
 };
 
-use crate::pods::{Guard, in_pod};
+use crate::pods::Guard;
 
 pub const APP_PORT: u16 = 8080;
 const PROBE_HOST: &str = "apitrace-bench.apitrace-system.svc.cluster.local";
@@ -54,19 +54,24 @@ pub fn write_bootstrap(
     module: &Module,
     layers: Layers,
 ) -> anyhow::Result<()> {
-    let sidecar = Sidecar {
-        pod_name: server.name,
-        namespace: "bench",
-        pod_ip: server.ipv4,
-        app_port: APP_PORT,
-        probe_ip: probe_pod.ipv4,
-        probe_host: PROBE_HOST,
-        module_path: &module.path,
-        module_sha256: &module.sha256,
-        session_token: "bench",
-        show_secrets: false,
+    let sidecar = Sidecar::serving(
+        MeshPod {
+            name: server.name,
+            namespace: "bench",
+            service_account: "default",
+            ipv4: server.ipv4,
+        },
+        APP_PORT,
+        ProbeAt {
+            ip: probe_pod.ipv4,
+            host: PROBE_HOST,
+            module_path: &module.path,
+            module_sha256: &module.sha256,
+            session_token: "bench",
+            show_secrets: false,
+        },
         layers,
-    };
+    );
     std::fs::write(config, sidecar.bootstrap().to_string())
         .with_context(|| format!("writing {}", config.display()))
 }
@@ -83,9 +88,11 @@ pub fn start_envoy(
     workdir: &Path,
 ) -> anyhow::Result<Guard> {
     let log = std::fs::File::create(workdir.join("envoy.log"))?;
-    let mut command = in_pod(server, &envoy.to_string_lossy(), &[]);
+    let line = mesh::proxy_command(&server.netns, envoy, config, 2);
+    let mut command = std::process::Command::new(&line[0]);
     command
-        .args(envoy::command_line(config, 2))
+        .args(&line[1..])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
     Ok(Guard(command.spawn().context("cannot start Envoy")?))

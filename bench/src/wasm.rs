@@ -13,10 +13,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use kubectl_apitrace::demo::{
-    envoy::{INBOUND_PORT, Layers},
     jwt,
+    mesh::{Layers, iptables},
 };
 
 use crate::{
@@ -65,9 +65,11 @@ pub fn run(
 ) -> anyhow::Result<Table> {
     let (pods, runtime) = stage(
         "apitrace-bwasm-",
-        SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
+        SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
     )?;
     let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
+    pods.restore_iptables(server, false, &iptables::capture(false, APP_PORT, None))
+        .context("the server pod's traffic capture")?;
     let _probe = start_probe(probe_binary, probe_pod, server)?;
     let module = Module::served(filter, probe_pod)?;
     let workdir = std::env::temp_dir().join(format!("apitrace-bwasm-{}", std::process::id()));
@@ -82,7 +84,7 @@ pub fn run(
             write_bootstrap(&config, server, probe_pod, &module, *layers)?;
             let envoy_process = start_envoy(envoy, server, &config, &workdir)?;
             let envoy_pid = envoy_process.0.id();
-            let target = SocketAddr::new(IpAddr::V4(server.ipv4), INBOUND_PORT);
+            let target = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
             runtime.block_on(wait_ready(client, target))?;
             // Warm up, then prove the scenario's layers are at work.
             let before = probe_counts(probe_pod)?;

@@ -259,9 +259,19 @@ pub struct DemoArgs {
     /// an identity provider's].
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
-    /// Send the requests to the server pod's IPv6 address.
+    /// Call the server over IPv6 (its Service's IPv6 address).
     #[arg(long)]
     pub ipv6: bool,
+    /// Between the two sidecars, plaintext instead of Istio's mutual TLS (as
+    /// with a PeerAuthentication of mode DISABLE, or a caller outside the
+    /// mesh's mTLS).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// The client pod has no sidecar: it calls the server pod in plaintext
+    /// from outside the mesh (PERMISSIVE), and only the server's sidecar
+    /// logs the calls.
+    #[arg(long)]
+    pub caller_outside_mesh: bool,
     /// Send every request over one connection (HTTP/1.1 keep-alive) instead of
     /// one connection each.
     #[arg(long)]
@@ -275,6 +285,11 @@ pub struct DemoArgs {
     /// JWT whose base64 is broken.
     #[arg(long)]
     pub bad_traffic: bool,
+    /// Also write what each sidecar pod's interfaces carried to
+    /// DIR/<pod>-<interface>.pcap (tcpdump), to check the records against a
+    /// packet dissector such as tshark or Wireshark.
+    #[arg(long, value_name = "DIR")]
+    pub pcap: Option<PathBuf>,
     /// The Envoy binary to run as the sidecar [default: `envoy` on PATH].
     #[arg(
         long,

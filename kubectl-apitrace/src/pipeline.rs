@@ -38,6 +38,22 @@ pub struct Pipeline<W: Write> {
     counters: BTreeMap<String, Counters>,
 }
 
+/// How long a session waits, when it ends, for what its sidecars had not
+/// reported yet.
+pub struct Drain;
+
+impl Drain {
+    /// A flush of both: Envoy's access-log service sends its buffer every
+    /// second (`buffer_flush_interval`'s default in Envoy's
+    /// `api/envoy/extensions/access_loggers/grpc/v3/als.proto`), the filter
+    /// every 200 ms (`wasm-filter/src/config.rs`), and the probe's ring is
+    /// drained every 20 ms.
+    pub const FLUSH: std::time::Duration = std::time::Duration::from_millis(1_500);
+    /// The longest wait: a call whose parts have not come by then is printed
+    /// with what it has, and counted by what it lacks.
+    pub const BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
 /// What a session joined and lost.
 #[derive(Debug)]
 pub struct Outcome {
@@ -61,6 +77,18 @@ impl<W: Write> Pipeline<W> {
     /// How many records were printed (or held to be printed) so far.
     pub fn records(&self) -> usize {
         self.records
+    }
+
+    /// Whether a session that ended at `ended_ns` has what its sidecars were
+    /// still to report, at `now_ns`: they flush access logs every second and
+    /// the filter its events every 200 ms, so nothing of a call started
+    /// before the end is known to be missing until a flush later; then the
+    /// session waits while such calls are open, up to [`Drain::BOUND`].
+    pub fn drained(&self, ended_ns: i64, now_ns: i64) -> bool {
+        let waited = now_ns.saturating_sub(ended_ns);
+        waited >= Drain::BOUND.as_nanos() as i64
+            || (waited >= Drain::FLUSH.as_nanos() as i64
+                && self.joiner.open_calls_started_before(ended_ns) == 0)
     }
 
     pub fn feed(&mut self, input: Input) -> Result<(), PipelineError> {
@@ -156,9 +184,33 @@ impl Outcome {
             |calls| format!("{calls} calls made"),
         );
         let mut text = format!(
-            "{made}; {} joined with every layer, {} with some; unmatched events: {} TC, {} WASM",
-            stats.complete, stats.partial, stats.unmatched_tc, stats.unmatched_wasm,
+            "{made}; {} joined with every layer, {} with some",
+            stats.complete, stats.partial
         );
+        let missing = &stats.missing;
+        let lacking: Vec<String> = [
+            (missing.access_log, "access log"),
+            (missing.wasm, "filter event"),
+            (missing.wire, "wire part"),
+            (missing.upstream, "hop to the upstream on the wire"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, part)| format!("{count} without their {part}"))
+        .collect();
+        if !lacking.is_empty() {
+            text.push_str(&format!(" ({})", lacking.join(", ")));
+        }
+        text.push_str(&format!(
+            "; unmatched events: {} TC, {} WASM",
+            stats.unmatched_tc, stats.unmatched_wasm
+        ));
+        if stats.tc_connection_level > 0 {
+            text.push_str(&format!(
+                "; {} TC message starts on encrypted or multiplexed connections, named at the connection's level",
+                stats.tc_connection_level
+            ));
+        }
         if stats.tc_after_calls > 0 {
             text.push_str(&format!(
                 "; {} TC retransmissions or resets came after their connection's calls (its teardown)",
@@ -239,6 +291,7 @@ fn describe(drops: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apitrace_join::MissingParts;
 
     #[test]
     fn every_drop_is_named_in_the_summary() {
@@ -246,9 +299,14 @@ mod tests {
             stats: JoinStats {
                 complete: 3,
                 partial: 1,
+                missing: MissingParts {
+                    access_log: 1,
+                    ..MissingParts::default()
+                },
                 unmatched_tc: 2,
                 unmatched_wasm: 0,
                 tc_after_calls: 0,
+                tc_connection_level: 0,
             },
             records: 4,
             counters: BTreeMap::from([(
@@ -265,7 +323,7 @@ mod tests {
         };
         assert_eq!(
             outcome.summary(Some(4)),
-            "4 calls made; 3 joined with every layer, 1 with some; unmatched events: 2 TC, 0 WASM. \
+            "4 calls made; 3 joined with every layer, 1 with some (1 without their access log); unmatched events: 2 TC, 0 WASM. \
              The probe received 10 TC, 4 ALS and 4 WASM events; dropped: TC ring buffer full: 7, WASM dropped in the filter: 1."
         );
         let mut replayed = Outcome {
@@ -273,8 +331,10 @@ mod tests {
             ..outcome
         };
         replayed.stats.tc_after_calls = 2;
+        replayed.stats.tc_connection_level = 5;
         assert!(replayed.summary(None).starts_with(
-            "4 calls; 3 joined with every layer, 1 with some; unmatched events: 2 TC, 0 WASM; \
+            "4 calls; 3 joined with every layer, 1 with some (1 without their access log); unmatched events: 2 TC, 0 WASM; \
+             5 TC message starts on encrypted or multiplexed connections, named at the connection's level; \
              2 TC retransmissions or resets came after their connection's calls (its teardown). "
         ));
         assert!(
@@ -315,11 +375,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_print_failing_while_the_end_closes_calls_ends_the_session_with_it() {
-        let written = std::rc::Rc::default();
+    /// A pipeline that prints ndjson as it goes into `out`.
+    fn following<W: Write>(out: W) -> Pipeline<W> {
         let printer = Printer::new(
-            ClosesAfterOneLine(std::rc::Rc::clone(&written)),
+            out,
             crate::output::Format::Ndjson,
             true,
             crate::output::Destination {
@@ -328,7 +387,13 @@ mod tests {
             },
         )
         .unwrap();
-        let mut pipeline = Pipeline::new(JoinConfig::default(), None, printer);
+        Pipeline::new(JoinConfig::default(), None, printer)
+    }
+
+    #[test]
+    fn a_print_failing_while_the_end_closes_calls_ends_the_session_with_it() {
+        let written = std::rc::Rc::default();
+        let mut pipeline = following(ClosesAfterOneLine(std::rc::Rc::clone(&written)));
         for id in ["req-1", "req-2", "req-3"] {
             let wasm = apitrace_proto::WasmEvent {
                 request_id: id.to_owned(),
@@ -351,6 +416,41 @@ mod tests {
         let written = String::from_utf8(written.borrow().clone()).unwrap();
         assert_eq!(written.lines().count(), 1, "{written}");
         assert!(written.contains("req-1"), "{written}");
+    }
+
+    /// A session that ends waits a sidecar flush for what it had not heard
+    /// of yet, then while a call started before the end is open, and no
+    /// longer than its bound; a call started after the end is not waited for.
+    #[test]
+    fn the_end_of_a_session_waits_for_the_calls_started_before_it_and_no_longer() {
+        let mut pipeline = following(Vec::new());
+        let second = 1_000_000_000_i64;
+        let ended = 100 * second;
+        let flush = Drain::FLUSH.as_nanos() as i64;
+        let bound = Drain::BOUND.as_nanos() as i64;
+        let wasm = |id: &str, at: i64| Input::Event {
+            event: Event {
+                kind: Some(Kind::Wasm(apitrace_proto::WasmEvent {
+                    request_id: id.to_owned(),
+                    time_unix_nano: at,
+                    ..Default::default()
+                })),
+            },
+            now_ns: at,
+        };
+        assert!(!pipeline.drained(ended, ended + flush - 1), "a flush first");
+        assert!(
+            pipeline.drained(ended, ended + flush),
+            "then nothing is open"
+        );
+        // A call that started after the end does not hold it up.
+        pipeline.feed(wasm("late", ended + 10)).unwrap();
+        assert!(pipeline.drained(ended, ended + flush));
+        // One that started before it does, until the bound.
+        pipeline.feed(wasm("early", ended - 10)).unwrap();
+        assert!(!pipeline.drained(ended, ended + flush));
+        assert!(!pipeline.drained(ended, ended + bound - 1));
+        assert!(pipeline.drained(ended, ended + bound));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! It runs on every packet of a traced pod's interfaces, so it does as little as
 //! it can per packet: it reads the headers in place (direct packet access, no
-//! helper calls), and one lookup of the packet's pod-side address in
-//! `TARGET_ADDRS` decides whether the packet matters at all. Ignored ports are an
-//! array the verifier inlines. Pure ACKs stop there. For the other packets of
+//! helper calls), and on `eth0` one lookup of the packet's pod-side address in
+//! `TARGET_ADDRS` decides whether the packet matters at all; on `lo` every
+//! packet is the pod's. Port roles (infrastructure, the outbound capture port)
+//! are an array the verifier inlines. Pure ACKs stop there. For the other packets of
 //! traced TCP flows it keeps per-connection state in an LRU map and writes an
 //! event only at boundaries: SYN, SYN+ACK, FIN, RST, the first payload packet of
 //! each message (the direction of payload changed), and retransmissions.
@@ -24,8 +25,8 @@ use core::{mem::size_of, ptr::read_unaligned};
 
 use apitrace_tc_event::{
     AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowState, HEADER_SIZE, OTHER_HEAD_CAPACITY, PORT_SLOTS, REQUEST_HEAD_CAPACITY, TcEventHeader,
-    seq_before,
+    FlowState, HEADER_SIZE, LOOPBACK_IFINDEX, OTHER_HEAD_CAPACITY, PORT_SLOTS, Payload, PortRole,
+    REQUEST_HEAD_CAPACITY, TcEventHeader, is_loopback,
 };
 use aya_ebpf::{
     bindings::{
@@ -38,15 +39,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-/// Addresses of the traced pod (and 127.0.0.1/::1 for its loopback): the
-/// packet's pod-side address must be one of them.
+/// Addresses of the traced pod (its interfaces' addresses, and the ones its
+/// sidecar binds on `lo`): on `eth0` the packet's pod-side address must be one
+/// of them; on `lo` they tell the pod's own addresses from the original
+/// destination a redirected connection's replies come from.
 #[map]
 static TARGET_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(16, 0);
 
-/// Non-zero for ports whose traffic is infrastructure, not API calls (the
-/// probe's own ingest, Istio's agent, admin and xDS ports).
+/// A [`PortRole`] per port: infrastructure ports are not traced, and the
+/// sidecar's outbound capture port marks redirected connections on `lo`.
 #[map]
-static IGNORED_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+static PORT_ROLES: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
 /// Per-CPU LRU lists: a flow's packets are mostly handled on one CPU, and
 /// CPUs do not contend for a common list.
@@ -143,9 +146,16 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
         Direction::Ingress => &packet.dst_addr,
         Direction::Egress => &packet.src_addr,
     };
-    // SAFETY: a lookup in a map this program owns; the value is not kept.
-    unsafe { TARGET_ADDRS.get(pod_side) }?;
-    if ignored(packet.src_port) || ignored(packet.dst_port) {
+    // SAFETY: reading a field of the context the program was called with.
+    let on_loopback = unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX;
+    // Every packet on the pod's `lo` is the pod's; on `eth0`, its pod-side
+    // address says whether it is (a pod shares a node's bridge with others).
+    if !on_loopback && !is_pod_address(pod_side) {
+        return None;
+    }
+    let src_role = port_role(packet.src_port);
+    let dst_role = port_role(packet.dst_port);
+    if src_role == PortRole::Infrastructure as u8 || dst_role == PortRole::Infrastructure as u8 {
         return None;
     }
     count(Counter::Matched);
@@ -155,13 +165,7 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
         // A pure ACK: nothing starts or ends here.
         return Some(());
     }
-    let (key, side) = FlowKey::of(
-        packet.family,
-        &packet.src_addr,
-        packet.src_port,
-        &packet.dst_addr,
-        packet.dst_port,
-    );
+    let (key, side) = flow_key(&packet, on_loopback, dst_role);
     if flags & TCP_SYN != 0 {
         let kind = if flags & TCP_ACK != 0 {
             EventKind::Accept
@@ -188,10 +192,43 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
 }
 
 #[inline(always)]
-fn ignored(port: u16) -> bool {
-    IGNORED_PORTS
-        .get(u32::from(port))
-        .is_some_and(|ignored| *ignored != 0)
+fn port_role(port: u16) -> u8 {
+    PORT_ROLES.get(u32::from(port)).map_or(0, |role| *role)
+}
+
+#[inline(always)]
+fn is_pod_address(addr: &AddrKey) -> bool {
+    // SAFETY: a lookup in a map this program owns; the value is not kept.
+    unsafe { TARGET_ADDRS.get(addr) }.is_some()
+}
+
+/// The packet's connection and its side. On `lo`, the app's connections that
+/// the pod's iptables redirected to the sidecar's outbound capture port
+/// (`REDIRECT` in the nat table's OUTPUT chain, which Istio's init container
+/// installs) look like two: the requests go to the capture port on a loopback
+/// address, and the replies, translated back before TC sees them, come from
+/// the original destination, an address that is not the pod's. Both halves
+/// are keyed by the app's endpoint, so that a message starts each time the
+/// sender changes, as on any other connection.
+#[inline(always)]
+fn flow_key(packet: &Packet, on_loopback: bool, dst_role: u8) -> (FlowKey, usize) {
+    if on_loopback {
+        if dst_role == PortRole::OutboundCapture as u8
+            && is_loopback(packet.family, &packet.dst_addr)
+        {
+            return FlowKey::redirected(packet.family, &packet.src_addr, packet.src_port, true);
+        }
+        if !is_loopback(packet.family, &packet.src_addr) && !is_pod_address(&packet.src_addr) {
+            return FlowKey::redirected(packet.family, &packet.dst_addr, packet.dst_port, false);
+        }
+    }
+    FlowKey::of(
+        packet.family,
+        &packet.src_addr,
+        packet.src_port,
+        &packet.dst_addr,
+        packet.dst_port,
+    )
 }
 
 /// The IPv4 header without options, as bytes (no alignment assumed).
@@ -316,15 +353,8 @@ fn track_payload(
     key: &FlowKey,
     side: usize,
 ) {
-    let side = side & 1;
-    let end = packet.seq.wrapping_add(packet.payload_len);
     let Some(state) = FLOWS.get_ptr_mut(key) else {
-        let mut state = FlowState {
-            last_sender: side as u8,
-            ..FlowState::default()
-        };
-        state.next_seq[side] = end;
-        state.seen[side] = 1;
+        let state = FlowState::first(side, packet.seq.wrapping_add(packet.payload_len));
         if FLOWS.insert(key, state, 0).is_err() {
             count(Counter::FlowTableFull);
         }
@@ -334,18 +364,10 @@ fn track_payload(
     // SAFETY: the pointer comes from a successful lookup in our LRU map; the
     // entry may be evicted concurrently, which at worst loses this update.
     let state = unsafe { &mut *state };
-    if state.seen[side] != 0 && seq_before(packet.seq, state.next_seq[side]) {
-        emit(ctx, packet, direction, EventKind::Retransmit);
-        if seq_before(state.next_seq[side], end) {
-            state.next_seq[side] = end;
-        }
-        return;
-    }
-    state.next_seq[side] = end;
-    state.seen[side] = 1;
-    if state.last_sender != side as u8 {
-        state.last_sender = side as u8;
-        emit(ctx, packet, direction, EventKind::Message);
+    match state.on_payload(side, packet.seq, packet.payload_len) {
+        Payload::MessageStart => emit(ctx, packet, direction, EventKind::Message),
+        Payload::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit),
+        Payload::Continuation => {}
     }
 }
 

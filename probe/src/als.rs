@@ -13,8 +13,9 @@ use envoy_types::pb::{
     envoy::{
         config::core::v3::{Address, Node, address, socket_address::PortSpecifier},
         data::accesslog::v3::{
-            AccessLogCommon, HttpAccessLogEntry, ResponseFlags, TcpAccessLogEntry,
+            AccessLogCommon, HttpAccessLogEntry, ResponseFlags, TcpAccessLogEntry, TlsProperties,
             http_access_log_entry::HttpVersion,
+            tls_properties::{TlsVersion, certificate_properties::subject_alt_name::San},
         },
         service::accesslog::v3::{
             StreamAccessLogsMessage, StreamAccessLogsResponse,
@@ -219,7 +220,39 @@ fn normalise_common(common: &AccessLogCommon, reporter: &Reporter) -> AccessLog 
         last_upstream_rx_byte_ns: nanos(common.time_to_last_upstream_rx_byte.as_ref()),
         first_downstream_tx_byte_ns: nanos(common.time_to_first_downstream_tx_byte.as_ref()),
         last_downstream_tx_byte_ns: nanos(common.time_to_last_downstream_tx_byte.as_ref()),
+        tls_version: common
+            .tls_properties
+            .as_ref()
+            .map(tls_version)
+            .unwrap_or_default()
+            .to_owned(),
+        peer_uri_sans: common
+            .tls_properties
+            .as_ref()
+            .and_then(|tls| tls.peer_certificate_properties.as_ref())
+            .map(|peer| {
+                peer.subject_alt_name
+                    .iter()
+                    .filter_map(|name| match &name.san {
+                        Some(San::Uri(uri)) => Some(uri.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..AccessLog::default()
+    }
+}
+
+/// The TLS version as OpenSSL and Envoy's `%DOWNSTREAM_TLS_VERSION%` name it;
+/// empty when the connection had none.
+fn tls_version(tls: &TlsProperties) -> &'static str {
+    match TlsVersion::try_from(tls.tls_version) {
+        Ok(TlsVersion::TlSv1) => "TLSv1",
+        Ok(TlsVersion::TlSv11) => "TLSv1.1",
+        Ok(TlsVersion::TlSv12) => "TLSv1.2",
+        Ok(TlsVersion::TlSv13) => "TLSv1.3",
+        _ => "",
     }
 }
 
@@ -394,6 +427,42 @@ pub(crate) mod tests {
         assert_eq!(log.last_upstream_rx_byte_ns, 1_500_000);
         assert_eq!(log.response_flags, "UF,URX");
         assert_eq!(log.reporter.unwrap().name, "nginx");
+    }
+
+    /// An inbound entry over Istio mTLS: the caller's SPIFFE identity is the
+    /// URI SAN of the certificate it presented.
+    #[test]
+    fn mtls_entry_keeps_the_tls_version_and_the_peer_identity() {
+        use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::{
+            CertificateProperties, certificate_properties::SubjectAltName,
+        };
+        let mut entry = entry();
+        let san = |san| SubjectAltName { san: Some(san) };
+        entry.common_properties.as_mut().unwrap().tls_properties = Some(TlsProperties {
+            tls_version: TlsVersion::TlSv13 as i32,
+            peer_certificate_properties: Some(CertificateProperties {
+                subject_alt_name: vec![
+                    san(San::Dns("client.demo".into())),
+                    san(San::Uri("spiffe://cluster.local/ns/demo/sa/client".into())),
+                ],
+                ..CertificateProperties::default()
+            }),
+            ..TlsProperties::default()
+        });
+        let log = normalise_http(&entry, &Reporter::default()).unwrap();
+        assert_eq!(log.tls_version, "TLSv1.3");
+        assert_eq!(
+            log.peer_uri_sans,
+            ["spiffe://cluster.local/ns/demo/sa/client"]
+        );
+        let plaintext = normalise_http(&super::tests::entry(), &Reporter::default()).unwrap();
+        assert_eq!(
+            (
+                plaintext.tls_version.as_str(),
+                plaintext.peer_uri_sans.len()
+            ),
+            ("", 0)
+        );
     }
 
     #[test]

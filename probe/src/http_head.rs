@@ -8,7 +8,7 @@
 //!
 //! [`HEAD_CAPACITY`]: apitrace_tc_event::HEAD_CAPACITY
 
-use apitrace_proto::{HttpHead, RequestLine, StatusLine, http_head::StartLine};
+use apitrace_proto::{HttpHead, PayloadKind, RequestLine, StatusLine, http_head::StartLine};
 
 /// Methods of RFC 9110 and the WebDAV/PATCH ones seen in APIs. A start line
 /// with another token is treated as not HTTP, which keeps binary protocols out.
@@ -62,6 +62,40 @@ pub fn parse(bytes: &[u8]) -> Option<HttpHead> {
         }
     }
     Some(head)
+}
+
+/// What a message's first `bytes` are, given whether they parsed as an
+/// HTTP/1.x head.
+pub fn classify(bytes: &[u8], is_http1: bool) -> PayloadKind {
+    /// What a client sends first on an HTTP/2 connection (RFC 9113 section 3.4).
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if is_http1 {
+        return PayloadKind::Http1;
+    }
+    // Whole, or cut by the capture.
+    if bytes.starts_with(PREFACE) || (bytes.len() >= 4 && PREFACE.starts_with(bytes)) {
+        return PayloadKind::Http2;
+    }
+    match bytes {
+        // A TLS record: content type (change_cipher_spec, alert, handshake,
+        // application_data), legacy version 3.x, length up to 2^14 + 2048
+        // (RFC 8446 section 5).
+        [20..=23, 3, minor, high, low, ..]
+            if *minor <= 4 && u16::from_be_bytes([*high, *low]) <= (1 << 14) + 2048 =>
+        {
+            PayloadKind::Tls
+        }
+        // An HTTP/2 frame header: a 24-bit length up to the largest frame size,
+        // a defined type, and the reserved bit of the stream id clear
+        // (RFC 9113 section 4.1).
+        [_, _, _, frame_type, _, stream_high, ..]
+            if *frame_type <= 9 && stream_high & 0x80 == 0 =>
+        {
+            PayloadKind::Http2
+        }
+        [] => PayloadKind::Unspecified,
+        _ => PayloadKind::Other,
+    }
 }
 
 fn parse_start_line(line: &str) -> Option<StartLine> {
@@ -173,6 +207,32 @@ mod tests {
             b"GET /\xff HTTP/1.1\r\n",
         ] {
             assert!(parse(bytes).is_none(), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn message_starts_are_classified_by_their_first_bytes() {
+        let cases: [(&[u8], PayloadKind); 8] = [
+            (b"GET / HTTP/1.1\r\n\r\n", PayloadKind::Http1),
+            // A ClientHello and application data, as curl and Envoy send them.
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                PayloadKind::Tls,
+            ),
+            (b"\x17\x03\x03\x00\x45\x8a", PayloadKind::Tls),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
+                PayloadKind::Http2,
+            ),
+            // A server's SETTINGS frame, then a HEADERS frame of stream 1.
+            (b"\x00\x00\x06\x04\x00\x00\x00\x00\x00", PayloadKind::Http2),
+            (b"\x00\x00\x1d\x01\x04\x00\x00\x00\x01", PayloadKind::Http2),
+            (b"{\"order\": 42}", PayloadKind::Other),
+            (b"", PayloadKind::Unspecified),
+        ];
+        for (bytes, expected) in cases {
+            let is_http1 = parse(bytes).is_some();
+            assert_eq!(classify(bytes, is_http1), expected, "{bytes:?}");
         }
     }
 

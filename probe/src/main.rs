@@ -9,29 +9,14 @@ use apitrace_probe::{
     session::Session,
     tc::{self, AttachMode},
 };
-use apitrace_proto::{PodRef, ports};
+use apitrace_proto::{PodRef, istio, ports};
 use clap::Parser;
 
-/// Istio's own ports (agent, admin, xDS, health, DNS, telemetry) and the
-/// probe's: their traffic is the mesh talking to itself, not API calls.
-const INFRASTRUCTURE_PORTS: &[u16] = &[
-    15000,
-    15001,
-    15004,
-    15006,
-    15008,
-    15009,
-    15010,
-    15012,
-    15014,
-    15017,
-    15020,
-    15021,
-    15053,
-    15090,
-    ports::SUBSCRIBE,
-    ports::ACCESS_LOG,
-    ports::HTTP,
+/// Istio's own ports and the probe's: their traffic is the mesh talking to
+/// itself, not API calls.
+const INFRASTRUCTURE_PORTS: [&[u16]; 2] = [
+    istio::INFRASTRUCTURE_PORTS,
+    &[ports::SUBSCRIBE, ports::ACCESS_LOG, ports::HTTP],
 ];
 
 /// The node agent of kubectl-apitrace. The CLI starts it; it is not meant to be
@@ -129,7 +114,7 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
                 .ok_or_else(|| anyhow::anyhow!("--lease {lease:?} is not NAMESPACE/NAME"))
         })
         .transpose()?;
-    let mut ignored_ports = INFRASTRUCTURE_PORTS.to_vec();
+    let mut ignored_ports = INFRASTRUCTURE_PORTS.concat();
     ignored_ports.extend(args.ignored_ports);
     Ok(Config {
         session: Session::new(args.session_id, args.session_token),

@@ -18,9 +18,12 @@ use std::{
     sync::Arc,
 };
 
-use apitrace_proto::{Attachment, Endpoint, PodRef, TcDirection, TcEvent, TcKind, event::Kind};
+use apitrace_proto::{
+    Attachment, Endpoint, PayloadKind, PodRef, TcDirection, TcEvent, TcKind, event::Kind, istio,
+};
 use apitrace_tc_event::{
-    AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, TcEvent as RawEvent,
+    AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, PortRole,
+    TcEvent as RawEvent,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -183,19 +186,23 @@ impl PodTap {
                     source: Box::new(source),
                 })?;
         }
-        let ignored = ebpf
-            .map_mut("IGNORED_PORTS")
-            .ok_or(TcError::MissingMap("IGNORED_PORTS"))?;
-        let mut ignored: Array<_, u8> =
-            Array::try_from(ignored).map_err(|source| TcError::Map {
-                name: "IGNORED_PORTS",
-                source: Box::new(source),
-            })?;
-        for port in &options.ignored_ports {
-            ignored
-                .set(u32::from(*port), 1, 0)
+        let roles = ebpf
+            .map_mut("PORT_ROLES")
+            .ok_or(TcError::MissingMap("PORT_ROLES"))?;
+        let mut roles: Array<_, u8> = Array::try_from(roles).map_err(|source| TcError::Map {
+            name: "PORT_ROLES",
+            source: Box::new(source),
+        })?;
+        let infrastructure = options
+            .ignored_ports
+            .iter()
+            .map(|&port| (port, PortRole::Infrastructure));
+        let capture = [(istio::OUTBOUND_CAPTURE_PORT, PortRole::OutboundCapture)];
+        for (port, role) in infrastructure.chain(capture) {
+            roles
+                .set(u32::from(port), role as u8, 0)
                 .map_err(|source| TcError::Map {
-                    name: "IGNORED_PORTS",
+                    name: "PORT_ROLES",
                     source: Box::new(source),
                 })?;
         }
@@ -286,8 +293,15 @@ fn attach_inside(
             addresses.push(ip);
         }
     }
+    // The sidecar's connections to its app come from Istio's inbound
+    // passthrough bind addresses on `lo`: the pod's own, though no interface
+    // carries them (127.0.0.6 is loopback to the program already; ::6 is not).
+    let sidecar_binds = [
+        IpAddr::V4(istio::INBOUND_PASSTHROUGH_BIND_V4),
+        IpAddr::V6(istio::INBOUND_PASSTHROUGH_BIND_V6),
+    ];
     let mut targets: BpfHashMap<_, AddrKey, u8> = map(ebpf, "TARGET_ADDRS")?;
-    for ip in &addresses {
+    for ip in addresses.iter().chain(&sidecar_binds) {
         targets
             .insert(addr_key(*ip), 1, 0)
             .map_err(|source| TcError::Map {
@@ -447,6 +461,13 @@ impl Decoder {
             }
         };
         let kind = record.kind();
+        let (http, payload) = if kind == Some(EventKind::Message) {
+            let http = http_head::parse(record.head);
+            let payload = http_head::classify(record.head, http.is_some());
+            (http, payload)
+        } else {
+            (None, PayloadKind::Unspecified)
+        };
         TcEvent {
             time_unix_nano: clock.unix_nanos(raw.monotonic_ns),
             pod: Some(self.pod.clone()),
@@ -476,9 +497,8 @@ impl Decoder {
             tcp_ack: raw.ack,
             tcp_flags: u32::from(raw.tcp_flags),
             payload_len: raw.payload_len,
-            http: (kind == Some(EventKind::Message))
-                .then(|| http_head::parse(record.head))
-                .flatten(),
+            http,
+            payload: payload as i32,
         }
     }
 }

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::support::{assert_nothing_left, binaries, demo_cgroups, real, stderr};
 
-fn demo(envoy: &std::path::Path) -> Command {
+/// The demo of the built CLI, with the built probe and `envoy`.
+pub(crate) fn demo(envoy: &std::path::Path) -> Command {
     let binaries = binaries();
     let mut command = Command::new(&binaries.cli);
     command
@@ -72,7 +73,26 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
             record["tc"]["request_id"], id,
             "the id read on lo: {record:#}"
         );
-        // The TC tuple is the ALS downstream tuple: the client's connection.
+        // Both sidecars logged it: the client's outbound hop, the server's
+        // inbound one, which proved the caller's identity over mTLS.
+        let hops: Vec<&str> = record["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .filter_map(|hop| hop["direction"].as_str())
+            .collect();
+        assert_eq!(hops, ["outbound", "inbound"], "{record:#}");
+        assert_eq!(
+            record["src"]["identity"], "spiffe://cluster.local/ns/demo/sa/client",
+            "{record:#}"
+        );
+        assert_eq!(
+            record["tc"]["scope"], "connection",
+            "TLS on eth0: {record:#}"
+        );
+        assert_eq!(record["tc"]["tls"], true, "{record:#}");
+        // The TC tuple is the ALS downstream tuple: the client sidecar's
+        // connection to the server.
         assert_eq!(
             record["tc"]["src"]["ip"], record["als"]["downstream"]["ip"],
             "{record:#}"
@@ -100,7 +120,13 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
         assert_eq!(record["auth"]["scheme"], "Bearer", "{record:#}");
         assert_eq!(record["auth"]["claims"]["sub"], "alice", "{record:#}");
         assert!(record["auth"].get("token").is_none(), "{record:#}");
-        client_ports.push(record["src"]["port"].as_u64().expect("a port"));
+        // The app's own connection to its sidecar, on the client's `lo`: its
+        // request's packet is the call's.
+        let app = &record["hops"][0]["downstream"];
+        assert_eq!(app["scope"], "request", "{record:#}");
+        assert_eq!(app["interface"], "lo", "{record:#}");
+        assert_eq!(app["dst"]["port"], 15001, "redirected: {record:#}");
+        client_ports.push(app["src"]["port"].as_u64().expect("a port"));
     }
     let paths: Vec<&str> = records.iter().filter_map(|r| r["path"].as_str()).collect();
     assert_eq!(
@@ -120,13 +146,24 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
     assert_eq!(statuses, [200, 200, 200, 200, 404]);
     client_ports.sort_unstable();
     client_ports.dedup();
-    assert_eq!(client_ports.len(), 5, "one connection per request");
+    assert_eq!(
+        client_ports.len(),
+        5,
+        "one connection per request from the app"
+    );
     // Base64url of a JSON object starts with "eyJ": no token part was printed.
     assert!(
         !stdout.contains("eyJ"),
         "a raw token part was printed:\n{stdout}"
     );
-    let summary = stderr(&output);
+    let said = stderr(&output);
+    assert!(
+        said.contains(
+            "the client made 5 calls; waiting up to 5s for the sidecars' last access logs"
+        ),
+        "the end of the session is said: {said}"
+    );
+    let summary = said.lines().last().unwrap_or_default().to_owned();
     assert!(
         summary.contains("5 calls made; 5 joined with every layer, 0 with some"),
         "{summary}"
@@ -194,7 +231,8 @@ fn an_interrupted_demo_removes_everything() {
 /// probe is attached and requests are flowing.
 fn wait_until_requests_flow(pid: u32) {
     let started = Instant::now();
-    let envoy_config = std::env::temp_dir().join(format!("apitrace-demo-{pid}/envoy.json"));
+    // The client's sidecar starts last.
+    let envoy_config = std::env::temp_dir().join(format!("apitrace-demo-{pid}/envoy-client.json"));
     while !envoy_config.exists() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -207,7 +245,7 @@ fn wait_until_requests_flow(pid: u32) {
 
 /// A CLI killed outright cannot clean up. Its processes die with it (the
 /// kernel kills them), and with the probe go its TC links; what stays is the
-/// namespaces and the server pod's cgroup, which the next demo removes.
+/// namespaces and the sidecar pods' cgroups, which the next demo removes.
 #[test]
 fn a_killed_demo_leaves_no_process_or_program_and_the_next_demo_sweeps_the_rest() {
     let Some(real) = real("the killed demo") else {
@@ -237,7 +275,7 @@ fn a_killed_demo_leaves_no_process_or_program_and_the_next_demo_sweeps_the_rest(
         4,
         "the killed demo's namespaces are still there"
     );
-    assert_eq!(demo_cgroups(pid).len(), 1, "and its cgroup");
+    assert_eq!(demo_cgroups(pid).len(), 1, "and its pods' cgroups");
     let next = demo(&real.envoy)
         .args(["--requests", "1", "-o", "ndjson"])
         .output()
@@ -246,7 +284,7 @@ fn a_killed_demo_leaves_no_process_or_program_and_the_next_demo_sweeps_the_rest(
     assert_eq!(namespaces(), 0, "the next demo removed them");
     assert!(
         demo_cgroups(pid).is_empty(),
-        "the next demo removed the cgroup"
+        "the next demo removed the cgroups"
     );
     // The namespaces are gone, so the work directory is all that can be left of
     // the killed run besides processes and programs.
@@ -375,12 +413,17 @@ fn ipv6_calls_are_captured_and_joined_like_ipv4() {
             record["tc"]["request_id"], record["request_id"],
             "{record:#}"
         );
+        // The called sidecar reached its app from `::6` on `lo`.
+        let to_app = &record["hops"][1]["upstream"];
+        assert_eq!(to_app["src"]["ip"], "::6", "{record:#}");
+        assert_eq!(to_app["scope"], "request", "{record:#}");
     }
 }
 
-/// 200 requests on one keep-alive connection: each has its own wire event,
-/// and the sequence numbers chain (each request starts where the previous one
-/// ended), which only holds if every request got the right one.
+/// 200 requests on one keep-alive connection from the app: each has its own
+/// request on the client's `lo`, and the sequence numbers chain (each request
+/// starts where the previous one ended), which only holds if every request
+/// got the right one.
 #[test]
 fn keep_alive_requests_each_get_their_own_tcp_sequence_number() {
     let Some(real) = real("the keep-alive demo") else {
@@ -389,13 +432,14 @@ fn keep_alive_requests_each_get_their_own_tcp_sequence_number() {
     let (records, summary) = run_demo(&real, &["--requests", "200", "--keep-alive"]);
     assert_eq!(records.len(), 200, "{summary}");
     assert!(records.iter().all(all_layers), "{summary}");
+    let app = |record: &Value| record["hops"][0]["downstream"].clone();
     let ports: std::collections::BTreeSet<u64> = records
         .iter()
-        .filter_map(|r| r["src"]["port"].as_u64())
+        .filter_map(|r| app(r)["src"]["port"].as_u64())
         .collect();
     assert_eq!(ports.len(), 1, "one connection");
     for pair in records.windows(2) {
-        let (this, next) = (&pair[0]["tc"], &pair[1]["tc"]);
+        let (this, next) = (app(&pair[0]), app(&pair[1]));
         let end = this["tcp_seq"].as_u64().unwrap() + this["payload_len"].as_u64().unwrap();
         assert_eq!(
             next["tcp_seq"].as_u64().unwrap(),
@@ -406,8 +450,9 @@ fn keep_alive_requests_each_get_their_own_tcp_sequence_number() {
 }
 
 /// With packets lost after the probe saw them, TCP retransmits; the
-/// retransmissions are attached to the calls whose connection they belong to
-/// (one connection per call here), and every call still joins.
+/// retransmissions are attached to the calls that ran on the connection
+/// while they happened (the sidecars' connection here, TLS: at the
+/// connection's level), and every call still joins.
 #[test]
 fn retransmissions_are_seen_and_attached_to_their_call() {
     let Some(real) = real("the lossy demo") else {
@@ -431,8 +476,11 @@ fn retransmissions_are_seen_and_attached_to_their_call() {
 }
 
 /// Malformed HTTP, bytes that are not HTTP, a 64 KiB header and a JWT with
-/// bad base64 between the requests: nothing breaks, the rejected requests are
-/// records of their own, and every good call still joins.
+/// bad base64 between the requests: nothing breaks, the request the client's
+/// sidecar rejected is a record of its own, and every good call still joins.
+/// (What is not HTTP/1.1 at all, the client's sidecar passes through as TCP,
+/// as Istio's outbound listener for an HTTP port does: no access log, and
+/// the wire's events are counted as unmatched.)
 #[test]
 fn bad_traffic_is_survived_and_shown() {
     let Some(real) = real("the demo with bad traffic") else {
@@ -453,8 +501,17 @@ fn bad_traffic_is_survived_and_shown() {
         .filter(|r| r["request_id"] == "")
         .filter_map(|r| r["status"].as_u64())
         .collect();
-    // The made-up HTTP version, the bytes that are not HTTP, the huge header.
-    assert_eq!(statuses, [400, 426, 431].into(), "{summary}");
+    // The huge header.
+    assert_eq!(statuses, [431].into(), "{summary}");
+    let rejected = records
+        .iter()
+        .find(|r| r["status"] == 431)
+        .expect("the 431");
+    assert_eq!(rejected["hops"][0]["direction"], "outbound", "{rejected:#}");
+    assert_eq!(
+        rejected["hops"][0]["downstream"]["interface"], "lo",
+        "its request on the app's connection: {rejected:#}"
+    );
     assert!(summary.contains("dropped: none"), "{summary}");
 }
 

@@ -9,6 +9,7 @@ mod bad_inputs;
 mod cli;
 mod cluster;
 mod demo;
+mod dissector;
 mod fake_api;
 mod fake_cluster;
 mod filter;

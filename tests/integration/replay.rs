@@ -68,8 +68,8 @@ fn every_golden_session_replays_to_what_the_demo_printed() {
         replayed += 1;
     }
     assert_eq!(
-        replayed, 4,
-        "the four sessions `cargo xtask fixtures` records"
+        replayed, 6,
+        "the six sessions `cargo xtask fixtures` records"
     );
 }
 
@@ -82,6 +82,19 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
     let default = records("default");
     assert_eq!(default.len(), 5);
     assert!(default.iter().all(complete));
+    // Through both sidecars over mTLS: two hops, the caller's identity, the
+    // sidecars' connection named at its level.
+    assert!(
+        default
+            .iter()
+            .all(|r| r["hops"].as_array().unwrap().len() == 2)
+    );
+    assert!(
+        default
+            .iter()
+            .all(|r| r["src"]["identity"] == "spiffe://cluster.local/ns/demo/sa/client")
+    );
+    assert!(default.iter().all(|r| r["tc"]["scope"] == "connection"));
 
     let ipv6 = records("ipv6");
     assert!(ipv6.iter().all(complete));
@@ -94,12 +107,14 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
     let lossy = records("keep-alive-loss");
     assert_eq!(lossy.len(), 20);
     assert!(lossy.iter().all(complete));
-    // One connection: every request joined to its own first packet.
-    let first = &lossy[0]["src"]["port"];
-    assert!(lossy.iter().all(|r| &r["src"]["port"] == first));
+    // One connection from the app: every request joined to its own first
+    // packet on the client's `lo`.
+    let app = |r: &Value| r["hops"][0]["downstream"].clone();
+    let first = app(&lossy[0])["src"]["port"].clone();
+    assert!(lossy.iter().all(|r| app(r)["src"]["port"] == first));
     let mut sequences: Vec<u64> = lossy
         .iter()
-        .map(|r| r["tc"]["tcp_seq"].as_u64().unwrap())
+        .map(|r| app(r)["tcp_seq"].as_u64().unwrap())
         .collect();
     sequences.dedup();
     assert_eq!(sequences.len(), 20, "a distinct TCP sequence per request");
@@ -115,6 +130,26 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
         bad.iter().partition(|r| complete(r));
     assert_eq!(complete_calls.len(), 3, "the three good requests");
     assert!(!partial.is_empty(), "the bad traffic's own records");
+
+    let plaintext = records("plaintext");
+    assert!(plaintext.iter().all(complete));
+    assert!(
+        plaintext
+            .iter()
+            .flat_map(|r| r["hops"].as_array().unwrap().clone())
+            .all(|hop| hop["downstream"]["scope"] == "request"
+                && hop["upstream"]["scope"] == "request"),
+        "without mTLS every leg is the call's own"
+    );
+
+    let outside = records("outside-mesh");
+    assert!(outside.iter().all(complete));
+    assert!(
+        outside
+            .iter()
+            .all(|r| r["hops"].as_array().unwrap().len() == 1)
+    );
+    assert!(outside.iter().all(|r| r["tc"]["scope"] == "request"));
 }
 
 #[test]

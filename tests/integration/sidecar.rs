@@ -27,8 +27,8 @@ use apitrace_proto::{
 use futures::StreamExt as _;
 use kubectl_apitrace::{
     demo::{
-        envoy::{self, Layers, Sidecar},
         http,
+        mesh::{Layers, MeshPod, ProbeAt, Sidecar, iptables},
     },
     live::now_ns,
     probe_client::ProbeSession,
@@ -114,8 +114,8 @@ impl Stage {
     fn start(real: &Real) -> Self {
         let pods = pods(&["client", "server", "probe"]);
         let (server, probe_pod) = (pods.pod("server"), pods.pod("probe"));
-        pods.restore_iptables(server, false, &envoy::inbound_capture(APP_PORT, None))
-            .expect("the server pod's inbound capture");
+        pods.restore_iptables(server, false, &iptables::capture(false, APP_PORT, None))
+            .expect("the server pod's traffic capture");
         let app = App::serve(server, APP_PORT);
         let probe = Probe::start(probe_pod, server, &[]);
         let subscriber = Subscriber::start(probe_pod);
@@ -127,19 +127,24 @@ impl Stage {
         };
         let files = std::env::temp_dir().join(format!("apitrace-sidecar-{}", server.netns));
         std::fs::create_dir_all(&files).expect("a directory for Envoy's files");
-        let sidecar = Sidecar {
-            pod_name: server.name,
-            namespace: NAMESPACE,
-            pod_ip: server.ipv4,
-            app_port: APP_PORT,
-            probe_ip: probe_pod.ipv4,
-            probe_host: PROBE_HOST,
-            module_path: &status.wasm_module_path,
-            module_sha256: &status.wasm_module_sha256,
-            session_token: "test-token",
-            show_secrets: false,
-            layers: Layers::ALL,
-        };
+        let sidecar = Sidecar::serving(
+            MeshPod {
+                name: server.name,
+                namespace: NAMESPACE,
+                service_account: "default",
+                ipv4: server.ipv4,
+            },
+            APP_PORT,
+            ProbeAt {
+                ip: probe_pod.ipv4,
+                host: PROBE_HOST,
+                module_path: &status.wasm_module_path,
+                module_sha256: &status.wasm_module_sha256,
+                session_token: "test-token",
+                show_secrets: false,
+            },
+            Layers::ALL,
+        );
         std::fs::write(files.join("envoy.json"), sidecar.bootstrap().to_string())
             .expect("Envoy's bootstrap is written");
         let mut joiner = Joiner::new(JoinConfig::default());
@@ -498,4 +503,85 @@ fn a_slow_subscriber_costs_the_probe_no_memory_and_every_lost_event_is_counted()
     assert!(exit.success(), "the probe ended with {exit}");
     let orphans = wait_for_no_orphans();
     assert!(orphans.is_empty(), "programs left attached: {orphans:#?}");
+}
+
+/// Both of the demo mesh's sidecars, with mTLS, pass Envoy's own check of
+/// its configuration: every field name and value is one Envoy's API has.
+#[test]
+fn the_demo_meshs_sidecars_pass_envoys_own_validation() {
+    use kubectl_apitrace::demo::mesh::{
+        Service,
+        certs::{MeshCa, spiffe_id},
+    };
+    let Some(real) = crate::support::real("Envoy's validation of the demo mesh") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("apitrace-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let ca = MeshCa::create(&dir).expect("the demo CA");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let client_files = ca
+        .issue(&spiffe_id("demo", "client"), &dir.join("client"), uid)
+        .expect("the client's certificate");
+    let server_files = ca
+        .issue(&spiffe_id("demo", "server"), &dir.join("server"), uid)
+        .expect("the server's certificate");
+    let probe = ProbeAt {
+        ip: Ipv4Addr::new(198, 18, 0, 30),
+        host: PROBE_HOST,
+        module_path: "/wasm/m.wasm",
+        module_sha256: "ab",
+        session_token: "t",
+        show_secrets: false,
+    };
+    let services = [Service {
+        name: "server",
+        cluster_ipv4: kubectl_apitrace::demo::mesh::SERVICE_V4,
+        cluster_ipv6: kubectl_apitrace::demo::mesh::SERVICE_V6,
+        port: APP_PORT,
+        endpoint: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)),
+        target_port: APP_PORT,
+        service_account: "server",
+    }];
+    let client = Sidecar {
+        pod: MeshPod {
+            name: "client",
+            namespace: NAMESPACE,
+            service_account: "client",
+            ipv4: Ipv4Addr::new(198, 18, 0, 10),
+        },
+        app_port: None,
+        services: &services,
+        probe,
+        layers: Layers::ALL,
+        mtls: Some(&client_files),
+    };
+    let mut server = Sidecar::serving(
+        MeshPod {
+            name: "server",
+            namespace: NAMESPACE,
+            service_account: "server",
+            ipv4: Ipv4Addr::new(198, 18, 0, 20),
+        },
+        APP_PORT,
+        probe,
+        Layers::ALL,
+    );
+    server.mtls = Some(&server_files);
+    for (name, sidecar) in [("client", &client), ("server", &server)] {
+        let config = dir.join(format!("{name}.json"));
+        std::fs::write(&config, sidecar.bootstrap().to_string()).expect("the bootstrap");
+        let output = Command::new(&real.envoy)
+            .args(["--mode", "validate", "--config-path"])
+            .arg(&config)
+            .output()
+            .expect("Envoy runs");
+        assert!(
+            output.status.success(),
+            "Envoy refuses the {name}'s sidecar:\n{}",
+            crate::support::stderr(&output)
+        );
+    }
+    std::fs::remove_dir_all(&dir).expect("the files are removed");
 }

@@ -349,16 +349,16 @@ impl Drop for App {
     }
 }
 
-/// A real Envoy inside a pod, its admin on 127.0.0.1:15000 and its log in
-/// `log`; killed when dropped.
+/// A real Envoy inside a pod, run as the proxy's user (as a sidecar
+/// container runs it: the pod's outbound capture lets it through), its admin
+/// on 127.0.0.1:15000 and its log in `log`; killed when dropped.
 pub struct Envoy(pub Child);
 
 impl Envoy {
     pub fn start(binary: &Path, pod: &Pod, config: &Path, log: &Path) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &pod.netns])
-            .arg(binary)
-            .args(kubectl_apitrace::demo::envoy::command_line(config, 1))
+        let line = kubectl_apitrace::demo::mesh::proxy_command(&pod.netns, binary, config, 1);
+        let child = Command::new(&line[0])
+            .args(&line[1..])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("Envoy's log file"))
             .spawn()

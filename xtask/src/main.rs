@@ -48,6 +48,11 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "iperf3",
     "tcpdump",
+    // The demo mesh's certificates; the sidecars run as Istio's proxy user.
+    "openssl",
+    "util-linux",
+    // The dissector the wire layer is checked against.
+    "tshark",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default wants LLVM 23).
@@ -571,6 +576,11 @@ const FIXTURES: &[(&str, &[&str])] = &[
         &["--requests", "20", "--keep-alive", "--loss", "20"],
     ),
     ("bad-traffic", &["--requests", "3", "--bad-traffic"]),
+    ("plaintext", &["--requests", "3", "--plaintext"]),
+    (
+        "outside-mesh",
+        &["--requests", "3", "--caller-outside-mesh"],
+    ),
 ];
 
 fn fixtures() -> anyhow::Result<()> {

@@ -27,11 +27,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apitrace_join::{CallRecord, Input, JoinConfig, Joiner, Workload, WorkloadKind};
-use apitrace_proto::{
-    AccessLog, AuthInfo, Endpoint, Event, HttpHead, PodRef, RequestLine, TcDirection, TcEvent,
-    TcKind, WasmEvent, event::Kind, http_head::StartLine,
+use apitrace_join::{
+    CallRecord, Input, JoinConfig, Joiner, Workload, WorkloadKind,
+    fixtures::{InboundCall, pod},
 };
+use apitrace_proto::{Event, event::Kind};
 use criterion::{Criterion, Throughput};
 use rustc_hash::FxHashMap;
 
@@ -53,10 +53,6 @@ const STREAM_EVENTS: u64 = 10_000_000;
 const CHECKPOINTS: [u64; 4] = [1_000_000, 2_000_000, 5_000_000, 10_000_000];
 const STREAM_ENV: &str = "APITRACE_JOIN_BENCH_STREAM";
 
-fn endpoint(ip: &str, port: u32) -> Option<Endpoint> {
-    Some(Endpoint::new(ip, port))
-}
-
 fn request_id(call: u64) -> String {
     format!("{:08x}-0000-4000-8000-{call:012x}", call >> 16)
 }
@@ -67,113 +63,40 @@ fn started(call: u64) -> i64 {
     T0 + call as i64 * PERIOD_NS - 20_000_000
 }
 
-fn client_port(call: u64) -> u32 {
-    40_000 + (call % CONNECTIONS) as u32
-}
-
-fn message(
-    time: i64,
-    interface: &str,
-    src: Option<Endpoint>,
-    dst: Option<Endpoint>,
-    head: Option<HttpHead>,
-) -> Event {
-    Event {
-        kind: Some(Kind::Tc(TcEvent {
-            time_unix_nano: time,
-            interface: interface.into(),
-            direction: TcDirection::Ingress as i32,
-            kind: TcKind::Message as i32,
-            src,
-            dst,
-            ip_id: 7,
-            tcp_seq: time as u32,
-            payload_len: 180,
-            http: head,
-            ..TcEvent::default()
-        })),
+/// Call `call`: from a web pod over one of 64 keep-alive connections into the
+/// orders pod, and on over the sidecar's pooled connection of the same number
+/// to the app.
+fn inbound_call(call: u64) -> InboundCall<'static> {
+    let connection = (call % CONNECTIONS) as u32;
+    InboundCall {
+        pod: pod("shop", "orders-7f9c"),
+        request_id: request_id(call),
+        client: ("10.1.0.7", 40_000 + connection),
+        server: ("10.0.0.10", 8080),
+        sidecar: ("127.0.0.6", 50_000 + connection),
+        app: ("10.0.0.10", 8080),
     }
-}
-
-fn request_head(request_id: String) -> Option<HttpHead> {
-    Some(HttpHead {
-        start_line: Some(StartLine::Request(RequestLine {
-            method: "GET".into(),
-            path: "/api/orders/42".into(),
-            version: "HTTP/1.1".into(),
-        })),
-        request_id,
-        authority: "orders:8080".into(),
-    })
 }
 
 /// The four TC events of a call: request and response starts on `eth0` and
 /// on `lo`.
 fn tc_events(call: u64) -> [Event; 4] {
     let start = started(call);
-    let client = || endpoint("10.1.0.7", client_port(call));
-    let pod = || endpoint("10.0.0.10", 8080);
-    let sidecar = || endpoint("127.0.0.6", 50_000 + (call % CONNECTIONS) as u32);
+    let inbound = inbound_call(call);
     [
-        message(start, "eth0", client(), pod(), request_head(String::new())),
-        message(
-            start + 150_000,
-            "lo",
-            sidecar(),
-            pod(),
-            request_head(request_id(call)),
-        ),
-        message(start + 600_000, "lo", pod(), sidecar(), None),
-        message(start + 900_000, "eth0", pod(), client(), None),
+        inbound.request(start, start as u32),
+        inbound.app_request(start + 150_000),
+        inbound.app_response(start + 600_000),
+        inbound.response(start + 900_000),
     ]
 }
 
 fn wasm_event(call: u64) -> Event {
-    Event {
-        kind: Some(Kind::Wasm(WasmEvent {
-            time_unix_nano: started(call) + 120_000,
-            request_id: request_id(call),
-            method: "GET".into(),
-            path: "/api/orders/42".into(),
-            authority: "orders:8080".into(),
-            status: 200,
-            listener_direction: "inbound".into(),
-            auth: Some(AuthInfo {
-                scheme: "Bearer".into(),
-                jwt_header_json: r#"{"alg":"RS256","kid":"k1"}"#.into(),
-                jwt_claims_json: r#"{"sub":"alice","iss":"https://idp","aud":"orders"}"#.into(),
-                fingerprint: "sha256:5f1e".into(),
-                ..AuthInfo::default()
-            }),
-            duration_ns: 700_000,
-            ..WasmEvent::default()
-        })),
-    }
+    inbound_call(call).wasm(started(call) + 120_000)
 }
 
 fn access_log(call: u64) -> Event {
-    Event {
-        kind: Some(Kind::AccessLog(AccessLog {
-            start_time_unix_nano: started(call) + 100_000,
-            reporter: Some(PodRef {
-                namespace: "shop".into(),
-                name: "orders-7f9c".into(),
-            }),
-            request_id: request_id(call),
-            method: "GET".into(),
-            path: "/api/orders/42".into(),
-            authority: "orders:8080".into(),
-            protocol: "HTTP/1.1".into(),
-            status: 200,
-            downstream_remote: endpoint("10.1.0.7", client_port(call)),
-            downstream_local: endpoint("10.0.0.10", 8080),
-            upstream_cluster: "inbound|8080||".into(),
-            first_upstream_tx_byte_ns: 50_000,
-            last_upstream_rx_byte_ns: 600_000,
-            last_downstream_tx_byte_ns: 800_000,
-            ..AccessLog::default()
-        })),
-    }
+    inbound_call(call).access_log(started(call) + 100_000)
 }
 
 /// The stream: at each call's turn, its TC events, an earlier call's WASM

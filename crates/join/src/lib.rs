@@ -18,10 +18,15 @@
 
 mod directory;
 mod engine;
+#[cfg(any(test, feature = "fixtures"))]
+#[doc(hidden)]
+pub mod fixtures;
 mod record;
 mod saved;
 
 pub use directory::{Directory, Workload, WorkloadKind};
-pub use engine::{Input, JoinConfig, JoinStats, Joiner, Output, Part, joined};
-pub use record::{AuthRecord, CallRecord, Endpoint, Latency, Layer, Peer, WireRecord};
+pub use engine::{Input, JoinConfig, JoinStats, Joiner, MissingParts, Part};
+pub use record::{
+    AuthRecord, CallRecord, Endpoint, Hop, Latency, Layer, Peer, WireRecord, WireScope,
+};
 pub use saved::{InvalidSavedInput, to_saved};

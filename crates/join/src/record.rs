@@ -51,7 +51,27 @@ pub struct CallRecord {
     pub hops: Vec<Hop>,
 }
 
-/// One sidecar's access-log view of a call.
+impl CallRecord {
+    /// The call's own first packet where the wire showed one, nearest the
+    /// called pod first: its interface (`tc`), then each hop from the called
+    /// pod's back to the caller's, the connection towards the app before the
+    /// one from the caller. Over mTLS that is the called sidecar's plaintext
+    /// request to its app on `lo`.
+    pub fn request_packet(&self) -> Option<&WireRecord> {
+        let hops = self
+            .hops
+            .iter()
+            .rev()
+            .flat_map(|hop| [hop.upstream.as_ref(), hop.downstream.as_ref()]);
+        std::iter::once(self.tc.as_ref())
+            .chain(hops)
+            .flatten()
+            .find(|wire| wire.scope == WireScope::Request)
+    }
+}
+
+/// One sidecar's access-log view of a call, and the two connections it
+/// joined as its pod's interfaces saw them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {
     /// `namespace/name` of the sidecar.
@@ -65,6 +85,20 @@ pub struct Hop {
     /// From the sidecar receiving the request to its last response byte.
     pub duration_us: i64,
     pub response_flags: Vec<String>,
+    /// The TLS version of the connection the sidecar accepted the call on,
+    /// when it had TLS (`TLSv1.3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    /// The identity in the certificate the caller presented on it (its URI
+    /// SAN: `spiffe://cluster.local/ns/NS/sa/SA` in a mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
+    /// The connection the sidecar accepted the call on, as the wire saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<WireRecord>,
+    /// The connection it sent the call on, as the wire saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<WireRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -94,6 +128,10 @@ pub struct Peer {
     pub kind: Cow<'static, str>,
     pub ip: String,
     pub port: u32,
+    /// The workload identity it proved with its certificate (the caller's,
+    /// over mTLS: `spiffe://cluster.local/ns/NS/sa/SA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,28 +154,57 @@ pub struct AuthRecord {
     pub error: Option<String>,
 }
 
-/// The request's first packet on the wire, and what the TC program saw of the
-/// call elsewhere.
+/// What the wire showed of a call on one connection: its request's first
+/// packet, or where the wire cannot tell the connection's calls apart (TLS,
+/// HTTP/2), the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireRecord {
-    /// IPv4 identification (0 for IPv6).
-    pub ip_id: u32,
-    pub tcp_seq: u32,
-    /// TCP payload bytes of the packet: the next request on the connection
-    /// starts at `tcp_seq + payload_len` when the request fitted in it.
-    pub payload_len: u32,
+    /// IPv4 identification (0 for IPv6) of the request's first packet, or of
+    /// the connection's first packet (its SYN) at connection scope; absent
+    /// when the session did not see the connection open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_id: Option<u32>,
+    /// Its TCP sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_seq: Option<u32>,
+    /// TCP payload bytes of the request's first packet: the next request on
+    /// the connection starts at `tcp_seq + payload_len` when the request
+    /// fitted in it. Absent at connection scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_len: Option<u32>,
     pub src: Endpoint,
     pub dst: Endpoint,
-    /// The pod interface that saw it (`eth0`).
+    /// The pod interface that saw it (`eth0`, `lo`).
     pub interface: String,
-    pub time: String,
+    /// When the TC program saw that packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     /// The `x-request-id` read from the plaintext hop from the sidecar to the
     /// app (`lo`); empty when that hop was not seen.
     pub request_id: String,
-    /// Retransmitted segments seen on the call's connection while it ran.
+    /// Retransmitted segments seen on the connection while the call ran.
     pub retransmits: u32,
-    /// Resets (RST) seen on the call's connection while it ran.
+    /// Resets (RST) seen on the connection while the call ran.
     pub resets: u32,
+    /// `request`: the packets are the call's own. `connection`: the
+    /// connection's, which its other calls share (see docs/record.md).
+    pub scope: WireScope,
+    /// Whether the connection was TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// From the connection's SYN to the SYN+ACK, when both were seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_us: Option<i64>,
+}
+
+/// What a [`WireRecord`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireScope {
+    /// The call's own request and response.
+    Request,
+    /// The connection it went over.
+    Connection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,12 +318,34 @@ mod tests {
         }
     }
 
+    /// A wire part with every optional field present.
+    fn wire() -> WireRecord {
+        WireRecord {
+            ip_id: Some(1),
+            tcp_seq: Some(2),
+            payload_len: Some(3),
+            src: endpoint(),
+            dst: endpoint(),
+            interface: "eth0".into(),
+            time: Some(rfc3339(0)),
+            request_id: "id".into(),
+            retransmits: 0,
+            resets: 0,
+            scope: WireScope::Connection,
+            tls: true,
+            handshake_us: Some(40),
+        }
+    }
+
     /// A record with every optional part present.
     fn full_record() -> CallRecord {
         CallRecord {
             time: rfc3339(0),
             request_id: "id".into(),
-            src: Peer::default(),
+            src: Peer {
+                identity: Some("spiffe://cluster.local/ns/ns/sa/client".into()),
+                ..Peer::default()
+            },
             dst: Peer::default(),
             protocol: "HTTP/1.1".into(),
             method: "GET".into(),
@@ -275,18 +364,7 @@ mod tests {
                 token: Some("t".into()),
                 error: Some("e".into()),
             }),
-            tc: Some(WireRecord {
-                ip_id: 1,
-                tcp_seq: 2,
-                payload_len: 3,
-                src: endpoint(),
-                dst: endpoint(),
-                interface: "eth0".into(),
-                time: rfc3339(0),
-                request_id: "id".into(),
-                retransmits: 0,
-                resets: 0,
-            }),
+            tc: Some(wire()),
             latency: Some(Latency {
                 total_us: 1,
                 upstream_us: 1,
@@ -313,12 +391,16 @@ mod tests {
                 upstream_cluster: "inbound|80||".into(),
                 duration_us: 1,
                 response_flags: vec![],
+                tls_version: Some("TLSv1.3".into()),
+                peer_identity: Some("spiffe://cluster.local/ns/ns/sa/client".into()),
+                downstream: Some(wire()),
+                upstream: Some(wire()),
             }],
         }
     }
 
     /// Every key of `value`, as `parent.key` paths, not descending into the
-    /// free-form JWT objects.
+    /// free-form JWT objects nor into a hop's wire parts, which are `tc`'s.
     fn keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
         if let Some(first) = value.as_array().and_then(|items| items.first()) {
             return keys(first, prefix, out);
@@ -332,7 +414,10 @@ mod tests {
             } else {
                 format!("{prefix}.{key}")
             };
-            if !matches!(path.as_str(), "auth.claims" | "auth.jwt_header") {
+            if !matches!(
+                path.as_str(),
+                "auth.claims" | "auth.jwt_header" | "hops.downstream" | "hops.upstream"
+            ) {
                 keys(child, &path, out);
             }
             out.push(path);
@@ -374,10 +459,14 @@ mod tests {
             "dst.port",
             "hops",
             "hops.direction",
+            "hops.downstream",
             "hops.duration_us",
+            "hops.peer_identity",
             "hops.reporter",
             "hops.response_flags",
             "hops.status",
+            "hops.tls_version",
+            "hops.upstream",
             "hops.upstream_cluster",
             "latency",
             "latency.app_wire_us",
@@ -395,6 +484,7 @@ mod tests {
             "response_body_bytes",
             "response_flags",
             "src",
+            "src.identity",
             "src.ip",
             "src.kind",
             "src.name",
@@ -405,17 +495,20 @@ mod tests {
             "tc.dst",
             "tc.dst.ip",
             "tc.dst.port",
+            "tc.handshake_us",
             "tc.interface",
             "tc.ip_id",
             "tc.payload_len",
             "tc.request_id",
             "tc.resets",
             "tc.retransmits",
+            "tc.scope",
             "tc.src",
             "tc.src.ip",
             "tc.src.port",
             "tc.tcp_seq",
             "tc.time",
+            "tc.tls",
             "time",
             "wasm",
             "wasm.direction",

@@ -96,15 +96,9 @@ impl Topology {
             add_address(&pod.netns, "eth0", &format!("{}/{PREFIX_V6}", pod.ipv6))?;
             ip(&["-n", &pod.netns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &pod.netns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                &pod.netns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &GATEWAY_V4.to_string(),
-            ])?;
+            for gateway in [GATEWAY_V4.to_string(), GATEWAY_V6.to_string()] {
+                ip(&["-n", &pod.netns, "route", "add", "default", "via", &gateway])?;
+            }
             topology.pods.push(pod);
         }
         Ok(topology)
@@ -121,6 +115,13 @@ impl Topology {
             .iter()
             .find(|pod| pod.name == name)
             .unwrap_or_else(|| unreachable!("the demo asks only for pods it created: {name}"))
+    }
+
+    /// Adds `cidr` to a pod's loopback device, as Istio's init container adds
+    /// `::6` for the sidecar's inbound passthrough bind
+    /// (`tools/common/tproxy/run_linux.go`, `configureIPv6Addresses`).
+    pub fn add_loopback_address(&self, pod: &Pod, cidr: &str) -> Result<(), TopologyError> {
+        add_address(&pod.netns, "lo", cidr)
     }
 
     /// Runs `iptables-restore` (or `ip6tables-restore`) inside a pod with `rules`.

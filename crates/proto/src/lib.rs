@@ -26,6 +26,46 @@ pub mod ports {
     pub const HTTP: u16 = 15902;
 }
 
+/// What Istio's sidecar mode fixes and the probe, the demo and the join
+/// depend on. Istio 1.28: `tools/istio-iptables/pkg/constants/constants.go`
+/// (the capture ports and the proxy's uid), `pilot/pkg/networking/core/
+/// cluster_builder.go` (the inbound passthrough bind addresses) and
+/// `pkg/config/constants/constants.go` (the agent's ports).
+pub mod istio {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Where the pod's iptables redirect inbound TCP (`ISTIO_IN_REDIRECT`).
+    pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+    /// Where they redirect the app's outbound TCP (`ISTIO_REDIRECT`).
+    pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
+    /// The uid the sidecar runs as: its own traffic is not redirected.
+    pub const PROXY_UID: u32 = 1337;
+    /// The source address of the sidecar's connections to its app: inbound
+    /// clusters bind there (`upstream_bind_config`), and the pod's iptables
+    /// let traffic from it on `lo` through unredirected.
+    pub const INBOUND_PASSTHROUGH_BIND_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+    pub const INBOUND_PASSTHROUGH_BIND_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+    /// The agent's and the proxy's own ports (admin 15000, XDS proxy 15004,
+    /// HBONE 15008/15009, istiod 15010/15012/15014/15017, the agent's
+    /// status 15020 and health 15021, DNS 15053, Prometheus 15090) and the
+    /// inbound capture port: the mesh talking to itself, never API calls.
+    pub const INFRASTRUCTURE_PORTS: &[u16] = &[
+        15000,
+        15004,
+        INBOUND_CAPTURE_PORT,
+        15008,
+        15009,
+        15010,
+        15012,
+        15014,
+        15017,
+        15020,
+        15021,
+        15053,
+        15090,
+    ];
+}
+
 /// The path on the probe's HTTP port where the WASM filter posts
 /// [`WasmBatch`]es.
 pub const WASM_INGEST_PATH: &str = "/v1/wasm-events";

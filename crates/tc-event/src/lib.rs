@@ -161,11 +161,43 @@ impl<'a> TcEvent<'a> {
 /// lookup and produces nothing.
 pub type AddrKey = [u8; 16];
 
-/// The map of ports whose traffic is never traced (the probe's own ingest
-/// ports, Istio's agent and admin ports) is an array indexed by port, with a
-/// non-zero value for an ignored port: the verifier inlines array lookups, so
-/// checking both ports of a packet costs no hashing.
+/// What a port means to the program: the map of port roles is an array
+/// indexed by port, holding a [`PortRole`] as `u8`: the verifier inlines array
+/// lookups, so checking both ports of a packet costs no hashing.
 pub const PORT_SLOTS: u32 = 65536;
+
+/// The role of a port in the [`PORT_SLOTS`] array.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRole {
+    /// An application port: traced.
+    Application = 0,
+    /// The mesh talking to itself (the probe's own ingest ports, Istio's agent,
+    /// admin and xDS ports): never traced.
+    Infrastructure = 1,
+    /// The sidecar's outbound capture port (Istio's 15001): the pod's iptables
+    /// redirect the app's outbound connections there, so on `lo` a request to
+    /// it and its replies (from the original destination, see
+    /// [`FlowKey::redirected`]) are one connection.
+    OutboundCapture = 2,
+}
+
+/// The kernel gives every network namespace's loopback device index 1
+/// (`LOOPBACK_IFINDEX` in Linux's `include/net/flow.h`): a packet on it is the
+/// pod's whichever addresses it carries.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether `addr` is a loopback address of `family`: 127.0.0.0/8 or ::1.
+#[inline(always)]
+pub fn is_loopback(family: u8, addr: &[u8; 16]) -> bool {
+    if family == FAMILY_IPV4 {
+        addr[0] == 127
+    } else {
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        *addr == loopback
+    }
+}
 
 /// Indexes into the per-CPU counter array the program keeps for the probe.
 #[repr(u32)]
@@ -266,6 +298,82 @@ impl FlowKey {
     }
 }
 
+/// The stand-in for the far end of a connection the pod's iptables redirected
+/// to the sidecar: an address no packet carries, port 0. Its request half goes
+/// to the capture port on `lo` and its replies come from the original
+/// destination, so neither endpoint is the same in both directions; the app's
+/// endpoint and this one are.
+const REDIRECTED_PEER: [u8; 16] = [0xff; 16];
+
+impl FlowKey {
+    /// The key of a redirected connection (see [`PortRole::OutboundCapture`])
+    /// from its app-side endpoint, and the side the packet is from: the app's
+    /// when `from_app`.
+    #[inline(always)]
+    pub fn redirected(
+        family: u8,
+        app_addr: &[u8; 16],
+        app_port: u16,
+        from_app: bool,
+    ) -> (Self, usize) {
+        let (key, app_side) = Self::of(family, app_addr, app_port, &REDIRECTED_PEER, 0);
+        let side = if from_app { app_side } else { app_side ^ 1 };
+        (key, side)
+    }
+}
+
+/// What a payload packet is, to the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// The first payload of a message: its side starts sending after the other
+    /// side spoke, or for the first time on the connection.
+    MessageStart,
+    /// Bytes its side had already sent.
+    Retransmission,
+    /// More of the message its side is sending.
+    Continuation,
+}
+
+impl FlowState {
+    /// The state of a connection whose first payload packet is from `side` and
+    /// ends at `end`: the start of a message.
+    #[inline(always)]
+    pub fn first(side: usize, end: u32) -> Self {
+        let side = side & 1;
+        let mut state = Self {
+            last_sender: side as u8,
+            ..Self::default()
+        };
+        state.next_seq[side] = end;
+        state.seen[side] = 1;
+        state
+    }
+
+    /// What a payload packet from `side` of `len` bytes at `seq` is, updating
+    /// the state: a message starts when the other side sent last; a packet
+    /// whose sequence range starts before what `side` already sent is a
+    /// retransmission (its end still extends what was seen, for a segment that
+    /// carries old and new bytes).
+    #[inline(always)]
+    pub fn on_payload(&mut self, side: usize, seq: u32, len: u32) -> Payload {
+        let side = side & 1;
+        let end = seq.wrapping_add(len);
+        if self.seen[side] != 0 && seq_before(seq, self.next_seq[side]) {
+            if seq_before(self.next_seq[side], end) {
+                self.next_seq[side] = end;
+            }
+            return Payload::Retransmission;
+        }
+        self.next_seq[side] = end;
+        self.seen[side] = 1;
+        if self.last_sender == side as u8 {
+            return Payload::Continuation;
+        }
+        self.last_sender = side as u8;
+        Payload::MessageStart
+    }
+}
+
 /// `a` comes before `b` in TCP sequence space (RFC 1982 serial arithmetic).
 #[inline(always)]
 pub const fn seq_before(a: u32, b: u32) -> bool {
@@ -320,6 +428,72 @@ mod tests {
         let (backward, backward_side) = FlowKey::of(FAMILY_IPV4, &server, 80, &client, 50000);
         assert!(forward == backward);
         assert_ne!(forward_side, backward_side);
+    }
+
+    #[test]
+    fn both_halves_of_a_redirected_connection_are_one_flow_with_two_sides() {
+        let app = [10, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (request, request_side) = FlowKey::redirected(FAMILY_IPV4, &app, 41000, true);
+        let (reply, reply_side) = FlowKey::redirected(FAMILY_IPV4, &app, 41000, false);
+        assert!(request == reply);
+        assert_ne!(request_side, reply_side);
+        let (other, _) = FlowKey::redirected(FAMILY_IPV4, &app, 41001, true);
+        assert!(other != request, "another app port is another connection");
+        // Never the key of a connection between real endpoints.
+        let (plain, _) = FlowKey::of(FAMILY_IPV4, &app, 41000, &[127; 16], 15001);
+        assert!(plain != request);
+    }
+
+    #[test]
+    fn loopback_addresses_are_127_slash_8_and_colon_colon_1() {
+        let v4 = |first: u8| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&[first, 0, 0, 6]);
+            addr
+        };
+        assert!(is_loopback(FAMILY_IPV4, &v4(127)));
+        assert!(!is_loopback(FAMILY_IPV4, &v4(10)));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert!(is_loopback(FAMILY_IPV6, &v6));
+        v6[15] = 6;
+        assert!(
+            !is_loopback(FAMILY_IPV6, &v6),
+            "::6 is Istio's bind address, not loopback"
+        );
+    }
+
+    /// A request, its response in two packets, a retransmitted packet of
+    /// the response, and the next request: each packet is what the program
+    /// decides it is.
+    #[test]
+    fn payload_packets_start_messages_only_when_the_sender_changes() {
+        let mut state = FlowState::first(0, 1100);
+        let decisions = [
+            (1, 5000, 1460, Payload::MessageStart),
+            (1, 6460, 200, Payload::Continuation),
+            (1, 5000, 1460, Payload::Retransmission),
+            (0, 1100, 80, Payload::MessageStart),
+            // Old and new bytes in one segment: a retransmission that still
+            // moves what was seen.
+            (0, 1150, 100, Payload::Retransmission),
+            (0, 1250, 10, Payload::Continuation),
+            (1, 6660, 10, Payload::MessageStart),
+        ];
+        for (n, (side, seq, len, expected)) in decisions.into_iter().enumerate() {
+            assert_eq!(state.on_payload(side, seq, len), expected, "packet {n}");
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_without_taking_new_bytes_for_old_ones() {
+        let mut state = FlowState::first(0, u32::MAX - 10);
+        assert_eq!(
+            state.on_payload(0, u32::MAX - 10, 100),
+            Payload::Continuation
+        );
+        assert_eq!(state.on_payload(0, 89, 5), Payload::Continuation);
+        assert_eq!(state.on_payload(0, 80, 5), Payload::Retransmission);
     }
 
     #[test]

@@ -53,12 +53,13 @@ pub struct DemoProcess {
 impl DemoProcess {
     /// Starts `command` inside the network namespace at `netns` (and, when
     /// given, in the cgroup whose `cgroup.procs` is `cgroup`), with stdout and
-    /// stderr going to `log`.
+    /// stderr going to `log`; as user and group `run_as` when given.
     pub fn spawn(
         name: &'static str,
         mut command: Command,
         netns: &Path,
         cgroup: Option<&Path>,
+        run_as: Option<u32>,
         log: PathBuf,
     ) -> Result<Self, ChildError> {
         let namespace = File::open(netns).map_err(|source| ChildError::Netns {
@@ -87,18 +88,29 @@ impl DemoProcess {
         })?;
         let namespace_fd = namespace.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe system calls run
-        // (prctl, setns, write), on descriptors that stay open until spawn
-        // returns. Writing "0" to cgroup.procs moves the writing process.
+        // (setns, write, setgroups, setgid, setuid, prctl), on descriptors that
+        // stay open until spawn returns. Writing "0" to cgroup.procs moves the
+        // writing process. The user changes after the namespace (which needs
+        // root) and before the death signal is set, which a change of user
+        // clears (prctl(2)).
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                    || libc::setns(namespace_fd, libc::CLONE_NEWNET) != 0
-                {
+                if libc::setns(namespace_fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(fd) = cgroup_fd
                     && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
                 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(id) = run_as
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(id) != 0
+                        || libc::setuid(id) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -11,11 +11,11 @@ use crate::args::DemoArgs;
 #[cfg(target_os = "linux")]
 pub mod child;
 #[cfg(target_os = "linux")]
-pub mod envoy;
-#[cfg(target_os = "linux")]
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod jwt;
+#[cfg(target_os = "linux")]
+pub mod mesh;
 #[cfg(target_os = "linux")]
 pub mod plan;
 #[cfg(target_os = "linux")]

@@ -1,6 +1,6 @@
 //! What the demo needs before it changes anything: root, the probe binary,
-//! Envoy, iproute2 and iptables. Each missing piece is one sentence that says
-//! how to get it.
+//! Envoy, iproute2, iptables and util-linux. Each missing piece is one
+//! sentence that says how to get it.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,8 @@ pub struct Plan {
     pub show_secrets: bool,
     /// Where to save the session's events.
     pub save: Option<PathBuf>,
+    /// Where to write packet captures of the sidecar pods' interfaces.
+    pub pcap: Option<PathBuf>,
     pub probe: PathBuf,
     pub envoy: PathBuf,
 }
@@ -24,6 +26,10 @@ pub struct Traffic {
     pub token: Option<String>,
     pub ipv6: bool,
     pub keep_alive: bool,
+    /// Plaintext between the sidecars instead of mTLS.
+    pub plaintext: bool,
+    /// The client pod has no sidecar.
+    pub caller_outside_mesh: bool,
     /// Percent of the server pod's inbound packets to drop.
     pub loss: Option<u8>,
     pub bad_traffic: bool,
@@ -46,7 +52,15 @@ pub enum PlanError {
     #[error("the Envoy binary {0} does not exist: run `cargo xtask setup`, or pass --envoy PATH")]
     NoEnvoy(PathBuf),
     #[error(
-        "`{0}` was not found on PATH: the demo needs iproute2 and iptables; `cargo xtask setup` installs them"
+        "the sidecars run as user {uid}, as Istio's do, and cannot run the Envoy binary {envoy}: {closed} is closed to other users; install Envoy where anyone can run it, or pass --envoy PATH"
+    )]
+    EnvoyNotRunnable {
+        envoy: PathBuf,
+        closed: PathBuf,
+        uid: u32,
+    },
+    #[error(
+        "`{0}` was not found on PATH: the demo needs iproute2, iptables, util-linux and openssl (and tcpdump for --pcap); `cargo xtask setup` installs them"
     )]
     NoTool(&'static str),
 }
@@ -71,8 +85,18 @@ impl Plan {
             Some(path) => return Err(PlanError::NoEnvoy(path)),
             None => on_path("envoy").ok_or(PlanError::NoEnvoyOnPath)?,
         };
-        for tool in ["ip", "iptables-restore", "ip6tables-restore"] {
+        runnable_by_others(&envoy)?;
+        for tool in [
+            "ip",
+            "iptables-restore",
+            "ip6tables-restore",
+            "setpriv",
+            "openssl",
+        ] {
             on_path(tool).ok_or(PlanError::NoTool(tool))?;
+        }
+        if args.pcap.is_some() {
+            on_path("tcpdump").ok_or(PlanError::NoTool("tcpdump"))?;
         }
         Ok(Self {
             traffic: Traffic {
@@ -80,11 +104,14 @@ impl Plan {
                 token: args.token,
                 ipv6: args.ipv6,
                 keep_alive: args.keep_alive,
+                plaintext: args.plaintext,
+                caller_outside_mesh: args.caller_outside_mesh,
                 loss: args.loss,
                 bad_traffic: args.bad_traffic,
             },
             show_secrets: args.output.show_secrets,
             save: args.save.file,
+            pcap: args.pcap,
             probe,
             envoy,
         })
@@ -97,4 +124,27 @@ fn on_path(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| Path::new(candidate).is_file())
+}
+
+/// Whether a user other than root can run `envoy`: it and every directory
+/// above it must let others in.
+fn runnable_by_others(envoy: &Path) -> Result<(), PlanError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let resolved = envoy.canonicalize().unwrap_or_else(|_| envoy.to_owned());
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|metadata| metadata.permissions().mode())
+            .unwrap_or(0)
+    };
+    let closed = std::iter::once((resolved.as_path(), 0o005))
+        .chain(resolved.ancestors().skip(1).map(|dir| (dir, 0o001)))
+        .find(|(path, needed)| mode(path) & needed != *needed);
+    match closed {
+        Some((closed, _)) => Err(PlanError::EnvoyNotRunnable {
+            envoy: envoy.to_owned(),
+            closed: closed.to_owned(),
+            uid: apitrace_proto::istio::PROXY_UID,
+        }),
+        None => Ok(()),
+    }
 }

@@ -1,12 +1,18 @@
 //! One run of the demo.
 //!
 //! Start-up, in order: remove what a killed demo left; build the pods (node,
-//! client, server, probe namespaces); capture the server pod's inbound traffic
-//! for the sidecar (iptables, as Istio's init container does); start the app;
-//! start the probe in its pod, attached to the server pod; subscribe to it;
-//! start Envoy as the server's sidecar, which fetches the WASM module from the
-//! probe and streams access logs to it. Then the client pod sends its requests
-//! and the CLI joins what the probe streams.
+//! client, server, probe namespaces); capture both sidecar pods' traffic
+//! (iptables, as Istio's init container does); start the app in the server
+//! pod; issue the mesh's certificates; start the probe in its pod, attached
+//! to both sidecar pods; subscribe to it; start each pod's Envoy sidecar as
+//! the proxy's user, which fetches the WASM module from the probe and streams
+//! access logs to it. Then the client pod's app calls the server's Service:
+//! its sidecar takes the call (outbound capture), sends it to the server's
+//! sidecar over mTLS (or in plaintext with `--plaintext`), which hands it to
+//! the app from 127.0.0.6; the CLI joins what the probe streams.
+//!
+//! When the client is done (or on Ctrl-C), the demo waits for what the
+//! sidecars had not flushed yet ([`crate::pipeline::Drain`]), then ends.
 //!
 //! Teardown runs backwards. Each piece is also a guard that undoes itself when
 //! dropped, so an error, an interruption or a panic at any step leaves no
@@ -17,29 +23,33 @@
 use std::{
     io::Write,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use apitrace_join::{Input, Workload, WorkloadKind};
-use apitrace_proto::{Event, ProbeStatus, event::Kind, ports};
+use apitrace_proto::{Event, ProbeStatus, event::Kind, istio, ports};
 use futures::{StreamExt as _, stream::BoxStream};
 
 use apitrace_netns::cgroup::{self, ContainerCgroup};
 
 use super::{
     child::DemoProcess,
-    envoy::{self, Layers, Sidecar},
     http,
+    mesh::{
+        self, Layers, MeshPod, ProbeAt, SERVICE_V4, SERVICE_V6, Service, Sidecar,
+        certs::{MeshCa, spiffe_id},
+        iptables,
+    },
     plan::Plan,
     topology::{self, Pod, Topology},
     traffic::{self, APP_PORT},
 };
 use crate::{
     live::{interrupted, now_ns, random_hex},
-    pipeline::Pipeline,
+    pipeline::{Drain, Pipeline},
     probe_client::ProbeSession,
 };
 
@@ -49,10 +59,18 @@ const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
 const PROBE_DEADLINE: &str = "10m";
 /// How long the probe and Envoy get to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for the last records after the client's last request: the
-/// sidecar flushes access logs every second, and a call missing a layer is
-/// emitted when its join window (5 s) closes.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+/// The pods with sidecars, and the service account each runs as.
+const SIDECAR_PODS: [(&str, &str); 2] = [("client", "client"), ("server", "server")];
+
+/// The pods that have a sidecar in this run: both, or with
+/// `--caller-outside-mesh` only the server.
+fn sidecar_pods(plan: &Plan) -> &'static [(&'static str, &'static str)] {
+    if plan.traffic.caller_outside_mesh {
+        &SIDECAR_PODS[1..]
+    } else {
+        &SIDECAR_PODS
+    }
+}
 
 pub async fn run(plan: &Plan, mut pipeline: Pipeline<impl Write>) -> anyhow::Result<ExitCode> {
     let stale = |pid| !super::is_running_demo(pid);
@@ -65,9 +83,9 @@ pub async fn run(plan: &Plan, mut pipeline: Pipeline<impl Write>) -> anyhow::Res
             path.display()
         );
     }
-    let (calls, code) = tokio::select! {
-        calls = start_and_trace(plan, &mut pipeline) => (Some(calls?), ExitCode::SUCCESS),
-        () = interrupted() => {
+    let (calls, code) = match start_and_trace(plan, &mut pipeline).await? {
+        Traced::Done(calls) => (Some(calls), ExitCode::SUCCESS),
+        Traced::Interrupted => {
             eprintln!("interrupted: the demo's namespaces and processes were removed");
             (None, ExitCode::from(130))
         }
@@ -78,24 +96,69 @@ pub async fn run(plan: &Plan, mut pipeline: Pipeline<impl Write>) -> anyhow::Res
     Ok(code)
 }
 
-/// Runs the demo and feeds what the probe streams to `pipeline`. Returns how
-/// many calls the client made: each should have become a record.
-async fn start_and_trace(plan: &Plan, pipeline: &mut Pipeline<impl Write>) -> anyhow::Result<u32> {
-    let mut demo = Demo::start(plan).await?;
+/// How the demo's traffic ended.
+enum Traced {
+    /// The client made this many calls: each should have become a record.
+    Done(u32),
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+/// Runs the demo and feeds what the probe streams to `pipeline`.
+async fn start_and_trace(
+    plan: &Plan,
+    pipeline: &mut Pipeline<impl Write>,
+) -> anyhow::Result<Traced> {
+    let mut demo = tokio::select! {
+        demo = Demo::start(plan) => demo?,
+        () = interrupted() => return Ok(Traced::Interrupted),
+    };
     let traced = demo.trace(plan, pipeline).await;
     demo.stop().await;
     traced
+}
+
+/// A pod's sandbox: a process in its namespace and in a cgroup named after a
+/// container ID, which is all the probe is told.
+struct Sandbox {
+    pause: DemoProcess,
+    cgroup: ContainerCgroup,
+    container_id: String,
+}
+
+impl Sandbox {
+    fn start(pod: &Pod, workdir: &WorkDir) -> anyhow::Result<Self> {
+        let container_id = random_hex(32)?;
+        let cgroup =
+            ContainerCgroup::create(super::NAME_PREFIX, std::process::id(), &container_id)?;
+        let mut command = tokio::process::Command::new("sleep");
+        command.arg("infinity");
+        let pause = DemoProcess::spawn(
+            "pause",
+            command,
+            &pod.netns_path(),
+            Some(&cgroup.procs),
+            None,
+            workdir.path.join(format!("pause-{}.log", pod.name)),
+        )?;
+        Ok(Self {
+            pause,
+            cgroup,
+            container_id,
+        })
+    }
 }
 
 /// The demo's running pieces, in the order they are torn down.
 struct Demo {
     events: BoxStream<'static, Result<Event, tonic::Status>>,
     probe_session: ProbeSession,
-    envoy: DemoProcess,
+    /// tcpdump on each sidecar pod's interfaces, with `--pcap`.
+    captures: Vec<DemoProcess>,
+    sidecars: Vec<DemoProcess>,
     probe: DemoProcess,
-    pause: DemoProcess,
+    sandboxes: Vec<Sandbox>,
     app: AbortOnDrop<()>,
-    cgroup: ContainerCgroup,
     topology: Topology,
     workdir: WorkDir,
 }
@@ -108,98 +171,118 @@ impl Demo {
             .context("cannot build the demo's pods")?;
         let server = topology.pod("server").clone();
         let probe_pod = topology.pod("probe").clone();
-        for ipv6 in [false, true] {
+        let sidecar_pods = sidecar_pods(plan);
+        for &(name, _) in sidecar_pods {
+            let pod = topology.pod(name);
+            // The server pod's inbound packets are the ones `--loss` drops.
+            let loss = plan.traffic.loss.filter(|_| name == "server");
+            for ipv6 in [false, true] {
+                topology
+                    .restore_iptables(pod, ipv6, &iptables::capture(ipv6, APP_PORT, loss))
+                    .with_context(|| format!("cannot capture the {name} pod's traffic"))?;
+            }
             topology
-                .restore_iptables(
-                    &server,
-                    ipv6,
-                    &envoy::inbound_capture(APP_PORT, plan.traffic.loss),
-                )
-                .context("cannot set up the server pod's inbound capture")?;
+                .add_loopback_address(pod, &format!("{}/128", istio::INBOUND_PASSTHROUGH_BIND_V6))
+                .with_context(|| format!("cannot prepare the {name} pod's loopback"))?;
         }
         let listener = http::listen_in(
             &server.netns_path(),
-            SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
+            // Both families: the sidecar reaches the app at the address of the
+            // family it was called over (inbound passthrough).
+            SocketAddr::from(([0u16; 8], APP_PORT)),
         )
         .context("cannot start the app in the server pod")?;
         let app = AbortOnDrop(tokio::spawn(http::serve_app(listener)));
-        // The server pod's sandbox: a process in its namespace and in a cgroup
-        // named after a container ID, which is all the probe is told.
-        let container_id = random_hex(32)?;
-        let cgroup = ContainerCgroup::create(super::NAME_PREFIX, pid, &container_id)?;
-        let mut command = tokio::process::Command::new("sleep");
-        command.arg("infinity");
-        let pause = DemoProcess::spawn(
-            "pause",
-            command,
-            &server.netns_path(),
-            Some(&cgroup.procs),
-            workdir.path.join("pause.log"),
-        )?;
+        let sandboxes = sidecar_pods
+            .iter()
+            .map(|(name, _)| Sandbox::start(topology.pod(name), &workdir))
+            .collect::<anyhow::Result<Vec<_>>>()?;
 
         let session_id = random_hex(4)?;
         let token = random_hex(24)?;
         let mut command = tokio::process::Command::new(&plan.probe);
-        command
-            .args([
-                "--session-id",
-                &session_id,
-                "--node",
-                "demo-node",
-                "--deadline",
-                PROBE_DEADLINE,
-            ])
-            .arg("--target")
-            .arg(format!(
-                "{NAMESPACE}/{}=container:{container_id}",
-                server.name
-            ))
-            .env("APITRACE_SESSION_TOKEN", &token);
+        command.args([
+            "--session-id",
+            &session_id,
+            "--node",
+            "demo-node",
+            "--deadline",
+            PROBE_DEADLINE,
+        ]);
+        for ((name, _), sandbox) in sidecar_pods.iter().zip(&sandboxes) {
+            command.arg("--target").arg(format!(
+                "{NAMESPACE}/{name}=container:{}",
+                sandbox.container_id
+            ));
+        }
+        command.env("APITRACE_SESSION_TOKEN", &token);
         let mut probe = DemoProcess::spawn(
             "probe",
             command,
             &probe_pod.netns_path(),
+            None,
             None,
             workdir.path.join("probe.log"),
         )?;
         let (probe_session, events, status) =
             subscribe(&mut probe, &probe_pod, &session_id, &token).await?;
 
-        let sidecar = Sidecar {
-            pod_name: server.name,
-            namespace: NAMESPACE,
-            pod_ip: server.ipv4,
-            app_port: APP_PORT,
-            probe_ip: probe_pod.ipv4,
-            probe_host: PROBE_HOST,
+        let mtls = if plan.traffic.plaintext {
+            Vec::new()
+        } else {
+            let ca = MeshCa::create(&workdir.path)?;
+            sidecar_pods
+                .iter()
+                .map(|(name, account)| {
+                    ca.issue(
+                        &spiffe_id(NAMESPACE, account),
+                        &workdir.path.join(name),
+                        istio::PROXY_UID,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let probe_at = ProbeAt {
+            ip: probe_pod.ipv4,
+            host: PROBE_HOST,
             module_path: &status.wasm_module_path,
             module_sha256: &status.wasm_module_sha256,
             session_token: &token,
             show_secrets: plan.show_secrets,
-            layers: Layers::ALL,
         };
-        let config_path = workdir.path.join("envoy.json");
-        std::fs::write(&config_path, sidecar.bootstrap().to_string())
-            .with_context(|| format!("cannot write {}", config_path.display()))?;
-        let mut command = tokio::process::Command::new(&plan.envoy);
-        command.args(envoy::command_line(&config_path, 2));
-        let mut envoy = DemoProcess::spawn(
-            "envoy",
-            command,
-            &server.netns_path(),
-            None,
-            workdir.path.join("envoy.log"),
-        )?;
-        wait_until_ready(&mut envoy, &server).await?;
+        let services = [server_service(&server, plan.traffic.ipv6)];
+        let mut sidecars = Vec::new();
+        for (index, &(name, account)) in sidecar_pods.iter().enumerate() {
+            let pod = topology.pod(name);
+            let is_server = name == "server";
+            let sidecar = Sidecar {
+                pod: MeshPod {
+                    name,
+                    namespace: NAMESPACE,
+                    service_account: account,
+                    ipv4: pod.ipv4,
+                },
+                app_port: is_server.then_some(APP_PORT),
+                services: if is_server { &[] } else { &services },
+                probe: probe_at,
+                layers: Layers::ALL,
+                mtls: mtls.get(index),
+            };
+            sidecars.push(start_sidecar(plan, pod, &sidecar, &workdir).await?);
+        }
 
+        let captures = match &plan.pcap {
+            Some(dir) => capture(&topology, sidecar_pods, dir, &workdir).await?,
+            None => Vec::new(),
+        };
         Ok(Self {
             events,
             probe_session,
-            envoy,
+            captures,
+            sidecars,
             probe,
-            pause,
+            sandboxes,
             app,
-            cgroup,
             topology,
             workdir,
         })
@@ -211,7 +294,7 @@ impl Demo {
         &mut self,
         plan: &Plan,
         pipeline: &mut Pipeline<impl Write>,
-    ) -> anyhow::Result<u32> {
+    ) -> anyhow::Result<Traced> {
         for pod in &self.topology.pods {
             for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
                 pipeline.feed(Input::Identity {
@@ -221,30 +304,49 @@ impl Demo {
                         namespace: NAMESPACE.to_owned(),
                         name: pod.name.to_owned(),
                         kind: WorkloadKind::Pod,
-                        // Only the server pod has a sidecar the session traces.
-                        traced: pod.name == "server",
+                        traced: sidecar_pods(plan).iter().any(|(name, _)| *name == pod.name),
                     },
                 })?;
             }
         }
+        for ip in [IpAddr::V4(SERVICE_V4), IpAddr::V6(SERVICE_V6)] {
+            pipeline.feed(Input::Identity {
+                ip,
+                since_ns: 0,
+                workload: Workload {
+                    namespace: NAMESPACE.to_owned(),
+                    name: "server".to_owned(),
+                    kind: WorkloadKind::Service,
+                    traced: false,
+                },
+            })?;
+        }
         let client = self.topology.pod("client").clone();
-        let server = self.topology.pod("server").clone();
+        let server = self.topology.pod("server");
+        // The Service's address, which the caller's sidecar resolves; outside
+        // the mesh, the pod's own, as kube-proxy would have translated it.
+        let service = match (plan.traffic.caller_outside_mesh, plan.traffic.ipv6) {
+            (false, false) => IpAddr::V4(SERVICE_V4),
+            (false, true) => IpAddr::V6(SERVICE_V6),
+            (true, false) => IpAddr::V4(server.ipv4),
+            (true, true) => IpAddr::V6(server.ipv6),
+        };
         let now_unix = now_ns().unsigned_abs() / 1_000_000_000;
         let requests = tokio::spawn(traffic::send(
             client,
-            server,
-            NAMESPACE,
+            SocketAddr::new(service, APP_PORT),
+            format!("server.{NAMESPACE}:{APP_PORT}"),
             plan.traffic.clone(),
             now_unix,
         ));
         let mut requests = AbortOnDrop(requests);
-        let mut ticks = tokio::time::interval(Duration::from_millis(200));
-        // How many records the client's calls should make, once it is done.
-        let mut expected: Option<u32> = None;
-        let drain = tokio::time::sleep(Duration::MAX / 4);
-        tokio::pin!(drain);
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        // How many calls the client made, and when the session ended.
+        let mut ended: Option<(Option<u32>, i64)> = None;
         loop {
-            if expected.is_some_and(|calls| pipeline.records() >= calls as usize) {
+            if let Some((_, ended_ns)) = ended
+                && pipeline.drained(ended_ns, now_ns())
+            {
                 break;
             }
             tokio::select! {
@@ -254,16 +356,28 @@ impl Demo {
                     None => bail!("the probe ended its event stream\n{}", self.probe.log_tail()),
                 },
                 _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
-                sent = &mut requests.0, if expected.is_none() => {
+                sent = &mut requests.0, if ended.is_none() => {
                     let calls = sent
                         .map_err(|e| anyhow!("the client pod stopped: {e}"))?
-                        .map_err(|e| anyhow!("{e:#}\n{}", self.envoy.log_tail()))?;
-                    expected = Some(calls);
-                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                        .map_err(|e| anyhow!("{e:#}\n{}", self.sidecar_logs()))?;
+                    eprintln!(
+                        "the client made {calls} calls; waiting up to {}s for the sidecars' last access logs and filter events",
+                        Drain::BOUND.as_secs()
+                    );
+                    ended = Some((Some(calls), now_ns()));
                 }
-                () = &mut drain => break,
+                () = interrupted() => {
+                    if ended.is_some() {
+                        return Ok(Traced::Interrupted);
+                    }
+                    // Stop calling; what was called is still joined.
+                    requests.0.abort();
+                    eprintln!("interrupted: joining the calls made so far (Ctrl-C again to stop now)");
+                    ended = Some((None, now_ns()));
+                }
             }
         }
+        let expected = ended.and_then(|(calls, _)| calls);
         // Every call that left any trace was emitted when its window closed,
         // which the drain outlasts.
         if pipeline.records() == 0 {
@@ -284,30 +398,47 @@ impl Demo {
             },
             now_ns: now_ns(),
         })?;
-        Ok(expected.unwrap_or_default())
+        Ok(expected.map_or(Traced::Interrupted, Traced::Done))
     }
 
-    /// Stops Envoy, then the probe (which detaches from the server pod), then
-    /// the pod's sandbox and the app; dropping the rest removes the cgroup, the
-    /// namespaces and the work directory.
+    /// The end of each sidecar's log, for an error message.
+    fn sidecar_logs(&self) -> String {
+        self.sidecars
+            .iter()
+            .map(DemoProcess::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops the sidecars, then the probe (which detaches from the pods),
+    /// then the pods' sandboxes and the app; dropping the rest removes the
+    /// cgroups, the namespaces and the work directory.
     async fn stop(self) {
         let Self {
             events,
-            envoy,
+            captures,
+            sidecars,
             probe,
-            pause,
+            sandboxes,
             app,
-            cgroup,
             topology,
             workdir,
             ..
         } = self;
         drop(events);
-        envoy.stop(Duration::from_secs(2)).await;
+        // SIGTERM: tcpdump writes what it holds and closes its file.
+        for capture in captures {
+            capture.stop(Duration::from_secs(2)).await;
+        }
+        for sidecar in sidecars {
+            sidecar.stop(Duration::from_secs(2)).await;
+        }
         probe.stop(Duration::from_secs(3)).await;
-        pause.stop(Duration::from_secs(1)).await;
+        for sandbox in sandboxes {
+            sandbox.pause.stop(Duration::from_secs(1)).await;
+            drop(sandbox.cgroup);
+        }
         drop(app);
-        drop(cgroup);
         drop(topology);
         drop(workdir);
     }
@@ -362,10 +493,105 @@ async fn subscribe(
     }
 }
 
+/// The server's Service as the client's sidecar knows it: its ClusterIP, and
+/// the server pod behind it at the address of the family the demo calls over.
+fn server_service(server: &Pod, ipv6: bool) -> Service<'static> {
+    Service {
+        name: "server",
+        cluster_ipv4: SERVICE_V4,
+        cluster_ipv6: SERVICE_V6,
+        port: APP_PORT,
+        endpoint: if ipv6 {
+            IpAddr::V6(server.ipv6)
+        } else {
+            IpAddr::V4(server.ipv4)
+        },
+        target_port: APP_PORT,
+        service_account: "server",
+    }
+}
+
+/// Starts `sidecar` in `pod` as the proxy's user, and waits until it is ready.
+async fn start_sidecar(
+    plan: &Plan,
+    pod: &Pod,
+    sidecar: &Sidecar<'_>,
+    workdir: &WorkDir,
+) -> anyhow::Result<DemoProcess> {
+    let config_path = workdir.path.join(format!("envoy-{}.json", pod.name));
+    std::fs::write(&config_path, sidecar.bootstrap().to_string())
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let mut command = tokio::process::Command::new(&plan.envoy);
+    command.args(mesh::command_line(&config_path, 2));
+    let mut envoy = DemoProcess::spawn(
+        "envoy",
+        command,
+        &pod.netns_path(),
+        None,
+        Some(istio::PROXY_UID),
+        workdir.path.join(format!("envoy-{}.log", pod.name)),
+    )?;
+    wait_until_ready(&mut envoy, pod).await?;
+    Ok(envoy)
+}
+
+/// Starts tcpdump on each sidecar pod's `eth0` and `lo`, writing
+/// `dir/<pod>-<interface>.pcap`, and waits until each is capturing.
+async fn capture(
+    topology: &Topology,
+    pods: &[(&str, &str)],
+    dir: &Path,
+    workdir: &WorkDir,
+) -> anyhow::Result<Vec<DemoProcess>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut captures = Vec::new();
+    for (name, _) in pods {
+        for interface in ["eth0", "lo"] {
+            let file = dir.join(format!("{name}-{interface}.pcap"));
+            let mut command = tokio::process::Command::new("tcpdump");
+            command
+                .args(["-i", interface, "-U", "-s", "0", "-Z", "root", "-w"])
+                .arg(&file)
+                .arg("tcp");
+            let log = workdir.path.join(format!("tcpdump-{name}-{interface}.log"));
+            captures.push((
+                DemoProcess::spawn(
+                    "tcpdump",
+                    command,
+                    &topology.pod(name).netns_path(),
+                    None,
+                    None,
+                    log.clone(),
+                )?,
+                log,
+            ));
+        }
+    }
+    let started = Instant::now();
+    for (capture, log) in &mut captures {
+        while !std::fs::read_to_string(&*log).is_ok_and(|text| text.contains("listening on")) {
+            if let Some(status) = capture.exited() {
+                bail!(
+                    "tcpdump exited during start-up ({status}):\n{}",
+                    capture.log_tail()
+                );
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "tcpdump did not start within {START_TIMEOUT:?}:\n{}",
+                    capture.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(captures.into_iter().map(|(capture, _)| capture).collect())
+}
+
 /// Waits for Envoy's admin endpoint to report LIVE: its listener is up, with
 /// the WASM module fetched from the probe.
 async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Result<()> {
-    let admin = SocketAddr::from(([127, 0, 0, 1], envoy::ADMIN_PORT));
+    let admin = SocketAddr::from(([127, 0, 0, 1], mesh::ADMIN_PORT));
     let started = Instant::now();
     loop {
         if let Some(status) = envoy.exited() {

@@ -1,13 +1,10 @@
-//! What the client pod sends: the demo's requests, one connection each (as
-//! `curl` from the paper's sleep pod) or all on one keep-alive connection, to
-//! the server pod's IPv4 or IPv6 address, with a bearer token; and with
-//! `--bad-traffic`, traffic apitrace must survive in between.
+//! What the client pod's app sends: the demo's requests to the server's
+//! Service, one connection each (as `curl` from the paper's sleep pod) or all
+//! on one keep-alive connection, over IPv4 or IPv6, with a bearer token; and
+//! with `--bad-traffic`, traffic apitrace must survive in between. The pod's
+//! iptables hand each connection to its sidecar.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -19,16 +16,16 @@ use super::{
     topology::Pod,
 };
 
-/// The port of the app behind the server pod's sidecar.
+/// The port of the app behind the server pod's sidecar, and of its Service.
 pub const APP_PORT: u16 = 8080;
 
-/// Sends `traffic` from `client` to `server` (in namespace `namespace`).
-/// Returns how many calls it made that the sidecar accepts as HTTP requests:
-/// each should become a record.
+/// Sends `traffic` from `client` to `address` (the Service), naming it
+/// `authority`. Returns how many calls it made that the sidecar accepts as
+/// HTTP requests: each should become a record.
 pub async fn send(
     client: Pod,
-    server: Pod,
-    namespace: &str,
+    address: SocketAddr,
+    authority: String,
     traffic: Traffic,
     now_unix: u64,
 ) -> anyhow::Result<u32> {
@@ -37,13 +34,6 @@ pub async fn send(
         .clone()
         .unwrap_or_else(|| jwt::demo_token(now_unix));
     let authorization = format!("Bearer {token}");
-    let ip = if traffic.ipv6 {
-        IpAddr::V6(server.ipv6)
-    } else {
-        IpAddr::V4(server.ipv4)
-    };
-    let address = SocketAddr::new(ip, APP_PORT);
-    let authority = format!("{}.{namespace}:{APP_PORT}", server.name);
     let netns = client.netns_path();
     let mut kept_alive: Option<Connection> = None;
     let mut calls = 0;
@@ -148,10 +138,12 @@ async fn send_bad(
     let mut stream = http::connect_in(netns, address)
         .await
         .with_context(|| format!("the client pod cannot connect to {address}"))?;
-    // The sidecar answers with an error and closes, or resets: both are fine;
-    // what matters is that nothing on apitrace's side breaks.
+    // The sidecar answers with an error and closes, or resets, or passes what
+    // is not HTTP through: all are fine; what matters is that nothing on
+    // apitrace's side breaks. The client waits for the answer before closing,
+    // as an HTTP client does: a sidecar that sees the caller close before it
+    // could tell the protocol drops the connection unanswered.
     let _ = stream.write_all(&bytes).await;
-    let _ = stream.shutdown().await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
     Ok(0)

@@ -173,7 +173,7 @@ pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use apitrace_join::{AuthRecord, Latency, Layer, Peer, WireRecord};
+    use apitrace_join::{AuthRecord, Latency, Layer, Peer, WireRecord, WireScope};
 
     /// A call as the demo prints it, with every part a column shows.
     pub(crate) fn record() -> CallRecord {
@@ -186,6 +186,7 @@ pub(crate) mod tests {
                 kind: "Pod".into(),
                 ip: "10.0.0.40".into(),
                 port: 50174,
+                identity: Some("spiffe://cluster.local/ns/default/sa/sleep".into()),
             },
             dst: Peer {
                 namespace: "default".into(),
@@ -193,6 +194,7 @@ pub(crate) mod tests {
                 kind: "Pod".into(),
                 ip: "10.0.0.135".into(),
                 port: 80,
+                identity: None,
             },
             protocol: "HTTP/1.1".into(),
             method: "GET".into(),
@@ -212,9 +214,9 @@ pub(crate) mod tests {
                 error: None,
             }),
             tc: Some(WireRecord {
-                ip_id: 56940,
-                tcp_seq: 676633095,
-                payload_len: 120,
+                ip_id: Some(56940),
+                tcp_seq: Some(676633095),
+                payload_len: Some(120),
                 src: apitrace_join::Endpoint {
                     ip: "10.0.0.40".into(),
                     port: 50174,
@@ -224,10 +226,13 @@ pub(crate) mod tests {
                     port: 80,
                 },
                 interface: "eth0".into(),
-                time: "2024-09-18T04:06:54.123300Z".into(),
+                time: Some("2024-09-18T04:06:54.123300Z".into()),
                 request_id: String::new(),
                 retransmits: 1,
                 resets: 0,
+                scope: WireScope::Request,
+                tls: false,
+                handshake_us: None,
             }),
             latency: Some(Latency {
                 total_us: 1_966,

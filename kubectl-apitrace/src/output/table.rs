@@ -95,12 +95,26 @@ const COLUMNS: &[Column] = &[
             }
         })
     }),
+    column("CALLER ID", 18, Some(10), |r| {
+        r.src.identity.as_deref().map_or_else(dash, identity)
+    }),
     column("IP ID", 5, None, |r| {
-        r.tc.as_ref().map_or_else(dash, |tc| tc.ip_id.to_string())
+        r.request_packet()
+            .and_then(|wire| wire.ip_id)
+            .map_or_else(dash, |id| id.to_string())
     }),
     column("TCP SEQ", 10, None, |r| {
-        r.tc.as_ref().map_or_else(dash, |tc| tc.tcp_seq.to_string())
+        r.request_packet()
+            .and_then(|wire| wire.tcp_seq)
+            .map_or_else(dash, |seq| seq.to_string())
     }),
+    Column {
+        wide_only: true,
+        ..column("SEEN ON", 7, None, |r| {
+            r.request_packet()
+                .map_or_else(dash, |wire| wire.interface.clone())
+        })
+    },
     Column {
         wide_only: true,
         colour: |r| {
@@ -173,6 +187,14 @@ fn peer(peer: &Peer) -> String {
     } else {
         format!("{}/{} {address}", peer.namespace, peer.name)
     }
+}
+
+/// A SPIFFE identity as a person reads it: `ns/demo/sa/client` in the
+/// default trust domain, the whole id in any other.
+fn identity(id: &str) -> String {
+    id.strip_prefix("spiffe://cluster.local/")
+        .unwrap_or(id)
+        .to_owned()
 }
 
 /// `850µs`, `1.97ms`, `2.31s`: three significant digits are what a person

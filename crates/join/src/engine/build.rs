@@ -7,36 +7,126 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use super::{
-    PendingCall,
+    calls::{PendingCall, UNIDENTIFIED},
+    flow::Flow,
+    legs::{Direction, Leg},
     texts::Texts,
-    wire::{self, Flow, Packet},
+    wire::{ConnectionInfo, Packet},
 };
 use crate::{
     directory::{Directory, WorkloadKind},
     record::{
         AlsRecord, AuthRecord, CallRecord, Endpoint, Hop, Latency, Layer, Peer, WasmRecord,
-        WireRecord, rfc3339,
+        WireRecord, WireScope, rfc3339,
     },
 };
 
-/// What the TC program saw of a call on the pod's interface.
+/// What a call took of the wire on one leg.
 #[derive(Debug)]
-pub(crate) struct Wire {
-    /// The request's flow: the packets' addresses.
-    pub flow: Flow,
-    pub request: Packet,
-    /// The first packet of the response, when it was seen.
-    pub response: Option<Packet>,
-    pub retransmits: u32,
-    pub resets: u32,
+pub(crate) enum TakenWire {
+    /// Nothing: the leg was not seen, or not yet.
+    None,
+    /// The call's own request start, and its response's when it was seen.
+    Request {
+        request: Packet,
+        response: Option<Packet>,
+        retransmits: u32,
+        resets: u32,
+    },
+    /// The connection, where the wire cannot tell its calls apart.
+    Connection {
+        info: ConnectionInfo,
+        retransmits: u32,
+        resets: u32,
+    },
 }
 
-/// The entry of the sidecar that received the call from its caller: the
-/// inbound one when both sidecars logged the call.
-pub(crate) fn primary_index(logs: &[AccessLog]) -> Option<usize> {
-    logs.iter()
-        .position(|log| log.upstream_cluster.starts_with("inbound|"))
-        .or_else(|| (!logs.is_empty()).then_some(0))
+/// A leg and what the call took of it.
+#[derive(Debug)]
+pub(crate) struct TakenLeg {
+    pub leg: Leg,
+    pub wire: TakenWire,
+    /// What is known of its connection, whatever was taken.
+    pub connection: Option<ConnectionInfo>,
+}
+
+impl TakenLeg {
+    fn request(&self) -> Option<&Packet> {
+        match &self.wire {
+            TakenWire::Request { request, .. } => Some(request),
+            _ => None,
+        }
+    }
+
+    fn response(&self) -> Option<&Packet> {
+        match &self.wire {
+            TakenWire::Request { response, .. } => response.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What a record shows of the leg; `None` when the wire showed nothing.
+    fn record(&self) -> Option<WireRecord> {
+        let flow = &self.leg.request;
+        let tls = self.connection.as_ref().is_some_and(|info| info.tls);
+        match &self.wire {
+            TakenWire::None => None,
+            TakenWire::Request {
+                request,
+                retransmits,
+                resets,
+                ..
+            } => Some(WireRecord {
+                ip_id: Some(request.ip_id),
+                tcp_seq: Some(request.tcp_seq),
+                payload_len: Some(request.payload_len),
+                src: endpoint(Some(flow.source())),
+                dst: endpoint(Some(flow.destination())),
+                interface: request.interface.to_string(),
+                time: Some(rfc3339(request.time_ns)),
+                request_id: request
+                    .head
+                    .as_ref()
+                    .and_then(|head| head.request_id())
+                    .unwrap_or_default()
+                    .to_owned(),
+                retransmits: *retransmits,
+                resets: *resets,
+                scope: WireScope::Request,
+                tls,
+                handshake_us: None,
+            }),
+            TakenWire::Connection {
+                info,
+                retransmits,
+                resets,
+            } => Some(WireRecord {
+                ip_id: info.opened.map(|first| first.ip_id),
+                tcp_seq: info.opened.map(|first| first.tcp_seq),
+                payload_len: None,
+                src: endpoint(Some(flow.source())),
+                dst: endpoint(Some(flow.destination())),
+                interface: info.interface.as_deref().unwrap_or_default().to_owned(),
+                time: info.opened.map(|first| rfc3339(first.time_ns)),
+                request_id: String::new(),
+                retransmits: *retransmits,
+                resets: *resets,
+                scope: WireScope::Connection,
+                tls,
+                handshake_us: info
+                    .opened
+                    .zip(info.accepted_ns)
+                    .map(|(first, accepted)| (accepted - first.time_ns) / 1_000),
+            }),
+        }
+    }
+}
+
+/// What a call took of the wire on one hop's legs.
+#[derive(Debug)]
+pub(crate) struct TakenHop {
+    pub downstream: Option<TakenLeg>,
+    pub upstream: Option<TakenLeg>,
 }
 
 /// Decoded JSON documents by their text. A client sends the same token with
@@ -157,12 +247,17 @@ impl WasmPart {
         self.texts.prefetch();
     }
 
+    /// When the filter saw the request.
+    pub fn time_ns(&self) -> i64 {
+        self.time_ns
+    }
+
     fn text(&self, field: WasmText) -> &str {
         self.texts.get(field as usize)
     }
 
     fn is_inbound(&self) -> bool {
-        self.text(WasmText::Direction) == "inbound"
+        Direction::parse(self.text(WasmText::Direction)) == Direction::Inbound
     }
 
     fn source(&self) -> Option<ProtoEndpoint> {
@@ -194,40 +289,51 @@ fn split_endpoint(endpoint: Option<ProtoEndpoint>) -> (String, Option<u32>) {
     endpoint.map_or((String::new(), None), |e| (e.ip, Some(e.port)))
 }
 
-/// The record of `call`, its peers named from `directory`.
-/// `upstream_response` is the first packet of the app's response on `lo`,
-/// when the hop to the app was seen. The record takes the events' strings
-/// instead of copying them: the events end here.
+/// The record of `call`, its peers named from `directory`, with what it took
+/// of the wire on each hop (in the order of its access logs) and an identified
+/// request no leg took. The record takes the events' strings instead of
+/// copying them: the events end here.
 pub(crate) fn build_record(
     call: PendingCall,
-    wire: Option<Wire>,
-    upstream_response: Option<Packet>,
+    hops: Vec<TakenHop>,
+    unassigned: Option<(Flow, Packet, Option<Packet>)>,
     directory: &Directory,
 ) -> CallRecord {
+    let primary = call.primary_hop();
     let PendingCall {
         request_id,
         mut access_logs,
+        hops: legs,
         wasm: mut wasm_events,
-        upstream,
         ..
     } = call;
-    let hops: Vec<Hop> = access_logs.iter().map(hop).collect();
-    let primary = primary_index(&access_logs);
-    let primary_reporter = primary.map(|index| hops[index].reporter.clone());
+    let mut hop_records: Vec<Hop> = access_logs
+        .iter()
+        .zip(&legs)
+        .map(|(log, legs)| hop(log, legs.direction))
+        .collect();
+    let primary_reporter = primary.map(|index| hop_records[index].reporter.clone());
     let mut log = primary.map(|index| access_logs.swap_remove(index));
+    let primary_hop = primary.and_then(|index| hops.get(index));
+    let primary_down = primary_hop.and_then(|hop| hop.downstream.as_ref());
+    let primary_up = primary_hop.and_then(|hop| hop.upstream.as_ref());
     let mut wasm = wasm_events
         .iter()
         .position(WasmPart::is_inbound)
         .or_else(|| (!wasm_events.is_empty()).then_some(0))
         .map(|index| wasm_events.swap_remove(index));
-    let upstream = upstream.into_iter().next();
     // The request line as the TC program read it: on the hop to the app, else
-    // on the wire (where a request the sidecar rejected still shows it).
-    let [wire_method, wire_path, wire_version] = upstream
-        .as_ref()
-        .and_then(|(_, request)| request_line(request))
-        .or_else(|| wire.as_ref().and_then(|wire| request_line(&wire.request)))
-        .map_or([None; 3], |line| line.map(Some));
+    // on the wire (where a request the sidecar rejected still shows it), else
+    // on a request no leg took.
+    let primary_up_request = primary_up.and_then(TakenLeg::request);
+    let primary_down_request = primary_down.and_then(TakenLeg::request);
+    let unassigned_request = unassigned.as_ref().map(|(_, request, _)| request);
+    let [wire_method, wire_path, wire_version] =
+        [primary_up_request, primary_down_request, unassigned_request]
+            .into_iter()
+            .flatten()
+            .find_map(request_line)
+            .map_or([None; 3], |line| line.map(Some));
     let protocol = first_given(log.as_mut().map(|l| &mut l.protocol), None, wire_version);
     let method = first_given(
         log.as_mut().map(|l| &mut l.method),
@@ -244,9 +350,13 @@ pub(crate) fn build_record(
         .as_ref()
         .map(|log| log.start_time_unix_nano)
         .or_else(|| wasm.as_ref().map(|w| w.time_ns))
-        .or_else(|| wire.as_ref().map(|w| w.request.time_ns))
-        .or_else(|| upstream.as_ref().map(|(_, request)| request.time_ns))
+        .or_else(|| primary_down_request.map(|request| request.time_ns))
+        .or_else(|| unassigned_request.map(|request| request.time_ns))
         .unwrap_or_default();
+    let caller_identity = log
+        .as_mut()
+        .filter(|_| primary.is_some_and(|index| legs[index].direction == Direction::Inbound))
+        .and_then(|log| log.peer_uri_sans.drain(..).next());
     let (src, dst) = match (log.as_mut(), wasm.as_mut()) {
         // The downstream address stays in the log, for the record's `als`.
         (Some(log), _) => (log.downstream_remote.clone(), log.downstream_local.take()),
@@ -254,13 +364,10 @@ pub(crate) fn build_record(
         // Seen by the TC program only (no sidecar logged it, or its entry is
         // late): the caller and the callee as the first packet shows them.
         (None, None) => {
-            let first_packet = wire
-                .as_ref()
-                .map(|wire| &wire.flow)
-                .or(upstream.as_ref().map(|(flow, _)| flow));
+            let first_packet = unassigned.as_ref().map(|(flow, _, _)| flow);
             (
-                first_packet.map(wire::source),
-                first_packet.map(wire::destination),
+                first_packet.map(Flow::source),
+                first_packet.map(Flow::destination),
             )
         }
     };
@@ -272,7 +379,12 @@ pub(crate) fn build_record(
     if wasm.is_some() {
         layers.push(Layer::Wasm);
     }
-    if wire.is_some() || upstream.is_some() {
+    let any_wire = hops
+        .iter()
+        .flat_map(|hop| [&hop.downstream, &hop.upstream])
+        .flatten()
+        .any(|leg| !matches!(leg.wire, TakenWire::None));
+    if any_wire || unassigned.is_some() {
         layers.push(Layer::Tc);
     }
 
@@ -283,52 +395,56 @@ pub(crate) fn build_record(
         .or_else(|| wasm.as_ref().map(|w| w.status))
         .or_else(|| {
             // The status line on the wire, where it was plaintext.
-            let response = upstream_response
-                .as_ref()
-                .or(wire.as_ref().and_then(|w| w.response.as_ref()));
+            let response = primary_up
+                .and_then(TakenLeg::response)
+                .or(primary_down.and_then(TakenLeg::response))
+                .or(unassigned
+                    .as_ref()
+                    .and_then(|(_, _, response)| response.as_ref()));
             response?.head.as_ref()?.status()
         })
         .unwrap_or_default();
-    let latency = log.as_ref().map(|log| {
-        latency(
-            log,
-            wire.as_ref(),
-            upstream.as_ref().map(|(_, request)| request),
-            upstream_response.as_ref(),
+    let latency = log
+        .as_ref()
+        .map(|log| latency(log, primary_down, primary_up));
+    // The id the wire showed: on the hop to the app, where the sidecar sent
+    // it in plaintext.
+    let wire_request_id = primary_up_request
+        .into_iter()
+        .chain(unassigned_request)
+        .chain(
+            hops.iter()
+                .flat_map(|hop| [&hop.downstream, &hop.upstream])
+                .flatten()
+                .filter_map(TakenLeg::request),
         )
+        .find_map(|request| request.head.as_ref()?.request_id())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let tc = primary_down.and_then(TakenLeg::record).map(|mut record| {
+        record.request_id.clone_from(&wire_request_id);
+        record
     });
-    let tc = wire.map(|wire| {
-        let Wire {
-            flow,
-            request,
-            retransmits,
-            resets,
-            ..
-        } = wire;
-        WireRecord {
-            ip_id: request.ip_id,
-            tcp_seq: request.tcp_seq,
-            payload_len: request.payload_len,
-            src: endpoint(Some(wire::source(&flow))),
-            dst: endpoint(Some(wire::destination(&flow))),
-            interface: request.interface.to_string(),
-            time: rfc3339(request.time_ns),
-            request_id: upstream
-                .as_ref()
-                .and_then(|(_, request)| request.head.as_ref()?.request_id())
-                .map(str::to_owned)
-                .unwrap_or_default(),
-            retransmits,
-            resets,
-        }
+    for (record, taken) in hop_records.iter_mut().zip(&hops) {
+        record.downstream = taken.downstream.as_ref().and_then(TakenLeg::record);
+        record.upstream = taken.upstream.as_ref().and_then(TakenLeg::record);
+    }
+    // In the order the call went: out of the caller's pod, into the called
+    // one, whatever order their entries arrived in.
+    hop_records.sort_by_key(|hop| match &*hop.direction {
+        "outbound" => 0,
+        "inbound" => 1,
+        _ => 2,
     });
 
     let request_id = Some(request_id.into_string())
-        .filter(|id| !id.starts_with(super::UNIDENTIFIED))
+        .filter(|id| !id.starts_with(UNIDENTIFIED))
         .unwrap_or_default();
+    let mut src = peer(src, time_ns, directory);
+    src.identity = caller_identity;
     CallRecord {
         time: rfc3339(time_ns),
-        src: peer(src, time_ns, directory),
+        src,
         dst: peer(dst, time_ns, directory),
         protocol,
         method,
@@ -349,7 +465,7 @@ pub(crate) fn build_record(
         auth: wasm.as_mut().and_then(WasmPart::auth_record),
         tc,
         latency,
-        hops,
+        hops: hop_records,
         als: log.map(|log| AlsRecord {
             reporter: primary_reporter.unwrap_or_default(),
             downstream: endpoint(log.downstream_remote),
@@ -399,6 +515,7 @@ fn peer(endpoint: Option<ProtoEndpoint>, at_ns: i64, directory: &Directory) -> P
             .into(),
         ip: endpoint.ip,
         port: endpoint.port,
+        identity: None,
     }
 }
 
@@ -415,12 +532,9 @@ fn endpoint(endpoint: Option<ProtoEndpoint>) -> Endpoint {
     )
 }
 
-fn latency(
-    log: &AccessLog,
-    wire: Option<&Wire>,
-    upstream: Option<&Packet>,
-    upstream_response: Option<&Packet>,
-) -> Latency {
+/// Where the time went, per the primary hop's access log and what the wire
+/// showed of its legs.
+fn latency(log: &AccessLog, downstream: Option<&TakenLeg>, upstream: Option<&TakenLeg>) -> Latency {
     let micros = |nanos: i64| nanos / 1_000;
     let total = log.last_downstream_tx_byte_ns;
     let upstream_time = if log.first_upstream_tx_byte_ns > 0 && log.last_upstream_rx_byte_ns > 0 {
@@ -428,36 +542,35 @@ fn latency(
     } else {
         0
     };
-    let between = |request: Option<&Packet>, response: Option<&Packet>| {
-        Some(micros(response?.time_ns - request?.time_ns))
+    let between = |leg: Option<&TakenLeg>| {
+        let leg = leg?;
+        Some(micros(leg.response()?.time_ns - leg.request()?.time_ns))
     };
     Latency {
         total_us: micros(total),
         upstream_us: micros(upstream_time),
         sidecar_us: micros(total.saturating_sub(upstream_time).max(0)),
-        before_sidecar_us: wire.map(|wire| micros(log.start_time_unix_nano - wire.request.time_ns)),
-        pod_wire_us: between(
-            wire.map(|w| &w.request),
-            wire.and_then(|w| w.response.as_ref()),
-        ),
-        app_wire_us: between(upstream, upstream_response),
+        before_sidecar_us: downstream
+            .and_then(TakenLeg::request)
+            .map(|request| micros(log.start_time_unix_nano - request.time_ns)),
+        pod_wire_us: between(downstream),
+        app_wire_us: between(upstream),
     }
 }
 
 /// One sidecar's view of the call.
-fn hop(log: &AccessLog) -> Hop {
-    let direction = match log.upstream_cluster.split('|').next() {
-        Some("inbound") => "inbound",
-        Some("outbound") => "outbound",
-        _ => "",
-    };
+fn hop(log: &AccessLog, direction: Direction) -> Hop {
     Hop {
         reporter: reporter(log),
-        direction: direction.into(),
+        direction: direction.as_str().into(),
         status: log.status,
         upstream_cluster: log.upstream_cluster.clone(),
         duration_us: log.last_downstream_tx_byte_ns / 1_000,
         response_flags: spell_out_flags(&log.response_flags),
+        tls_version: Some(log.tls_version.clone()).filter(|version| !version.is_empty()),
+        peer_identity: log.peer_uri_sans.first().cloned(),
+        downstream: None,
+        upstream: None,
     }
 }
 

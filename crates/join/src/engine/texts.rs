@@ -28,7 +28,7 @@ impl<const N: usize> Texts<N> {
 
     /// Fetches the text into the cache (see [`super::ahead`]).
     pub fn prefetch(&self) {
-        super::ahead::prefetch(&*self.text);
+        super::prefetch::value(&*self.text);
     }
 
     /// The `index`th string; "" past the last.

@@ -1,78 +1,25 @@
 //! What the TC program saw on the wire, indexed for the join: the starts of
-//! requests and responses by flow (a connection in one direction), and the
-//! retransmissions and resets of each connection.
+//! messages by flow, what is known of each connection (its first packet, what
+//! it speaks), and its retransmissions and resets.
 //!
 //! Each flow's message starts are kept in time order, so that finding the
-//! request before a time, or the response after one, is a binary search
-//! however many requests of a keep-alive connection wait for their access
-//! logs. What a call claims leaves the index then; what is left when it
-//! expires is what no call claimed.
+//! request before a time, or the response after one, is a search however many
+//! requests of a keep-alive connection wait for their access logs. A message a
+//! call claims is named by a [`MessageRef`], which stays valid however the
+//! queue moves, and leaves the index when the call is emitted; what is left when
+//! it expires is what no call claimed.
 
-use std::{collections::VecDeque, net::IpAddr, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
-use apitrace_proto::{Endpoint, HttpHead, TcEvent, http_head::StartLine};
+use apitrace_proto::{HttpHead, PayloadKind, TcEvent, http_head::StartLine};
 use rustc_hash::FxHashMap;
 
-use super::{CallId, texts::Texts};
-
-/// A connection in one direction: source address and port, destination
-/// address and port.
-pub(crate) type Flow = (IpAddr, u32, IpAddr, u32);
-
-pub(crate) fn flow(src: Option<&Endpoint>, dst: Option<&Endpoint>) -> Option<Flow> {
-    let (src, dst) = (src?, dst?);
-    Some((
-        src.ip.parse().ok()?,
-        src.port,
-        dst.ip.parse().ok()?,
-        dst.port,
-    ))
-}
-
-pub(crate) fn reverse(flow: &Flow) -> Flow {
-    (flow.2, flow.3, flow.0, flow.1)
-}
-
-/// Where `flow` comes from, as the records show it.
-pub(crate) fn source(flow: &Flow) -> Endpoint {
-    Endpoint::new(ip_text(flow.0), flow.1)
-}
-
-/// Where `flow` goes, as the records show it.
-pub(crate) fn destination(flow: &Flow) -> Endpoint {
-    Endpoint::new(ip_text(flow.2), flow.3)
-}
-
-/// `ip` as text, as `ip.to_string()` writes it. IPv4 by hand: `Display`
-/// goes through the formatter's machinery and takes four times as long
-/// (72 ns against 18, allocation included), twice for every record.
-fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
-    let mut text = String::with_capacity(15);
-    for (index, octet) in v4.octets().into_iter().enumerate() {
-        if index > 0 {
-            text.push('.');
-        }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
-    }
-    text
-}
+use super::{flow::Flow, legs::Leg, prefetch, texts::Texts};
 
 /// A message start as the join keeps it: what a record shows of the packet.
 /// Its addresses are its flow's, and its interface name is shared, so the
-/// event's own strings for them (and the head's `authority`, never shown) are
-/// freed as it arrives, while still in the cache, not with its call a second
-/// later; at the join's rate those late frees cost more than the rest of the
-/// work on a packet. Its HTTP head is kept apart, so that a packet fits in
-/// one cache line of its flow's queue.
+/// event's own strings for them are freed as it arrives. Its HTTP head is
+/// kept apart, so that a packet fits in one cache line of its flow's queue.
 #[derive(Debug)]
 pub(crate) struct Packet {
     pub time_ns: i64,
@@ -80,13 +27,13 @@ pub(crate) struct Packet {
     pub tcp_seq: u32,
     pub payload_len: u32,
     pub interface: Arc<str>,
-    /// The HTTP head, where the packet was plaintext.
+    /// The HTTP head, where the packet was plaintext HTTP/1.
     pub head: Option<Box<Head>>,
 }
 
 /// What a record shows of a packet's HTTP head, reduced as it arrives (see
-/// [`Texts`]): a request's is two allocations a second later, not five. A
-/// head whose start line was not captured shows nothing and is not kept.
+/// [`Texts`]). A head whose start line was not captured shows nothing and is
+/// not kept.
 #[derive(Debug)]
 pub(crate) enum Head {
     /// The method, the path, the version and the `x-request-id`, in that
@@ -143,6 +90,13 @@ impl Head {
     }
 }
 
+impl Packet {
+    /// The request line's method, if the packet starts an HTTP/1 request.
+    pub fn method(&self) -> Option<&str> {
+        Some(self.head.as_ref()?.request_line()?[0])
+    }
+}
+
 /// The interface names seen, each kept once: a pod has a few (`eth0`, `lo`)
 /// and every pod's are named alike.
 #[derive(Debug, Default)]
@@ -154,7 +108,7 @@ impl InterfaceNames {
     /// Names kept at most; a name past them is not shared.
     const CAPACITY: usize = 32;
 
-    fn get(&mut self, name: &str) -> Arc<str> {
+    pub fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(known) = self.names.iter().find(|known| ***known == *name) {
             return Arc::clone(known);
         }
@@ -184,7 +138,7 @@ impl InterfaceNames {
 /// first entries: an exponential search from the front reads those while they
 /// are in the cache, where a binary search starts in the cold middle of a
 /// queue holding a second of traffic. At worst it reads twice as many.
-fn partition_point_from_front<T>(
+pub(crate) fn partition_point_from_front<T>(
     queue: &VecDeque<T>,
     mut is_before: impl FnMut(&T) -> bool,
 ) -> usize {
@@ -205,20 +159,24 @@ fn partition_point_from_front<T>(
     low
 }
 
-/// The same connection, whichever direction it is seen from.
-fn connection(flow: &Flow) -> Flow {
-    let reversed = reverse(flow);
-    if *flow <= reversed { *flow } else { reversed }
+/// The start of a message (a request or a response) on a flow: one cache
+/// line, kept in its flow's queue.
+#[derive(Debug)]
+struct MessageStart {
+    time_ns: i64,
+    arrival_ns: i64,
+    /// Which message it is: a number no other has.
+    serial: u64,
+    packet: Packet,
 }
 
-/// The start of a message (a request or a response) on a flow: one cache
-/// line, kept in its flow's queue, so that a call reads its messages where
-/// the queue's neighbours are, not from a separate allocation each.
-#[derive(Debug)]
-pub(crate) struct MessageStart {
+/// A message start a call chose, by what never changes about it: its flow,
+/// its time and its serial number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MessageRef {
+    pub flow: Flow,
     pub time_ns: i64,
-    arrival_ns: i64,
-    pub packet: Packet,
+    serial: u64,
 }
 
 /// A retransmission or a reset on a connection.
@@ -231,6 +189,70 @@ struct Context {
     /// unclaimed, it belongs to the connection's teardown (a retransmitted
     /// FIN) or came too late for its call.
     after_a_call: bool,
+    /// A call showed it at the connection's level (rule 6): not lost.
+    shown: bool,
+}
+
+/// What a connection speaks, as its message starts show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Speaks {
+    #[default]
+    Unknown,
+    /// HTTP/1 request and status lines.
+    Http1,
+    /// TLS records or HTTP/2 frames: the wire cannot tell one call's bytes
+    /// from another's.
+    Opaque,
+}
+
+/// What is known of a connection as one pod saw it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectionInfo {
+    /// Its first packet (the SYN), when the session saw it open.
+    pub opened: Option<FirstPacket>,
+    /// When the other side accepted it (the SYN+ACK).
+    pub accepted_ns: Option<i64>,
+    pub speaks: Speaks,
+    /// When the earliest message that told what it speaks was sent.
+    speaks_since_ns: Option<i64>,
+    /// Whether it was TLS, when `speaks` is opaque.
+    pub tls: bool,
+    /// The interface that saw it.
+    pub interface: Option<Arc<str>>,
+    /// When its last event arrived.
+    last_arrival_ns: i64,
+}
+
+/// A connection's SYN.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FirstPacket {
+    pub time_ns: i64,
+    pub ip_id: u32,
+    pub tcp_seq: u32,
+}
+
+impl ConnectionInfo {
+    /// Both halves of a connection the pod's iptables redirected are known
+    /// under their own keys (see [`super::legs::HopLegs::of`]): what each knows.
+    fn merge(self, other: Self) -> Self {
+        let speaks = match (self.speaks, other.speaks) {
+            (Speaks::Opaque, _) | (_, Speaks::Opaque) => Speaks::Opaque,
+            (Speaks::Http1, _) | (_, Speaks::Http1) => Speaks::Http1,
+            _ => Speaks::Unknown,
+        };
+        Self {
+            opened: self.opened.or(other.opened),
+            accepted_ns: self.accepted_ns.or(other.accepted_ns),
+            speaks,
+            speaks_since_ns: match (self.speaks_since_ns, other.speaks_since_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            tls: self.tls || other.tls,
+            interface: self.interface.or(other.interface),
+            last_arrival_ns: self.last_arrival_ns.max(other.last_arrival_ns),
+        }
+    }
 }
 
 /// What [`WireIndex::expire`] forgot.
@@ -240,6 +262,9 @@ pub(crate) struct Expired {
     pub unmatched: u64,
     /// Context that came after a call on its connection was emitted.
     pub after_a_call: u64,
+    /// Message starts on encrypted or multiplexed connections that calls
+    /// were given at the connection's level.
+    pub connection_level: u64,
 }
 
 /// Expiry sweeps the index, and does not queue each arrival: what a call
@@ -251,6 +276,10 @@ pub(crate) struct WireIndex {
     /// Message starts by flow, in time order. Calls claim them mostly from
     /// the front.
     messages: FxHashMap<Flow, VecDeque<MessageStart>>,
+    /// The serial number of the next message start.
+    next_serial: u64,
+    /// What is known of each connection, by [`Flow::connection`].
+    connections: FxHashMap<Flow, ConnectionInfo>,
     /// Retransmissions and resets by connection.
     context: FxHashMap<Flow, Vec<Context>>,
     /// Connections a call claimed wire events from, and when it last did.
@@ -261,29 +290,14 @@ pub(crate) struct WireIndex {
     next_sweep_ns: i64,
 }
 
-/// A message start chosen for a call, and where to find it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pick {
-    pub flow: Flow,
-    pub index: usize,
-}
-
-/// A request start on the pod's interface and the start of its response.
+/// A request start on a leg and the start of its response (rule 4).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Exchange {
-    pub request: Pick,
-    pub request_ns: i64,
-    pub response: Option<Pick>,
+    pub request: MessageRef,
+    pub response: Option<MessageRef>,
     /// When the connection's next request started: the end of the call's
     /// share of the connection's retransmissions and resets.
     pub next_request_ns: i64,
-}
-
-impl Exchange {
-    /// Whether taking this exchange shifts the messages of `flow`.
-    pub fn touches(&self, flow: &Flow) -> bool {
-        self.request.flow == *flow || self.response.is_some_and(|pick| pick.flow == *flow)
-    }
 }
 
 impl WireIndex {
@@ -292,6 +306,8 @@ impl WireIndex {
     pub fn new(sweep_every_ns: i64) -> Self {
         Self {
             messages: FxHashMap::default(),
+            next_serial: 0,
+            connections: FxHashMap::default(),
             context: FxHashMap::default(),
             claimed: FxHashMap::default(),
             sweep_every_ns,
@@ -299,14 +315,46 @@ impl WireIndex {
         }
     }
 
-    pub fn add_message(&mut self, flow: Flow, packet: Packet, arrival_ns: i64) {
+    /// Files a message start, and learns from it what its connection speaks.
+    pub fn add_message(
+        &mut self,
+        flow: Flow,
+        packet: Packet,
+        payload: PayloadKind,
+        arrival_ns: i64,
+    ) {
+        let connection = self.connections.entry(flow.connection()).or_default();
+        connection.last_arrival_ns = arrival_ns;
+        if connection.interface.is_none() {
+            connection.interface = Some(Arc::clone(&packet.interface));
+        }
+        let speaks = match payload {
+            PayloadKind::Http1 => Speaks::Http1,
+            PayloadKind::Tls | PayloadKind::Http2 => Speaks::Opaque,
+            _ => Speaks::Unknown,
+        };
+        // What a connection speaks is learnt once; an opaque message is
+        // proof enough that nothing on it can be read per call.
+        if speaks != Speaks::Unknown
+            && (speaks == Speaks::Opaque || connection.speaks == Speaks::Unknown)
+        {
+            connection.speaks = speaks;
+            connection.tls |= payload == PayloadKind::Tls;
+            connection.speaks_since_ns = Some(
+                connection
+                    .speaks_since_ns
+                    .map_or(packet.time_ns, |since| since.min(packet.time_ns)),
+            );
+        }
         let messages = self.messages.entry(flow).or_default();
         let time_ns = packet.time_ns;
         let message = MessageStart {
             time_ns,
             arrival_ns,
+            serial: self.next_serial,
             packet,
         };
+        self.next_serial += 1;
         // Usually the latest: a push, without searching a queue that has not
         // been touched since the connection's previous message.
         if messages.back().is_none_or(|last| last.time_ns <= time_ns) {
@@ -317,41 +365,114 @@ impl WireIndex {
         }
     }
 
+    /// A SYN (`accepted` false) or a SYN+ACK on `flow`, seen on `interface`.
+    pub fn add_handshake(
+        &mut self,
+        flow: &Flow,
+        packet: &TcEvent,
+        interface: Arc<str>,
+        accepted: bool,
+        arrival_ns: i64,
+    ) {
+        let connection = self.connections.entry(flow.connection()).or_default();
+        connection.last_arrival_ns = arrival_ns;
+        connection.interface = Some(interface);
+        if accepted {
+            connection.accepted_ns = Some(packet.time_unix_nano);
+        } else {
+            let opened_ns = packet.time_unix_nano;
+            // A new connection on this tuple: what an earlier one spoke is
+            // not what this one will. What was learnt after the SYN is this
+            // connection's, whichever arrived first.
+            if connection
+                .speaks_since_ns
+                .is_some_and(|since| since < opened_ns)
+            {
+                connection.speaks = Speaks::Unknown;
+                connection.tls = false;
+                connection.speaks_since_ns = None;
+            }
+            connection.accepted_ns = connection
+                .accepted_ns
+                .filter(|&accepted| accepted >= opened_ns);
+            connection.opened = Some(FirstPacket {
+                time_ns: opened_ns,
+                ip_id: packet.ip_id,
+                tcp_seq: packet.tcp_seq,
+            });
+        }
+    }
+
     /// Fetches the front of `flow`'s queue into the cache (see
     /// [`super::ahead`]).
     pub fn prefetch_front(&self, flow: &Flow) {
-        super::ahead::prefetch_front(self.messages.get(flow));
+        prefetch::front(self.messages.get(flow));
     }
 
     pub fn add_context(&mut self, flow: &Flow, time_ns: i64, reset: bool, arrival_ns: i64) {
-        let connection = connection(flow);
+        let connection = flow.connection();
         let after_a_call = self.claimed.contains_key(&connection);
         self.context.entry(connection).or_default().push(Context {
             time_ns,
             arrival_ns,
             reset,
             after_a_call,
+            shown: false,
         });
     }
 
-    /// The exchange on `flow` of a call the sidecar started at `start_ns`:
-    /// the last request start at or before it (within `tolerance_ns`), unless
-    /// its response started before `start_ns`. Then that exchange ended before
-    /// this call began: it was an earlier request's, and this call's request
-    /// start has not arrived (events come in any order).
-    pub fn find_exchange(&self, flow: &Flow, start_ns: i64, tolerance_ns: i64) -> Option<Exchange> {
-        let limit = start_ns.saturating_add(tolerance_ns);
-        let messages = self.messages.get(flow)?;
+    /// What `leg`'s connection speaks, if the session has seen it.
+    pub fn speaks(&self, leg: &Leg) -> Option<Speaks> {
+        let get = |flow: &Flow| {
+            self.connections
+                .get(&flow.connection())
+                .map(|info| info.speaks)
+        };
+        match (get(&leg.request), get(&leg.response)) {
+            (Some(Speaks::Opaque), _) | (_, Some(Speaks::Opaque)) => Some(Speaks::Opaque),
+            (Some(a), Some(b)) => Some(if a == Speaks::Unknown { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What is known of `leg`'s connection.
+    pub fn connection(&self, leg: &Leg) -> Option<ConnectionInfo> {
+        let get = |flow: &Flow| self.connections.get(&flow.connection()).cloned();
+        match (get(&leg.request), get(&leg.response)) {
+            (Some(a), Some(b)) if leg.request.connection() != leg.response.connection() => {
+                Some(a.merge(b))
+            }
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        }
+    }
+
+    /// The exchange of a call on `leg` (rule 4): the last request start on
+    /// the leg's request flow at or before the sidecar read it (within
+    /// `tolerance_ns`), if it is an HTTP/1 request with the call's `method`
+    /// (or, for a call the sidecar logged without one, not HTTP either) and
+    /// its response did not start before the sidecar read the request.
+    /// Otherwise that exchange ended before this call began (it was an
+    /// earlier request's, and this call's request start has not arrived:
+    /// events come in any order), or it is not this call's request.
+    pub fn find_exchange(&self, leg: &Leg, method: &str, tolerance_ns: i64) -> Option<Exchange> {
+        let limit = leg.at_ns.saturating_add(tolerance_ns);
+        let messages = self.messages.get(&leg.request)?;
         let index = partition_point_from_front(messages, |message| message.time_ns <= limit)
             .checked_sub(1)?;
-        let request_ns = messages[index].time_ns;
-        let reversed = reverse(flow);
-        // The first message the other side sent after the request.
-        let reply = self.messages.get(&reversed).and_then(|replies| {
-            let index = partition_point_from_front(replies, |message| message.time_ns < request_ns);
-            Some((index, replies.get(index)?.time_ns))
-        });
-        if reply.is_some_and(|(_, reply_ns)| reply_ns < start_ns) {
+        let request = &messages[index];
+        // A request the sidecar could not read (it logged no method) is not
+        // one the probe could read either.
+        let is_the_calls = match request.packet.method() {
+            Some(seen) => method.is_empty() || seen == method,
+            None => method.is_empty(),
+        };
+        if !is_the_calls {
+            return None;
+        }
+        let request_ns = request.time_ns;
+        let reply = self.first_after(&leg.response, request_ns);
+        if reply.is_some_and(|reply| reply.time_ns < leg.at_ns) {
             return None;
         }
         // HTTP/1.1 on one connection answers a request before the next one is
@@ -364,41 +485,60 @@ impl WireIndex {
             .find(|&time_ns| time_ns > request_ns)
             .unwrap_or(i64::MAX);
         Some(Exchange {
-            request: Pick { flow: *flow, index },
-            request_ns,
-            response: reply
-                .filter(|&(_, reply_ns)| reply_ns <= next_request_ns)
-                .map(|(index, _)| Pick {
-                    flow: reversed,
-                    index,
-                }),
+            request: MessageRef {
+                flow: leg.request,
+                time_ns: request_ns,
+                serial: request.serial,
+            },
+            response: reply.filter(|reply| reply.time_ns <= next_request_ns),
             next_request_ns,
         })
     }
 
-    /// The first message the other side sent after the request that started
-    /// on `request_flow` at `request_ns`, and no later than `until_ns`: the
-    /// start of its response. The bound keeps a later exchange's response from
-    /// being taken when this one's has not arrived.
+    /// The first message start on `flow` at or after `time_ns`.
+    fn first_after(&self, flow: &Flow, time_ns: i64) -> Option<MessageRef> {
+        let messages = self.messages.get(flow)?;
+        let index = partition_point_from_front(messages, |message| message.time_ns < time_ns);
+        let first = messages.get(index)?;
+        Some(MessageRef {
+            flow: *flow,
+            time_ns: first.time_ns,
+            serial: first.serial,
+        })
+    }
+
+    /// The first message on `response_flow` after a request that started at
+    /// `request_ns`, and no later than `until_ns`: the start of its response
+    /// (rule 5). The bound keeps a later exchange's response from being taken
+    /// when this one's has not arrived.
     pub fn find_response(
         &self,
-        request_flow: &Flow,
+        response_flow: &Flow,
         request_ns: i64,
         until_ns: i64,
-    ) -> Option<Pick> {
-        let flow = reverse(request_flow);
-        let messages = self.messages.get(&flow)?;
-        let index = partition_point_from_front(messages, |message| message.time_ns < request_ns);
-        let first = messages.get(index)?;
-        (first.time_ns <= until_ns).then_some(Pick { flow, index })
+    ) -> Option<MessageRef> {
+        self.first_after(response_flow, request_ns)
+            .filter(|first| first.time_ns <= until_ns)
+    }
+
+    /// When the first message on `flow` after `time_ns` started.
+    pub fn next_after(&self, flow: &Flow, time_ns: i64) -> Option<i64> {
+        let messages = self.messages.get(flow)?;
+        let index = partition_point_from_front(messages, |message| message.time_ns <= time_ns);
+        messages.get(index).map(|message| message.time_ns)
     }
 
     /// Takes a message out of the index (a call claimed it).
-    pub fn take(&mut self, pick: Pick) -> Option<Packet> {
-        let messages = self.messages.get_mut(&pick.flow)?;
-        let taken = messages.remove(pick.index)?;
+    pub fn take(&mut self, message: MessageRef) -> Option<Packet> {
+        let messages = self.messages.get_mut(&message.flow)?;
+        let from = partition_point_from_front(messages, |queued| queued.time_ns < message.time_ns);
+        let offset = messages
+            .range(from..)
+            .take_while(|queued| queued.time_ns == message.time_ns)
+            .position(|queued| queued.serial == message.serial)?;
+        let taken = messages.remove(from + offset)?;
         if messages.is_empty() {
-            self.messages.remove(&pick.flow);
+            self.messages.remove(&message.flow);
         }
         Some(taken.packet)
     }
@@ -413,7 +553,7 @@ impl WireIndex {
         until_ns: i64,
         now_ns: i64,
     ) -> (u32, u32) {
-        let connection = connection(flow);
+        let connection = flow.connection();
         self.claimed.insert(connection, now_ns);
         let Some(events) = self.context.get_mut(&connection) else {
             return (0, 0);
@@ -436,6 +576,40 @@ impl WireIndex {
         (retransmits, resets)
     }
 
+    /// The retransmissions and resets of `leg`'s connection from `from_ns` to
+    /// `until_ns`, left for the other calls on it: on an encrypted or
+    /// multiplexed connection, what the wire saw while a call ran may be
+    /// another call's too (rule 6).
+    pub fn count_context(
+        &mut self,
+        leg: &Leg,
+        from_ns: i64,
+        until_ns: i64,
+        now_ns: i64,
+    ) -> (u32, u32) {
+        let mut connections = [leg.request.connection(), leg.response.connection()];
+        let distinct = if connections[0] == connections[1] {
+            1
+        } else {
+            2
+        };
+        let (mut retransmits, mut resets) = (0, 0);
+        for connection in &mut connections[..distinct] {
+            self.claimed.insert(*connection, now_ns);
+            for event in self.context.get_mut(connection).into_iter().flatten() {
+                if (from_ns..=until_ns).contains(&event.time_ns) {
+                    event.shown = true;
+                    if event.reset {
+                        resets += 1;
+                    } else {
+                        retransmits += 1;
+                    }
+                }
+            }
+        }
+        (retransmits, resets)
+    }
+
     /// Forgets what arrived at or before `cutoff_ns` and nobody claimed, if a
     /// sweep is due.
     pub fn expire(&mut self, cutoff_ns: i64) -> Expired {
@@ -444,26 +618,36 @@ impl WireIndex {
             return expired;
         }
         self.next_sweep_ns = cutoff_ns.saturating_add(self.sweep_every_ns);
+        let connections = &self.connections;
         // A flow's queue is in time order, which is arrival order but for
         // events arriving out of order (from several probes): a message that
         // arrives late with an earlier time goes in front of earlier
         // arrivals, which then wait for it to expire, by as long as it came
         // after them. Reading only the fronts keeps a sweep from reading
         // every message held.
-        self.messages.retain(|_, messages| {
+        self.messages.retain(|flow, messages| {
+            let opaque = connections
+                .get(&flow.connection())
+                .is_some_and(|connection| connection.speaks == Speaks::Opaque);
             while messages
                 .front()
                 .is_some_and(|message| message.arrival_ns <= cutoff_ns)
             {
                 messages.pop_front();
-                expired.unmatched += 1;
+                if opaque {
+                    expired.connection_level += 1;
+                } else {
+                    expired.unmatched += 1;
+                }
             }
             !messages.is_empty()
         });
         self.context.retain(|_, events| {
             events.retain(|event| {
                 let old = event.arrival_ns <= cutoff_ns;
-                if old && event.after_a_call {
+                if old && event.shown {
+                    // Some call's record has it.
+                } else if old && event.after_a_call {
                     expired.after_a_call += 1;
                 } else if old {
                     expired.unmatched += 1;
@@ -473,21 +657,23 @@ impl WireIndex {
             !events.is_empty()
         });
         self.claimed.retain(|_, at| *at > cutoff_ns);
+        self.connections
+            .retain(|_, connection| connection.last_arrival_ns > cutoff_ns);
         expired
     }
 }
 
-/// The sidecar's plaintext requests to the app (with their `x-request-id`) of
-/// the open calls, by flow, in time order. The sidecar pools its connections
-/// to the app, so one carries many calls, one after the other.
+/// The requests carrying a call's `x-request-id` (rule 1), by flow, in time
+/// order: the sidecar pools its connections to the app, so one carries many
+/// calls, one after the other.
 #[derive(Debug, Default)]
-pub(crate) struct UpstreamIndex {
+pub(crate) struct IdentifiedRequests {
     /// A queue: calls are mostly emitted oldest first.
-    requests: FxHashMap<Flow, VecDeque<(i64, CallId)>>,
+    requests: FxHashMap<Flow, VecDeque<(i64, super::calls::CallId)>>,
 }
 
-impl UpstreamIndex {
-    pub fn add(&mut self, flow: Flow, time_ns: i64, id: CallId) {
+impl IdentifiedRequests {
+    pub fn add(&mut self, flow: Flow, time_ns: i64, id: super::calls::CallId) {
         let requests = self.requests.entry(flow).or_default();
         if requests.back().is_none_or(|(last, _)| *last <= time_ns) {
             requests.push_back((time_ns, id));
@@ -497,7 +683,7 @@ impl UpstreamIndex {
         }
     }
 
-    pub fn remove(&mut self, flow: &Flow, time_ns: i64, id: CallId) {
+    pub fn remove(&mut self, flow: &Flow, time_ns: i64, id: super::calls::CallId) {
         let Some(requests) = self.requests.get_mut(flow) else {
             return;
         };
@@ -517,12 +703,12 @@ impl UpstreamIndex {
     /// Fetches the front of `flow`'s queue into the cache (see
     /// [`super::ahead`]).
     pub fn prefetch_front(&self, flow: &Flow) {
-        super::ahead::prefetch_front(self.requests.get(flow));
+        prefetch::front(self.requests.get(flow));
     }
 
     /// The call whose request on `flow` went last at or before `time_ns`: the
     /// one a response seen then answers.
-    pub fn last_before(&self, flow: &Flow, time_ns: i64) -> Option<&CallId> {
+    pub fn last_before(&self, flow: &Flow, time_ns: i64) -> Option<&super::calls::CallId> {
         let requests = self.requests.get(flow)?;
         // Mostly the response to the latest request.
         if let Some((time, id)) = requests.back()
@@ -546,19 +732,11 @@ impl UpstreamIndex {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use apitrace_proto::{RequestLine, StatusLine};
 
-    use super::*;
-
-    #[test]
-    fn other_addresses_are_written_as_the_standard_library_writes_them() {
-        for text in ["::1", "fd00::14", "::ffff:10.0.0.7"] {
-            let ip: IpAddr = text.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
-        }
-    }
+    use super::{super::flow::PodIx, *};
 
     #[test]
     fn a_reduced_response_head_keeps_its_status_and_no_request_line() {
@@ -595,9 +773,15 @@ mod tests {
 
     const SWEEP_EVERY: i64 = 10;
 
-    fn test_flow(port: u32) -> Flow {
+    fn test_flow(port: u16) -> Flow {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        (ip, port, ip, 80)
+        Flow {
+            pod: PodIx::default(),
+            src: ip,
+            src_port: port,
+            dst: ip,
+            dst_port: 80,
+        }
     }
 
     fn packet_at(time_ns: i64) -> Packet {
@@ -623,10 +807,10 @@ mod tests {
     #[test]
     fn an_unclaimed_message_is_forgotten_within_a_sweep_of_its_cutoff() {
         let mut index = WireIndex::new(SWEEP_EVERY);
-        index.add_message(test_flow(1), packet_at(100), 5);
+        index.add_message(test_flow(1), packet_at(100), PayloadKind::Other, 5);
         // Claimed: never counted.
-        index.add_message(test_flow(2), packet_at(100), 7);
-        let claimed = index.find_response(&reverse(&test_flow(2)), 0, i64::MAX);
+        index.add_message(test_flow(2), packet_at(100), PayloadKind::Other, 7);
+        let claimed = index.find_response(&test_flow(2), 0, i64::MAX);
         assert!(index.take(claimed.unwrap()).is_some());
         let forgotten = sweep_every_cutoff(&mut index);
         let [(at, expired)] = &forgotten[..] else {
@@ -643,7 +827,7 @@ mod tests {
         // Before the claim: a retransmission outside the claimed exchange.
         index.add_context(&flow, 500, false, 3);
         assert_eq!(index.take_context(&flow, 0, 100, 4), (0, 0));
-        index.add_context(&reverse(&flow), 600, true, 20);
+        index.add_context(&flow.reverse(), 600, true, 20);
         let forgotten = sweep_every_cutoff(&mut index);
         let total = forgotten
             .iter()
@@ -660,14 +844,47 @@ mod tests {
     fn a_message_waiting_behind_a_later_arrival_goes_with_it() {
         let mut index = WireIndex::new(SWEEP_EVERY);
         let flow = test_flow(1);
-        index.add_message(flow, packet_at(200), 2);
-        index.add_message(flow, packet_at(100), 30);
+        index.add_message(flow, packet_at(200), PayloadKind::Other, 2);
+        index.add_message(flow, packet_at(100), PayloadKind::Other, 30);
         let forgotten = sweep_every_cutoff(&mut index);
         let [(at, expired)] = &forgotten[..] else {
             panic!("forgotten together, not {forgotten:?}");
         };
         assert!((30..=30 + SWEEP_EVERY).contains(at), "{at}");
         assert_eq!(expired.unmatched, 2);
+    }
+
+    /// A message a call chose stays the one it chose when others are taken
+    /// from its queue first.
+    #[test]
+    fn a_chosen_message_is_taken_whatever_left_its_queue_before() {
+        let mut index = WireIndex::new(SWEEP_EVERY);
+        let flow = test_flow(1);
+        for time in [100, 200, 300] {
+            index.add_message(flow, packet_at(time), PayloadKind::Other, 1);
+        }
+        let third = index.find_response(&flow, 250, i64::MAX).unwrap();
+        let first = index.find_response(&flow, 0, i64::MAX).unwrap();
+        assert_eq!(index.take(first).map(|packet| packet.time_ns), Some(100));
+        assert_eq!(index.take(third).map(|packet| packet.time_ns), Some(300));
+        assert!(index.take(third).is_none(), "taken once");
+    }
+
+    /// What nobody could take at request level on a TLS connection is not
+    /// lost: it is counted apart.
+    #[test]
+    fn messages_of_opaque_connections_expire_as_connection_level() {
+        let mut index = WireIndex::new(SWEEP_EVERY);
+        index.add_message(test_flow(1), packet_at(100), PayloadKind::Tls, 1);
+        index.add_message(
+            test_flow(1).reverse(),
+            packet_at(150),
+            PayloadKind::Other,
+            1,
+        );
+        index.add_message(test_flow(2), packet_at(100), PayloadKind::Http1, 1);
+        let expired = index.expire(60);
+        assert_eq!((expired.connection_level, expired.unmatched), (2, 1));
     }
 
     proptest::proptest! {
@@ -699,13 +916,6 @@ mod tests {
                 Some(request_id.as_str()).filter(|id| !id.is_empty())
             );
             proptest::prop_assert_eq!(head.status(), None);
-        }
-
-        /// Every IPv4 address is written as the standard library writes it.
-        #[test]
-        fn ipv4_addresses_are_written_as_the_standard_library_writes_them(bits: u32) {
-            let ip = IpAddr::V4(Ipv4Addr::from(bits));
-            proptest::prop_assert_eq!(ip_text(ip), ip.to_string());
         }
 
         /// The search from the front finds what a binary search finds, at
