@@ -174,8 +174,9 @@ pub struct WireRecord {
     pub payload_len: Option<u32>,
     pub src: Endpoint,
     pub dst: Endpoint,
-    /// The pod interface that saw it (`eth0`, `lo`).
-    pub interface: String,
+    /// The pod interface that saw it (`eth0`, `lo`). Shared: a pod has a
+    /// few.
+    pub interface: Arc<str>,
     /// When the TC program saw that packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
@@ -209,7 +210,8 @@ pub enum WireScope {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub ip: String,
+    /// Shared: a connection's records name the same addresses.
+    pub ip: Arc<str>,
     pub port: u32,
 }
 

@@ -112,7 +112,7 @@ const COLUMNS: &[Column] = &[
         wide_only: true,
         ..column("SEEN ON", 7, None, |r| {
             r.request_packet()
-                .map_or_else(dash, |wire| wire.interface.clone())
+                .map_or_else(dash, |wire| wire.interface.to_string())
         })
     },
     Column {

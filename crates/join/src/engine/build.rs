@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{
     calls::{PendingCall, UNIDENTIFIED},
-    flow::Flow,
+    flow::{Flow, IpTexts},
     legs::{Direction, Leg},
     texts::Texts,
     wire::{ConnectionInfo, Packet},
@@ -46,8 +46,6 @@ pub(crate) enum TakenWire {
 pub(crate) struct TakenLeg {
     pub leg: Leg,
     pub wire: TakenWire,
-    /// What is known of its connection, whatever was taken.
-    pub connection: Option<ConnectionInfo>,
 }
 
 impl TakenLeg {
@@ -66,9 +64,16 @@ impl TakenLeg {
     }
 
     /// What a record shows of the leg; `None` when the wire showed nothing.
-    fn record(&self) -> Option<WireRecord> {
+    fn record(&self, ips: &mut IpTexts) -> Option<WireRecord> {
         let flow = &self.leg.request;
-        let tls = self.connection.as_ref().is_some_and(|info| info.tls);
+        let src = Endpoint {
+            ip: ips.get(flow.src),
+            port: u32::from(flow.src_port),
+        };
+        let dst = Endpoint {
+            ip: ips.get(flow.dst),
+            port: u32::from(flow.dst_port),
+        };
         match &self.wire {
             TakenWire::None => None,
             TakenWire::Request {
@@ -80,9 +85,9 @@ impl TakenLeg {
                 ip_id: Some(request.ip_id),
                 tcp_seq: Some(request.tcp_seq),
                 payload_len: Some(request.payload_len),
-                src: endpoint(Some(flow.source())),
-                dst: endpoint(Some(flow.destination())),
-                interface: request.interface.to_string(),
+                src,
+                dst,
+                interface: Arc::clone(&request.interface),
                 time: Some(rfc3339(request.time_ns)),
                 request_id: request
                     .head
@@ -93,7 +98,8 @@ impl TakenLeg {
                 retransmits: *retransmits,
                 resets: *resets,
                 scope: WireScope::Request,
-                tls,
+                // A request the wire could read was not encrypted.
+                tls: false,
                 handshake_us: None,
             }),
             TakenWire::Connection {
@@ -104,15 +110,15 @@ impl TakenLeg {
                 ip_id: info.opened.map(|first| first.ip_id),
                 tcp_seq: info.opened.map(|first| first.tcp_seq),
                 payload_len: None,
-                src: endpoint(Some(flow.source())),
-                dst: endpoint(Some(flow.destination())),
-                interface: info.interface.as_deref().unwrap_or_default().to_owned(),
+                src,
+                dst,
+                interface: info.interface.clone().unwrap_or_else(|| Arc::from("")),
                 time: info.opened.map(|first| rfc3339(first.time_ns)),
                 request_id: String::new(),
                 retransmits: *retransmits,
                 resets: *resets,
                 scope: WireScope::Connection,
-                tls,
+                tls: info.tls,
                 handshake_us: info
                     .opened
                     .zip(info.accepted_ns)
@@ -298,6 +304,7 @@ pub(crate) fn build_record(
     hops: Vec<TakenHop>,
     unassigned: Option<(Flow, Packet, Option<Packet>)>,
     directory: &Directory,
+    ips: &mut IpTexts,
 ) -> CallRecord {
     let primary = call.primary_hop();
     let PendingCall {
@@ -421,13 +428,15 @@ pub(crate) fn build_record(
         .find_map(|request| request.head.as_ref()?.request_id())
         .map(str::to_owned)
         .unwrap_or_default();
-    let tc = primary_down.and_then(TakenLeg::record).map(|mut record| {
-        record.request_id.clone_from(&wire_request_id);
-        record
-    });
+    let tc = primary_down
+        .and_then(|leg| leg.record(ips))
+        .map(|mut record| {
+            record.request_id.clone_from(&wire_request_id);
+            record
+        });
     for (record, taken) in hop_records.iter_mut().zip(&hops) {
-        record.downstream = taken.downstream.as_ref().and_then(TakenLeg::record);
-        record.upstream = taken.upstream.as_ref().and_then(TakenLeg::record);
+        record.downstream = taken.downstream.as_ref().and_then(|leg| leg.record(ips));
+        record.upstream = taken.upstream.as_ref().and_then(|leg| leg.record(ips));
     }
     // In the order the call went: out of the caller's pod, into the called
     // one, whatever order their entries arrived in.
@@ -522,11 +531,11 @@ fn peer(endpoint: Option<ProtoEndpoint>, at_ns: i64, directory: &Directory) -> P
 fn endpoint(endpoint: Option<ProtoEndpoint>) -> Endpoint {
     endpoint.map_or(
         Endpoint {
-            ip: String::new(),
+            ip: Arc::from(""),
             port: 0,
         },
         |e| Endpoint {
-            ip: e.ip,
+            ip: e.ip.into(),
             port: e.port,
         },
     )

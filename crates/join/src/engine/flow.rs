@@ -6,14 +6,17 @@
 //! connection as one pod saw it, and a pod is known by a small number
 //! ([`PodIx`]) rather than by its name, so that keys stay cheap to hash.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use apitrace_proto::{Endpoint, PodRef};
 use rustc_hash::FxHashMap;
 
 /// A pod that reported events, by the order it was first seen in. The
 /// unknown pod (an event that names none) is a pod of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) struct PodIx(u16);
 
 /// The pods seen, each given a [`PodIx`].
@@ -61,7 +64,7 @@ impl Pods {
 
 /// One direction of a connection, as `pod` saw it: source address and port,
 /// destination address and port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Flow {
     pub pod: PodIx,
     pub src: IpAddr,
@@ -95,10 +98,15 @@ impl Flow {
         }
     }
 
-    /// The same connection whichever direction it is seen from.
+    /// The same connection whichever direction it is seen from: the flow
+    /// whose source sorts first, by port and then address, so that mostly
+    /// one comparison of two numbers decides.
     pub fn connection(&self) -> Self {
-        let reversed = self.reverse();
-        if *self <= reversed { *self } else { reversed }
+        if (self.src_port, self.src) <= (self.dst_port, self.dst) {
+            *self
+        } else {
+            self.reverse()
+        }
     }
 
     /// The same flow to `port` on the loopback address of the source's
@@ -124,6 +132,30 @@ impl Flow {
     /// Where the flow goes, as the records show it.
     pub fn destination(&self) -> Endpoint {
         Endpoint::new(ip_text(self.dst), u32::from(self.dst_port))
+    }
+}
+
+/// Addresses as the records write them, each written once: a session's
+/// records name the same few pods again and again.
+#[derive(Debug, Default)]
+pub(crate) struct IpTexts {
+    texts: FxHashMap<IpAddr, Arc<str>>,
+}
+
+impl IpTexts {
+    /// Addresses kept at most; past them, the cache starts over.
+    const CAPACITY: usize = 4096;
+
+    pub fn get(&mut self, ip: IpAddr) -> Arc<str> {
+        if let Some(text) = self.texts.get(&ip) {
+            return Arc::clone(text);
+        }
+        if self.texts.len() >= Self::CAPACITY {
+            self.texts.clear();
+        }
+        let text: Arc<str> = ip_text(ip).into();
+        self.texts.insert(ip, Arc::clone(&text));
+        text
     }
 }
 

@@ -68,6 +68,7 @@ use std::{collections::VecDeque, net::IpAddr};
 use apitrace_proto::{AccessLog, Event, PayloadKind, TcEvent, TcKind, event::Kind};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::{
     directory::{Directory, Workload, WorkloadKind},
@@ -75,7 +76,7 @@ use crate::{
 };
 use build::{JsonMemo, TakenHop, TakenLeg, TakenWire, WasmPart, build_record};
 use calls::{CallId, Calls, PendingCall, push_exact, unidentified_call_key};
-use flow::{Flow, Pods};
+use flow::{Flow, IpTexts, Pods};
 use legs::{Direction, HopLegs, Leg};
 use wire::{Exchange, IdentifiedRequests, InterfaceNames, MessageRef, Speaks, WireIndex};
 
@@ -205,6 +206,7 @@ pub struct Joiner {
     /// Open calls by their identified requests (rule 3).
     identified: IdentifiedRequests,
     json: JsonMemo,
+    ip_texts: IpTexts,
     stats: JoinStats,
 }
 
@@ -221,6 +223,7 @@ impl Joiner {
             awaiting_wire: FxHashMap::default(),
             identified: IdentifiedRequests::default(),
             json: JsonMemo::default(),
+            ip_texts: IpTexts::default(),
             stats: JoinStats::default(),
         }
     }
@@ -427,7 +430,7 @@ impl Joiner {
 
     /// What `call` would take of the wire if it were emitted now.
     fn claims(&self, call: &PendingCall) -> Claims {
-        let mut assigned = vec![false; call.identified.len()];
+        let mut assigned = Assigned::default();
         let hops = call
             .hops
             .iter()
@@ -445,10 +448,12 @@ impl Joiner {
             .collect();
         // An identified request no leg took (its hop's access log has not
         // come, or never will): the call's wire as far as it goes.
-        let unassigned = assigned.iter().position(|taken| !taken).map(|index| {
-            let (flow, packet) = &call.identified[index];
-            (index, self.identified_response(flow, packet.time_ns))
-        });
+        let unassigned = (0..call.identified.len())
+            .find(|&index| !assigned.has(index))
+            .map(|index| {
+                let (flow, packet) = &call.identified[index];
+                (index, self.identified_response(flow, packet.time_ns))
+            });
         Claims { hops, unassigned }
     }
 
@@ -459,15 +464,15 @@ impl Joiner {
         leg: &Leg,
         method: &str,
         http1: bool,
-        assigned: &mut [bool],
+        assigned: &mut Assigned,
     ) -> LegClaim {
         let identified = call
             .identified
             .iter()
             .enumerate()
-            .find(|(index, (flow, _))| !assigned[*index] && *flow == leg.request);
+            .find(|(index, (flow, _))| !assigned.has(*index) && *flow == leg.request);
         if let Some((index, (flow, packet))) = identified {
-            assigned[index] = true;
+            assigned.take(index);
             let response = self.identified_response(flow, packet.time_ns);
             return LegClaim::Identified { index, response };
         }
@@ -643,7 +648,13 @@ impl Joiner {
         } else {
             self.stats.partial += 1;
         }
-        Some(build_record(call, hops, unassigned, &self.directory))
+        Some(build_record(
+            call,
+            hops,
+            unassigned,
+            &self.directory,
+            &mut self.ip_texts,
+        ))
     }
 
     /// Takes what `claim` gives `leg` of the wire (rules 5 to 7). The call ran
@@ -688,12 +699,7 @@ impl Joiner {
             }
             LegClaim::NoLeg | LegClaim::NotSeen => TakenWire::None,
         };
-        let connection = self.wire.connection(&leg);
-        TakenLeg {
-            leg,
-            wire,
-            connection,
-        }
+        TakenLeg { leg, wire }
     }
 
     /// Takes a request start, its response start, and the retransmissions and
@@ -771,12 +777,29 @@ fn call_start_ns(call: &PendingCall) -> Option<i64> {
     logs.chain(wasm).chain(wire).filter(|&at| at > 0).min()
 }
 
+/// Which of a call's identified requests a leg took: a bit each. A call has
+/// one or two; any past the 64th is never given to a leg.
+#[derive(Debug, Default)]
+struct Assigned(u64);
+
+impl Assigned {
+    fn has(&self, index: usize) -> bool {
+        index >= 64 || self.0 & (1 << index) != 0
+    }
+
+    fn take(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+}
+
 /// What a call takes of the wire when it is emitted, found once when it is
 /// checked for completeness.
 #[derive(Debug)]
 struct Claims {
-    /// One per hop, in the call's order.
-    hops: Vec<HopClaim>,
+    /// One per hop, in the call's order: one or two, kept in place.
+    hops: SmallVec<[HopClaim; 2]>,
     /// The first identified request no leg took, and its response.
     unassigned: Option<(usize, Option<IdentifiedResponse>)>,
 }

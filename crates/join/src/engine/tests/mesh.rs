@@ -253,14 +253,11 @@ fn an_mtls_call_between_sidecars_is_one_record_with_both_hops_and_the_callers_id
     assert_eq!(inbound.tls_version.as_deref(), Some("TLSv1.3"));
     // The caller's app to its sidecar: plaintext on lo, the call's own packet.
     let app = outbound.downstream.as_ref().unwrap();
-    assert_eq!(
-        (app.scope, app.interface.as_str()),
-        (WireScope::Request, "lo")
-    );
+    assert_eq!((app.scope, &*app.interface), (WireScope::Request, "lo"));
     assert_eq!((app.ip_id, app.dst.port), (Some(101), 15001));
     let between = outbound.upstream.as_ref().unwrap();
     assert_eq!(
-        (between.scope, between.interface.as_str()),
+        (between.scope, &*between.interface),
         (WireScope::Connection, "eth0")
     );
     assert_eq!(
@@ -273,7 +270,7 @@ fn an_mtls_call_between_sidecars_is_one_record_with_both_hops_and_the_callers_id
         (WireScope::Request, Some(301))
     );
     assert_eq!(
-        (to_app.src.ip.as_str(), to_app.request_id.as_str()),
+        (&*to_app.src.ip, to_app.request_id.as_str()),
         ("127.0.0.6", "m-1")
     );
     // The app's share on lo, from the called sidecar's request to the answer.
