@@ -211,10 +211,10 @@ impl Outcome {
                 stats.tc_connection_level
             ));
         }
-        if stats.tc_after_calls > 0 {
+        if stats.tc_outside_calls > 0 {
             text.push_str(&format!(
-                "; {} TC retransmissions or resets came after their connection's calls (its teardown)",
-                stats.tc_after_calls
+                "; {} TC retransmissions or resets came on their connection outside its calls (between them, or its teardown)",
+                stats.tc_outside_calls
             ));
         }
         text.push('.');
@@ -305,7 +305,7 @@ mod tests {
                 },
                 unmatched_tc: 2,
                 unmatched_wasm: 0,
-                tc_after_calls: 0,
+                tc_outside_calls: 0,
                 tc_connection_level: 0,
             },
             records: 4,
@@ -330,12 +330,12 @@ mod tests {
             counters: BTreeMap::new(),
             ..outcome
         };
-        replayed.stats.tc_after_calls = 2;
+        replayed.stats.tc_outside_calls = 2;
         replayed.stats.tc_connection_level = 5;
         assert!(replayed.summary(None).starts_with(
             "4 calls; 3 joined with every layer, 1 with some (1 without their access log); unmatched events: 2 TC, 0 WASM; \
              5 TC message starts on encrypted or multiplexed connections, named at the connection's level; \
-             2 TC retransmissions or resets came after their connection's calls (its teardown). "
+             2 TC retransmissions or resets came on their connection outside its calls (between them, or its teardown). "
         ));
         assert!(
             replayed

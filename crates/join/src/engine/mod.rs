@@ -169,10 +169,12 @@ pub struct JoinStats {
     pub unmatched_wasm: u64,
     /// TC events no call claimed within two windows of their arrival.
     pub unmatched_tc: u64,
-    /// TC retransmissions and resets on a connection after its calls were
-    /// emitted: its teardown (a retransmitted FIN), or too late for a call
-    /// that was already printed.
-    pub tc_after_calls: u64,
+    /// TC retransmissions and resets no call's record shows, on a
+    /// connection calls used: between its calls (a pooled connection, a
+    /// lost segment of what follows a response), after them (its teardown,
+    /// a retransmitted FIN), or arrived after the call they fell in was
+    /// printed.
+    pub tc_outside_calls: u64,
     /// Message starts on encrypted or multiplexed connections, which calls
     /// are given at the connection's level (rule 6): not lost, and not any
     /// one call's.
@@ -574,7 +576,7 @@ impl Joiner {
         let cutoff = now_ns.saturating_sub(window.saturating_mul(2));
         let expired = self.wire.expire(cutoff);
         self.stats.unmatched_tc += expired.unmatched;
-        self.stats.tc_after_calls += expired.after_a_call;
+        self.stats.tc_outside_calls += expired.outside_calls;
         self.stats.tc_connection_level += expired.connection_level;
     }
 

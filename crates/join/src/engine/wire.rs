@@ -185,10 +185,8 @@ struct Context {
     time_ns: i64,
     arrival_ns: i64,
     reset: bool,
-    /// A call on the connection had already been emitted when it arrived:
-    /// unclaimed, it belongs to the connection's teardown (a retransmitted
-    /// FIN) or came too late for its call.
-    after_a_call: bool,
+    /// A call had claimed from the connection when it arrived.
+    after_a_claim: bool,
     /// A call showed it at the connection's level (rule 6): not lost.
     shown: bool,
 }
@@ -260,8 +258,9 @@ impl ConnectionInfo {
 pub(crate) struct Expired {
     /// Message starts, and context on connections no call claimed from.
     pub unmatched: u64,
-    /// Context that came after a call on its connection was emitted.
-    pub after_a_call: u64,
+    /// Context no call showed, on a connection calls used: between its
+    /// calls or after them (its teardown).
+    pub outside_calls: u64,
     /// Message starts on encrypted or multiplexed connections that calls
     /// were given at the connection's level.
     pub connection_level: u64,
@@ -411,12 +410,12 @@ impl WireIndex {
 
     pub fn add_context(&mut self, flow: &Flow, time_ns: i64, reset: bool, arrival_ns: i64) {
         let connection = flow.connection();
-        let after_a_call = self.claimed.contains_key(&connection);
+        let after_a_claim = self.claimed.contains_key(&connection);
         self.context.entry(connection).or_default().push(Context {
             time_ns,
             arrival_ns,
             reset,
-            after_a_call,
+            after_a_claim,
             shown: false,
         });
     }
@@ -642,13 +641,21 @@ impl WireIndex {
             }
             !messages.is_empty()
         });
-        self.context.retain(|_, events| {
+        // Whether calls used the connection is asked when the event arrived
+        // and again when it is forgotten: a retransmission between two calls
+        // on a pooled connection arrives before the call it follows is
+        // emitted (the access log comes a flush later), and is no less
+        // outside every call; a claim is forgotten a sweep after it was
+        // made, before a teardown's late retransmission is.
+        let claimed = &self.claimed;
+        self.context.retain(|connection, events| {
+            let used = claimed.contains_key(connection);
             events.retain(|event| {
                 let old = event.arrival_ns <= cutoff_ns;
                 if old && event.shown {
                     // Some call's record has it.
-                } else if old && event.after_a_call {
-                    expired.after_a_call += 1;
+                } else if old && (used || event.after_a_claim) {
+                    expired.outside_calls += 1;
                 } else if old {
                     expired.unmatched += 1;
                 }
@@ -817,24 +824,31 @@ mod tests {
             panic!("forgotten once, not {forgotten:?}");
         };
         assert!((5..=5 + SWEEP_EVERY).contains(at), "{at}");
-        assert_eq!((expired.unmatched, expired.after_a_call), (1, 0));
+        assert_eq!((expired.unmatched, expired.outside_calls), (1, 0));
     }
 
+    /// Context no call showed is counted apart when calls used its
+    /// connection, whether it came before the claim (between two calls of
+    /// a pooled connection, the earlier not yet emitted) or after it.
     #[test]
-    fn context_after_a_claim_is_counted_apart_when_forgotten() {
+    fn context_outside_the_calls_of_a_used_connection_is_counted_apart() {
         let mut index = WireIndex::new(SWEEP_EVERY);
         let flow = test_flow(1);
-        // Before the claim: a retransmission outside the claimed exchange.
         index.add_context(&flow, 500, false, 3);
         assert_eq!(index.take_context(&flow, 0, 100, 4), (0, 0));
         index.add_context(&flow.reverse(), 600, true, 20);
+        // A connection no call used.
+        index.add_context(&test_flow(2), 500, false, 3);
         let forgotten = sweep_every_cutoff(&mut index);
         let total = forgotten
             .iter()
-            .fold((0, 0), |(unmatched, after), (_, expired)| {
-                (unmatched + expired.unmatched, after + expired.after_a_call)
+            .fold((0, 0), |(unmatched, outside), (_, expired)| {
+                (
+                    unmatched + expired.unmatched,
+                    outside + expired.outside_calls,
+                )
             });
-        assert_eq!(total, (1, 1), "{forgotten:?}");
+        assert_eq!(total, (1, 2), "{forgotten:?}");
         assert!(forgotten.iter().all(|(at, _)| *at >= 3), "{forgotten:?}");
     }
 

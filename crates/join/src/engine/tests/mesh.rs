@@ -515,7 +515,7 @@ fn a_retransmission_on_an_mtls_connection_is_shown_by_the_call_it_happened_durin
     };
     let tc = record.tc.as_ref().unwrap();
     assert_eq!((tc.scope, tc.retransmits), (WireScope::Connection, 1));
-    assert_eq!((stats.unmatched_tc, stats.tc_after_calls), (0, 0));
+    assert_eq!((stats.unmatched_tc, stats.tc_outside_calls), (0, 0));
 }
 
 /// A request the caller's sidecar rejected before routing it (a 431 for an
