@@ -1,11 +1,13 @@
-//! End to end under load: the demo's data path (Istio's inbound capture, a
-//! real Envoy with the filter and the access log, the probe's TC program on
-//! the server pod) at a fixed request rate from the client pod, with a
+//! End to end under load: the demo's mesh (Istio's traffic capture in both
+//! pods, a real Envoy sidecar in each, mTLS between them, the filter and the
+//! access log in both, the probe's TC program on both pods) at a fixed
+//! request rate from the client pod's app to the server's Service, with a
 //! subscriber that joins what the probe streams as the CLI does. Reported per
 //! rate: the requests answered, the share of them joined from all three
 //! layers, what was lost at each stage (Envoy's access-log buffer, the
-//! filter's queue, the probe, the subscriber), and the probe's peak RSS and
-//! CPU.
+//! filter's queue, the probe, the subscriber), the probe's peak RSS and CPU,
+//! and the sidecars' CPU per 1000 requests with the session's layers and
+//! without them.
 
 use std::{
     collections::HashMap,
@@ -23,7 +25,7 @@ use kubectl_apitrace::{
     demo::{
         http::{self, Connection},
         jwt,
-        mesh::{ADMIN_PORT, Layers, iptables},
+        mesh::{ADMIN_PORT, Layers, Layout, SERVICE_V4},
     },
     live::now_ns,
     probe_client::ProbeSession,
@@ -31,9 +33,9 @@ use kubectl_apitrace::{
 use tokio::{runtime::Runtime, sync::oneshot};
 
 use crate::{
-    pods::{stage, start_probe},
+    pods::{Guard, stage, start_probe},
     report::{Row, Table},
-    sidecar::{APP_PORT, Load, Module, probe_metrics, start_envoy, wait_ready, write_bootstrap},
+    sidecar::{APP_PORT, Load, Module, probe_metrics, start_envoy, wait_ready},
     stats::{Sample, cpu_ms},
 };
 
@@ -55,6 +57,10 @@ struct Figures {
     dropped_subscriber: Vec<f64>,
     probe_rss_mib: Vec<f64>,
     probe_cpu_ms_per_second: Vec<f64>,
+    /// Both sidecars' CPU per 1000 requests, with the session's layers and
+    /// without them.
+    envoy_cpu_ms_per_1000: Vec<f64>,
+    bare_envoy_cpu_ms_per_1000: Vec<f64>,
 }
 
 pub fn run(
@@ -64,92 +70,158 @@ pub fn run(
     repeats: usize,
     seconds: u64,
 ) -> anyhow::Result<Table> {
-    let (pods, runtime) = stage("apitrace-be2e-", SocketAddr::from(([0, 0, 0, 0], APP_PORT)))?;
+    // Both families: the sidecar reaches the app at the pod's address.
+    let (pods, runtime) = stage("apitrace-be2e-", SocketAddr::from(([0u16; 8], APP_PORT)))?;
     let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
-    pods.restore_iptables(server, false, &iptables::capture(false, APP_PORT, None))
-        .context("the server pod's traffic capture")?;
-    let probe = start_probe(probe_binary, probe_pod, server)?;
+    let mesh = Layout {
+        namespace: "bench",
+        client,
+        server,
+        app_port: APP_PORT,
+        caller_outside_mesh: false,
+        plaintext: false,
+        ipv6: false,
+    };
+    mesh.capture(&pods, None)?;
+    let probe = start_probe(probe_binary, probe_pod, &[client, server])?;
     let probe_pid = probe.0.id();
     let module = Module::served(filter, probe_pod)?;
     let workdir = std::env::temp_dir().join(format!("apitrace-be2e-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    let config = workdir.join("envoy.json");
-    write_bootstrap(&config, server, probe_pod, &module, Layers::ALL)?;
-    let _envoy = start_envoy(envoy, server, &config, &workdir)?;
-    let target = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
-    runtime.block_on(wait_ready(client, target))?;
-    // The ready check's own layers arrive within the drain; the first run's
-    // subscriber must not count them as one of its calls.
-    std::thread::sleep(DRAIN);
+    let (target, authority) = (mesh.target(), mesh.authority());
     let token = format!("Bearer {}", jwt::demo_token(1_790_000_000));
 
     let mut figures: Vec<Figures> = RATES.iter().map(|_| Figures::default()).collect();
     for repeat in 0..repeats {
-        for (rate, figures) in RATES.iter().zip(&mut figures) {
-            eprintln!("e2e: repeat {}/{repeats}, {rate} requests/s", repeat + 1);
-            let load = Load {
-                rate: *rate,
-                connections: CONNECTIONS_PER_1000 * rate / 1000,
-            };
-            // Subscribed first: what the probe sees from here on is the run's.
-            let (stop, joined) = runtime.block_on(subscribe(&pods, probe_pod))?;
-            std::thread::sleep(Duration::from_millis(500));
-            let before = probe_metrics(probe_pod)?;
-            let envoy_before = envoy_als_stats(&runtime, server)?;
-            let cpu_before = cpu_ms(probe_pid);
-            let started = Instant::now();
-            let latencies =
-                runtime.block_on(load.run(client, target, &token, Duration::from_secs(seconds)))?;
-            // A client that fell behind its schedule sent late: the rate
-            // achieved is what was answered over the time it took.
-            let took = started.elapsed().as_secs_f64();
-            let cpu = cpu_ms(probe_pid) - cpu_before;
+        for layers in [Layers::ALL, BARE] {
+            let sidecars = start_sidecars(&mesh, envoy, &module, probe_pod, &workdir, layers)?;
+            runtime.block_on(wait_ready(client, target, &authority))?;
+            // The ready check's own layers arrive within the drain; the first
+            // run's subscriber must not count them as one of its calls.
             std::thread::sleep(DRAIN);
-            let _ = stop.send(());
-            let stats = runtime
-                .block_on(joined)
-                .context("the subscriber stopped")??;
-            let after = probe_metrics(probe_pod)?;
-            let envoy_after = envoy_als_stats(&runtime, server)?;
-            let answered = latencies.len() as f64;
-            let delta = |name: &str| {
-                after.get(name).copied().unwrap_or(0) as f64
-                    - before.get(name).copied().unwrap_or(0) as f64
-            };
-            figures.answered_per_second.push(answered / took);
-            figures
-                .joined_percent
-                .push(100.0 * stats.complete as f64 / answered);
-            figures
-                .dropped_envoy
-                .push((envoy_after.dropped - envoy_before.dropped) as f64);
-            figures.dropped_filter.push(delta(
-                r#"apitrace_probe_dropped_total{source="wasm",reason="filter_queue"}"#,
-            ));
-            figures.dropped_subscriber.push(
-                delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="lagged"}"#)
-                    + delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="none"}"#),
-            );
-            let lost = probe_drops(&before, &after);
-            for (counter, count) in &lost {
-                eprintln!("e2e: the probe dropped {count}: {counter}");
+            for (rate, figures) in RATES.iter().zip(&mut figures) {
+                let traced = layers == Layers::ALL;
+                eprintln!(
+                    "e2e: repeat {}/{repeats}, {rate} requests/s, {}",
+                    repeat + 1,
+                    if traced { "traced" } else { "bare sidecars" }
+                );
+                let load = Load {
+                    rate: *rate,
+                    connections: CONNECTIONS_PER_1000 * rate / 1000,
+                };
+                let envoy_cpu_before: f64 =
+                    sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum();
+                if !traced {
+                    let latencies = runtime.block_on(load.run(
+                        client,
+                        target,
+                        &authority,
+                        &token,
+                        Duration::from_secs(seconds),
+                    ))?;
+                    let envoy_cpu: f64 =
+                        sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum();
+                    figures
+                        .bare_envoy_cpu_ms_per_1000
+                        .push((envoy_cpu - envoy_cpu_before) * 1000.0 / latencies.len() as f64);
+                    continue;
+                }
+                // Subscribed first: what the probe sees from here on is the run's.
+                let (stop, joined) = runtime.block_on(subscribe(&pods, probe_pod))?;
+                std::thread::sleep(Duration::from_millis(500));
+                let before = probe_metrics(probe_pod)?;
+                let envoy_before = envoy_als_stats(&runtime, &sidecars)?;
+                let cpu_before = cpu_ms(probe_pid);
+                let started = Instant::now();
+                let latencies = runtime.block_on(load.run(
+                    client,
+                    target,
+                    &authority,
+                    &token,
+                    Duration::from_secs(seconds),
+                ))?;
+                // A client that fell behind its schedule sent late: the rate
+                // achieved is what was answered over the time it took.
+                let took = started.elapsed().as_secs_f64();
+                let cpu = cpu_ms(probe_pid) - cpu_before;
+                let envoy_cpu: f64 = sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum();
+                std::thread::sleep(DRAIN);
+                let _ = stop.send(());
+                let stats = runtime
+                    .block_on(joined)
+                    .context("the subscriber stopped")??;
+                let after = probe_metrics(probe_pod)?;
+                let envoy_after = envoy_als_stats(&runtime, &sidecars)?;
+                let answered = latencies.len() as f64;
+                let delta = |name: &str| {
+                    after.get(name).copied().unwrap_or(0) as f64
+                        - before.get(name).copied().unwrap_or(0) as f64
+                };
+                figures.answered_per_second.push(answered / took);
+                figures
+                    .joined_percent
+                    .push(100.0 * stats.complete as f64 / answered);
+                figures
+                    .dropped_envoy
+                    .push((envoy_after.dropped - envoy_before.dropped) as f64);
+                figures.dropped_filter.push(delta(
+                    r#"apitrace_probe_dropped_total{source="wasm",reason="filter_queue"}"#,
+                ));
+                figures.dropped_subscriber.push(
+                    delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="lagged"}"#)
+                        + delta(
+                            r#"apitrace_probe_dropped_total{source="subscriber",reason="none"}"#,
+                        ),
+                );
+                let lost = probe_drops(&before, &after);
+                for (counter, count) in &lost {
+                    eprintln!("e2e: the probe dropped {count}: {counter}");
+                }
+                figures
+                    .dropped_probe
+                    .push(lost.iter().map(|(_, count)| count).sum::<u64>() as f64);
+                figures.probe_rss_mib.push(peak_rss_mib(probe_pid)?);
+                figures.probe_cpu_ms_per_second.push(cpu / took);
+                figures
+                    .envoy_cpu_ms_per_1000
+                    .push((envoy_cpu - envoy_cpu_before) * 1000.0 / answered);
+                eprintln!(
+                    "e2e: {answered} answered, {} joined from every layer, {} with some; the sidecars sent {} access logs",
+                    stats.complete,
+                    stats.partial,
+                    envoy_after.written - envoy_before.written
+                );
             }
-            figures
-                .dropped_probe
-                .push(lost.iter().map(|(_, count)| count).sum::<u64>() as f64);
-            figures.probe_rss_mib.push(peak_rss_mib(probe_pid)?);
-            figures.probe_cpu_ms_per_second.push(cpu / took);
-            eprintln!(
-                "e2e: {answered} answered, {} joined from every layer, {} with some; envoy sent {} access logs",
-                stats.complete,
-                stats.partial,
-                envoy_after.written - envoy_before.written
-            );
         }
     }
     drop(runtime);
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(table(&figures, repeats, seconds))
+}
+
+/// The sidecars without the session's parts: what the mesh costs alone.
+const BARE: Layers = Layers {
+    access_log: false,
+    filter: false,
+};
+
+/// Each sidecar of `mesh` with `layers`, running and keyed by its pod.
+fn start_sidecars<'a>(
+    mesh: &Layout<'a>,
+    envoy: &Path,
+    module: &Module,
+    probe_pod: &Pod,
+    workdir: &Path,
+    layers: Layers,
+) -> anyhow::Result<Vec<(&'a Pod, Guard)>> {
+    mesh.write_bootstraps(workdir, module.probe_at(probe_pod), layers)?
+        .into_iter()
+        .map(|sidecar| {
+            let guard = start_envoy(envoy, sidecar.pod, &sidecar.config, workdir)?;
+            Ok((sidecar.pod, guard))
+        })
+        .collect()
 }
 
 /// Subscribes to the probe and joins what it streams, as the CLI does, until
@@ -167,16 +239,33 @@ async fn subscribe(
     let mut events = session.subscribe().await?.boxed();
     let mut joiner = Joiner::new(JoinConfig::default());
     let mut records = Vec::new();
-    for pod in &pods.pods {
+    let workloads = pods
+        .pods
+        .iter()
+        .map(|pod| {
+            (
+                IpAddr::V4(pod.ipv4),
+                pod.name,
+                WorkloadKind::Pod,
+                pod.name != "probe",
+            )
+        })
+        .chain([(
+            IpAddr::V4(SERVICE_V4),
+            "server",
+            WorkloadKind::Service,
+            false,
+        )]);
+    for (ip, name, kind, traced) in workloads {
         joiner.apply(
             Input::Identity {
-                ip: IpAddr::V4(pod.ipv4),
+                ip,
                 since_ns: 0,
                 workload: Workload {
                     namespace: "bench".to_owned(),
-                    name: pod.name.to_owned(),
-                    kind: WorkloadKind::Pod,
-                    traced: pod.name == "server",
+                    name: name.to_owned(),
+                    kind,
+                    traced,
                 },
             },
             &mut records,
@@ -231,27 +320,33 @@ struct EnvoyAls {
     dropped: u64,
 }
 
-fn envoy_als_stats(runtime: &Runtime, server: &Pod) -> anyhow::Result<EnvoyAls> {
+/// The sidecars' counts of access-log entries, summed.
+fn envoy_als_stats(runtime: &Runtime, sidecars: &[(&Pod, Guard)]) -> anyhow::Result<EnvoyAls> {
     let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let body = runtime.block_on(async {
-        let stream = http::connect_in(&server.netns_path(), admin).await?;
-        let mut connection = Connection::over(stream).await?;
-        let (_, body) = connection
-            .get("admin", "/stats?filter=grpc_access_log", None)
-            .await?;
-        anyhow::Ok(body)
-    })?;
-    let text = String::from_utf8_lossy(&body);
-    let stat = |suffix: &str| {
-        text.lines()
-            .filter(|line| line.contains(suffix))
-            .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
-            .sum()
+    let mut total = EnvoyAls {
+        written: 0,
+        dropped: 0,
     };
-    Ok(EnvoyAls {
-        written: stat("logs_written"),
-        dropped: stat("logs_dropped"),
-    })
+    for (pod, _) in sidecars {
+        let body = runtime.block_on(async {
+            let stream = http::connect_in(&pod.netns_path(), admin).await?;
+            let mut connection = Connection::over(stream).await?;
+            let (_, body) = connection
+                .get("admin", "/stats?filter=grpc_access_log", None)
+                .await?;
+            anyhow::Ok(body)
+        })?;
+        let text = String::from_utf8_lossy(&body);
+        let stat = |suffix: &str| -> u64 {
+            text.lines()
+                .filter(|line| line.contains(suffix))
+                .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+                .sum()
+        };
+        total.written += stat("logs_written");
+        total.dropped += stat("logs_dropped");
+    }
+    Ok(total)
 }
 
 /// The probe's peak resident memory so far (VmHWM), in MiB.
@@ -332,14 +427,24 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
                 None,
             ),
         ]);
+        rows.push(Row {
+            metric: format!("{rate}/s: both sidecars' CPU, ms per 1000 requests"),
+            ours: Sample::of(figures.envoy_cpu_ms_per_1000.clone()),
+            peer: None,
+            baseline: Some(Sample::of(figures.bare_envoy_cpu_ms_per_1000.clone())),
+            target: "-".to_owned(),
+            met: None,
+        });
     }
     Table {
         title: "End to end under load".to_owned(),
         setup: format!(
-            "The demo's data path: Istio's inbound capture, a real Envoy (the demo's sidecar bootstrap, --concurrency 2) with our filter \
-             and the gRPC access log, the probe's TC program on the server pod, and a subscriber joining what the probe streams as the CLI does. \
-             The client pod sends {} at a fixed rate over {CONNECTIONS_PER_1000} keep-alive connections per 1000/s, each request with a 1.3 KB JWT, \
-             {seconds} s per run, {repeats} runs per rate interleaved; the join is ended {} s after the load. \
+            "The demo's mesh: Istio's traffic capture in the client and the server pod, a real Envoy sidecar in each (the demo's bootstraps, \
+             --concurrency 2) over mTLS, our filter and the gRPC access log in both, the probe's TC program on both pods, and a subscriber joining \
+             what the probe streams as the CLI does. The client pod's app calls the server's Service at {} at a fixed rate over \
+             {CONNECTIONS_PER_1000} keep-alive connections per 1000/s, each request with a 1.3 KB JWT, {seconds} s per run, {repeats} runs per rate \
+             interleaved; the join is ended {} s after the load. The sidecars' CPU is measured the same way with neither the filter nor the \
+             access log (the baseline column). \
              Dropped counts are per run; the peak RSS is the probe's VmHWM since it started. Median (lowest–highest) of the runs; \
              a target is met only if every run met it.",
             RATES.map(|rate| format!("{rate}/s")).join(" and "),

@@ -27,19 +27,21 @@ pub fn stage(prefix: &str, app: SocketAddr) -> anyhow::Result<(Topology, Runtime
     Ok((pods, runtime))
 }
 
-pub fn start_probe(binary: &Path, probe_pod: &Pod, server: &Pod) -> anyhow::Result<Guard> {
+/// The probe in `probe_pod`, attached to each of `targets`.
+pub fn start_probe(binary: &Path, probe_pod: &Pod, targets: &[&Pod]) -> anyhow::Result<Guard> {
     let mut command = in_pod(
         probe_pod,
         &binary.to_string_lossy(),
         &["--session-id", "bench", "--deadline", "30m"],
     );
-    command
-        .arg("--target")
-        .arg(format!(
+    for target in targets {
+        command.arg("--target").arg(format!(
             "bench/{}=netns:{}",
-            server.name,
-            server.netns_path().display()
-        ))
+            target.name,
+            target.netns_path().display()
+        ));
+    }
+    command
         .env("APITRACE_SESSION_TOKEN", "bench")
         .stderr(Stdio::null());
     let probe = Guard(command.spawn().context("cannot start the probe")?);

@@ -45,6 +45,20 @@ impl Module {
     }
 }
 
+impl Module {
+    /// Where sidecars reach the probe in `probe_pod` for this module.
+    pub fn probe_at<'a>(&'a self, probe_pod: &Pod) -> ProbeAt<'a> {
+        ProbeAt {
+            ip: probe_pod.ipv4,
+            host: PROBE_HOST,
+            module_path: &self.path,
+            module_sha256: &self.sha256,
+            session_token: "bench",
+            show_secrets: false,
+        }
+    }
+}
+
 /// The demo's sidecar bootstrap for `server`, with `layers`, written to
 /// `config`.
 pub fn write_bootstrap(
@@ -62,14 +76,7 @@ pub fn write_bootstrap(
             ipv4: server.ipv4,
         },
         APP_PORT,
-        ProbeAt {
-            ip: probe_pod.ipv4,
-            host: PROBE_HOST,
-            module_path: &module.path,
-            module_sha256: &module.sha256,
-            session_token: "bench",
-            show_secrets: false,
-        },
+        module.probe_at(probe_pod),
         layers,
     );
     std::fs::write(config, sidecar.bootstrap().to_string())
@@ -81,14 +88,15 @@ pub fn filter_module(target_dir: &Path) -> PathBuf {
     target_dir.join("guest/wasm32-unknown-unknown/guest-wasm/apitrace_wasm_filter.wasm")
 }
 
+/// Envoy with `config` as `pod`'s sidecar, run as the proxy's user.
 pub fn start_envoy(
     envoy: &Path,
-    server: &Pod,
+    pod: &Pod,
     config: &Path,
     workdir: &Path,
 ) -> anyhow::Result<Guard> {
-    let log = std::fs::File::create(workdir.join("envoy.log"))?;
-    let line = mesh::proxy_command(&server.netns, envoy, config, 2);
+    let log = std::fs::File::create(workdir.join(format!("envoy-{}.log", pod.name)))?;
+    let line = mesh::proxy_command(&pod.netns, envoy, config, 2);
     let mut command = std::process::Command::new(&line[0]);
     command
         .args(&line[1..])
@@ -98,12 +106,13 @@ pub fn start_envoy(
     Ok(Guard(command.spawn().context("cannot start Envoy")?))
 }
 
-pub async fn wait_ready(client: &Pod, target: SocketAddr) -> anyhow::Result<()> {
+/// Waits until `client` gets an answer from `target` (named `authority`).
+pub async fn wait_ready(client: &Pod, target: SocketAddr, authority: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if let Ok(stream) = http::connect_in(&client.netns_path(), target).await
             && let Ok(mut connection) = Connection::over(stream).await
-            && let Ok((status, _)) = connection.get("app", "/status", None).await
+            && let Ok((status, _)) = connection.get(authority, "/status", None).await
             && status.is_success()
         {
             return Ok(());
@@ -131,6 +140,7 @@ impl Load {
         self,
         client: &Pod,
         target: SocketAddr,
+        authority: &str,
         token: &str,
         duration: Duration,
     ) -> anyhow::Result<Vec<Duration>> {
@@ -140,6 +150,7 @@ impl Load {
             let stream = http::connect_in(&client.netns_path(), target).await?;
             let mut connection = Connection::over(stream).await?;
             let token = token.to_owned();
+            let authority = authority.to_owned();
             tasks.spawn(async move {
                 let offset = period * index / self.connections;
                 let start = tokio::time::Instant::now() + offset;
@@ -147,7 +158,9 @@ impl Load {
                 let mut due = start;
                 while due < start + duration {
                     tokio::time::sleep_until(due).await;
-                    let (status, _) = connection.get("app", "/api/orders", Some(&token)).await?;
+                    let (status, _) = connection
+                        .get(&authority, "/api/orders", Some(&token))
+                        .await?;
                     if !status.is_success() && status.as_u16() != 404 {
                         anyhow::bail!("the app answered {status}");
                     }

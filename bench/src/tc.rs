@@ -88,7 +88,7 @@ fn measure(
     let (running, _stats) = match scenario {
         Scenario::Nothing => (None, None),
         Scenario::Probe => (
-            Some(start_probe(probe_binary, probe_pod, server)?),
+            Some(start_probe(probe_binary, probe_pod, &[server])?),
             Some(BpfStats::enable()?),
         ),
         Scenario::Tcpdump => {

@@ -70,7 +70,7 @@ pub fn run(
     let (client, server, probe_pod) = (pods.pod("client"), pods.pod("server"), pods.pod("probe"));
     pods.restore_iptables(server, false, &iptables::capture(false, APP_PORT, None))
         .context("the server pod's traffic capture")?;
-    let _probe = start_probe(probe_binary, probe_pod, server)?;
+    let _probe = start_probe(probe_binary, probe_pod, &[server])?;
     let module = Module::served(filter, probe_pod)?;
     let workdir = std::env::temp_dir().join(format!("apitrace-bwasm-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
@@ -85,10 +85,10 @@ pub fn run(
             let envoy_process = start_envoy(envoy, server, &config, &workdir)?;
             let envoy_pid = envoy_process.0.id();
             let target = SocketAddr::new(IpAddr::V4(server.ipv4), APP_PORT);
-            runtime.block_on(wait_ready(client, target))?;
+            runtime.block_on(wait_ready(client, target, "app"))?;
             // Warm up, then prove the scenario's layers are at work.
             let before = probe_counts(probe_pod)?;
-            runtime.block_on(LOAD.run(client, target, &token, Duration::from_secs(1)))?;
+            runtime.block_on(LOAD.run(client, target, "app", &token, Duration::from_secs(1)))?;
             std::thread::sleep(Duration::from_millis(1500));
             let after = probe_counts(probe_pod)?;
             let (als, wasm) = (after.0 - before.0, after.1 - before.1);
@@ -98,8 +98,13 @@ pub fn run(
                 );
             }
             let cpu_before = cpu_ms(envoy_pid);
-            let latencies =
-                runtime.block_on(LOAD.run(client, target, &token, Duration::from_secs(seconds)))?;
+            let latencies = runtime.block_on(LOAD.run(
+                client,
+                target,
+                "app",
+                &token,
+                Duration::from_secs(seconds),
+            ))?;
             let cpu = cpu_ms(envoy_pid) - cpu_before;
             drop(envoy_process);
             figures

@@ -38,11 +38,7 @@ use apitrace_netns::cgroup::{self, ContainerCgroup};
 use super::{
     child::DemoProcess,
     http,
-    mesh::{
-        self, Layers, MeshPod, ProbeAt, SERVICE_V4, SERVICE_V6, Service, Sidecar,
-        certs::{MeshCa, spiffe_id},
-        iptables,
-    },
+    mesh::{self, Layers, Layout, ProbeAt, SERVICE_V4, SERVICE_V6},
     plan::Plan,
     topology::{self, Pod, Topology},
     traffic::{self, APP_PORT},
@@ -59,16 +55,16 @@ const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
 const PROBE_DEADLINE: &str = "10m";
 /// How long the probe and Envoy get to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The pods with sidecars, and the service account each runs as.
-const SIDECAR_PODS: [(&str, &str); 2] = [("client", "client"), ("server", "server")];
-
-/// The pods that have a sidecar in this run: both, or with
-/// `--caller-outside-mesh` only the server.
-fn sidecar_pods(plan: &Plan) -> &'static [(&'static str, &'static str)] {
-    if plan.traffic.caller_outside_mesh {
-        &SIDECAR_PODS[1..]
-    } else {
-        &SIDECAR_PODS
+/// The demo's mesh: the client and the server pod, as `plan` asks.
+fn layout<'a>(plan: &Plan, topology: &'a Topology) -> Layout<'a> {
+    Layout {
+        namespace: NAMESPACE,
+        client: topology.pod("client"),
+        server: topology.pod("server"),
+        app_port: APP_PORT,
+        caller_outside_mesh: plan.traffic.caller_outside_mesh,
+        plaintext: plan.traffic.plaintext,
+        ipv6: plan.traffic.ipv6,
     }
 }
 
@@ -171,20 +167,8 @@ impl Demo {
             .context("cannot build the demo's pods")?;
         let server = topology.pod("server").clone();
         let probe_pod = topology.pod("probe").clone();
-        let sidecar_pods = sidecar_pods(plan);
-        for &(name, _) in sidecar_pods {
-            let pod = topology.pod(name);
-            // The server pod's inbound packets are the ones `--loss` drops.
-            let loss = plan.traffic.loss.filter(|_| name == "server");
-            for ipv6 in [false, true] {
-                topology
-                    .restore_iptables(pod, ipv6, &iptables::capture(ipv6, APP_PORT, loss))
-                    .with_context(|| format!("cannot capture the {name} pod's traffic"))?;
-            }
-            topology
-                .add_loopback_address(pod, &format!("{}/128", istio::INBOUND_PASSTHROUGH_BIND_V6))
-                .with_context(|| format!("cannot prepare the {name} pod's loopback"))?;
-        }
+        let mesh = layout(plan, &topology);
+        mesh.capture(&topology, plan.traffic.loss)?;
         let listener = http::listen_in(
             &server.netns_path(),
             // Both families: the sidecar reaches the app at the address of the
@@ -193,9 +177,10 @@ impl Demo {
         )
         .context("cannot start the app in the server pod")?;
         let app = AbortOnDrop(tokio::spawn(http::serve_app(listener)));
-        let sandboxes = sidecar_pods
-            .iter()
-            .map(|(name, _)| Sandbox::start(topology.pod(name), &workdir))
+        let sandboxes = mesh
+            .sidecar_pods()
+            .into_iter()
+            .map(|(pod, _)| Sandbox::start(pod, &workdir))
             .collect::<anyhow::Result<Vec<_>>>()?;
 
         let session_id = random_hex(4)?;
@@ -209,10 +194,10 @@ impl Demo {
             "--deadline",
             PROBE_DEADLINE,
         ]);
-        for ((name, _), sandbox) in sidecar_pods.iter().zip(&sandboxes) {
+        for ((pod, _), sandbox) in mesh.sidecar_pods().into_iter().zip(&sandboxes) {
             command.arg("--target").arg(format!(
-                "{NAMESPACE}/{name}=container:{}",
-                sandbox.container_id
+                "{NAMESPACE}/{}=container:{}",
+                pod.name, sandbox.container_id
             ));
         }
         command.env("APITRACE_SESSION_TOKEN", &token);
@@ -227,21 +212,6 @@ impl Demo {
         let (probe_session, events, status) =
             subscribe(&mut probe, &probe_pod, &session_id, &token).await?;
 
-        let mtls = if plan.traffic.plaintext {
-            Vec::new()
-        } else {
-            let ca = MeshCa::create(&workdir.path)?;
-            sidecar_pods
-                .iter()
-                .map(|(name, account)| {
-                    ca.issue(
-                        &spiffe_id(NAMESPACE, account),
-                        &workdir.path.join(name),
-                        istio::PROXY_UID,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        };
         let probe_at = ProbeAt {
             ip: probe_pod.ipv4,
             host: PROBE_HOST,
@@ -250,29 +220,13 @@ impl Demo {
             session_token: &token,
             show_secrets: plan.show_secrets,
         };
-        let services = [server_service(&server, plan.traffic.ipv6)];
         let mut sidecars = Vec::new();
-        for (index, &(name, account)) in sidecar_pods.iter().enumerate() {
-            let pod = topology.pod(name);
-            let is_server = name == "server";
-            let sidecar = Sidecar {
-                pod: MeshPod {
-                    name,
-                    namespace: NAMESPACE,
-                    service_account: account,
-                    ipv4: pod.ipv4,
-                },
-                app_port: is_server.then_some(APP_PORT),
-                services: if is_server { &[] } else { &services },
-                probe: probe_at,
-                layers: Layers::ALL,
-                mtls: mtls.get(index),
-            };
-            sidecars.push(start_sidecar(plan, pod, &sidecar, &workdir).await?);
+        for sidecar in mesh.write_bootstraps(&workdir.path, probe_at, Layers::ALL)? {
+            sidecars.push(start_sidecar(plan, sidecar.pod, &sidecar.config, &workdir).await?);
         }
 
         let captures = match &plan.pcap {
-            Some(dir) => capture(&topology, sidecar_pods, dir, &workdir).await?,
+            Some(dir) => capture(&topology, &mesh, dir, &workdir).await?,
             None => Vec::new(),
         };
         Ok(Self {
@@ -295,6 +249,7 @@ impl Demo {
         plan: &Plan,
         pipeline: &mut Pipeline<impl Write>,
     ) -> anyhow::Result<Traced> {
+        let mesh = layout(plan, &self.topology);
         for pod in &self.topology.pods {
             for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
                 pipeline.feed(Input::Identity {
@@ -304,7 +259,10 @@ impl Demo {
                         namespace: NAMESPACE.to_owned(),
                         name: pod.name.to_owned(),
                         kind: WorkloadKind::Pod,
-                        traced: sidecar_pods(plan).iter().any(|(name, _)| *name == pod.name),
+                        traced: mesh
+                            .sidecar_pods()
+                            .iter()
+                            .any(|(traced, _)| traced.name == pod.name),
                     },
                 })?;
             }
@@ -322,20 +280,11 @@ impl Demo {
             })?;
         }
         let client = self.topology.pod("client").clone();
-        let server = self.topology.pod("server");
-        // The Service's address, which the caller's sidecar resolves; outside
-        // the mesh, the pod's own, as kube-proxy would have translated it.
-        let service = match (plan.traffic.caller_outside_mesh, plan.traffic.ipv6) {
-            (false, false) => IpAddr::V4(SERVICE_V4),
-            (false, true) => IpAddr::V6(SERVICE_V6),
-            (true, false) => IpAddr::V4(server.ipv4),
-            (true, true) => IpAddr::V6(server.ipv6),
-        };
         let now_unix = now_ns().unsigned_abs() / 1_000_000_000;
         let requests = tokio::spawn(traffic::send(
             client,
-            SocketAddr::new(service, APP_PORT),
-            format!("server.{NAMESPACE}:{APP_PORT}"),
+            mesh.target(),
+            mesh.authority(),
             plan.traffic.clone(),
             now_unix,
         ));
@@ -493,36 +442,16 @@ async fn subscribe(
     }
 }
 
-/// The server's Service as the client's sidecar knows it: its ClusterIP, and
-/// the server pod behind it at the address of the family the demo calls over.
-fn server_service(server: &Pod, ipv6: bool) -> Service<'static> {
-    Service {
-        name: "server",
-        cluster_ipv4: SERVICE_V4,
-        cluster_ipv6: SERVICE_V6,
-        port: APP_PORT,
-        endpoint: if ipv6 {
-            IpAddr::V6(server.ipv6)
-        } else {
-            IpAddr::V4(server.ipv4)
-        },
-        target_port: APP_PORT,
-        service_account: "server",
-    }
-}
-
-/// Starts `sidecar` in `pod` as the proxy's user, and waits until it is ready.
+/// Starts a sidecar in `pod` with the bootstrap `config`, as the proxy's
+/// user, and waits until it is ready.
 async fn start_sidecar(
     plan: &Plan,
     pod: &Pod,
-    sidecar: &Sidecar<'_>,
+    config: &Path,
     workdir: &WorkDir,
 ) -> anyhow::Result<DemoProcess> {
-    let config_path = workdir.path.join(format!("envoy-{}.json", pod.name));
-    std::fs::write(&config_path, sidecar.bootstrap().to_string())
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
     let mut command = tokio::process::Command::new(&plan.envoy);
-    command.args(mesh::command_line(&config_path, 2));
+    command.args(mesh::command_line(config, 2));
     let mut envoy = DemoProcess::spawn(
         "envoy",
         command,
@@ -539,13 +468,14 @@ async fn start_sidecar(
 /// `dir/<pod>-<interface>.pcap`, and waits until each is capturing.
 async fn capture(
     topology: &Topology,
-    pods: &[(&str, &str)],
+    mesh: &Layout<'_>,
     dir: &Path,
     workdir: &WorkDir,
 ) -> anyhow::Result<Vec<DemoProcess>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut captures = Vec::new();
-    for (name, _) in pods {
+    for (pod, _) in mesh.sidecar_pods() {
+        let name = pod.name;
         for interface in ["eth0", "lo"] {
             let file = dir.join(format!("{name}-{interface}.pcap"));
             let mut command = tokio::process::Command::new("tcpdump");
