@@ -110,18 +110,21 @@ pub fn run(
                     rate: *rate,
                     connections: CONNECTIONS_PER_1000 * rate / 1000,
                 };
-                let envoy_cpu_before: f64 =
-                    sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum();
-                if !traced {
-                    let latencies = runtime.block_on(load.run(
+                let sidecars_cpu_ms =
+                    || -> f64 { sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum() };
+                let run_load = || {
+                    runtime.block_on(load.run(
                         client,
                         target,
                         &authority,
                         &token,
                         Duration::from_secs(seconds),
-                    ))?;
-                    let envoy_cpu: f64 =
-                        sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum();
+                    ))
+                };
+                let envoy_cpu_before = sidecars_cpu_ms();
+                if !traced {
+                    let latencies = run_load()?;
+                    let envoy_cpu = sidecars_cpu_ms();
                     figures
                         .bare_envoy_cpu_ms_per_1000
                         .push((envoy_cpu - envoy_cpu_before) * 1000.0 / latencies.len() as f64);
@@ -134,18 +137,12 @@ pub fn run(
                 let envoy_before = envoy_als_stats(&runtime, &sidecars)?;
                 let cpu_before = cpu_ms(probe_pid);
                 let started = Instant::now();
-                let latencies = runtime.block_on(load.run(
-                    client,
-                    target,
-                    &authority,
-                    &token,
-                    Duration::from_secs(seconds),
-                ))?;
+                let latencies = run_load()?;
                 // A client that fell behind its schedule sent late: the rate
                 // achieved is what was answered over the time it took.
                 let took = started.elapsed().as_secs_f64();
                 let cpu = cpu_ms(probe_pid) - cpu_before;
-                let envoy_cpu: f64 = sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum();
+                let envoy_cpu = sidecars_cpu_ms();
                 std::thread::sleep(DRAIN);
                 let _ = stop.send(());
                 let stats = runtime
