@@ -52,6 +52,14 @@ impl Drain {
     /// The longest wait: a call whose parts have not come by then is printed
     /// with what it has, and counted by what it lacks.
     pub const BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// What a session says on stderr when it starts waiting.
+    pub fn notice() -> String {
+        format!(
+            "waiting up to {}s for the sidecars' last access logs and filter events",
+            Self::BOUND.as_secs()
+        )
+    }
 }
 
 /// What a session joined and lost.

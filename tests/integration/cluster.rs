@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::{
     fake_cluster::{FakeCluster, Fault},
-    support::{App, binaries, call, pods, root, stderr, wait_for_no_orphans},
+    support::{App, binaries, call, call_from_port, pods, root, stderr, wait_for_no_orphans},
 };
 
 const APP_PORT: u16 = 8080;
@@ -398,6 +398,135 @@ fn a_session_on_a_stand_in_cluster_traces_calls_through_a_cut_port_forward_and_l
         .expect("the CLI runs");
     assert!(replay.status.success(), "{}", stderr(&replay));
     assert_eq!(String::from_utf8_lossy(&replay.stdout), stdout);
+    stage.assert_left_as_it_was();
+}
+
+/// What the traced pod's sidecar logs of a call, sent as Envoy's access-log
+/// service sends its buffer: one stream from the pod's own address, naming
+/// its node first (`api/envoy/service/accesslog/v3/als.proto`, envoy
+/// v1.36.2). The entry is an inbound hop as Istio's sidecar logs it: the
+/// caller's connection to the pod, the app reached from 127.0.0.6.
+fn log_as_the_sidecar(web: &Pod, probe: SocketAddr, caller: SocketAddr, request_id: &str) {
+    use envoy_types::pb::{
+        envoy::{
+            config::core::v3::{Node, SocketAddress, address, socket_address::PortSpecifier},
+            data::accesslog::v3::{
+                AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
+                http_access_log_entry::HttpVersion,
+            },
+            service::accesslog::v3::{
+                StreamAccessLogsMessage,
+                access_log_service_client::AccessLogServiceClient,
+                stream_access_logs_message::{HttpAccessLogEntries, Identifier, LogEntries},
+            },
+        },
+        google::protobuf::{Timestamp, UInt32Value},
+    };
+    let socket = |address: SocketAddr| envoy_types::pb::envoy::config::core::v3::Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.ip().to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(address.port().into())),
+            ..SocketAddress::default()
+        })),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    let local = SocketAddr::new(IpAddr::V4(web.ipv4), APP_PORT);
+    let entry = HttpAccessLogEntry {
+        common_properties: Some(AccessLogCommon {
+            start_time: Some(Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+            }),
+            downstream_remote_address: Some(socket(caller)),
+            downstream_direct_remote_address: Some(socket(caller)),
+            downstream_local_address: Some(socket(local)),
+            upstream_local_address: Some(socket(SocketAddr::from(([127, 0, 0, 6], 40000)))),
+            upstream_remote_address: Some(socket(local)),
+            upstream_cluster: format!("inbound|{APP_PORT}||"),
+            ..AccessLogCommon::default()
+        }),
+        protocol_version: HttpVersion::Http11 as i32,
+        request: Some(HttpRequestProperties {
+            request_method: 1,
+            path: "/status".into(),
+            request_id: request_id.into(),
+            ..HttpRequestProperties::default()
+        }),
+        response: Some(HttpResponseProperties {
+            response_code: Some(UInt32Value { value: 200 }),
+            ..HttpResponseProperties::default()
+        }),
+    };
+    let message = StreamAccessLogsMessage {
+        identifier: Some(Identifier {
+            node: Some(Node {
+                id: format!("sidecar~{}~web.shop~shop.svc.cluster.local", web.ipv4),
+                ..Node::default()
+            }),
+            log_name: "apitrace".into(),
+        }),
+        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            log_entry: vec![entry],
+        })),
+    };
+    run_in(&web.netns_path(), || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut client = AccessLogServiceClient::connect(format!("http://{probe}"))
+                .await
+                .expect("the probe's access-log service answers");
+            client
+                .stream_access_logs(tokio_stream::iter([message]))
+                .await
+                .expect("the probe takes the stream");
+        });
+    })
+    .expect("inside the traced pod");
+}
+
+/// The end of a session waits for what the sidecars flush after it: Envoy
+/// sends its access-log buffer once a second, so the log of a call made just
+/// before Ctrl-C arrives after it, and the call's record must have it.
+#[test]
+fn an_interrupted_session_waits_for_the_sidecars_last_access_logs() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("5m", Vec::new());
+    stage.wait_streaming();
+    let address = SocketAddr::new(IpAddr::V4(stage.pods.pod("web").ipv4), APP_PORT);
+    let (answer, caller) = call_from_port(stage.pods.pod("sleep"), address, "test-late");
+    assert!(answer.contains("200 OK"), "{answer}");
+    // SAFETY: kill(2) on the CLI's own pid, which this test started and has
+    // not reaped.
+    assert_eq!(
+        unsafe { libc::kill(stage.cli.id() as i32, libc::SIGINT) },
+        0
+    );
+    stage.wait_for("the session's end", Duration::from_secs(5), |stage| {
+        stage.stderr().contains("interrupted; waiting up to")
+    });
+    let probe = SocketAddr::new(
+        IpAddr::V4(stage.pods.pod("kube").ipv4),
+        apitrace_proto::ports::ACCESS_LOG,
+    );
+    log_as_the_sidecar(stage.pods.pod("web"), probe, caller, "test-late");
+    let status = stage.cli.wait().expect("the CLI ends");
+    assert_eq!(status.code(), Some(130), "{}", stage.story());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut stage.cli.stdout.take().unwrap(), &mut stdout).unwrap();
+    let record: Value = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("ndjson"))
+        .find(|record| record["request_id"] == "test-late")
+        .unwrap_or_else(|| panic!("no record of the call in {stdout}\n{}", stage.story()));
+    assert_eq!(record["layers"], json!(["als", "tc"]), "{record}");
+    assert_eq!(record["status"], json!(200), "{record}");
     stage.assert_left_as_it_was();
 }
 

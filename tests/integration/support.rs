@@ -256,8 +256,15 @@ pub fn pods(names: &[&'static str]) -> Topology {
 /// Sends one HTTP request from `client` to `address` with `x-request-id:
 /// request_id`, and reads the answer.
 pub fn call(client: &Pod, address: SocketAddr, request_id: &str) -> String {
-    run_in(&client.netns_path(), || -> std::io::Result<String> {
+    call_from_port(client, address, request_id).0
+}
+
+/// [`call`], and the client's end of the connection, for a test that writes
+/// what a sidecar would have logged of the call.
+pub fn call_from_port(client: &Pod, address: SocketAddr, request_id: &str) -> (String, SocketAddr) {
+    run_in(&client.netns_path(), || -> std::io::Result<(String, SocketAddr)> {
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        let source = stream.local_addr()?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         // One write, so one segment: the TC program reads a request's head
         // from its first segment only.
@@ -269,7 +276,7 @@ pub fn call(client: &Pod, address: SocketAddr, request_id: &str) -> String {
         )?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer)?;
-        Ok(answer)
+        Ok((answer, source))
     })
     .expect("inside the client pod")
     .unwrap_or_else(|error| panic!("calling {address} failed: {error}"))

@@ -30,7 +30,7 @@ use crate::{
     args::{CheckArgs, CleanupArgs, ClusterArgs, TargetArgs, TraceArgs, VersionArgs},
     live::{interrupted, now_ns, random_hex},
     output::{Destination, Printer},
-    pipeline::{BATCH, Pipeline},
+    pipeline::{BATCH, Drain, Pipeline},
     saved::SavedWriter,
 };
 use link::{FromProbe, PortForwardLink};
@@ -202,6 +202,16 @@ impl Progress {
         }
     }
 
+    /// Says what the session does next, whoever reads stderr: on the
+    /// terminal's counting line, the count is cleared first and comes back
+    /// at the next tick.
+    fn announce(&self, what: impl std::fmt::Display) {
+        if self.counting {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("{what}");
+    }
+
     /// Rewrites the count in place, on its own line of the terminal.
     fn count(&self, calls: usize) {
         if self.counting {
@@ -236,13 +246,17 @@ async fn run_session(
         plan.targets.nodes.len(),
         humantime::format_duration(plan.duration)
     );
-    // Ctrl-C or SIGTERM, during setup as well as after it.
+    // Ctrl-C or SIGTERM, during setup as well as after it; a second one while
+    // the session waits for the sidecars' last reports ends it at once.
     let interrupt = CancellationToken::new();
+    let interrupt_again = CancellationToken::new();
     tokio::spawn({
-        let interrupt = interrupt.clone();
+        let (interrupt, interrupt_again) = (interrupt.clone(), interrupt_again.clone());
         async move {
             interrupted().await;
             interrupt.cancel();
+            interrupted().await;
+            interrupt_again.cancel();
         }
     });
     let session = match Session::start(
@@ -316,11 +330,28 @@ async fn run_session(
     tokio::pin!(end);
     let mut exit = ExitCode::SUCCESS;
     let mut messages = Vec::with_capacity(BATCH);
+    // When the session ended (its duration, or Ctrl-C): from then on it only
+    // waits for what the sidecars had yet to report of the calls before it.
+    let mut ended: Option<i64> = None;
+    let waiting = Drain::notice();
     let result: anyhow::Result<()> = async {
         loop {
+            if let Some(ended_ns) = ended
+                && pipeline.drained(ended_ns, now_ns())
+            {
+                break;
+            }
             tokio::select! {
-                () = &mut end => break,
-                () = interrupt.cancelled() => { exit = ExitCode::from(130); break }
+                () = &mut end, if ended.is_none() => {
+                    progress.announce(format_args!("the session's time is up; {waiting} (Ctrl-C to stop now)"));
+                    ended = Some(now_ns());
+                }
+                () = interrupt.cancelled(), if ended.is_none() => {
+                    exit = ExitCode::from(130);
+                    progress.announce(format_args!("interrupted; {waiting} (Ctrl-C again to stop now)"));
+                    ended = Some(now_ns());
+                }
+                () = interrupt_again.cancelled() => { exit = ExitCode::from(130); break }
                 _ = renew.tick() => session::renew_lease(client, &session.plan.probe.namespace, &lease_name, Timestamp::now())
                     .await
                     .context("renewing the session's Lease (did someone run cleanup?)")?,

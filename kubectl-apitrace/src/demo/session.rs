@@ -309,10 +309,7 @@ impl Demo {
                     let calls = sent
                         .map_err(|e| anyhow!("the client pod stopped: {e}"))?
                         .map_err(|e| anyhow!("{e:#}\n{}", self.sidecar_logs()))?;
-                    eprintln!(
-                        "the client made {calls} calls; waiting up to {}s for the sidecars' last access logs and filter events",
-                        Drain::BOUND.as_secs()
-                    );
+                    eprintln!("the client made {calls} calls; {}", Drain::notice());
                     ended = Some((Some(calls), now_ns()));
                 }
                 () = interrupted() => {
