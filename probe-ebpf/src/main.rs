@@ -39,6 +39,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+// The probe finds the classifiers and the maps it reads or fills by the
+// names in `apitrace_tc_event::names`: renaming one of these items means
+// renaming its constant there (a probe test holds the two together).
+
 /// Addresses of the traced pod (its interfaces' addresses, and the ones its
 /// sidecar binds on `lo`): on `eth0` the packet's pod-side address must be one
 /// of them; on `lo` they tell the pod's own addresses from the original

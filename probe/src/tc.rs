@@ -24,6 +24,7 @@ use apitrace_proto::{
 use apitrace_tc_event::{
     AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, PortRole,
     TcEvent as RawEvent,
+    names::{COUNTERS, EGRESS_PROGRAM, EVENTS, INGRESS_PROGRAM, PORT_ROLES, TARGET_ADDRS},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -42,9 +43,6 @@ use crate::{counters::Counters, http_head, hub::Hub};
 
 /// The TC program, built by `build.rs` for `bpfel-unknown-none`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apitrace-tc.o"));
-
-const INGRESS_PROGRAM: &str = "apitrace_ingress";
-const EGRESS_PROGRAM: &str = "apitrace_egress";
 
 /// Ring buffers need Linux 5.8; tcx links 6.6.
 const RING_BUFFER_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
@@ -175,7 +173,7 @@ impl PodTap {
     /// pod's interfaces. `mode` must be resolved (tcx or netlink).
     pub fn attach(target: Target, options: &Options, mode: AttachMode) -> Result<Self, TcError> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", options.ring_bytes)
+            .map_max_entries(EVENTS, options.ring_bytes)
             .load(PROGRAM)
             .map_err(|error| TcError::Load(Box::new(error)))?;
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
@@ -187,10 +185,10 @@ impl PodTap {
                 })?;
         }
         let roles = ebpf
-            .map_mut("PORT_ROLES")
-            .ok_or(TcError::MissingMap("PORT_ROLES"))?;
+            .map_mut(PORT_ROLES)
+            .ok_or(TcError::MissingMap(PORT_ROLES))?;
         let mut roles: Array<_, u8> = Array::try_from(roles).map_err(|source| TcError::Map {
-            name: "PORT_ROLES",
+            name: PORT_ROLES,
             source: Box::new(source),
         })?;
         let infrastructure = options
@@ -202,7 +200,7 @@ impl PodTap {
             roles
                 .set(u32::from(port), role as u8, 0)
                 .map_err(|source| TcError::Map {
-                    name: "PORT_ROLES",
+                    name: PORT_ROLES,
                     source: Box::new(source),
                 })?;
         }
@@ -223,7 +221,7 @@ impl PodTap {
     /// Starts forwarding this pod's events to `hub`. The returned tap keeps the
     /// attachments alive; [`PodTap::detach`] removes them.
     pub fn stream(&mut self, hub: Hub) -> Result<KernelCounters, TcError> {
-        let ring: RingBuf<MapData> = take_map(&mut self.ebpf, "EVENTS")?;
+        let ring: RingBuf<MapData> = take_map(&mut self.ebpf, EVENTS)?;
         // SAFETY: the ring buffer owns its map's file descriptor for as long as it
         // lives, and the AsyncFd owns the ring buffer: the descriptor stays open
         // and the same for the AsyncFd's whole life.
@@ -238,7 +236,7 @@ impl PodTap {
             interfaces: self.interfaces.clone(),
         };
         tokio::spawn(read_ring(ring, decoder, hub));
-        let counters = take_map(&mut self.ebpf, "COUNTERS")?;
+        let counters = take_map(&mut self.ebpf, COUNTERS)?;
         Ok(KernelCounters(counters))
     }
 
@@ -300,12 +298,12 @@ fn attach_inside(
         IpAddr::V4(istio::INBOUND_PASSTHROUGH_BIND_V4),
         IpAddr::V6(istio::INBOUND_PASSTHROUGH_BIND_V6),
     ];
-    let mut targets: BpfHashMap<_, AddrKey, u8> = map(ebpf, "TARGET_ADDRS")?;
+    let mut targets: BpfHashMap<_, AddrKey, u8> = map(ebpf, TARGET_ADDRS)?;
     for ip in addresses.iter().chain(&sidecar_binds) {
         targets
             .insert(addr_key(*ip), 1, 0)
             .map_err(|source| TcError::Map {
-                name: "TARGET_ADDRS",
+                name: TARGET_ADDRS,
                 source: Box::new(source),
             })?;
     }
@@ -565,6 +563,31 @@ mod tests {
     fn on(version: (u8, u8, u16), requested: AttachMode) -> Result<AttachMode, TcError> {
         let (major, minor, patch) = version;
         resolve_mode_on(requested, KernelVersion::new(major, minor, patch), version)
+    }
+
+    /// The names are written twice, as items of the eBPF crate and as the
+    /// constants the probe looks them up by: the built object must carry
+    /// every one, with the kind the probe takes it as.
+    #[test]
+    fn the_object_has_every_name_the_probe_looks_up() {
+        let object = aya_obj::Object::parse(PROGRAM).expect("the built TC object parses");
+        for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            assert!(
+                matches!(
+                    object.programs.get(program).map(|program| &program.section),
+                    Some(aya_obj::ProgramSection::SchedClassifier)
+                ),
+                "no classifier {program} in the object: {:?}",
+                object.programs.keys().collect::<Vec<_>>()
+            );
+        }
+        for map in [TARGET_ADDRS, PORT_ROLES, EVENTS, COUNTERS] {
+            assert!(
+                object.maps.contains_key(map),
+                "no map {map} in the object: {:?}",
+                object.maps.keys().collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,26 @@
 //! [`TcEvent::decode`], which checks the length instead of trusting the kernel side.
 #![no_std]
 
+/// The names the probe finds the program's classifiers and maps by. Each is
+/// the name of a function (a classifier) or a `static` (a map) in
+/// `probe-ebpf/src/main.rs`, which its object file carries as a symbol; the
+/// eBPF macros take the item's own name, so the probe's test
+/// `the_object_has_every_name_the_probe_looks_up` holds the two together.
+pub mod names {
+    /// The classifier on each interface's ingress hook.
+    pub const INGRESS_PROGRAM: &str = "apitrace_ingress";
+    /// The classifier on each interface's egress hook (the only one on `lo`).
+    pub const EGRESS_PROGRAM: &str = "apitrace_egress";
+    /// The traced pod's addresses ([`crate::AddrKey`]).
+    pub const TARGET_ADDRS: &str = "TARGET_ADDRS";
+    /// A [`crate::PortRole`] per port.
+    pub const PORT_ROLES: &str = "PORT_ROLES";
+    /// The ring buffer of events, sized by the probe when it loads the object.
+    pub const EVENTS: &str = "EVENTS";
+    /// The per-CPU [`crate::Counter`] slots.
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
 /// Bytes of payload copied after the header of a message event that starts
 /// like an HTTP request: enough for the request line and the headers of an
 /// Istio sidecar's request to its app (where the `x-request-id` Envoy added
