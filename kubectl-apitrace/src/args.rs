@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use apitrace_cluster::{names::SessionId, target::TargetRef};
+use apitrace_join::predicate::Predicate;
 use clap::{Args, Parser, Subcommand};
 
 use crate::output::Format;
@@ -225,6 +226,11 @@ pub struct OutputArgs {
     /// Show raw credentials (the token and its signature) instead of redacting them.
     #[arg(long)]
     pub show_secrets: bool,
+    /// Print only the calls EXPR selects, such as `status >= 500 || flag ==
+    /// "UF" || latency > 250ms` (the fields and the syntax: docs/record.md);
+    /// the summary counts the calls seen and selected.
+    #[arg(long = "where", value_name = "EXPR", value_parser = parse_where)]
+    pub select: Option<Predicate>,
 }
 
 /// Where a live session keeps its raw events; shared by the demo and cluster
@@ -311,6 +317,11 @@ pub struct DemoArgs {
 /// The longest session: probes run privileged-ish on nodes, so they must not
 /// be forgotten there.
 pub const MAX_DURATION: Duration = Duration::from_secs(60 * 60);
+
+fn parse_where(text: &str) -> Result<Predicate, String> {
+    Predicate::parse(text)
+        .map_err(|error| format!("{error} (the fields and the syntax are in docs/record.md)"))
+}
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {

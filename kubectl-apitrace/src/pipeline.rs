@@ -7,7 +7,7 @@ use std::{
     io::{self, Write},
 };
 
-use apitrace_join::{CallRecord, Input, JoinConfig, JoinStats, Joiner};
+use apitrace_join::{CallRecord, Input, JoinConfig, JoinStats, Joiner, predicate::Predicate};
 use apitrace_proto::{Counters, Event, event::Kind};
 
 use crate::{
@@ -32,6 +32,10 @@ pub struct Pipeline<W: Write> {
     saved: Option<SavedWriter>,
     printer: Printer<W>,
     records: usize,
+    /// `--where`: only the calls it selects are printed.
+    select: Option<Predicate>,
+    /// How many calls it selected.
+    matched: usize,
     /// Each probe's counters (by node), from the last status it sent: a
     /// probe's counters only grow, and several probes must not overwrite
     /// each other's.
@@ -66,7 +70,10 @@ impl Drain {
 #[derive(Debug)]
 pub struct Outcome {
     pub stats: JoinStats,
+    /// Every call joined, printed or not.
     pub records: usize,
+    /// With `--where`, how many of them it selected (and were printed).
+    pub matched: Option<usize>,
     /// Each probe's last counters, by node.
     pub counters: BTreeMap<String, Counters>,
 }
@@ -78,11 +85,20 @@ impl<W: Write> Pipeline<W> {
             saved,
             printer,
             records: 0,
+            select: None,
+            matched: 0,
             counters: BTreeMap::new(),
         }
     }
 
-    /// How many records were printed (or held to be printed) so far.
+    /// Prints only the calls `select` selects (`--where`); every call is
+    /// still joined and counted.
+    pub fn selecting(mut self, select: Option<Predicate>) -> Self {
+        self.select = select;
+        self
+    }
+
+    /// How many calls were joined so far, printed or not.
     pub fn records(&self) -> usize {
         self.records
     }
@@ -125,6 +141,8 @@ impl<W: Write> Pipeline<W> {
         let mut printing = Printing {
             printer: &mut self.printer,
             records: &mut self.records,
+            select: self.select.as_ref(),
+            matched: &mut self.matched,
             failed: None,
         };
         self.joiner.apply_all(inputs, &mut printing);
@@ -142,8 +160,9 @@ impl<W: Write> Pipeline<W> {
             saved,
             printer,
             records,
+            select,
+            matched,
             counters,
-            ..
         } = self;
         if let Some(saved) = saved {
             saved.finish()?;
@@ -152,6 +171,7 @@ impl<W: Write> Pipeline<W> {
         Ok(Outcome {
             stats: joiner.stats().clone(),
             records,
+            matched: select.map(|_| matched),
             counters,
         })
     }
@@ -163,6 +183,8 @@ impl<W: Write> Pipeline<W> {
 struct Printing<'a, W: Write> {
     printer: &'a mut Printer<W>,
     records: &'a mut usize,
+    select: Option<&'a Predicate>,
+    matched: &'a mut usize,
     /// The first error printing met: the session ends with it, and the
     /// records after it are not printed.
     failed: Option<io::Error>,
@@ -175,6 +197,10 @@ impl<W: Write> Extend<CallRecord> for Printing<'_, W> {
                 return;
             }
             *self.records += 1;
+            if self.select.is_some_and(|select| !select.matches(&record)) {
+                continue;
+            }
+            *self.matched += 1;
             if let Err(error) = self.printer.print(record) {
                 self.failed = Some(error);
             }
@@ -224,6 +250,9 @@ impl Outcome {
                 "; {} TC retransmissions or resets came on their connection outside its calls (between them, or its teardown)",
                 stats.tc_outside_calls
             ));
+        }
+        if let Some(matched) = self.matched {
+            text.push_str(&format!("; {matched} matched --where and were printed"));
         }
         text.push('.');
         let probes = match self.counters.len() {
@@ -317,6 +346,7 @@ mod tests {
                 tc_connection_level: 0,
             },
             records: 4,
+            matched: None,
             counters: BTreeMap::from([(
                 "node-a".to_owned(),
                 Counters {

@@ -24,7 +24,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         show_secrets: output.show_secrets,
         ..JoinConfig::default()
     };
-    let mut pipeline = Pipeline::new(config, None, printer);
+    let mut pipeline = Pipeline::new(config, None, printer).selecting(output.select.clone());
     let mut batch = Vec::with_capacity(BATCH);
     for input in inputs {
         match input {

@@ -398,3 +398,55 @@ fn strip_escapes(line: &str) -> String {
     }
     out
 }
+
+/// `--where` on a replay prints exactly the demo's calls it selects, as the
+/// demo printed them, and the summary counts them; a mistyped field is
+/// refused before anything is read, naming the fields there are.
+#[test]
+fn where_prints_the_calls_it_selects_and_refuses_an_unknown_field() {
+    let printed =
+        fs::read_to_string(fixture("default").with_extension("ndjson")).expect("the golden output");
+    let selected: Vec<&str> = printed
+        .lines()
+        .filter(|line| {
+            let record: Value = serde_json::from_str(line).expect("a JSON object per line");
+            record["status"] == 404
+                || record["path"]
+                    .as_str()
+                    .is_some_and(|path| path.starts_with("/api/orders"))
+        })
+        .collect();
+    assert!(
+        !selected.is_empty() && selected.len() < printed.lines().count(),
+        "the fixture has calls on both sides of the expression"
+    );
+    let output = join(
+        &fixture("default"),
+        &[
+            "-o",
+            "ndjson",
+            "--where",
+            r#"status == 404 || path ~ "/api/orders*""#,
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().collect::<Vec<_>>(), selected);
+    let summary = stderr(&output);
+    assert!(
+        summary.contains(&format!("{} calls; ", printed.lines().count()))
+            && summary.contains(&format!(
+                "; {} matched --where and were printed",
+                selected.len()
+            )),
+        "{summary}"
+    );
+
+    let refused = join(&fixture("default"), &["--where", "stauts >= 500"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused)
+            .contains("at character 1: no field `stauts`; the fields are status, method"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -21,6 +21,7 @@ mod engine;
 #[cfg(any(test, feature = "fixtures"))]
 #[doc(hidden)]
 pub mod fixtures;
+pub mod predicate;
 mod record;
 mod saved;
 

@@ -310,7 +310,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn endpoint() -> Endpoint {
@@ -340,7 +340,7 @@ mod tests {
     }
 
     /// A record with every optional part present.
-    fn full_record() -> CallRecord {
+    pub(crate) fn full_record() -> CallRecord {
         CallRecord {
             time: rfc3339(0),
             request_id: "id".into(),

@@ -293,7 +293,8 @@ async fn run_session(
         },
         saved,
         printer,
-    );
+    )
+    .selecting(args.output.select.clone());
     // The traced pods are known already: named (and marked traced, which decides
     // how hops merge) before the first event, even if the watch below is slow
     // or not allowed.

@@ -59,13 +59,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         output.follow,
         Destination::stdout(),
     )?;
+    let select = output.select.clone();
     let plan = plan::Plan::resolve(args)?;
     let saved = plan.save.as_deref().map(SavedWriter::create).transpose()?;
     let config = JoinConfig {
         show_secrets: plan.show_secrets,
         ..JoinConfig::default()
     };
-    let pipeline = Pipeline::new(config, saved, printer);
+    let pipeline = Pipeline::new(config, saved, printer).selecting(select);
     // One thread: the demo's child processes are tied to the thread that
     // started them (PR_SET_PDEATHSIG), which must live as long as the CLI.
     let runtime = tokio::runtime::Builder::new_current_thread()
