@@ -301,6 +301,10 @@ pub fn permissions(
         at("create", "", "pods", "", probe),
         at("get", "", "pods", "", probe),
         at("delete", "", "pods", "", probe),
+        // The WebSocket port-forward's GET is authorised as `get`, and from
+        // Kubernetes 1.35 also as `create` (kubernetes/kubernetes,
+        // pkg/registry/core/pod/rest/subresources.go, v1.35.0).
+        at("get", "", "pods", "portforward", probe),
         at("create", "", "pods", "portforward", probe),
     ];
     for namespace in target_namespaces {

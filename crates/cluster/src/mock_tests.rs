@@ -26,7 +26,7 @@ use crate::{
     watchdog::{self, Anchor},
 };
 
-const SESSION: &str = "abcde12345";
+pub(crate) const SESSION: &str = "abcde12345";
 const PROBES: &str = "/api/v1/namespaces/apitrace-system";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases";
 const MESH_MAP: &str = "/api/v1/namespaces/istio-system/configmaps/istio";
