@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
     core::v1::{ConfigMap, Namespace},
@@ -20,7 +21,7 @@ use crate::{
     error_text::ApiText,
     istio::{self, TelemetryVersion},
     mesh::{self, MESH_KEY, MeshConfigRef, TelemetryPolicy},
-    target::Targets,
+    target::{Revision, Targets},
 };
 
 /// The namespace istiod and its mesh config live in unless `--istio-namespace` says otherwise.
@@ -63,7 +64,7 @@ pub enum CheckError {
     )]
     OldKernel { node: String, kernel: String },
     #[error(
-        "the pods use more than one Istio revision ({}): trace one revision at a time, with -l istio.io/rev=REVISION",
+        "the pods use more than one Istio revision ({}): trace one revision at a time (each pod's sidecar.istio.io/status annotation names its revision)",
         .0.join(", ")
     )]
     MixedRevisions(Vec<String>),
@@ -175,19 +176,55 @@ pub async fn mesh(
     })
 }
 
-/// The single revision of the traced pods.
-pub fn revision(targets: &Targets) -> Result<String, CheckError> {
-    let mut revisions: Vec<String> = targets
-        .pods
-        .iter()
-        .map(|pod| pod.revision.clone())
-        .collect();
+/// The single revision of the traced pods, resolved as istiod does: what the
+/// injector wrote into each pod's status annotation, else the revision the
+/// pod's injection label (or a revision tag it names) points to.
+pub async fn revision(client: &Client, targets: &Targets) -> Result<String, CheckError> {
+    let mut revisions = Vec::with_capacity(targets.pods.len());
+    let mut tags: BTreeMap<String, String> = BTreeMap::new();
+    for pod in &targets.pods {
+        let revision = match &pod.revision {
+            Revision::Injected(revision) => revision.clone(),
+            Revision::Selected(name) => match tags.get(name) {
+                Some(revision) => revision.clone(),
+                None => {
+                    let revision = tag_revision(client, name).await?;
+                    tags.insert(name.clone(), revision.clone());
+                    revision
+                }
+            },
+        };
+        revisions.push(revision);
+    }
     revisions.sort();
     revisions.dedup();
     if revisions.len() > 1 {
         return Err(CheckError::MixedRevisions(revisions));
     }
     Ok(revisions.pop().unwrap_or_else(|| "default".into()))
+}
+
+/// The revision `name` points to: a revision tag is a
+/// MutatingWebhookConfiguration labelled `istio.io/tag=<name>` whose
+/// `istio.io/rev` label is the revision (istio/istio,
+/// pkg/revisions/tag_watcher.go, 1.28.10); without one, `name` is a revision.
+async fn tag_revision(client: &Client, name: &str) -> Result<String, CheckError> {
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}={name}", istio::TAG_LABEL)))
+        .await
+        .map_err(api_error("Istio's revision tags"))?;
+    Ok(webhooks
+        .items
+        .iter()
+        .find_map(|webhook| {
+            webhook
+                .metadata
+                .labels
+                .as_ref()?
+                .get(istio::REVISION_LABEL)
+                .cloned()
+        })
+        .unwrap_or_else(|| name.to_owned()))
 }
 
 /// Per target namespace, the access-log providers its traced pods use now.
@@ -289,6 +326,14 @@ pub fn permissions(
         at("watch", "", "services", "", None),
         at("list", "", "nodes", "", None),
         at("watch", "", "nodes", "", None),
+        // A revision tag, for a pod whose status annotation names no revision.
+        at(
+            "list",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            None,
+        ),
         at("get", "", "configmaps", "", Some(istio_namespace)),
         at("update", "", "configmaps", "", Some(istio_namespace)),
         at("create", "coordination.k8s.io", "leases", "", probe),

@@ -22,7 +22,7 @@ use crate::{
     names::SessionId,
     objects::{FilterModule, Plan, ProbeOptions},
     session::{ProbeLink, Session, SessionError, Stage, Timeouts},
-    target::{Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
+    target::{Revision, Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
     watchdog::{self, Anchor},
 };
 
@@ -64,7 +64,7 @@ pub(crate) fn plan() -> Plan {
                 node: "node-a".into(),
                 ips: vec!["10.0.0.5".into()],
                 sidecar_container_id: "abc123".into(),
-                revision: "default".into(),
+                revision: Revision::Injected("default".into()),
                 labels: BTreeMap::from([("app".into(), "web".into())]),
             }],
             nodes: vec![TargetNode {
@@ -1106,4 +1106,74 @@ async fn identities_come_from_a_list_then_a_watch_of_pods() {
         ]
     );
     api.finish().await;
+}
+
+/// Istio's injector writes the revision into the status annotation and
+/// leaves the pod's `istio.io/rev` label (here a revision tag) as it was.
+fn injected_status(revision: &str) -> Value {
+    let status = json!({
+        "initContainers": ["istio-init"], "containers": ["web", "istio-proxy"],
+        "volumes": ["istio-envoy"], "imagePullSecrets": null, "revision": revision,
+    });
+    json!({"metadata": {
+        "labels": {"istio.io/rev": "prod"},
+        "annotations": {"sidecar.istio.io/status": status.to_string()},
+    }})
+}
+
+const PROD_TAG: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations?&labelSelector=istio.io%2Ftag%3Dprod";
+
+/// `istio-revision-tag-prod`, as `istioctl tag set prod --revision canary` makes it.
+fn prod_tag() -> Value {
+    json!({"metadata": {}, "items": [{
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "istio-revision-tag-prod", "labels": {"istio.io/tag": "prod", "istio.io/rev": "canary"}},
+    }]})
+}
+
+#[tokio::test]
+async fn the_revision_is_the_one_the_injector_wrote_not_the_pods_label() {
+    let (targets, api) = resolve_with(
+        vec![pod("web-1", running(), injected_status("canary"))],
+        Some("linux"),
+    )
+    .await;
+    let targets = targets.unwrap();
+    api.finish().await;
+    assert_eq!(
+        targets.pods[0].revision,
+        Revision::Injected("canary".into())
+    );
+    // Nothing more to ask: the annotation is istiod's own revision.
+    let api = MockApi::new(vec![]);
+    assert_eq!(
+        crate::check::revision(&api.client, &targets).await.unwrap(),
+        "canary"
+    );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_status_names_no_revision_is_resolved_through_the_revision_tag() {
+    let mut unannotated = injected_status("");
+    unannotated["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .clear();
+    let (targets, api) =
+        resolve_with(vec![pod("web-1", running(), unannotated)], Some("linux")).await;
+    let targets = targets.unwrap();
+    api.finish().await;
+    assert_eq!(targets.pods[0].revision, Revision::Selected("prod".into()));
+    let api = MockApi::new(tag_lookup_script());
+    assert_eq!(
+        crate::check::revision(&api.client, &targets).await.unwrap(),
+        "canary"
+    );
+    api.finish().await;
+}
+
+/// Looking up the revision tag `prod`.
+pub(crate) fn tag_lookup_script() -> Vec<Exchange> {
+    vec![ok(Method::GET, PROD_TAG, prod_tag())]
 }

@@ -18,7 +18,7 @@ use crate::{
     mock::{Exchange, MockApi, fail, ok},
     mock_tests::{
         SESSION, anchor_reads, identity_watch_script, leftovers_script, probe_reach,
-        resolution_script, setup_steps, teardown,
+        resolution_script, setup_steps, tag_lookup_script, teardown,
     },
     names::SessionId,
 };
@@ -199,6 +199,7 @@ fn ungranted(grants: &Grants, script: &[Exchange]) -> Vec<String> {
 fn user_requests() -> Vec<Exchange> {
     let steps = setup_steps();
     let mut script = resolution_script();
+    script.extend(tag_lookup_script());
     script.extend(identity_watches());
     script.extend(steps.iter().map(|step| step.exchange.clone()));
     script.push(port_forward());

@@ -104,7 +104,7 @@ async fn preflight(
     scope: &Scope,
 ) -> anyhow::Result<Preflight> {
     let targets = target::resolve(client, selection, scope).await?;
-    let revision = check::revision(&targets)?;
+    let revision = check::revision(client, &targets).await?;
     let mesh = check::mesh(client, &cluster.istio_namespace, &revision).await?;
     for node in &targets.nodes {
         check::kernel_attach(&node.name, &node.kernel)?;
