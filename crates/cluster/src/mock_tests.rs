@@ -74,6 +74,7 @@ pub(crate) fn plan() -> Plan {
             }],
         },
         inherited_providers: BTreeMap::from([("shop".into(), vec!["envoy".into()])]),
+        show_secrets: false,
     }
 }
 
@@ -1176,4 +1177,19 @@ async fn a_pod_whose_status_names_no_revision_is_resolved_through_the_revision_t
 /// Looking up the revision tag `prod`.
 pub(crate) fn tag_lookup_script() -> Vec<Exchange> {
     vec![ok(Method::GET, PROD_TAG, prod_tag())]
+}
+
+#[test]
+fn show_secrets_reaches_the_filters_plugin_config() {
+    for show_secrets in [false, true] {
+        let plan = Plan {
+            show_secrets,
+            ..plan()
+        };
+        let plugins = plan.wasm_plugins(&module());
+        assert_eq!(
+            plugins[0].data["spec"]["pluginConfig"]["show_secrets"],
+            show_secrets
+        );
+    }
 }

@@ -74,6 +74,10 @@ pub struct Plan {
     pub targets: Targets,
     /// Per target namespace, the access-log providers its traced pods already use.
     pub inherited_providers: BTreeMap<String, Vec<String>>,
+    /// `--show-secrets`: the filters send raw credentials, which they redact
+    /// otherwise. The join redacts again unless told the same, but what the
+    /// filter redacted cannot be restored, so the filter must be told.
+    pub show_secrets: bool,
 }
 
 /// The capabilities the probe uses, and why. Anything else is dropped.
@@ -410,6 +414,7 @@ impl Plan {
                             "ingest_cluster": format!("outbound|{}||{host}", ports::HTTP),
                             "ingest_authority": format!("{host}:{}", ports::HTTP),
                             "session_token": self.token,
+                            "show_secrets": self.show_secrets,
                         },
                     }),
                 )

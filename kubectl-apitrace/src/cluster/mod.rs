@@ -162,6 +162,7 @@ async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<Ex
         telemetry_version: preflight.mesh.telemetry_version,
         targets: preflight.targets,
         inherited_providers: preflight.inherited_providers,
+        show_secrets: args.output.show_secrets,
     };
     if args.dry_run {
         let text = apitrace_cluster::dry_run::render(&plan, &preflight.mesh.mesh_config)?;
