@@ -20,7 +20,7 @@ use crate::{
     mesh::MeshConfigRef,
     mock::{Exchange, MockApi, fail, ok, watch},
     names::SessionId,
-    objects::{FilterModule, Plan, ProbeOptions},
+    objects::{FilterModule, LEASE_DURATION, Plan, ProbeOptions},
     session::{ProbeLink, Session, SessionError, Stage, Timeouts},
     target::{Revision, Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
     watchdog::{self, Anchor},
@@ -1192,4 +1192,64 @@ fn show_secrets_reaches_the_filters_plugin_config() {
             show_secrets
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_lease_renewal_is_retried_while_the_lease_is_valid() {
+    let lease = format!("{LEASES}/{}?", name());
+    let renewed = ok(
+        Method::PATCH,
+        lease.clone(),
+        anchor("2026-11-22T10:00:10Z", "2"),
+    );
+    let refused = fail(Method::PATCH, lease.clone(), 503);
+    // One refusal, then renewed: the session goes on at the usual pace.
+    let mut script = vec![refused.clone(), renewed.clone()];
+    // Then refused until the Lease would lapse before the next try: 10 s
+    // after the last renewal, then every 2 s up to 28 s.
+    script.extend(std::iter::repeat_n(refused.clone(), 10));
+    let api = MockApi::new(script);
+    let mut keeper = crate::session::LeaseKeeper::new(&api.client, "apitrace-system", &name());
+    tokio::time::advance(LEASE_DURATION / 3).await;
+    let next = keeper.renew().await.unwrap();
+    assert_eq!(next, crate::session::RENEW_RETRY);
+    assert!(keeper.failing.as_deref().unwrap().contains("injected 503"));
+    tokio::time::advance(next).await;
+    assert_eq!(keeper.renew().await.unwrap(), LEASE_DURATION / 3);
+    assert_eq!(keeper.failing, None);
+    tokio::time::advance(LEASE_DURATION / 3).await;
+    let mut tries = 1;
+    let error = loop {
+        match keeper.renew().await {
+            Ok(next) => {
+                tries += 1;
+                tokio::time::advance(next).await;
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(tries, 10);
+    assert!(
+        error.to_string().starts_with(&format!(
+            "the session's Lease apitrace-system/{} could not be renewed for 28 s, and lapses now",
+            name()
+        )),
+        "{error}"
+    );
+    drop(keeper);
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_lease_that_is_gone_ends_the_session_at_once() {
+    let lease = format!("{LEASES}/{}?", name());
+    let api = MockApi::new(vec![fail(Method::PATCH, lease, 404)]);
+    let mut keeper = crate::session::LeaseKeeper::new(&api.client, "apitrace-system", &name());
+    let error = keeper.renew().await.unwrap_err();
+    assert!(
+        matches!(error, crate::session::LeaseError::Gone { .. }),
+        "{error}"
+    );
+    drop(keeper);
+    api.finish().await;
 }

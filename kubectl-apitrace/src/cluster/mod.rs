@@ -310,8 +310,13 @@ async fn run_session(
         .collect();
     let mut identities = identity::watch(client, traced, now_ns);
     let mut identities_failing = false;
-    let lease_name = session.plan.session.object_name();
-    let mut renew = tokio::time::interval(LEASE_DURATION / 3);
+    let mut lease = session::LeaseKeeper::new(
+        client,
+        &session.plan.probe.namespace,
+        &session.plan.session.object_name(),
+    );
+    let renew = tokio::time::sleep(LEASE_DURATION / 3);
+    tokio::pin!(renew);
     let mut ticks = tokio::time::interval(Duration::from_millis(200));
     let end = tokio::time::sleep(session.plan.duration);
     tokio::pin!(end);
@@ -322,9 +327,19 @@ async fn run_session(
             tokio::select! {
                 () = &mut end => break,
                 () = interrupt.cancelled() => { exit = ExitCode::from(130); break }
-                _ = renew.tick() => session::renew_lease(client, &session.plan.probe.namespace, &lease_name, Timestamp::now())
-                    .await
-                    .context("renewing the session's Lease (did someone run cleanup?)")?,
+                () = &mut renew => {
+                    let was_failing = lease.failing.is_some();
+                    let next = lease.renew().await?;
+                    match &lease.failing {
+                        Some(error) if !was_failing => eprintln!(
+                            "renewing the session's Lease failed ({error}); retrying every {} s while it is valid",
+                            session::RENEW_RETRY.as_secs()
+                        ),
+                        None if was_failing => eprintln!("the session's Lease is renewed again"),
+                        _ => {}
+                    }
+                    renew.as_mut().reset(tokio::time::Instant::now() + next);
+                }
                 _ = ticks.tick() => {
                     pipeline.feed(Input::Tick { now_ns: now_ns() })?;
                     if args.output.follow {
