@@ -56,6 +56,14 @@ pub enum CheckError {
     )]
     PodSecurity { namespace: String, level: String },
     #[error(
+        "istiod does not see the probe namespace {namespace:?}: the mesh config ({config}) has discoverySelectors and none selects it, so istiod would drop the session's access-log provider; label the namespace so that one selects it (see `kubectl get configmap -n {} {} -o yaml`)",
+        config.namespace, config.name
+    )]
+    NotDiscovered {
+        namespace: String,
+        config: MeshConfigRef,
+    },
+    #[error(
         "probe namespace {namespace:?} does not exist: create it and the probe's service account with `kubectl apply -f manifests/probe.yaml`"
     )]
     NoProbeNamespace { namespace: String },
@@ -68,6 +76,8 @@ pub enum CheckError {
         .0.join(", ")
     )]
     MixedRevisions(Vec<String>),
+    #[error(transparent)]
+    Logging(#[from] mesh::LoggingError),
     #[error("asking the API server about {what}: {}", ApiText(source))]
     Api {
         what: String,
@@ -90,6 +100,9 @@ pub struct Mesh {
     pub revision: String,
     /// From istiod's image tag; `None` when istiod's Deployment is not readable.
     pub version: Option<String>,
+    /// The DNS domain the sidecars resolve Services in, as istiod is told
+    /// it; `None` when istiod's Deployment is not readable.
+    pub cluster_domain: Option<String>,
     pub telemetry_version: TelemetryVersion,
     /// The mesh config as it is now (`data.mesh`).
     pub mesh_config: String,
@@ -150,31 +163,51 @@ pub async fn mesh(
     } else {
         format!("istiod-{revision}")
     };
-    // Reading istiod is a courtesy for the version line, not a requirement.
-    let version = Api::<Deployment>::namespaced(client.clone(), istio_namespace)
+    // istiod's Deployment gives the version line and the cluster's DNS
+    // domain; a managed control plane has none in the cluster.
+    let container = Api::<Deployment>::namespaced(client.clone(), istio_namespace)
         .get_opt(&istiod)
         .await
         .ok()
         .flatten()
-        .and_then(|deployment| {
-            let image = deployment
-                .spec
-                .template
-                .spec?
-                .containers
-                .first()?
-                .image
-                .clone()?;
-            Some(image.rsplit_once(':')?.1.to_owned())
-        });
+        .and_then(|deployment| deployment.spec.template.spec?.containers.into_iter().next());
+    let version = container
+        .as_ref()
+        .and_then(|container| Some(container.image.as_deref()?.rsplit_once(':')?.1.to_owned()));
+    let cluster_domain = container
+        .as_ref()
+        .map(|container| domain_argument(container.args.as_deref().unwrap_or_default()));
     Ok(Mesh {
         config,
         revision: revision.to_owned(),
         version,
+        cluster_domain,
         telemetry_version,
         mesh_config,
     })
 }
+
+/// The cluster's DNS domain as istiod is started with it: `--domain`, which
+/// Istio's chart sets from `global.proxy.clusterDomain`, else `cluster.local`
+/// (istio/istio, pilot/cmd/pilot-discovery/app/cmd.go and
+/// manifests/charts/istio-control/istio-discovery/templates/deployment.yaml,
+/// 1.28.10). The probe Service's name in the mesh config must use it, or
+/// istiod finds no such Service and drops the access-log provider.
+fn domain_argument(args: &[String]) -> String {
+    let mut args = args.iter();
+    let mut domain = None;
+    while let Some(arg) = args.next() {
+        if arg == "--domain" {
+            domain = args.next().cloned();
+        } else if let Some(value) = arg.strip_prefix("--domain=") {
+            domain = Some(value.to_owned());
+        }
+    }
+    domain.unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned())
+}
+
+/// The domain of a cluster whose istiod is not told another.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// The single revision of the traced pods, resolved as istiod does: what the
 /// injector wrote into each pod's status annotation, else the revision the
@@ -227,20 +260,24 @@ async fn tag_revision(client: &Client, name: &str) -> Result<String, CheckError>
         .unwrap_or_else(|| name.to_owned()))
 }
 
-/// Per target namespace, the access-log providers its traced pods use now.
-pub async fn inherited_providers(
+/// Per target namespace, the `accessLogging` entries that keep its traced
+/// pods' logging as it is (see [`mesh::inherited_access_logging`]).
+pub async fn inherited_logging(
     client: &Client,
     mesh: &Mesh,
     targets: &Targets,
-) -> Result<BTreeMap<String, Vec<String>>, CheckError> {
+) -> Result<BTreeMap<String, Vec<serde_json::Value>>, CheckError> {
     let resource = istio::telemetry(mesh.telemetry_version);
-    let mut namespaces = targets.namespaces();
-    let root = mesh.config.namespace.clone();
-    let mut policies = Vec::new();
+    let logging = mesh::mesh_logging(&mesh.mesh_config).map_err(|source| CheckError::Mesh {
+        config: mesh.config.clone(),
+        source,
+    })?;
+    let namespaces = targets.namespaces();
     let mut listed = namespaces.clone();
-    if !listed.contains(&root) {
-        listed.insert(0, root.clone());
+    if !listed.contains(&logging.root_namespace) {
+        listed.insert(0, logging.root_namespace.clone());
     }
+    let mut policies = Vec::new();
     for namespace in &listed {
         let list = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
             .list(&ListParams::default())
@@ -250,27 +287,25 @@ pub async fn inherited_providers(
             TelemetryPolicy::from_object(&serde_json::to_value(object).ok()?)
         }));
     }
-    let defaults = mesh::default_access_log_providers(&mesh.mesh_config).map_err(|source| {
-        CheckError::Mesh {
-            config: mesh.config.clone(),
-            source,
+    let mut inherited = BTreeMap::new();
+    for namespace in namespaces {
+        let mut kept: Option<Vec<serde_json::Value>> = None;
+        for pod in targets.pods.iter().filter(|pod| pod.namespace == namespace) {
+            let entries =
+                mesh::inherited_access_logging(&policies, &namespace, &pod.labels, &logging)?;
+            match &kept {
+                Some(others) if *others != entries => {
+                    return Err(mesh::LoggingError::PodsDiffer {
+                        namespace: namespace.clone(),
+                    }
+                    .into());
+                }
+                _ => kept = Some(entries),
+            }
         }
-    })?;
-    Ok(namespaces
-        .drain(..)
-        .map(|namespace| {
-            let labels: Vec<_> = targets
-                .pods
-                .iter()
-                .filter(|pod| pod.namespace == namespace)
-                .map(|pod| &pod.labels)
-                .collect();
-            let providers = mesh::inherited_access_log_providers(
-                &policies, &root, &namespace, &labels, &defaults,
-            );
-            (namespace, providers)
-        })
-        .collect())
+        inherited.insert(namespace, kept.unwrap_or_default());
+    }
+    Ok(inherited)
 }
 
 /// One thing a session does, as a SelfSubjectAccessReview asks about it.
@@ -424,9 +459,18 @@ pub async fn missing_permissions(
     Ok(missing)
 }
 
-/// The Pod Security level the probe namespace enforces (`privileged` when unset:
-/// the built-in default, unless the cluster configures another).
-pub async fn probe_namespace_level(client: &Client, namespace: &str) -> Result<String, CheckError> {
+/// Checks the probe namespace: it exists, its Pod Security level
+/// (`privileged` when unset: the built-in default, unless the cluster
+/// configures another) admits the probe, and istiod sees it: with
+/// `discoverySelectors` in the mesh config, istiod keeps only the Services of
+/// namespaces one of them selects, and drops an access-log provider whose
+/// Service it does not know (istio/istio, pkg/kube/namespace/filter.go,
+/// `selectorsChanged` and `Filter`, 1.28.10). Returns the level.
+pub async fn probe_namespace_level(
+    client: &Client,
+    namespace: &str,
+    mesh: &Mesh,
+) -> Result<String, CheckError> {
     let object = Api::<Namespace>::all(client.clone())
         .get_opt(namespace)
         .await
@@ -434,15 +478,26 @@ pub async fn probe_namespace_level(client: &Client, namespace: &str) -> Result<S
         .ok_or_else(|| CheckError::NoProbeNamespace {
             namespace: namespace.to_owned(),
         })?;
-    let level = object
-        .metadata
-        .labels
-        .and_then(|mut labels| labels.remove("pod-security.kubernetes.io/enforce"))
+    let labels = object.metadata.labels.unwrap_or_default();
+    let level = labels
+        .get("pod-security.kubernetes.io/enforce")
+        .cloned()
         .unwrap_or_else(|| "privileged".into());
     if level != "privileged" {
         return Err(CheckError::PodSecurity {
             namespace: namespace.to_owned(),
             level,
+        });
+    }
+    let discovered =
+        mesh::discovers(&mesh.mesh_config, &labels).map_err(|source| CheckError::Mesh {
+            config: mesh.config.clone(),
+            source,
+        })?;
+    if !discovered {
+        return Err(CheckError::NotDiscovered {
+            namespace: namespace.to_owned(),
+            config: mesh.config.clone(),
         });
     }
     Ok(level)
@@ -496,6 +551,25 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn the_cluster_domain_is_the_one_istiod_is_started_with() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let chart = args(&[
+            "discovery",
+            "--monitoringAddr=:15014",
+            "--domain",
+            "corp.internal",
+            "--keepaliveMaxServerConnectionAge",
+            "30m",
+        ]);
+        assert_eq!(domain_argument(&chart), "corp.internal");
+        assert_eq!(
+            domain_argument(&args(&["discovery", "--domain=example.org"])),
+            "example.org"
+        );
+        assert_eq!(domain_argument(&args(&["discovery"])), "cluster.local");
     }
 
     #[test]

@@ -73,8 +73,18 @@ pub(crate) fn plan() -> Plan {
                 taints: vec![],
             }],
         },
-        inherited_providers: BTreeMap::from([("shop".into(), vec!["envoy".into()])]),
+        inherited_logging: BTreeMap::from([(
+            "shop".into(),
+            // Kept with its filter and direction, which the schema tests
+            // hold to Istio's Telemetry CRD.
+            vec![json!({
+                "providers": [{ "name": "envoy" }],
+                "filter": { "expression": "response.code >= 400" },
+                "match": { "mode": "SERVER" },
+            })],
+        )]),
         show_secrets: false,
+        cluster_domain: "cluster.local".into(),
     }
 }
 

@@ -94,7 +94,7 @@ fn selection(args: &TargetArgs, default_namespace: String) -> Option<(Selection,
 struct Preflight {
     targets: Targets,
     mesh: check::Mesh,
-    inherited_providers: std::collections::BTreeMap<String, Vec<String>>,
+    inherited_logging: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 async fn preflight(
@@ -118,12 +118,12 @@ async fn preflight(
     if !missing.is_empty() {
         return Err(CheckError::Forbidden(missing).into());
     }
-    check::probe_namespace_level(client, &cluster.probe_namespace).await?;
-    let inherited_providers = check::inherited_providers(client, &mesh, &targets).await?;
+    check::probe_namespace_level(client, &cluster.probe_namespace, &mesh).await?;
+    let inherited_logging = check::inherited_logging(client, &mesh, &targets).await?;
     Ok(Preflight {
         targets,
         mesh,
-        inherited_providers,
+        inherited_logging,
     })
 }
 
@@ -161,8 +161,13 @@ async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<Ex
         mesh: preflight.mesh.config.clone(),
         telemetry_version: preflight.mesh.telemetry_version,
         targets: preflight.targets,
-        inherited_providers: preflight.inherited_providers,
+        inherited_logging: preflight.inherited_logging,
         show_secrets: args.output.show_secrets,
+        cluster_domain: preflight
+            .mesh
+            .cluster_domain
+            .clone()
+            .unwrap_or_else(|| check::DEFAULT_CLUSTER_DOMAIN.to_owned()),
     };
     if args.dry_run {
         let text = apitrace_cluster::dry_run::render(&plan, &preflight.mesh.mesh_config)?;
@@ -436,7 +441,7 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
                 if !missing.is_empty() {
                     return Err(CheckError::Forbidden(missing).into());
                 }
-                check::probe_namespace_level(&client, &cluster.probe_namespace).await?;
+                check::probe_namespace_level(&client, &cluster.probe_namespace, &mesh).await?;
             }
         }
         println!(
@@ -449,11 +454,14 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
 
 fn print_mesh(mesh: &check::Mesh) {
     println!(
-        "istio: {} (revision {}), mesh config {}, Telemetry {}, WasmPlugin v1alpha1",
+        "istio: {} (revision {}), mesh config {}, Telemetry {}, WasmPlugin v1alpha1, cluster domain {}",
         mesh.version.as_deref().unwrap_or("version unknown"),
         mesh.revision,
         mesh.config,
-        mesh.telemetry_version.as_str()
+        mesh.telemetry_version.as_str(),
+        mesh.cluster_domain
+            .as_deref()
+            .unwrap_or("cluster.local (assumed: istiod's Deployment is not readable)")
     );
 }
 
