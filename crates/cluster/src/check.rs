@@ -64,6 +64,14 @@ pub enum CheckError {
         config: MeshConfigRef,
     },
     #[error(
+        "pod {pod}'s sidecar cannot reach the probes: the Sidecar resource {sidecar} that applies to it leaves namespace {probe_namespace} out of its egress hosts, so the access logs and the filter's events would have nowhere to go; add \"{probe_namespace}/*\" to its egress hosts for the session"
+    )]
+    SidecarEgress {
+        pod: String,
+        sidecar: String,
+        probe_namespace: String,
+    },
+    #[error(
         "probe namespace {namespace:?} does not exist: create it and the probe's service account with `kubectl apply -f manifests/probe.yaml`"
     )]
     NoProbeNamespace { namespace: String },
@@ -308,6 +316,61 @@ pub async fn inherited_logging(
     Ok(inherited)
 }
 
+/// Checks that the `Sidecar` resource istiod applies to each traced pod (if
+/// any) lets its sidecar reach the probe namespace's Services: one whose
+/// egress leaves them out gives the sidecar no cluster to send the access
+/// logs and the filter's events to.
+pub async fn sidecars_reach_probes(
+    client: &Client,
+    mesh: &Mesh,
+    targets: &Targets,
+    probe_namespace: &str,
+) -> Result<(), CheckError> {
+    let logging = mesh::mesh_logging(&mesh.mesh_config).map_err(|source| CheckError::Mesh {
+        config: mesh.config.clone(),
+        source,
+    })?;
+    let mut listed = targets.namespaces();
+    if !listed.contains(&logging.root_namespace) {
+        listed.push(logging.root_namespace.clone());
+    }
+    let mut sidecars = Vec::new();
+    for namespace in &listed {
+        let list =
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &istio::sidecar())
+                .list(&ListParams::default())
+                .await
+                .map_err(api_error("Istio's Sidecar resources"))?;
+        sidecars.extend(list.items.iter().filter_map(|object| {
+            Some(istio::SidecarPolicy::from_object(
+                &serde_json::to_value(object).ok()?,
+            ))
+        }));
+    }
+    let domain = mesh
+        .cluster_domain
+        .as_deref()
+        .unwrap_or(DEFAULT_CLUSTER_DOMAIN);
+    for pod in &targets.pods {
+        let applied = istio::applied_sidecar(
+            &sidecars,
+            &pod.namespace,
+            &pod.labels,
+            &logging.root_namespace,
+        );
+        if let Some(sidecar) =
+            applied.filter(|s| !s.reaches(&pod.namespace, probe_namespace, domain))
+        {
+            return Err(CheckError::SidecarEgress {
+                pod: format!("{}/{}", pod.namespace, pod.name),
+                sidecar: format!("{}/{}", sidecar.namespace, sidecar.name),
+                probe_namespace: probe_namespace.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// One thing a session does, as a SelfSubjectAccessReview asks about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permission {
@@ -391,6 +454,7 @@ pub fn permissions(
         let namespace = Some(namespace.as_str());
         needed.extend([
             at("patch", "", "pods", "", namespace),
+            at("list", istio::NETWORKING_GROUP, "sidecars", "", namespace),
             at("list", istio::TELEMETRY_GROUP, "telemetries", "", namespace),
             at(
                 "create",

@@ -200,6 +200,12 @@ fn user_requests() -> Vec<Exchange> {
     let steps = setup_steps();
     let mut script = resolution_script();
     script.extend(tag_lookup_script());
+    // The Sidecar resources that decide whether the traced pods reach the probes.
+    script.push(ok(
+        Method::GET,
+        "/apis/networking.istio.io/v1beta1/namespaces/shop/sidecars?",
+        Value::Null,
+    ));
     script.extend(identity_watches());
     script.extend(steps.iter().map(|step| step.exchange.clone()));
     script.push(port_forward());
