@@ -195,13 +195,29 @@ pub fn normalise_tcp(entry: &TcpAccessLogEntry, reporter: &Reporter) -> Option<A
     Some(log)
 }
 
+/// The peer the sidecar accepted the connection from: what the wire shows.
+/// `downstream_remote_address` may be inferred from `x-forwarded-for` or the
+/// proxy protocol (a caller behind an ingress gateway would be named by its
+/// client's address, which no packet on the pod carries);
+/// `downstream_direct_remote_address` is always the socket's peer
+/// (envoyproxy/envoy, api/envoy/data/accesslog/v3/accesslog.proto,
+/// `AccessLogCommon` fields 2 and 20, as bundled in envoy-types 0.7.7; and
+/// source/extensions/access_loggers/grpc/grpc_access_log_utils.cc, which
+/// fills both). An Envoy that sends only the first is read as before.
+fn downstream_peer(common: &AccessLogCommon) -> Option<&Address> {
+    common
+        .downstream_direct_remote_address
+        .as_ref()
+        .or(common.downstream_remote_address.as_ref())
+}
+
 fn normalise_common(common: &AccessLogCommon, reporter: &Reporter) -> AccessLog {
     AccessLog {
         start_time_unix_nano: common.start_time.as_ref().map_or(0, timestamp_nanos),
         reporter: reporter.pod.clone(),
         node_id: reporter.node_id.clone(),
         log_name: reporter.log_name.clone(),
-        downstream_remote: endpoint(common.downstream_remote_address.as_ref()),
+        downstream_remote: endpoint(downstream_peer(common)),
         downstream_local: endpoint(common.downstream_local_address.as_ref()),
         upstream_remote: endpoint(common.upstream_remote_address.as_ref()),
         upstream_local: endpoint(common.upstream_local_address.as_ref()),
@@ -427,6 +443,22 @@ pub(crate) mod tests {
         assert_eq!(log.last_upstream_rx_byte_ns, 1_500_000);
         assert_eq!(log.response_flags, "UF,URX");
         assert_eq!(log.reporter.unwrap().name, "nginx");
+    }
+
+    /// Behind an ingress gateway, Envoy may take the downstream remote address
+    /// from `x-forwarded-for`: the call is keyed by the socket's peer, the
+    /// gateway, which is what the pod's wire shows.
+    #[test]
+    fn the_connection_is_keyed_by_the_direct_peer_not_a_forwarded_address() {
+        let mut forwarded = entry();
+        let common = forwarded.common_properties.as_mut().unwrap();
+        common.downstream_remote_address = Some(socket("203.0.113.7", 0));
+        common.downstream_direct_remote_address = Some(socket("10.0.0.40", 50174));
+        let log = normalise_http(&forwarded, &Reporter::default()).unwrap();
+        assert_eq!(
+            log.downstream_remote,
+            Some(Endpoint::new("10.0.0.40", 50174))
+        );
     }
 
     /// An inbound entry over Istio mTLS: the caller's SPIFFE identity is the

@@ -40,7 +40,12 @@ fn cluster_objects(web: &str, sleep: &str, container_id: &str) -> Vec<Value> {
     let pod = |name: &str, ip: &str, sidecar: &str| {
         json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "namespace": "shop", "name": name, "labels": { "app": name } },
+            // What Istio's injector writes: the revision in the status
+            // annotation, no `istio.io/rev` label.
+            "metadata": {
+                "namespace": "shop", "name": name, "labels": { "app": name },
+                "annotations": { "sidecar.istio.io/status": r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}"# },
+            },
             "spec": { "nodeName": "node-a", "containers": [{ "name": name }, { "name": "istio-proxy" }] },
             "status": {
                 "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }],

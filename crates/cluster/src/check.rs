@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
     core::v1::{ConfigMap, Namespace},
@@ -20,7 +21,7 @@ use crate::{
     error_text::ApiText,
     istio::{self, TelemetryVersion},
     mesh::{self, MESH_KEY, MeshConfigRef, TelemetryPolicy},
-    target::Targets,
+    target::{Revision, Targets},
 };
 
 /// The namespace istiod and its mesh config live in unless `--istio-namespace` says otherwise.
@@ -55,6 +56,22 @@ pub enum CheckError {
     )]
     PodSecurity { namespace: String, level: String },
     #[error(
+        "istiod does not see the probe namespace {namespace:?}: the mesh config ({config}) has discoverySelectors and none selects it, so istiod would drop the session's access-log provider; label the namespace so that one selects it (see `kubectl get configmap -n {} {} -o yaml`)",
+        config.namespace, config.name
+    )]
+    NotDiscovered {
+        namespace: String,
+        config: MeshConfigRef,
+    },
+    #[error(
+        "pod {pod}'s sidecar cannot reach the probes: the Sidecar resource {sidecar} that applies to it leaves namespace {probe_namespace} out of its egress hosts, so the access logs and the filter's events would have nowhere to go; add \"{probe_namespace}/*\" to its egress hosts for the session"
+    )]
+    SidecarEgress {
+        pod: String,
+        sidecar: String,
+        probe_namespace: String,
+    },
+    #[error(
         "probe namespace {namespace:?} does not exist: create it and the probe's service account with `kubectl apply -f manifests/probe.yaml`"
     )]
     NoProbeNamespace { namespace: String },
@@ -63,10 +80,12 @@ pub enum CheckError {
     )]
     OldKernel { node: String, kernel: String },
     #[error(
-        "the pods use more than one Istio revision ({}): trace one revision at a time, with -l istio.io/rev=REVISION",
+        "the pods use more than one Istio revision ({}): trace one revision at a time (each pod's sidecar.istio.io/status annotation names its revision)",
         .0.join(", ")
     )]
     MixedRevisions(Vec<String>),
+    #[error(transparent)]
+    Logging(#[from] mesh::LoggingError),
     #[error("asking the API server about {what}: {}", ApiText(source))]
     Api {
         what: String,
@@ -89,6 +108,9 @@ pub struct Mesh {
     pub revision: String,
     /// From istiod's image tag; `None` when istiod's Deployment is not readable.
     pub version: Option<String>,
+    /// The DNS domain the sidecars resolve Services in, as istiod is told
+    /// it; `None` when istiod's Deployment is not readable.
+    pub cluster_domain: Option<String>,
     pub telemetry_version: TelemetryVersion,
     /// The mesh config as it is now (`data.mesh`).
     pub mesh_config: String,
@@ -149,39 +171,72 @@ pub async fn mesh(
     } else {
         format!("istiod-{revision}")
     };
-    // Reading istiod is a courtesy for the version line, not a requirement.
-    let version = Api::<Deployment>::namespaced(client.clone(), istio_namespace)
+    // istiod's Deployment gives the version line and the cluster's DNS
+    // domain; a managed control plane has none in the cluster.
+    let container = Api::<Deployment>::namespaced(client.clone(), istio_namespace)
         .get_opt(&istiod)
         .await
         .ok()
         .flatten()
-        .and_then(|deployment| {
-            let image = deployment
-                .spec
-                .template
-                .spec?
-                .containers
-                .first()?
-                .image
-                .clone()?;
-            Some(image.rsplit_once(':')?.1.to_owned())
-        });
+        .and_then(|deployment| deployment.spec.template.spec?.containers.into_iter().next());
+    let version = container
+        .as_ref()
+        .and_then(|container| Some(container.image.as_deref()?.rsplit_once(':')?.1.to_owned()));
+    let cluster_domain = container
+        .as_ref()
+        .map(|container| domain_argument(container.args.as_deref().unwrap_or_default()));
     Ok(Mesh {
         config,
         revision: revision.to_owned(),
         version,
+        cluster_domain,
         telemetry_version,
         mesh_config,
     })
 }
 
-/// The single revision of the traced pods.
-pub fn revision(targets: &Targets) -> Result<String, CheckError> {
-    let mut revisions: Vec<String> = targets
-        .pods
-        .iter()
-        .map(|pod| pod.revision.clone())
-        .collect();
+/// The cluster's DNS domain as istiod is started with it: `--domain`, which
+/// Istio's chart sets from `global.proxy.clusterDomain`, else `cluster.local`
+/// (istio/istio, pilot/cmd/pilot-discovery/app/cmd.go and
+/// manifests/charts/istio-control/istio-discovery/templates/deployment.yaml,
+/// 1.28.10). The probe Service's name in the mesh config must use it, or
+/// istiod finds no such Service and drops the access-log provider.
+fn domain_argument(args: &[String]) -> String {
+    let mut args = args.iter();
+    let mut domain = None;
+    while let Some(arg) = args.next() {
+        if arg == "--domain" {
+            domain = args.next().cloned();
+        } else if let Some(value) = arg.strip_prefix("--domain=") {
+            domain = Some(value.to_owned());
+        }
+    }
+    domain.unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned())
+}
+
+/// The domain of a cluster whose istiod is not told another.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The single revision of the traced pods, resolved as istiod does: what the
+/// injector wrote into each pod's status annotation, else the revision the
+/// pod's injection label (or a revision tag it names) points to.
+pub async fn revision(client: &Client, targets: &Targets) -> Result<String, CheckError> {
+    let mut revisions = Vec::with_capacity(targets.pods.len());
+    let mut tags: BTreeMap<String, String> = BTreeMap::new();
+    for pod in &targets.pods {
+        let revision = match &pod.revision {
+            Revision::Injected(revision) => revision.clone(),
+            Revision::Selected(name) => match tags.get(name) {
+                Some(revision) => revision.clone(),
+                None => {
+                    let revision = tag_revision(client, name).await?;
+                    tags.insert(name.clone(), revision.clone());
+                    revision
+                }
+            },
+        };
+        revisions.push(revision);
+    }
     revisions.sort();
     revisions.dedup();
     if revisions.len() > 1 {
@@ -190,20 +245,47 @@ pub fn revision(targets: &Targets) -> Result<String, CheckError> {
     Ok(revisions.pop().unwrap_or_else(|| "default".into()))
 }
 
-/// Per target namespace, the access-log providers its traced pods use now.
-pub async fn inherited_providers(
+/// The revision `name` points to: a revision tag is a
+/// MutatingWebhookConfiguration labelled `istio.io/tag=<name>` whose
+/// `istio.io/rev` label is the revision (istio/istio,
+/// pkg/revisions/tag_watcher.go, 1.28.10); without one, `name` is a revision.
+async fn tag_revision(client: &Client, name: &str) -> Result<String, CheckError> {
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}={name}", istio::TAG_LABEL)))
+        .await
+        .map_err(api_error("Istio's revision tags"))?;
+    Ok(webhooks
+        .items
+        .iter()
+        .find_map(|webhook| {
+            webhook
+                .metadata
+                .labels
+                .as_ref()?
+                .get(istio::REVISION_LABEL)
+                .cloned()
+        })
+        .unwrap_or_else(|| name.to_owned()))
+}
+
+/// Per target namespace, the `accessLogging` entries that keep its traced
+/// pods' logging as it is (see [`mesh::inherited_access_logging`]).
+pub async fn inherited_logging(
     client: &Client,
     mesh: &Mesh,
     targets: &Targets,
-) -> Result<BTreeMap<String, Vec<String>>, CheckError> {
+) -> Result<BTreeMap<String, Vec<serde_json::Value>>, CheckError> {
     let resource = istio::telemetry(mesh.telemetry_version);
-    let mut namespaces = targets.namespaces();
-    let root = mesh.config.namespace.clone();
-    let mut policies = Vec::new();
+    let logging = mesh::mesh_logging(&mesh.mesh_config).map_err(|source| CheckError::Mesh {
+        config: mesh.config.clone(),
+        source,
+    })?;
+    let namespaces = targets.namespaces();
     let mut listed = namespaces.clone();
-    if !listed.contains(&root) {
-        listed.insert(0, root.clone());
+    if !listed.contains(&logging.root_namespace) {
+        listed.insert(0, logging.root_namespace.clone());
     }
+    let mut policies = Vec::new();
     for namespace in &listed {
         let list = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
             .list(&ListParams::default())
@@ -213,27 +295,80 @@ pub async fn inherited_providers(
             TelemetryPolicy::from_object(&serde_json::to_value(object).ok()?)
         }));
     }
-    let defaults = mesh::default_access_log_providers(&mesh.mesh_config).map_err(|source| {
-        CheckError::Mesh {
-            config: mesh.config.clone(),
-            source,
+    let mut inherited = BTreeMap::new();
+    for namespace in namespaces {
+        let mut kept: Option<Vec<serde_json::Value>> = None;
+        for pod in targets.pods.iter().filter(|pod| pod.namespace == namespace) {
+            let entries =
+                mesh::inherited_access_logging(&policies, &namespace, &pod.labels, &logging)?;
+            match &kept {
+                Some(others) if *others != entries => {
+                    return Err(mesh::LoggingError::PodsDiffer {
+                        namespace: namespace.clone(),
+                    }
+                    .into());
+                }
+                _ => kept = Some(entries),
+            }
         }
+        inherited.insert(namespace, kept.unwrap_or_default());
+    }
+    Ok(inherited)
+}
+
+/// Checks that the `Sidecar` resource istiod applies to each traced pod (if
+/// any) lets its sidecar reach the probe namespace's Services: one whose
+/// egress leaves them out gives the sidecar no cluster to send the access
+/// logs and the filter's events to.
+pub async fn sidecars_reach_probes(
+    client: &Client,
+    mesh: &Mesh,
+    targets: &Targets,
+    probe_namespace: &str,
+) -> Result<(), CheckError> {
+    let logging = mesh::mesh_logging(&mesh.mesh_config).map_err(|source| CheckError::Mesh {
+        config: mesh.config.clone(),
+        source,
     })?;
-    Ok(namespaces
-        .drain(..)
-        .map(|namespace| {
-            let labels: Vec<_> = targets
-                .pods
-                .iter()
-                .filter(|pod| pod.namespace == namespace)
-                .map(|pod| &pod.labels)
-                .collect();
-            let providers = mesh::inherited_access_log_providers(
-                &policies, &root, &namespace, &labels, &defaults,
-            );
-            (namespace, providers)
-        })
-        .collect())
+    let mut listed = targets.namespaces();
+    if !listed.contains(&logging.root_namespace) {
+        listed.push(logging.root_namespace.clone());
+    }
+    let mut sidecars = Vec::new();
+    for namespace in &listed {
+        let list =
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &istio::sidecar())
+                .list(&ListParams::default())
+                .await
+                .map_err(api_error("Istio's Sidecar resources"))?;
+        sidecars.extend(list.items.iter().filter_map(|object| {
+            Some(istio::SidecarPolicy::from_object(
+                &serde_json::to_value(object).ok()?,
+            ))
+        }));
+    }
+    let domain = mesh
+        .cluster_domain
+        .as_deref()
+        .unwrap_or(DEFAULT_CLUSTER_DOMAIN);
+    for pod in &targets.pods {
+        let applied = istio::applied_sidecar(
+            &sidecars,
+            &pod.namespace,
+            &pod.labels,
+            &logging.root_namespace,
+        );
+        if let Some(sidecar) =
+            applied.filter(|s| !s.reaches(&pod.namespace, probe_namespace, domain))
+        {
+            return Err(CheckError::SidecarEgress {
+                pod: format!("{}/{}", pod.namespace, pod.name),
+                sidecar: format!("{}/{}", sidecar.namespace, sidecar.name),
+                probe_namespace: probe_namespace.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One thing a session does, as a SelfSubjectAccessReview asks about it.
@@ -289,6 +424,14 @@ pub fn permissions(
         at("watch", "", "services", "", None),
         at("list", "", "nodes", "", None),
         at("watch", "", "nodes", "", None),
+        // A revision tag, for a pod whose status annotation names no revision.
+        at(
+            "list",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            None,
+        ),
         at("get", "", "configmaps", "", Some(istio_namespace)),
         at("update", "", "configmaps", "", Some(istio_namespace)),
         at("create", "coordination.k8s.io", "leases", "", probe),
@@ -301,12 +444,17 @@ pub fn permissions(
         at("create", "", "pods", "", probe),
         at("get", "", "pods", "", probe),
         at("delete", "", "pods", "", probe),
+        // The WebSocket port-forward's GET is authorised as `get`, and from
+        // Kubernetes 1.35 also as `create` (kubernetes/kubernetes,
+        // pkg/registry/core/pod/rest/subresources.go, v1.35.0).
+        at("get", "", "pods", "portforward", probe),
         at("create", "", "pods", "portforward", probe),
     ];
     for namespace in target_namespaces {
         let namespace = Some(namespace.as_str());
         needed.extend([
             at("patch", "", "pods", "", namespace),
+            at("list", istio::NETWORKING_GROUP, "sidecars", "", namespace),
             at("list", istio::TELEMETRY_GROUP, "telemetries", "", namespace),
             at(
                 "create",
@@ -375,9 +523,18 @@ pub async fn missing_permissions(
     Ok(missing)
 }
 
-/// The Pod Security level the probe namespace enforces (`privileged` when unset:
-/// the built-in default, unless the cluster configures another).
-pub async fn probe_namespace_level(client: &Client, namespace: &str) -> Result<String, CheckError> {
+/// Checks the probe namespace: it exists, its Pod Security level
+/// (`privileged` when unset: the built-in default, unless the cluster
+/// configures another) admits the probe, and istiod sees it: with
+/// `discoverySelectors` in the mesh config, istiod keeps only the Services of
+/// namespaces one of them selects, and drops an access-log provider whose
+/// Service it does not know (istio/istio, pkg/kube/namespace/filter.go,
+/// `selectorsChanged` and `Filter`, 1.28.10). Returns the level.
+pub async fn probe_namespace_level(
+    client: &Client,
+    namespace: &str,
+    mesh: &Mesh,
+) -> Result<String, CheckError> {
     let object = Api::<Namespace>::all(client.clone())
         .get_opt(namespace)
         .await
@@ -385,15 +542,26 @@ pub async fn probe_namespace_level(client: &Client, namespace: &str) -> Result<S
         .ok_or_else(|| CheckError::NoProbeNamespace {
             namespace: namespace.to_owned(),
         })?;
-    let level = object
-        .metadata
-        .labels
-        .and_then(|mut labels| labels.remove("pod-security.kubernetes.io/enforce"))
+    let labels = object.metadata.labels.unwrap_or_default();
+    let level = labels
+        .get("pod-security.kubernetes.io/enforce")
+        .cloned()
         .unwrap_or_else(|| "privileged".into());
     if level != "privileged" {
         return Err(CheckError::PodSecurity {
             namespace: namespace.to_owned(),
             level,
+        });
+    }
+    let discovered =
+        mesh::discovers(&mesh.mesh_config, &labels).map_err(|source| CheckError::Mesh {
+            config: mesh.config.clone(),
+            source,
+        })?;
+    if !discovered {
+        return Err(CheckError::NotDiscovered {
+            namespace: namespace.to_owned(),
+            config: mesh.config.clone(),
         });
     }
     Ok(level)
@@ -447,6 +615,25 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn the_cluster_domain_is_the_one_istiod_is_started_with() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let chart = args(&[
+            "discovery",
+            "--monitoringAddr=:15014",
+            "--domain",
+            "corp.internal",
+            "--keepaliveMaxServerConnectionAge",
+            "30m",
+        ]);
+        assert_eq!(domain_argument(&chart), "corp.internal");
+        assert_eq!(
+            domain_argument(&args(&["discovery", "--domain=example.org"])),
+            "example.org"
+        );
+        assert_eq!(domain_argument(&args(&["discovery"])), "cluster.local");
     }
 
     #[test]

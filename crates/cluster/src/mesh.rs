@@ -264,29 +264,107 @@ pub fn session_providers(mesh: &str) -> Result<Vec<SessionId>, MeshError> {
         .collect())
 }
 
-/// `defaultProviders.accessLogging`: the providers workloads log to when no
-/// Telemetry names any.
-pub fn default_access_log_providers(mesh: &str) -> Result<Vec<String>, MeshError> {
+/// What the mesh config says about access logging and where Telemetry
+/// policies apply from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MeshLogging {
+    /// `defaultProviders.accessLogging`: the providers workloads log to when no
+    /// Telemetry names any.
+    pub default_providers: Vec<String>,
+    /// `accessLogFile`: the legacy file log, which istiod configures only
+    /// while no Telemetry configures access logging for a workload.
+    pub access_log_file: Option<String>,
+    /// `enableEnvoyAccessLogService`: the legacy gRPC log, the same way.
+    pub envoy_access_log_service: bool,
+    /// `rootNamespace`: Telemetry there applies to the whole mesh. Istio's
+    /// Helm chart writes it (its default, the Istio namespace); unset, istiod
+    /// takes `istio-system` (istio/istio, pkg/config/mesh/mesh.go
+    /// `DefaultMeshConfig`, and
+    /// manifests/charts/istio-control/istio-discovery/templates/configmap.yaml,
+    /// 1.28.10).
+    pub root_namespace: String,
+}
+
+/// Reads what decides the pods' access logging from the mesh config.
+pub fn mesh_logging(mesh: &str) -> Result<MeshLogging, MeshError> {
     let value = parse(mesh)?;
-    Ok(value["defaultProviders"]["accessLogging"]
+    let text = |key: &str| {
+        value[key]
+            .as_str()
+            .filter(|text| !text.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(MeshLogging {
+        default_providers: value["defaultProviders"]["accessLogging"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name.as_str().map(str::to_owned))
+            .collect(),
+        access_log_file: text("accessLogFile"),
+        envoy_access_log_service: value["enableEnvoyAccessLogService"] == Value::Bool(true),
+        root_namespace: text("rootNamespace").unwrap_or_else(|| "istio-system".to_owned()),
+    })
+}
+
+/// Whether istiod sees a namespace with these labels: every namespace when
+/// the mesh config has no `discoverySelectors`, else those one of them
+/// selects (`matchLabels` and `matchExpressions`, as Kubernetes reads a
+/// label selector).
+pub fn discovers(mesh: &str, labels: &BTreeMap<String, String>) -> Result<bool, MeshError> {
+    let value = parse(mesh)?;
+    let Some(selectors) = value["discoverySelectors"]
         .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|name| name.as_str().map(str::to_owned))
-        .collect())
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(true);
+    };
+    Ok(selectors.iter().any(|selector| {
+        let labelled = selector["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(key, value)| labels.get(key).map(String::as_str) == value.as_str());
+        let expressed = selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|expression| {
+                let key = expression["key"].as_str().unwrap_or_default();
+                let values: Vec<&str> = expression["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let value = labels.get(key).map(String::as_str);
+                match expression["operator"].as_str() {
+                    Some("In") => value.is_some_and(|v| values.contains(&v)),
+                    Some("NotIn") => !value.is_some_and(|v| values.contains(&v)),
+                    Some("Exists") => value.is_some(),
+                    Some("DoesNotExist") => value.is_none(),
+                    _ => false,
+                }
+            });
+        labelled && expressed
+    }))
 }
 
 /// A Telemetry that could apply to the traced pods, reduced to what decides
-/// their access-log providers.
+/// their access logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetryPolicy {
     pub namespace: String,
     pub name: String,
-    /// `spec.selector.matchLabels`, `None` for a namespace-wide policy.
+    /// `metadata.creationTimestamp` (RFC 3339, so ordered as text): istiod
+    /// applies policies oldest first.
+    pub created: String,
+    /// `spec.selector.matchLabels`, `None` for a namespace-wide policy (no
+    /// selector, or an empty one).
     pub selector: Option<BTreeMap<String, String>>,
-    /// The access-log providers it names, `None` when it names none (it then
-    /// leaves the inherited ones in place).
-    pub access_log_providers: Option<Vec<String>>,
+    /// `spec.accessLogging` as written: each entry's providers, `filter`,
+    /// `match` and `disabled`.
+    pub access_logging: Vec<Value>,
 }
 
 impl TelemetryPolicy {
@@ -297,35 +375,25 @@ impl TelemetryPolicy {
         if !spec["targetRefs"].is_null() || !spec["targetRef"].is_null() {
             return None;
         }
-        let selector = spec["selector"]["matchLabels"].as_object().map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                .collect()
-        });
-        let names: Vec<String> = spec["accessLogging"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|logging| logging["disabled"] != Value::Bool(true))
-            .flat_map(|logging| logging["providers"].as_array().cloned().unwrap_or_default())
-            .filter_map(|provider| provider["name"].as_str().map(str::to_owned))
-            .collect();
-        let names_any = spec["accessLogging"].as_array().is_some_and(|list| {
-            list.iter()
-                .any(|l| l["providers"].is_array() || l["disabled"] == Value::Bool(true))
-        });
+        let selector = spec["selector"]["matchLabels"]
+            .as_object()
+            .filter(|labels| !labels.is_empty())
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            });
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
         Some(Self {
-            namespace: object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            name: object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            namespace: text(&object["metadata"]["namespace"]),
+            name: text(&object["metadata"]["name"]),
+            created: text(&object["metadata"]["creationTimestamp"]),
             selector,
-            access_log_providers: names_any.then_some(names),
+            access_logging: spec["accessLogging"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 
@@ -336,43 +404,174 @@ impl TelemetryPolicy {
     }
 }
 
-/// The access-log providers the pods (with these labels, in one namespace)
-/// already log to, as Istio resolves them: the most specific level that names
-/// providers replaces what it inherits — policies selecting the pods, then the
-/// namespace's own, then the root namespace's, then the mesh default. Our
-/// Telemetry must list them too, or it would switch them off.
-pub fn inherited_access_log_providers(
-    policies: &[TelemetryPolicy],
-    root_namespace: &str,
-    namespace: &str,
-    pods_labels: &[&BTreeMap<String, String>],
-    mesh_defaults: &[String],
-) -> Vec<String> {
-    let mut selecting: Vec<String> = policies
-        .iter()
-        .filter(|p| p.namespace == namespace && pods_labels.iter().any(|labels| p.selects(labels)))
-        .filter_map(|p| p.access_log_providers.clone())
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoggingError {
+    #[error(
+        "the traced pods log through the mesh config's enableEnvoyAccessLogService, which istiod turns off for a pod as soon as a Telemetry configures its access logging, as the session's would; no provider reproduces it: configure that log as an envoyHttpAls provider in a Telemetry (then the session keeps it), or turn it off, before tracing"
+    )]
+    EnvoyAccessLogService,
+    #[error(
+        "the traced pods log through the mesh config's accessLogFile {path:?}, which istiod turns off for a pod as soon as a Telemetry configures its access logging, as the session's would; only /dev/stdout has a provider that logs the same (Istio's built-in `envoy`): log to /dev/stdout, or name a provider in a Telemetry (then the session keeps it), before tracing"
+    )]
+    AccessLogFile { path: String },
+    #[error(
+        "the traced pods in namespace {namespace} are logged differently (their Telemetry policies select them differently), and one Telemetry per namespace cannot keep both: trace them one group at a time"
+    )]
+    PodsDiffer { namespace: String },
+}
+
+/// The directions a sidecar logs in, as `match.mode` names them.
+const MODES: [&str; 2] = ["CLIENT", "SERVER"];
+
+fn provider_names(entry: &Value) -> Vec<String> {
+    entry["providers"]
+        .as_array()
+        .into_iter()
         .flatten()
-        .collect();
-    let level = |ns: &str| {
-        policies
+        .filter_map(|provider| provider["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn applies_in(entry: &Value, mode: &str) -> bool {
+    match entry["match"]["mode"].as_str() {
+        None | Some("CLIENT_AND_SERVER") => true,
+        Some(only) => only == mode,
+    }
+}
+
+/// The providers a pod logs to in `mode`, each with its `filter`, as istiod
+/// merges the policies that apply (`levels`, in its order): the names come
+/// from the last level that names any for this mode (the mesh default
+/// before), a provider's filter from the last entry naming it, and an entry
+/// without providers means its parent's (istio/istio,
+/// pilot/pkg/model/telemetry.go `mergeLogs`, 1.28.10).
+fn merge_logs(levels: &[&[Value]], defaults: &[String], mode: &str) -> BTreeMap<String, Value> {
+    if levels.is_empty() {
+        return defaults
             .iter()
-            .filter(|p| p.namespace == ns && p.selector.is_none())
-            .find_map(|p| p.access_log_providers.clone())
-    };
-    let mut providers = if !selecting.is_empty() {
-        std::mem::take(&mut selecting)
-    } else if let Some(names) = level(namespace) {
-        names
-    } else if let Some(names) = level(root_namespace) {
-        names
-    } else {
-        mesh_defaults.to_vec()
-    };
-    providers.retain(|name| SessionId::from_provider_name(name).is_none());
-    providers.sort();
-    providers.dedup();
+            .map(|name| (name.clone(), Value::Null))
+            .collect();
+    }
+    let mut in_scope: Vec<String> = defaults.to_vec();
+    let mut filters: BTreeMap<String, Value> = BTreeMap::new();
+    for level in levels {
+        let mut names = Vec::new();
+        for entry in level.iter().filter(|entry| applies_in(entry, mode)) {
+            for name in provider_names(entry) {
+                filters.insert(name.clone(), entry["filter"].clone());
+                names.push(name);
+            }
+        }
+        if !names.is_empty() {
+            in_scope = names;
+        }
+    }
+    let mut providers: BTreeMap<String, Option<Value>> = BTreeMap::new();
+    let mut parent: Vec<String> = defaults.to_vec();
+    for entry in levels.iter().flat_map(|level| level.iter()) {
+        let mut names = provider_names(entry);
+        if names.is_empty() {
+            names = parent.clone();
+        }
+        parent = names.clone();
+        for name in names {
+            if !in_scope.contains(&name) || !applies_in(entry, mode) {
+                continue;
+            }
+            let spec = (entry["disabled"] != Value::Bool(true))
+                .then(|| filters.get(&name).cloned().unwrap_or(Value::Null));
+            providers.insert(name, spec);
+        }
+    }
     providers
+        .into_iter()
+        .filter_map(|(name, spec)| Some((name, spec?)))
+        .collect()
+}
+
+/// The `accessLogging` entries the session's Telemetry must carry, besides
+/// its own provider, so that nothing about the pod's logging changes: istiod
+/// applies the root namespace's first namespace-wide policy, then the pod's
+/// namespace's first, then every policy selecting the pod, oldest first
+/// (`applicableTelemetries` and `getTelemetries` in
+/// pilot/pkg/model/telemetry.go, 1.28.10). Ours is the newest selecting
+/// policy, so it overrides them all: it must name every provider the pod
+/// logs to now, in the same directions and with the same filters. Where no
+/// policy and no default names a provider, istiod logs through the legacy
+/// `accessLogFile` and `enableEnvoyAccessLogService`, and stops as soon as any
+/// Telemetry applies (pilot/pkg/networking/core/accesslog.go): the file on
+/// /dev/stdout is kept as Istio's built-in `envoy` provider, which formats as
+/// the mesh config says (pilot/pkg/model/telemetry_logging.go); anything else
+/// is refused before the session changes anything.
+pub fn inherited_access_logging(
+    policies: &[TelemetryPolicy],
+    namespace: &str,
+    pod_labels: &BTreeMap<String, String>,
+    mesh: &MeshLogging,
+) -> Result<Vec<Value>, LoggingError> {
+    let mut sorted: Vec<&TelemetryPolicy> = policies.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.created, &a.name, &a.namespace).cmp(&(&b.created, &b.name, &b.namespace))
+    });
+    let namespace_wide = |ns: &str| {
+        sorted
+            .iter()
+            .find(|p| p.namespace == ns && p.selector.is_none())
+            .map(|p| p.access_logging.as_slice())
+    };
+    let mut levels: Vec<&[Value]> = Vec::new();
+    levels.extend(namespace_wide(&mesh.root_namespace));
+    if namespace != mesh.root_namespace {
+        levels.extend(namespace_wide(namespace));
+    }
+    levels.extend(
+        sorted
+            .iter()
+            .filter(|p| p.namespace == namespace && p.selects(pod_labels))
+            .map(|p| p.access_logging.as_slice()),
+    );
+    levels.retain(|level| !level.is_empty());
+    if levels.is_empty() && mesh.default_providers.is_empty() {
+        if mesh.envoy_access_log_service {
+            return Err(LoggingError::EnvoyAccessLogService);
+        }
+        return match mesh.access_log_file.as_deref() {
+            None => Ok(Vec::new()),
+            Some("/dev/stdout") => Ok(vec![json!({ "providers": [{ "name": "envoy" }] })]),
+            Some(path) => Err(LoggingError::AccessLogFile {
+                path: path.to_owned(),
+            }),
+        };
+    }
+    let [client, server] = MODES.map(|mode| merge_logs(&levels, &mesh.default_providers, mode));
+    let mut names: Vec<&String> = client.keys().chain(server.keys()).collect();
+    names.sort();
+    names.dedup();
+    let entry = |name: &str, filter: &Value, mode: Option<&str>| {
+        let mut entry = json!({ "providers": [{ "name": name }] });
+        if !filter.is_null() {
+            entry["filter"] = filter.clone();
+        }
+        if let Some(mode) = mode {
+            entry["match"] = json!({ "mode": mode });
+        }
+        entry
+    };
+    let mut entries = Vec::new();
+    // A leftover provider of another session is not kept.
+    for name in names
+        .into_iter()
+        .filter(|name| SessionId::from_provider_name(name).is_none())
+    {
+        match (client.get(name), server.get(name)) {
+            (Some(a), Some(b)) if a == b => entries.push(entry(name, a, None)),
+            (a, b) => {
+                entries.extend(a.map(|filter| entry(name, filter, Some("CLIENT"))));
+                entries.extend(b.map(|filter| entry(name, filter, Some("SERVER"))));
+            }
+        }
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -539,47 +738,170 @@ mod tests {
 
     fn policy(
         namespace: &str,
+        created: &str,
         selector: Option<&[(&str, &str)]>,
-        providers: Option<&[&str]>,
+        logging: Value,
     ) -> TelemetryPolicy {
         TelemetryPolicy {
             namespace: namespace.into(),
-            name: "p".into(),
+            name: format!("p{created}"),
+            created: format!("2026-11-22T10:00:{created}Z"),
             selector: selector.map(|s| {
                 s.iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect()
             }),
-            access_log_providers: providers.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            access_logging: logging.as_array().cloned().unwrap_or_default(),
         }
     }
 
+    fn mesh(defaults: &[&str], file: Option<&str>) -> MeshLogging {
+        MeshLogging {
+            default_providers: defaults.iter().map(|d| d.to_string()).collect(),
+            access_log_file: file.map(str::to_owned),
+            envoy_access_log_service: false,
+            root_namespace: "istio-system".into(),
+        }
+    }
+
+    fn web() -> BTreeMap<String, String> {
+        BTreeMap::from([("app".to_string(), "web".to_string())])
+    }
+
     #[test]
-    fn the_most_specific_level_that_names_providers_wins() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        let pods = [&labels];
-        let defaults = vec!["envoy".to_string()];
-        let root = policy("istio-system", None, Some(&["otel"]));
-        let namespace = policy("shop", None, Some(&["file"]));
-        let selecting = policy("shop", Some(&[("app", "web")]), Some(&["stackdriver"]));
-        let other = policy("shop", Some(&[("app", "db")]), Some(&["x"]));
-        let silent = policy("shop", None, None);
+    fn the_policies_istiod_applies_decide_what_is_kept() {
         let resolve = |policies: &[TelemetryPolicy]| {
-            inherited_access_log_providers(policies, "istio-system", "shop", &pods, &defaults)
+            inherited_access_logging(policies, "shop", &web(), &mesh(&["envoy"], None)).unwrap()
         };
-        assert_eq!(resolve(&[]), ["envoy"]);
-        assert_eq!(resolve(std::slice::from_ref(&root)), ["otel"]);
+        let names = |name: &str| json!([{ "providers": [{ "name": name }] }]);
+        assert_eq!(Value::from(resolve(&[])), names("envoy"));
+        let root = policy("istio-system", "01", None, names("otel"));
         assert_eq!(
-            resolve(&[root.clone(), silent.clone(), namespace.clone()]),
-            ["file"]
+            Value::from(resolve(std::slice::from_ref(&root))),
+            names("otel")
         );
+        // Only the oldest namespace-wide policy of a namespace counts.
+        let first = policy("shop", "02", None, names("file"));
+        let second = policy("shop", "03", None, names("ignored"));
         assert_eq!(
-            resolve(&[root, namespace, selecting, other]),
-            ["stackdriver"]
+            Value::from(resolve(&[second.clone(), root.clone(), first.clone()])),
+            names("file")
+        );
+        // Every selecting policy applies, oldest first: the newest that names
+        // providers wins; one selecting other pods does not count.
+        let older = policy("shop", "04", Some(&[("app", "web")]), names("older"));
+        let newer = policy("shop", "05", Some(&[("app", "web")]), names("stackdriver"));
+        let other = policy("shop", "06", Some(&[("app", "db")]), names("x"));
+        assert_eq!(
+            Value::from(resolve(&[newer, root, first, older, other])),
+            names("stackdriver")
         );
         // A leftover provider of another session is not inherited.
-        let stale = policy("shop", None, Some(&["apitrace-zzzzz00000", "envoy"]));
-        assert_eq!(resolve(&[stale]), ["envoy"]);
+        let stale = policy(
+            "shop",
+            "07",
+            None,
+            json!([{ "providers": [{ "name": "apitrace-zzzzz00000" }, { "name": "envoy" }] }]),
+        );
+        assert_eq!(Value::from(resolve(&[stale])), names("envoy"));
+    }
+
+    #[test]
+    fn filters_directions_and_disabled_providers_are_kept_as_istiod_merges_them() {
+        let namespace = policy(
+            "shop",
+            "01",
+            None,
+            json!([
+                { "providers": [{ "name": "envoy" }], "filter": { "expression": "response.code >= 400" } },
+                { "providers": [{ "name": "otel" }], "match": { "mode": "SERVER" } },
+            ]),
+        );
+        // A selecting policy that turns the file log off for outbound calls.
+        let selecting = policy(
+            "shop",
+            "02",
+            Some(&[("app", "web")]),
+            json!([{ "providers": [{ "name": "envoy" }], "disabled": true, "match": { "mode": "CLIENT" } }]),
+        );
+        let kept =
+            inherited_access_logging(&[namespace, selecting], "shop", &web(), &mesh(&[], None))
+                .unwrap();
+        assert_eq!(
+            Value::from(kept),
+            json!([
+                { "providers": [{ "name": "envoy" }], "filter": { "expression": "response.code >= 400" }, "match": { "mode": "SERVER" } },
+                { "providers": [{ "name": "otel" }], "match": { "mode": "SERVER" } },
+            ])
+        );
+    }
+
+    #[test]
+    fn the_legacy_mesh_config_log_is_kept_or_the_session_refused() {
+        let legacy = |file: Option<&str>, als: bool| {
+            let mesh = MeshLogging {
+                envoy_access_log_service: als,
+                ..mesh(&[], file)
+            };
+            inherited_access_logging(&[], "shop", &web(), &mesh)
+        };
+        assert_eq!(legacy(None, false), Ok(vec![]));
+        assert_eq!(
+            legacy(Some("/dev/stdout"), false),
+            Ok(vec![json!({ "providers": [{ "name": "envoy" }] })])
+        );
+        assert_eq!(
+            legacy(Some("/var/log/istio/access.log"), false),
+            Err(LoggingError::AccessLogFile {
+                path: "/var/log/istio/access.log".into()
+            })
+        );
+        assert_eq!(
+            legacy(Some("/dev/stdout"), true),
+            Err(LoggingError::EnvoyAccessLogService)
+        );
+        // A Telemetry that configures logging already replaces the legacy log.
+        let names = policy(
+            "shop",
+            "01",
+            None,
+            json!([{ "providers": [{ "name": "otel" }] }]),
+        );
+        let mesh = MeshLogging {
+            envoy_access_log_service: true,
+            ..mesh(&[], Some("/dev/stdout"))
+        };
+        assert_eq!(
+            inherited_access_logging(&[names], "shop", &web(), &mesh),
+            Ok(vec![json!({ "providers": [{ "name": "otel" }] })])
+        );
+    }
+
+    #[test]
+    fn discovery_selectors_decide_which_namespaces_istiod_sees() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let probe = labels(&[("kubernetes.io/metadata.name", "apitrace-system")]);
+        assert!(discovers("{}", &probe).unwrap());
+        let mesh = "discoverySelectors:\n- matchLabels:\n    istio-discovery: enabled\n- matchExpressions:\n  - key: team\n    operator: In\n    values: [sre, platform]\n";
+        assert!(!discovers(mesh, &probe).unwrap());
+        assert!(discovers(mesh, &labels(&[("istio-discovery", "enabled")])).unwrap());
+        assert!(discovers(mesh, &labels(&[("team", "sre")])).unwrap());
+        assert!(!discovers(mesh, &labels(&[("team", "web")])).unwrap());
+    }
+
+    #[test]
+    fn the_mesh_config_names_the_root_namespace_and_the_legacy_logs() {
+        let read = mesh_logging("rootNamespace: istio-config\naccessLogFile: /dev/stdout\nenableEnvoyAccessLogService: true\ndefaultProviders:\n  accessLogging: [otel]\n").unwrap();
+        assert_eq!(read.root_namespace, "istio-config");
+        assert_eq!(read.access_log_file.as_deref(), Some("/dev/stdout"));
+        assert!(read.envoy_access_log_service);
+        assert_eq!(read.default_providers, ["otel"]);
+        assert_eq!(mesh_logging("{}").unwrap().root_namespace, "istio-system");
     }
 
     #[test]
@@ -590,17 +912,22 @@ mod tests {
             "spec": {"selector": {"matchLabels": {"app": "web"}}, "accessLogging": [{"providers": [{"name": "envoy"}]}, {"disabled": true, "providers": [{"name": "otel"}]}]},
         });
         let policy = TelemetryPolicy::from_object(&object).unwrap();
-        assert_eq!(policy.access_log_providers.unwrap(), ["envoy"]);
+        assert_eq!(policy.access_logging.len(), 2);
         assert_eq!(policy.selector.unwrap()["app"], "web");
+        let everywhere = json!({"metadata": {}, "spec": {"selector": {"matchLabels": {}}}});
+        assert_eq!(
+            TelemetryPolicy::from_object(&everywhere).unwrap().selector,
+            None
+        );
         let waypoint =
             json!({"metadata": {}, "spec": {"targetRefs": [{"kind": "Gateway", "name": "w"}]}});
         assert_eq!(TelemetryPolicy::from_object(&waypoint), None);
         let metrics_only = json!({"metadata": {}, "spec": {"metrics": [{}]}});
-        assert_eq!(
+        assert!(
             TelemetryPolicy::from_object(&metrics_only)
                 .unwrap()
-                .access_log_providers,
-            None
+                .access_logging
+                .is_empty()
         );
     }
 }

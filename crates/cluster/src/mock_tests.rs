@@ -20,13 +20,13 @@ use crate::{
     mesh::MeshConfigRef,
     mock::{Exchange, MockApi, fail, ok, watch},
     names::SessionId,
-    objects::{FilterModule, Plan, ProbeOptions},
+    objects::{FilterModule, LEASE_DURATION, Plan, ProbeOptions},
     session::{ProbeLink, Session, SessionError, Stage, Timeouts},
-    target::{Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
+    target::{Revision, Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
     watchdog::{self, Anchor},
 };
 
-const SESSION: &str = "abcde12345";
+pub(crate) const SESSION: &str = "abcde12345";
 const PROBES: &str = "/api/v1/namespaces/apitrace-system";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases";
 const MESH_MAP: &str = "/api/v1/namespaces/istio-system/configmaps/istio";
@@ -64,7 +64,7 @@ pub(crate) fn plan() -> Plan {
                 node: "node-a".into(),
                 ips: vec!["10.0.0.5".into()],
                 sidecar_container_id: "abc123".into(),
-                revision: "default".into(),
+                revision: Revision::Injected("default".into()),
                 labels: BTreeMap::from([("app".into(), "web".into())]),
             }],
             nodes: vec![TargetNode {
@@ -73,7 +73,18 @@ pub(crate) fn plan() -> Plan {
                 taints: vec![],
             }],
         },
-        inherited_providers: BTreeMap::from([("shop".into(), vec!["envoy".into()])]),
+        inherited_logging: BTreeMap::from([(
+            "shop".into(),
+            // Kept with its filter and direction, which the schema tests
+            // hold to Istio's Telemetry CRD.
+            vec![json!({
+                "providers": [{ "name": "envoy" }],
+                "filter": { "expression": "response.code >= 400" },
+                "match": { "mode": "SERVER" },
+            })],
+        )]),
+        show_secrets: false,
+        cluster_domain: "cluster.local".into(),
     }
 }
 
@@ -1105,5 +1116,150 @@ async fn identities_come_from_a_list_then_a_watch_of_pods() {
             ("10.0.0.9 client-7".to_owned(), 42, false),
         ]
     );
+    api.finish().await;
+}
+
+/// Istio's injector writes the revision into the status annotation and
+/// leaves the pod's `istio.io/rev` label (here a revision tag) as it was.
+fn injected_status(revision: &str) -> Value {
+    let status = json!({
+        "initContainers": ["istio-init"], "containers": ["web", "istio-proxy"],
+        "volumes": ["istio-envoy"], "imagePullSecrets": null, "revision": revision,
+    });
+    json!({"metadata": {
+        "labels": {"istio.io/rev": "prod"},
+        "annotations": {"sidecar.istio.io/status": status.to_string()},
+    }})
+}
+
+const PROD_TAG: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations?&labelSelector=istio.io%2Ftag%3Dprod";
+
+/// `istio-revision-tag-prod`, as `istioctl tag set prod --revision canary` makes it.
+fn prod_tag() -> Value {
+    json!({"metadata": {}, "items": [{
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "istio-revision-tag-prod", "labels": {"istio.io/tag": "prod", "istio.io/rev": "canary"}},
+    }]})
+}
+
+#[tokio::test]
+async fn the_revision_is_the_one_the_injector_wrote_not_the_pods_label() {
+    let (targets, api) = resolve_with(
+        vec![pod("web-1", running(), injected_status("canary"))],
+        Some("linux"),
+    )
+    .await;
+    let targets = targets.unwrap();
+    api.finish().await;
+    assert_eq!(
+        targets.pods[0].revision,
+        Revision::Injected("canary".into())
+    );
+    // Nothing more to ask: the annotation is istiod's own revision.
+    let api = MockApi::new(vec![]);
+    assert_eq!(
+        crate::check::revision(&api.client, &targets).await.unwrap(),
+        "canary"
+    );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_status_names_no_revision_is_resolved_through_the_revision_tag() {
+    let mut unannotated = injected_status("");
+    unannotated["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .clear();
+    let (targets, api) =
+        resolve_with(vec![pod("web-1", running(), unannotated)], Some("linux")).await;
+    let targets = targets.unwrap();
+    api.finish().await;
+    assert_eq!(targets.pods[0].revision, Revision::Selected("prod".into()));
+    let api = MockApi::new(tag_lookup_script());
+    assert_eq!(
+        crate::check::revision(&api.client, &targets).await.unwrap(),
+        "canary"
+    );
+    api.finish().await;
+}
+
+/// Looking up the revision tag `prod`.
+pub(crate) fn tag_lookup_script() -> Vec<Exchange> {
+    vec![ok(Method::GET, PROD_TAG, prod_tag())]
+}
+
+#[test]
+fn show_secrets_reaches_the_filters_plugin_config() {
+    for show_secrets in [false, true] {
+        let plan = Plan {
+            show_secrets,
+            ..plan()
+        };
+        let plugins = plan.wasm_plugins(&module());
+        assert_eq!(
+            plugins[0].data["spec"]["pluginConfig"]["show_secrets"],
+            show_secrets
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_lease_renewal_is_retried_while_the_lease_is_valid() {
+    let lease = format!("{LEASES}/{}?", name());
+    let renewed = ok(
+        Method::PATCH,
+        lease.clone(),
+        anchor("2026-11-22T10:00:10Z", "2"),
+    );
+    let refused = fail(Method::PATCH, lease.clone(), 503);
+    // One refusal, then renewed: the session goes on at the usual pace.
+    let mut script = vec![refused.clone(), renewed.clone()];
+    // Then refused until the Lease would lapse before the next try: 10 s
+    // after the last renewal, then every 2 s up to 28 s.
+    script.extend(std::iter::repeat_n(refused.clone(), 10));
+    let api = MockApi::new(script);
+    let mut keeper = crate::session::LeaseKeeper::new(&api.client, "apitrace-system", &name());
+    tokio::time::advance(LEASE_DURATION / 3).await;
+    let next = keeper.renew().await.unwrap();
+    assert_eq!(next, crate::session::RENEW_RETRY);
+    assert!(keeper.failing.as_deref().unwrap().contains("injected 503"));
+    tokio::time::advance(next).await;
+    assert_eq!(keeper.renew().await.unwrap(), LEASE_DURATION / 3);
+    assert_eq!(keeper.failing, None);
+    tokio::time::advance(LEASE_DURATION / 3).await;
+    let mut tries = 1;
+    let error = loop {
+        match keeper.renew().await {
+            Ok(next) => {
+                tries += 1;
+                tokio::time::advance(next).await;
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(tries, 10);
+    assert!(
+        error.to_string().starts_with(&format!(
+            "the session's Lease apitrace-system/{} could not be renewed for 28 s, and lapses now",
+            name()
+        )),
+        "{error}"
+    );
+    drop(keeper);
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_lease_that_is_gone_ends_the_session_at_once() {
+    let lease = format!("{LEASES}/{}?", name());
+    let api = MockApi::new(vec![fail(Method::PATCH, lease, 404)]);
+    let mut keeper = crate::session::LeaseKeeper::new(&api.client, "apitrace-system", &name());
+    let error = keeper.renew().await.unwrap_err();
+    assert!(
+        matches!(error, crate::session::LeaseError::Gone { .. }),
+        "{error}"
+    );
+    drop(keeper);
     api.finish().await;
 }

@@ -39,8 +39,6 @@ pub const PROBE_GRACE: Duration = Duration::from_secs(60);
 /// How long the anchor Lease stays valid without a renewal. The CLI renews it
 /// every third of that; the probes clean up once it has lapsed.
 pub const LEASE_DURATION: Duration = Duration::from_secs(30);
-/// The Kubernetes DNS domain the sidecars resolve the probe Service in.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// The probe pods' options, from the command line.
 #[derive(Debug, Clone)]
@@ -72,8 +70,16 @@ pub struct Plan {
     pub mesh: MeshConfigRef,
     pub telemetry_version: TelemetryVersion,
     pub targets: Targets,
-    /// Per target namespace, the access-log providers its traced pods already use.
-    pub inherited_providers: BTreeMap<String, Vec<String>>,
+    /// Per target namespace, the `accessLogging` entries (providers, their
+    /// filters and directions) that keep the traced pods' logging as it is.
+    pub inherited_logging: BTreeMap<String, Vec<Value>>,
+    /// `--show-secrets`: the filters send raw credentials, which they redact
+    /// otherwise. The join redacts again unless told the same, but what the
+    /// filter redacted cannot be restored, so the filter must be told.
+    pub show_secrets: bool,
+    /// The DNS domain the sidecars resolve the probe Service in (istiod's
+    /// `--domain`): the provider's Service must be named in it.
+    pub cluster_domain: String,
 }
 
 /// The capabilities the probe uses, and why. Anything else is dropped.
@@ -112,9 +118,10 @@ impl Plan {
     /// The Service the sidecars send access logs and WASM events through.
     pub fn ingest_host(&self) -> String {
         format!(
-            "{}.{}.svc.{CLUSTER_DOMAIN}",
+            "{}.{}.svc.{}",
             self.session.object_name(),
-            self.probe.namespace
+            self.probe.namespace,
+            self.cluster_domain
         )
     }
 
@@ -357,19 +364,21 @@ impl Plan {
     }
 
     /// One Telemetry per target namespace, selecting the traced pods by the
-    /// session label: our provider plus the ones they already log to.
+    /// session label: our provider, and the logging they have now, kept.
     pub fn telemetries(&self) -> Vec<DynamicObject> {
         self.targets
             .namespaces()
             .into_iter()
             .map(|namespace| {
-                let mut providers = vec![json!({ "name": self.session.provider_name() })];
-                providers.extend(
-                    self.inherited_providers
+                let mut logging = vec![json!({
+                    "providers": [{ "name": self.session.provider_name() }],
+                })];
+                logging.extend(
+                    self.inherited_logging
                         .get(&namespace)
                         .into_iter()
                         .flatten()
-                        .map(|name| json!({ "name": name })),
+                        .cloned(),
                 );
                 self.istio_object(
                     istio::telemetry(self.telemetry_version),
@@ -377,7 +386,7 @@ impl Plan {
                     Component::Telemetry,
                     json!({
                         "selector": { "matchLabels": self.session_match_labels() },
-                        "accessLogging": [{ "providers": providers }],
+                        "accessLogging": logging,
                     }),
                 )
             })
@@ -410,6 +419,7 @@ impl Plan {
                             "ingest_cluster": format!("outbound|{}||{host}", ports::HTTP),
                             "ingest_authority": format!("{host}:{}", ports::HTTP),
                             "session_token": self.token,
+                            "show_secrets": self.show_secrets,
                         },
                     }),
                 )

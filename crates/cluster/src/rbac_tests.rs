@@ -4,16 +4,23 @@
 //! CLI died is granted by the probe's roles. A permission missing from a
 //! manifest fails here, not on a user's cluster.
 
+use std::str::FromStr as _;
+
+use apitrace_proto::ports;
+use http::Method;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use serde_json::Value;
 
 use crate::{
     check::permissions,
     cleanup::Reach,
-    mock::Exchange,
+    mock::{Exchange, MockApi, fail, ok},
     mock_tests::{
-        anchor_reads, identity_watch_script, leftovers_script, probe_reach, resolution_script,
-        setup_steps, teardown,
+        SESSION, anchor_reads, identity_watch_script, leftovers_script, probe_reach,
+        resolution_script, setup_steps, tag_lookup_script, teardown,
     },
+    names::SessionId,
 };
 
 /// What RBAC decides on, read off a request as the API server does.
@@ -39,6 +46,27 @@ impl std::fmt::Display for Attributes {
             self.namespace.as_deref().unwrap_or("(all)")
         )
     }
+}
+
+/// Every authorisation the API server makes for `exchange`: one, from its
+/// method and path, except for a port-forward. kube-rs port-forwards over a
+/// WebSocket, whose handshake is a GET, so RBAC first sees `get
+/// pods/portforward` (the verb comes from the method: kubernetes/kubernetes,
+/// staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go); from
+/// 1.35, with the `AuthorizePodWebsocketUpgradeCreatePermission` gate on by
+/// default, `PortForwardREST.Connect` also requires `create`, as for SPDY's
+/// POST (pkg/registry/core/pod/rest/subresources.go and authorize.go, v1.35.0;
+/// KEP-4006, kubernetes#134577). A user must hold both.
+fn authorisations(exchange: &Exchange) -> Vec<Attributes> {
+    let first = attributes(exchange);
+    if first.resource == "pods/portforward" && first.verb == "get" {
+        let create = Attributes {
+            verb: "create".into(),
+            ..first.clone()
+        };
+        return vec![first, create];
+    }
+    vec![first]
 }
 
 fn attributes(exchange: &Exchange) -> Attributes {
@@ -157,7 +185,7 @@ fn granted(grants: &Grants, wanted: &Attributes) -> bool {
 fn ungranted(grants: &Grants, script: &[Exchange]) -> Vec<String> {
     let mut missing: Vec<String> = script
         .iter()
-        .map(attributes)
+        .flat_map(authorisations)
         .filter(|wanted| !granted(grants, wanted))
         .map(|wanted| wanted.to_string())
         .collect();
@@ -171,8 +199,16 @@ fn ungranted(grants: &Grants, script: &[Exchange]) -> Vec<String> {
 fn user_requests() -> Vec<Exchange> {
     let steps = setup_steps();
     let mut script = resolution_script();
+    script.extend(tag_lookup_script());
+    // The Sidecar resources that decide whether the traced pods reach the probes.
+    script.push(ok(
+        Method::GET,
+        "/apis/networking.istio.io/v1beta1/namespaces/shop/sidecars?",
+        Value::Null,
+    ));
     script.extend(identity_watches());
     script.extend(steps.iter().map(|step| step.exchange.clone()));
+    script.push(port_forward());
     script.extend(teardown(&steps));
     script.extend(leftovers_script(
         "2026-11-22T10:00:00Z",
@@ -180,6 +216,20 @@ fn user_requests() -> Vec<Exchange> {
         &Reach::Cluster,
     ));
     script
+}
+
+/// The port-forward to a probe pod's subscription port, as kube's
+/// `Api::portforward` sends it (a test below holds it to that).
+fn port_forward() -> Exchange {
+    let probe = SessionId::from_str(SESSION).unwrap().probe_pod_name(0);
+    ok(
+        Method::GET,
+        format!(
+            "/api/v1/namespaces/apitrace-system/pods/{probe}/portforward?&ports={}",
+            ports::SUBSCRIBE
+        ),
+        Value::Null,
+    )
 }
 
 /// The pods' watch, and the same for services and nodes.
@@ -231,11 +281,12 @@ fn check_asks_about_every_permission_a_session_uses() {
     };
     let steps = setup_steps();
     let mut session: Vec<Exchange> = steps.iter().map(|step| step.exchange.clone()).collect();
+    session.push(port_forward());
     session.extend(teardown(&steps));
     session.extend(identity_watches());
     let mut unasked: Vec<String> = session
         .iter()
-        .map(attributes)
+        .flat_map(authorisations)
         .filter(|wanted| !covered(wanted))
         .map(|wanted| wanted.to_string())
         .collect();
@@ -271,4 +322,30 @@ fn the_probe_roles_grant_what_a_probe_does_when_its_cli_died_and_nothing_more_is
         };
         assert!(!granted(&grants, &wanted), "the probe may {wanted}");
     }
+}
+
+#[tokio::test]
+async fn a_port_forward_is_the_request_the_rbac_tests_authorise() {
+    let expected = port_forward();
+    // The handshake is refused (the mock does not upgrade): what matters is
+    // the request kube sent for it.
+    let mut refused = fail(expected.method.clone(), expected.uri.clone(), 403);
+    refused.body["details"] = serde_json::json!({});
+    let api = MockApi::new(vec![refused]);
+    let pods = Api::<Pod>::namespaced(api.client.clone(), "apitrace-system");
+    let name = SessionId::from_str(SESSION).unwrap().probe_pod_name(0);
+    assert!(pods.portforward(&name, &[ports::SUBSCRIBE]).await.is_err());
+    drop(pods);
+    let received = api.finish().await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        authorisations(&expected)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "get pods/portforward in apitrace-system",
+            "create pods/portforward in apitrace-system"
+        ]
+    );
 }

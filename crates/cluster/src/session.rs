@@ -20,7 +20,7 @@ use crate::{
     apply::{ApplyError, Change, Journal},
     error_text::ApiText,
     istio,
-    objects::{FilterModule, Plan, owner_reference},
+    objects::{FilterModule, LEASE_DURATION, Plan, owner_reference},
 };
 
 /// Reaches the probes once they run (through API-server port-forwards) and
@@ -371,7 +371,7 @@ fn hopeless(pod: &Pod) -> Option<String> {
 }
 
 /// Tells the probes the CLI is alive: they clean up once the Lease lapses.
-pub async fn renew_lease(
+async fn renew_lease(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -382,6 +382,87 @@ pub async fn renew_lease(
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(drop)
+}
+
+/// How soon a failed renewal is tried again.
+pub const RENEW_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(
+        "the session's Lease {namespace}/{name} is gone (did someone run `kubectl apitrace cleanup`?): its probes and objects go with it"
+    )]
+    Gone { namespace: String, name: String },
+    #[error(
+        "the session's Lease {namespace}/{name} could not be renewed for {} s, and lapses now: its probes remove the session; last error: {}",
+        .unrenewed.as_secs(), ApiText(source)
+    )]
+    Lapsing {
+        namespace: String,
+        name: String,
+        unrenewed: Duration,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Keeps the anchor Lease renewed. One failed renewal (an API server
+/// restarting, a dropped connection, a 429) is not the end of the session:
+/// the probes act only once the Lease has gone a whole [`LEASE_DURATION`]
+/// unrenewed, so a failure is retried every [`RENEW_RETRY`] until the Lease
+/// would lapse before the next try. Only a Lease that is gone, or one about
+/// to lapse, ends the session.
+pub struct LeaseKeeper {
+    client: Client,
+    namespace: String,
+    name: String,
+    /// When the last renewal (or the creation) was acknowledged.
+    renewed: tokio::time::Instant,
+    /// Whether the last attempt failed, so that a caller says so once.
+    pub failing: Option<String>,
+}
+
+impl LeaseKeeper {
+    /// For a Lease created (so renewed) just now.
+    pub fn new(client: &Client, namespace: &str, name: &str) -> Self {
+        Self {
+            client: client.clone(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            renewed: tokio::time::Instant::now(),
+            failing: None,
+        }
+    }
+
+    /// Renews the Lease once; returns how long to wait before the next renewal.
+    pub async fn renew(&mut self) -> Result<Duration, LeaseError> {
+        let attempt = tokio::time::Instant::now();
+        match renew_lease(&self.client, &self.namespace, &self.name, Timestamp::now()).await {
+            Ok(()) => {
+                self.renewed = attempt;
+                self.failing = None;
+                Ok(LEASE_DURATION / 3)
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(LeaseError::Gone {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+            }),
+            Err(source) => {
+                let unrenewed = tokio::time::Instant::now().duration_since(self.renewed);
+                if unrenewed + RENEW_RETRY < LEASE_DURATION {
+                    self.failing = Some(ApiText(&source).to_string());
+                    Ok(RENEW_RETRY)
+                } else {
+                    Err(LeaseError::Lapsing {
+                        namespace: self.namespace.clone(),
+                        name: self.name.clone(),
+                        unrenewed,
+                        source,
+                    })
+                }
+            }
+        }
+    }
 }
 
 /// Whether the Lease has gone unrenewed for longer than its duration.

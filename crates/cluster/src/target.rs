@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::ListParams};
 
-use crate::error_text::ApiText;
+use crate::{error_text::ApiText, istio};
 
 /// The kinds a target can name, with the short names kubectl accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,10 +249,44 @@ pub struct TracedPod {
     /// The sidecar container's id without its runtime prefix: the probe finds the
     /// pod's network namespace through it.
     pub sidecar_container_id: String,
-    /// The Istio revision that injected the sidecar (`default` without one).
-    pub revision: String,
+    /// The Istio control plane that injected the sidecar, whose mesh config
+    /// the sidecar runs with.
+    pub revision: Revision,
     /// The pod's labels, which decide the Telemetry policies that apply to it.
     pub labels: BTreeMap<String, String>,
+}
+
+/// Which control plane a pod's sidecar belongs to, as far as the pod says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revision {
+    /// The revision the injector wrote into `sidecar.istio.io/status`: the
+    /// injecting istiod's own, already resolved from any tag.
+    Injected(String),
+    /// The status annotation names none (a sidecar injected by hand, or by an
+    /// injector before Istio 1.11): the `istio.io/rev` label the pod carries,
+    /// which may be a revision tag, or `default` without one.
+    Selected(String),
+}
+
+impl Revision {
+    /// Reads the revision as Istio wrote it: the status annotation first, the
+    /// injection label only when the annotation says nothing.
+    fn of(annotations: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> Self {
+        let injected = annotations
+            .get(istio::SIDECAR_STATUS_ANNOTATION)
+            .and_then(|status| serde_json::from_str::<serde_json::Value>(status).ok())
+            .and_then(|status| status["revision"].as_str().map(str::to_owned))
+            .filter(|revision| !revision.is_empty());
+        match injected {
+            Some(revision) => Revision::Injected(revision),
+            None => Revision::Selected(
+                labels
+                    .get(istio::REVISION_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| "default".into()),
+            ),
+        }
+    }
 }
 
 /// A node hosting traced pods, as the session needs to know it.
@@ -596,10 +630,7 @@ fn check_pod(pod: &Pod) -> Result<TracedPod, TargetError> {
         node: spec.node_name.clone().unwrap_or_default(),
         ips,
         sidecar_container_id,
-        revision: labels
-            .get("istio.io/rev")
-            .cloned()
-            .unwrap_or_else(|| "default".into()),
+        revision: Revision::of(annotations, labels),
         labels: labels.clone(),
         namespace,
         name,

@@ -83,8 +83,7 @@ impl NetnsRef {
     }
 }
 
-/// The lowest pid whose cgroup path names container `id` as a whole word (not
-/// inside a longer hexadecimal string).
+/// The lowest pid in container `id`'s own cgroup, as its runtime names it.
 fn container_pid(proc_root: &Path, id: &str) -> Option<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir(proc_root)
         .ok()?
@@ -97,13 +96,37 @@ fn container_pid(proc_root: &Path, id: &str) -> Option<u32> {
     })
 }
 
+/// Whether a `/proc/<pid>/cgroup` (one `hierarchy:controllers:path` line per
+/// hierarchy under cgroup v1, the one `0::path` line under v2) puts the
+/// process in container `id`'s cgroup. A runtime names that cgroup by the ID
+/// in one path component:
+///
+/// - the systemd driver: `cri-containerd-<id>.scope` (containerd),
+///   `crio-<id>.scope` (CRI-O), `docker-<id>.scope` (Docker, cri-dockerd);
+/// - the cgroupfs driver: `<id>` (containerd, Docker), `crio-<id>` (CRI-O).
+///
+/// CRI-O runs the container's conmon in `crio-conmon-<id>.scope` (systemd) or
+/// `crio-conmon-<id>` (cgroupfs) of the same pod, started before the container
+/// and in the node's network namespace: matching the ID anywhere in the path
+/// would pick conmon, the lowest pid, and attach the probe to the node
+/// (cri-o/cri-o, internal/config/cgmgr/systemd_linux.go `MoveConmonToCgroup`
+/// and `ContainerCgroupAbsolutePath`, cgroupfs_linux.go, and cgmgr_linux.go
+/// `containerCgroupPath`, v1.34.11). crun configures a child
+/// (`crio-<id>.scope/container`) of the container's cgroup
+/// (`crunContainerCgroupManager`, same file), so any component may be the
+/// one, not only the last.
 fn names_container(cgroups: &str, id: &str) -> bool {
-    cgroups.match_indices(id).any(|(at, _)| {
-        let before = cgroups[..at].chars().next_back();
-        let after = cgroups[at + id.len()..].chars().next();
-        !before.is_some_and(|c| c.is_ascii_hexdigit())
-            && !after.is_some_and(|c| c.is_ascii_hexdigit())
-    })
+    let forms = [
+        format!("cri-containerd-{id}.scope"),
+        format!("crio-{id}.scope"),
+        format!("docker-{id}.scope"),
+        format!("crio-{id}"),
+    ];
+    cgroups
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .any(|component| component == id || forms.iter().any(|form| form == component))
 }
 
 /// The system's error is part of the message, not a `source`: printed as a
@@ -207,20 +230,53 @@ mod tests {
         );
     }
 
-    /// A /proc of three processes: a containerd-managed container under the
-    /// systemd driver, one under the cgroupfs driver, and an unrelated one
-    /// whose cgroup has the ID inside a longer hexadecimal string.
+    /// A /proc with one container per runtime, cgroup driver and cgroup
+    /// version, as each runtime lays its cgroups out, and the processes next
+    /// to them that name the same ID and must not be taken for the container.
     fn fake_proc() -> tempdir::Dir {
         let dir = tempdir::Dir::new();
         for (pid, cgroup) in [
+            // containerd, systemd driver, cgroup v2.
             (
                 4000,
                 "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-aaaaaaaaaaaa1111.scope\n",
             ),
+            // containerd, cgroupfs driver, cgroup v1 (one line per hierarchy).
             (
                 4001,
-                "12:memory:/kubepods/burstable/pod2/bbbbbbbbbbbb2222\n0::/\n",
+                "12:memory:/kubepods/burstable/pod2/bbbbbbbbbbbb2222\n1:name=systemd:/kubepods/burstable/pod2/bbbbbbbbbbbb2222\n0::/\n",
             ),
+            // CRI-O, systemd driver, cgroup v2: conmon first (lower pid, in
+            // the node's network namespace), then the container, under crun
+            // in the scope's `container` child.
+            (
+                3990,
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3.slice/crio-conmon-cccccccccccc3333.scope\n",
+            ),
+            (
+                4002,
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3.slice/crio-cccccccccccc3333.scope/container\n",
+            ),
+            // CRI-O, cgroupfs driver, cgroup v1.
+            (
+                3991,
+                "4:pids:/kubepods/besteffort/pod4/crio-conmon-dddddddddddd4444\n",
+            ),
+            (
+                4003,
+                "4:pids:/kubepods/besteffort/pod4/crio-dddddddddddd4444\n",
+            ),
+            // Docker (cri-dockerd), systemd driver, cgroup v1.
+            (
+                4004,
+                "5:cpu,cpuacct:/kubepods.slice/kubepods-pod5.slice/docker-eeeeeeeeeeee5555.scope\n",
+            ),
+            // CRI-O conmon alone: its container has not started yet.
+            (
+                3992,
+                "0::/kubepods.slice/kubepods-pod6.slice/crio-conmon-ffffffffffff6666.scope\n",
+            ),
+            // The ID inside a longer name.
             (300, "0::/user.slice/ffaaaaaaaaaaaa1111ff\n"),
         ] {
             let process = dir.path().join(pid.to_string());
@@ -232,22 +288,30 @@ mod tests {
     }
 
     #[test]
-    fn a_container_is_found_by_its_cgroup_under_either_driver() {
+    fn a_container_is_found_by_its_runtimes_cgroup_never_by_conmons() {
         let proc_root = fake_proc();
         let resolve = |id: &str| NetnsRef::Container(id.into()).resolve_in(proc_root.path());
-        assert_eq!(
-            resolve("aaaaaaaaaaaa1111").unwrap(),
-            proc_root.path().join("4000/ns/net")
-        );
-        assert_eq!(
-            resolve("bbbbbbbbbbbb2222").unwrap(),
-            proc_root.path().join("4001/ns/net")
-        );
-        let error = resolve("cccccccccccc3333").unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "no process of container cccccccccccc3333 is running on this node (no /proc/<pid>/cgroup names it)"
-        );
+        for (id, pid) in [
+            ("aaaaaaaaaaaa1111", 4000),
+            ("bbbbbbbbbbbb2222", 4001),
+            ("cccccccccccc3333", 4002),
+            ("dddddddddddd4444", 4003),
+            ("eeeeeeeeeeee5555", 4004),
+        ] {
+            assert_eq!(
+                resolve(id).unwrap(),
+                proc_root.path().join(format!("{pid}/ns/net")),
+                "container {id}"
+            );
+        }
+        for absent in ["ffffffffffff6666", "999999999999aaaa"] {
+            assert_eq!(
+                resolve(absent).unwrap_err().to_string(),
+                format!(
+                    "no process of container {absent} is running on this node (no /proc/<pid>/cgroup names it)"
+                )
+            );
+        }
     }
 
     /// A directory removed when the test ends.

@@ -94,7 +94,7 @@ fn selection(args: &TargetArgs, default_namespace: String) -> Option<(Selection,
 struct Preflight {
     targets: Targets,
     mesh: check::Mesh,
-    inherited_providers: std::collections::BTreeMap<String, Vec<String>>,
+    inherited_logging: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 async fn preflight(
@@ -104,7 +104,7 @@ async fn preflight(
     scope: &Scope,
 ) -> anyhow::Result<Preflight> {
     let targets = target::resolve(client, selection, scope).await?;
-    let revision = check::revision(&targets)?;
+    let revision = check::revision(client, &targets).await?;
     let mesh = check::mesh(client, &cluster.istio_namespace, &revision).await?;
     for node in &targets.nodes {
         check::kernel_attach(&node.name, &node.kernel)?;
@@ -118,12 +118,13 @@ async fn preflight(
     if !missing.is_empty() {
         return Err(CheckError::Forbidden(missing).into());
     }
-    check::probe_namespace_level(client, &cluster.probe_namespace).await?;
-    let inherited_providers = check::inherited_providers(client, &mesh, &targets).await?;
+    check::probe_namespace_level(client, &cluster.probe_namespace, &mesh).await?;
+    let inherited_logging = check::inherited_logging(client, &mesh, &targets).await?;
+    check::sidecars_reach_probes(client, &mesh, &targets, &cluster.probe_namespace).await?;
     Ok(Preflight {
         targets,
         mesh,
-        inherited_providers,
+        inherited_logging,
     })
 }
 
@@ -161,7 +162,13 @@ async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<Ex
         mesh: preflight.mesh.config.clone(),
         telemetry_version: preflight.mesh.telemetry_version,
         targets: preflight.targets,
-        inherited_providers: preflight.inherited_providers,
+        inherited_logging: preflight.inherited_logging,
+        show_secrets: args.output.show_secrets,
+        cluster_domain: preflight
+            .mesh
+            .cluster_domain
+            .clone()
+            .unwrap_or_else(|| check::DEFAULT_CLUSTER_DOMAIN.to_owned()),
     };
     if args.dry_run {
         let text = apitrace_cluster::dry_run::render(&plan, &preflight.mesh.mesh_config)?;
@@ -324,8 +331,13 @@ async fn run_session(
         .collect();
     let mut identities = identity::watch(client, traced, now_ns);
     let mut identities_failing = false;
-    let lease_name = session.plan.session.object_name();
-    let mut renew = tokio::time::interval(LEASE_DURATION / 3);
+    let mut lease = session::LeaseKeeper::new(
+        client,
+        &session.plan.probe.namespace,
+        &session.plan.session.object_name(),
+    );
+    let renew = tokio::time::sleep(LEASE_DURATION / 3);
+    tokio::pin!(renew);
     let mut ticks = tokio::time::interval(Duration::from_millis(200));
     let end = tokio::time::sleep(session.plan.duration);
     tokio::pin!(end);
@@ -353,9 +365,19 @@ async fn run_session(
                     ended = Some(now_ns());
                 }
                 () = interrupt_again.cancelled() => { exit = ExitCode::from(130); break }
-                _ = renew.tick() => session::renew_lease(client, &session.plan.probe.namespace, &lease_name, Timestamp::now())
-                    .await
-                    .context("renewing the session's Lease (did someone run cleanup?)")?,
+                () = &mut renew => {
+                    let was_failing = lease.failing.is_some();
+                    let next = lease.renew().await?;
+                    match &lease.failing {
+                        Some(error) if !was_failing => eprintln!(
+                            "renewing the session's Lease failed ({error}); retrying every {} s while it is valid",
+                            session::RENEW_RETRY.as_secs()
+                        ),
+                        None if was_failing => eprintln!("the session's Lease is renewed again"),
+                        _ => {}
+                    }
+                    renew.as_mut().reset(tokio::time::Instant::now() + next);
+                }
                 _ = ticks.tick() => {
                     pipeline.feed(Input::Tick { now_ns: now_ns() })?;
                     if args.output.follow {
@@ -452,7 +474,7 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
                 if !missing.is_empty() {
                     return Err(CheckError::Forbidden(missing).into());
                 }
-                check::probe_namespace_level(&client, &cluster.probe_namespace).await?;
+                check::probe_namespace_level(&client, &cluster.probe_namespace, &mesh).await?;
             }
         }
         println!(
@@ -465,11 +487,14 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
 
 fn print_mesh(mesh: &check::Mesh) {
     println!(
-        "istio: {} (revision {}), mesh config {}, Telemetry {}, WasmPlugin v1alpha1",
+        "istio: {} (revision {}), mesh config {}, Telemetry {}, WasmPlugin v1alpha1, cluster domain {}",
         mesh.version.as_deref().unwrap_or("version unknown"),
         mesh.revision,
         mesh.config,
-        mesh.telemetry_version.as_str()
+        mesh.telemetry_version.as_str(),
+        mesh.cluster_domain
+            .as_deref()
+            .unwrap_or("cluster.local (assumed: istiod's Deployment is not readable)")
     );
 }
 
