@@ -65,7 +65,7 @@ impl Subscriber {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let channel = http::channel_in(&netns, address)
+                let channel = http::channel_in(&netns, address, "pod.demo")
                     .await
                     .expect("the probe's subscribe port answers");
                 let mut session =
@@ -540,6 +540,7 @@ fn the_demo_meshs_sidecars_pass_envoys_own_validation() {
         cluster_ipv4: kubectl_apitrace::demo::mesh::SERVICE_V4,
         cluster_ipv6: kubectl_apitrace::demo::mesh::SERVICE_V6,
         port: APP_PORT,
+        protocol: kubectl_apitrace::demo::mesh::PortProtocol::Http,
         endpoint: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)),
         target_port: APP_PORT,
         service_account: "server",
@@ -552,6 +553,7 @@ fn the_demo_meshs_sidecars_pass_envoys_own_validation() {
             ipv4: Ipv4Addr::new(198, 18, 0, 10),
         },
         app_port: None,
+        app_protocol: kubectl_apitrace::demo::mesh::PortProtocol::Http,
         services: &services,
         probe,
         layers: Layers::ALL,

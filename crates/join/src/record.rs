@@ -153,8 +153,8 @@ pub struct GrpcRecord {
     /// string per record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_name: Option<Cow<'static, str>>,
-    /// The `grpc-message`, as sent (percent-encoded where it is not printable
-    /// ASCII); empty when none.
+    /// The `grpc-message`, decoded from gRPC's percent-encoding; empty when
+    /// none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// Messages in the request's and the response's bodies, as the filter
@@ -175,6 +175,32 @@ impl GrpcRecord {
             .map(|(service, method)| (service.to_owned(), method.to_owned()))
             .unwrap_or_default()
     }
+}
+
+/// A `grpc-message` as text: gRPC percent-encodes every byte of its UTF-8
+/// that is not printable ASCII, and `%` itself (gRPC over HTTP/2, "Responses");
+/// a `%` not followed by two hex digits is kept as it is.
+pub(crate) fn grpc_message_text(sent: &str) -> String {
+    let bytes = sent.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The name of gRPC status `code` (the gRPC status codes document); `None` for
@@ -631,6 +657,9 @@ mod tests {
         assert_eq!(grpc_status_name(14), Some("UNAVAILABLE"));
         assert_eq!(grpc_status_name(16), Some("UNAUTHENTICATED"));
         assert_eq!(grpc_status_name(17), None);
+        assert_eq!(grpc_message_text("no%20order%207"), "no order 7");
+        assert_eq!(grpc_message_text("caf%C3%A9 100%"), "café 100%");
+        assert_eq!(grpc_message_text("%zz%4"), "%zz%4");
     }
 
     #[test]

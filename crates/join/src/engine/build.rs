@@ -17,7 +17,7 @@ use crate::{
     directory::{Directory, WorkloadKind},
     record::{
         AlsRecord, AuthRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer,
-        WasmRecord, WireRecord, WireScope, grpc_status_name, rfc3339,
+        WasmRecord, WireRecord, WireScope, grpc_message_text, grpc_status_name, rfc3339,
     },
 };
 
@@ -509,8 +509,8 @@ fn grpc_record(log: Option<&AccessLog>, wasm: Option<GrpcCall>, path: &str) -> O
         return None;
     }
     let (status, message) = match (logged, &wasm) {
-        (Some((status, message)), _) => (Some(status), message.clone()),
-        (None, Some(call)) => (call.status, call.message.clone()),
+        (Some((status, message)), _) => (Some(status), grpc_message_text(message)),
+        (None, Some(call)) => (call.status, grpc_message_text(&call.message)),
         (None, None) => (None, String::new()),
     };
     let (service, method) = GrpcRecord::of_path(path);
