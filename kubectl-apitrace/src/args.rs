@@ -285,8 +285,9 @@ pub struct DemoArgs {
     /// logs the calls.
     #[arg(long)]
     pub caller_outside_mesh: bool,
-    /// Send every request over one connection (HTTP/1.1 keep-alive) instead of
-    /// one connection each.
+    /// Send every request over one connection (HTTP/1.1 keep-alive; one h2c
+    /// connection and one gRPC channel with --protocol) instead of one
+    /// connection each.
     #[arg(long)]
     pub keep_alive: bool,
     /// What the client speaks to the server's Service, whose port is named for
