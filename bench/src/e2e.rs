@@ -25,7 +25,7 @@ use kubectl_apitrace::{
     demo::{
         http::{self, Connection},
         jwt,
-        mesh::{ADMIN_PORT, Layers, Layout, SERVICE_V4},
+        mesh::{ADMIN_PORT, Layers, Layout, PortProtocol, SERVICE_V4},
     },
     live::now_ns,
     probe_client::ProbeSession,
@@ -78,6 +78,7 @@ pub fn run(
         client,
         server,
         app_port: APP_PORT,
+        protocol: PortProtocol::Http,
         caller_outside_mesh: false,
         plaintext: false,
         ipv6: false,
@@ -231,7 +232,7 @@ async fn subscribe(
     tokio::task::JoinHandle<anyhow::Result<JoinStats>>,
 )> {
     let address = SocketAddr::new(IpAddr::V4(probe_pod.ipv4), ports::SUBSCRIBE);
-    let channel = http::channel_in(&probe_pod.netns_path(), address).await?;
+    let channel = http::channel_in(&probe_pod.netns_path(), address, "pod.demo").await?;
     let mut session = ProbeSession::new(channel, "bench", "bench")?;
     let mut events = session.subscribe().await?.boxed();
     let mut joiner = Joiner::new(JoinConfig::default());

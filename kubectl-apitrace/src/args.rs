@@ -252,6 +252,19 @@ pub struct JoinArgs {
     pub output: OutputArgs,
 }
 
+/// What the demo's client pod speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoProtocol {
+    /// HTTP/1.1 GETs.
+    Http1,
+    /// HTTP/2 GETs with prior knowledge (h2c), no upgrade.
+    H2c,
+    /// gRPC: unary and server-streaming calls, some failing.
+    Grpc,
+    /// HTTP/1.1, h2c and gRPC calls in turn, to one HTTP/2 port.
+    Mixed,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many requests the client pod sends.
@@ -278,10 +291,15 @@ pub struct DemoArgs {
     /// logs the calls.
     #[arg(long)]
     pub caller_outside_mesh: bool,
-    /// Send every request over one connection (HTTP/1.1 keep-alive) instead of
-    /// one connection each.
+    /// Send every request over one connection (HTTP/1.1 keep-alive; one h2c
+    /// connection and one gRPC channel with --protocol) instead of one
+    /// connection each.
     #[arg(long)]
     pub keep_alive: bool,
+    /// What the client speaks to the server's Service, whose port is named for
+    /// it as Istio reads port names (`http`; `http2` for h2c and mixed; `grpc`).
+    #[arg(long, value_enum, value_name = "PROTOCOL", default_value_t = DemoProtocol::Http1)]
+    pub protocol: DemoProtocol,
     /// Drop this share of the server pod's inbound packets after the probe saw
     /// them, so that TCP retransmits (iptables statistic).
     #[arg(long, value_name = "PERCENT", value_parser = parse_loss)]

@@ -184,6 +184,7 @@ pub fn normalise_http(entry: &HttpAccessLogEntry, reporter: &Reporter) -> Option
     if let Some(response) = &entry.response {
         log.status = response.response_code.map_or(0, |code| code.value);
         log.response_body_bytes = response.response_body_bytes;
+        (log.grpc_status, log.grpc_message) = crate::grpc_status::of(response);
     }
     Some(log)
 }

@@ -549,3 +549,62 @@ fn the_token_and_its_signature_are_never_printed_by_default() {
         );
     }
 }
+
+/// gRPC through both sidecars over mTLS, for real: each call's record says
+/// how it ended although every one was an HTTP 200 (the sidecars' access logs
+/// from the trailers, the filter's message counts), and the table's STATUS
+/// shows the gRPC status.
+#[test]
+fn grpc_calls_carry_their_grpc_status_and_message_counts() {
+    let Some(real) = real("the gRPC demo") else {
+        return;
+    };
+    let output = demo(&real.envoy)
+        .args(["--protocol", "grpc", "--requests", "5", "-o", "json"])
+        .output()
+        .expect("the CLI runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let records: Vec<Value> = serde_json::from_slice(&output.stdout).expect("a JSON array");
+    assert_eq!(records.len(), 5, "{}", stderr(&output));
+    let seen: Vec<(String, String, u64, u64)> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], 200, "{r:#}");
+            assert_eq!(
+                r["layers"],
+                serde_json::json!(["als", "wasm", "tc"]),
+                "{r:#}"
+            );
+            let grpc = &r["grpc"];
+            assert_eq!(grpc["service"], "apitrace.demo.v1.Orders");
+            (
+                grpc["method"].as_str().unwrap_or_default().to_owned(),
+                grpc["status_name"].as_str().unwrap_or_default().to_owned(),
+                grpc["request_messages"].as_u64().unwrap_or(99),
+                grpc["response_messages"].as_u64().unwrap_or(99),
+            )
+        })
+        .collect();
+    let expected = [
+        ("GetOrder", "OK", 1, 1),
+        ("ListOrders", "OK", 1, 3),
+        ("GetOrder", "NOT_FOUND", 1, 0),
+        ("ListOrders", "UNAVAILABLE", 1, 2),
+        ("GetOrder", "OK", 1, 1),
+    ]
+    .map(|(method, status, requests, responses)| {
+        (method.to_owned(), status.to_owned(), requests, responses)
+    });
+    assert_eq!(seen, expected);
+    assert_eq!(records[3]["grpc"]["message"], "region eu is down");
+
+    let table = demo(&real.envoy)
+        .args(["--protocol", "grpc", "--requests", "4"])
+        .output()
+        .expect("the CLI runs");
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = String::from_utf8_lossy(&table.stdout);
+    for status in ["OK", "NOT_FOUND", "UNAVAILABLE"] {
+        assert!(text.contains(&format!(" {status} ")), "{status} in\n{text}");
+    }
+}

@@ -245,9 +245,16 @@ impl Check {
     }
 }
 
-/// Runs the demo with `args`, capturing, and checks every record's wire parts.
-fn check_demo(name: &str, args: &[&str], requests: usize) {
-    let Some(real) = real(name) else { return };
+/// Runs the demo with `args`, capturing, and checks every record's wire
+/// parts; returns the verdicts by leg (none when the test cannot run here).
+fn check_demo(
+    name: &str,
+    args: &[&str],
+    requests: usize,
+) -> BTreeMap<(&'static str, Verdict), u32> {
+    let Some(real) = real(name) else {
+        return BTreeMap::new();
+    };
     let dir: PathBuf = std::env::temp_dir().join(format!(
         "apitrace-dissector-{}-{}",
         std::process::id(),
@@ -342,6 +349,26 @@ fn check_demo(name: &str, args: &[&str], requests: usize) {
         "every leg of every call was on the wire: {:?}",
         check.counts
     );
+    let mut ids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), requests, "exactly one record per call");
+    check.counts
+}
+
+/// That every leg the check saw was named at the connection's level: what
+/// the wire must say of an HTTP/2 connection, whose streams' frames
+/// interleave, whether it is inside TLS or not.
+fn all_connection_level(counts: &BTreeMap<(&'static str, Verdict), u32>) {
+    assert!(
+        counts
+            .keys()
+            .all(|(_, verdict)| *verdict == Verdict::ConnectionLevel),
+        "an HTTP/2 leg at request scope: {counts:?}"
+    );
 }
 
 /// Over mTLS, one connection per call: the lo hops are the calls' own
@@ -349,6 +376,42 @@ fn check_demo(name: &str, args: &[&str], requests: usize) {
 #[test]
 fn mtls_calls_match_the_dissector_on_every_leg() {
     check_demo("the mTLS dissector check", &[], 6);
+}
+
+/// gRPC over mTLS, unary and server-streaming calls on pooled HTTP/2
+/// connections: every leg, the plaintext h2c ones on `lo` too, is the
+/// connection, whose SYN tshark confirms.
+#[test]
+fn grpc_calls_match_the_dissector_on_every_leg() {
+    let counts = check_demo("the gRPC dissector check", &["--protocol", "grpc"], 5);
+    all_connection_level(&counts);
+}
+
+/// h2c in plaintext between the sidecars as well, all calls on one
+/// connection from the app: still the connection on every leg.
+#[test]
+fn h2c_calls_match_the_dissector_on_every_leg() {
+    let counts = check_demo(
+        "the h2c dissector check",
+        &["--protocol", "h2c", "--plaintext", "--keep-alive"],
+        6,
+    );
+    all_connection_level(&counts);
+}
+
+/// HTTP/1.1, h2c and gRPC calls in turn to one HTTP/2 port: the HTTP/1.1
+/// calls' own first packets on the client's `lo` are theirs, the rest the
+/// connections'.
+#[test]
+fn mixed_calls_match_the_dissector_on_every_leg() {
+    let counts = check_demo("the mixed dissector check", &["--protocol", "mixed"], 6);
+    if !counts.is_empty() {
+        assert_eq!(
+            counts.get(&("client lo: app to sidecar", Verdict::Correct)),
+            Some(&2),
+            "the two HTTP/1.1 calls at request scope: {counts:?}"
+        );
+    }
 }
 
 /// Every call on one keep-alive connection: each gets its own request on

@@ -68,8 +68,8 @@ fn every_golden_session_replays_to_what_the_demo_printed() {
         replayed += 1;
     }
     assert_eq!(
-        replayed, 6,
-        "the six sessions `cargo xtask fixtures` records"
+        replayed, 8,
+        "the eight sessions `cargo xtask fixtures` records"
     );
 }
 
@@ -150,6 +150,48 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
             .all(|r| r["hops"].as_array().unwrap().len() == 1)
     );
     assert!(outside.iter().all(|r| r["tc"]["scope"] == "request"));
+
+    // HTTP/2, whether inside mTLS (gRPC) or in plaintext (h2c): the wire
+    // names each leg's connection, never a packet of another call.
+    let every_leg_at_connection_scope = |records: &[Value]| {
+        records
+            .iter()
+            .flat_map(|r| r["hops"].as_array().unwrap().clone())
+            .all(|hop| {
+                hop["downstream"]["scope"] == "connection"
+                    && hop["upstream"]["scope"] == "connection"
+            })
+    };
+    let grpc = records("grpc");
+    assert_eq!(grpc.len(), 5);
+    assert!(grpc.iter().all(complete));
+    assert!(
+        grpc.iter()
+            .all(|r| r["protocol"] == "HTTP/2" && r["status"] == 200)
+    );
+    let statuses: Vec<&str> = grpc
+        .iter()
+        .map(|r| r["grpc"]["status_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["OK", "OK", "NOT_FOUND", "UNAVAILABLE", "OK"]);
+    let streamed = &grpc[3]["grpc"];
+    assert_eq!(streamed["method"], "ListOrders");
+    assert_eq!(streamed["response_messages"], 2);
+    assert_eq!(streamed["message"], "region eu is down");
+    assert!(every_leg_at_connection_scope(&grpc));
+
+    let h2c = records("h2c");
+    assert_eq!(h2c.len(), 5);
+    assert!(h2c.iter().all(complete));
+    assert!(
+        h2c.iter()
+            .all(|r| r["protocol"] == "HTTP/2" && r.get("grpc").is_none())
+    );
+    assert!(
+        h2c.iter().all(|r| r["src"].get("identity").is_none()),
+        "plaintext"
+    );
+    assert!(every_leg_at_connection_scope(&h2c));
 }
 
 #[test]

@@ -65,7 +65,7 @@ impl Subscriber {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let channel = http::channel_in(&netns, address)
+                let channel = http::channel_in(&netns, address, "pod.demo")
                     .await
                     .expect("the probe's subscribe port answers");
                 let mut session =
@@ -510,7 +510,7 @@ fn a_slow_subscriber_costs_the_probe_no_memory_and_every_lost_event_is_counted()
 #[test]
 fn the_demo_meshs_sidecars_pass_envoys_own_validation() {
     use kubectl_apitrace::demo::mesh::{
-        Service,
+        PortProtocol, Service,
         certs::{MeshCa, spiffe_id},
     };
     let Some(real) = crate::support::real("Envoy's validation of the demo mesh") else {
@@ -535,53 +535,59 @@ fn the_demo_meshs_sidecars_pass_envoys_own_validation() {
         session_token: "t",
         show_secrets: false,
     };
-    let services = [Service {
-        name: "server",
-        cluster_ipv4: kubectl_apitrace::demo::mesh::SERVICE_V4,
-        cluster_ipv6: kubectl_apitrace::demo::mesh::SERVICE_V6,
-        port: APP_PORT,
-        endpoint: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)),
-        target_port: APP_PORT,
-        service_account: "server",
-    }];
-    let client = Sidecar {
-        pod: MeshPod {
-            name: "client",
-            namespace: NAMESPACE,
-            service_account: "client",
-            ipv4: Ipv4Addr::new(198, 18, 0, 10),
-        },
-        app_port: None,
-        services: &services,
-        probe,
-        layers: Layers::ALL,
-        mtls: Some(&client_files),
-    };
-    let mut server = Sidecar::serving(
-        MeshPod {
+    // An HTTP/1.1 port, and one of gRPC's (HTTP/2 from the caller's sidecar on).
+    for protocol in [PortProtocol::Http, PortProtocol::Grpc] {
+        let services = [Service {
             name: "server",
-            namespace: NAMESPACE,
+            cluster_ipv4: kubectl_apitrace::demo::mesh::SERVICE_V4,
+            cluster_ipv6: kubectl_apitrace::demo::mesh::SERVICE_V6,
+            port: APP_PORT,
+            protocol,
+            endpoint: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)),
+            target_port: APP_PORT,
             service_account: "server",
-            ipv4: Ipv4Addr::new(198, 18, 0, 20),
-        },
-        APP_PORT,
-        probe,
-        Layers::ALL,
-    );
-    server.mtls = Some(&server_files);
-    for (name, sidecar) in [("client", &client), ("server", &server)] {
-        let config = dir.join(format!("{name}.json"));
-        std::fs::write(&config, sidecar.bootstrap().to_string()).expect("the bootstrap");
-        let output = Command::new(&real.envoy)
-            .args(["--mode", "validate", "--config-path"])
-            .arg(&config)
-            .output()
-            .expect("Envoy runs");
-        assert!(
-            output.status.success(),
-            "Envoy refuses the {name}'s sidecar:\n{}",
-            crate::support::stderr(&output)
+        }];
+        let client = Sidecar {
+            pod: MeshPod {
+                name: "client",
+                namespace: NAMESPACE,
+                service_account: "client",
+                ipv4: Ipv4Addr::new(198, 18, 0, 10),
+            },
+            app_port: None,
+            app_protocol: PortProtocol::Http,
+            services: &services,
+            probe,
+            layers: Layers::ALL,
+            mtls: Some(&client_files),
+        };
+        let mut server = Sidecar::serving(
+            MeshPod {
+                name: "server",
+                namespace: NAMESPACE,
+                service_account: "server",
+                ipv4: Ipv4Addr::new(198, 18, 0, 20),
+            },
+            APP_PORT,
+            probe,
+            Layers::ALL,
         );
+        server.mtls = Some(&server_files);
+        server.app_protocol = protocol;
+        for (name, sidecar) in [("client", &client), ("server", &server)] {
+            let config = dir.join(format!("{name}-{}.json", protocol.port_name()));
+            std::fs::write(&config, sidecar.bootstrap().to_string()).expect("the bootstrap");
+            let output = Command::new(&real.envoy)
+                .args(["--mode", "validate", "--config-path"])
+                .arg(&config)
+                .output()
+                .expect("Envoy runs");
+            assert!(
+                output.status.success(),
+                "Envoy refuses the {name}'s sidecar for a {protocol:?} port:\n{}",
+                crate::support::stderr(&output)
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).expect("the files are removed");
 }

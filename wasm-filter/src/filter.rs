@@ -8,13 +8,18 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use apitrace_proto::{Endpoint, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmEvent};
+use apitrace_proto::{Endpoint, GrpcCall, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmEvent};
 use proxy_wasm::{
     traits::{Context, HttpContext, RootContext},
     types::{Action, ContextType, LogLevel},
 };
 
-use crate::{auth, config::Config, queue::Outbox};
+use crate::{
+    auth,
+    config::Config,
+    grpc::{self, MessageCounter},
+    queue::Outbox,
+};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
@@ -118,6 +123,7 @@ impl RootContext for Root {
             config: self.config.clone()?,
             outbox: self.outbox.clone()?,
             event: WasmEvent::default(),
+            grpc: None,
         }))
     }
 
@@ -130,6 +136,8 @@ struct Request {
     config: Rc<Config>,
     outbox: Rc<RefCell<Outbox>>,
     event: WasmEvent,
+    /// The request's and the response's message counts, for a gRPC request.
+    grpc: Option<[MessageCounter; 2]>,
 }
 
 impl Request {
@@ -145,6 +153,15 @@ impl Request {
             address.ip().to_string(),
             u32::from(address.port()),
         ))
+    }
+
+    /// Notes a gRPC status (`grpc-status`, `grpc-message`) the response's
+    /// headers (Trailers-Only) or trailers carry.
+    fn note_grpc_status(&mut self, status: Option<String>, message: Option<String>) {
+        if let (Some(call), Some(status)) = (self.event.grpc.as_mut(), status) {
+            call.status = status.trim().parse().ok();
+            call.message = message.unwrap_or_default();
+        }
     }
 
     /// Envoy's listener direction attribute: an int64, 1 inbound, 2 outbound.
@@ -180,8 +197,47 @@ impl HttpContext for Request {
             auth: self
                 .get_http_request_header("authorization")
                 .map(|value| auth::describe(&value, self.config.show_secrets)),
+            grpc: grpc::is_grpc(&self.header("content-type")).then(GrpcCall::default),
             ..WasmEvent::default()
         };
+        self.grpc = self.event.grpc.as_ref().map(|_| Default::default());
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some([request, _]) = self.grpc.as_mut() {
+            request.feed(body_size, |start, len| {
+                proxy_wasm::hostcalls::get_buffer(
+                    proxy_wasm::types::BufferType::HttpRequestBody,
+                    start,
+                    len,
+                )
+                .ok()
+                .flatten()
+            });
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some([_, response]) = self.grpc.as_mut() {
+            response.feed(body_size, |start, len| {
+                proxy_wasm::hostcalls::get_buffer(
+                    proxy_wasm::types::BufferType::HttpResponseBody,
+                    start,
+                    len,
+                )
+                .ok()
+                .flatten()
+            });
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        let status = self.get_http_response_trailer("grpc-status");
+        let message = self.get_http_response_trailer("grpc-message");
+        self.note_grpc_status(status, message);
         Action::Continue
     }
 
@@ -190,6 +246,9 @@ impl HttpContext for Request {
             .get_http_response_header(":status")
             .and_then(|status| status.parse().ok())
             .unwrap_or(0);
+        let status = self.get_http_response_header("grpc-status");
+        let message = self.get_http_response_header("grpc-message");
+        self.note_grpc_status(status, message);
         Action::Continue
     }
 
@@ -197,6 +256,11 @@ impl HttpContext for Request {
         if self.event.time_unix_nano != 0 {
             self.event.duration_ns =
                 unix_nanos(self.get_current_time()) - self.event.time_unix_nano;
+            if let (Some(call), Some([request, response])) = (self.event.grpc.as_mut(), &self.grpc)
+            {
+                call.request_messages = request.messages();
+                call.response_messages = response.messages();
+            }
             self.outbox
                 .borrow_mut()
                 .push(std::mem::take(&mut self.event));

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod grpc;
 pub mod queue;
 
 #[cfg(target_arch = "wasm32")]

@@ -581,6 +581,11 @@ const FIXTURES: &[(&str, &[&str])] = &[
         "outside-mesh",
         &["--requests", "3", "--caller-outside-mesh"],
     ),
+    ("grpc", &["--requests", "5", "--protocol", "grpc"]),
+    (
+        "h2c",
+        &["--requests", "5", "--protocol", "h2c", "--plaintext"],
+    ),
 ];
 
 fn fixtures() -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ mod saved;
 pub use directory::{Directory, Workload, WorkloadKind};
 pub use engine::{Input, JoinConfig, JoinStats, Joiner, MissingParts, Part};
 pub use record::{
-    AuthRecord, CallRecord, Endpoint, Hop, Latency, Layer, Peer, WireRecord, WireScope,
+    AuthRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer, WireRecord, WireScope,
+    grpc_status_name,
 };
 pub use saved::{InvalidSavedInput, to_saved};

@@ -32,6 +32,10 @@ pub struct CallRecord {
     pub request_body_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body_bytes: Option<u64>,
+    /// What a gRPC call was: its service, method and status, which its HTTP
+    /// status (200 for a failed call too) does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcRecord>,
     /// The caller's credentials as the WASM filter saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthRecord>,
@@ -132,6 +136,96 @@ pub struct Peer {
     /// over mTLS: `spiffe://cluster.local/ns/NS/sa/SA`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+}
+
+/// A gRPC call: the service and method its path names, and the status its
+/// response's trailers (or Trailers-Only headers) carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrpcRecord {
+    /// `package.Service`, from the path `/package.Service/Method`.
+    pub service: String,
+    pub method: String,
+    /// The `grpc-status` code; absent when the call ended without one (reset,
+    /// cut off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
+    /// Its name (`OK`, `NOT_FOUND`, `UNAVAILABLE`): one of a few words, not a
+    /// string per record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_name: Option<Cow<'static, str>>,
+    /// The `grpc-message`, decoded from gRPC's percent-encoding; empty when
+    /// none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Messages in the request's and the response's bodies, as the filter
+    /// counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_messages: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_messages: Option<u64>,
+}
+
+impl GrpcRecord {
+    /// The call's service and method from its path; empty where the path is
+    /// not gRPC's `/service/method`.
+    pub fn of_path(path: &str) -> (String, String) {
+        path.strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(_, method)| !method.contains('/'))
+            .map(|(service, method)| (service.to_owned(), method.to_owned()))
+            .unwrap_or_default()
+    }
+}
+
+/// A `grpc-message` as text: gRPC percent-encodes every byte of its UTF-8
+/// that is not printable ASCII, and `%` itself (gRPC over HTTP/2, "Responses");
+/// a `%` not followed by two hex digits is kept as it is.
+pub(crate) fn grpc_message_text(sent: &str) -> String {
+    let bytes = sent.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// The name of gRPC status `code` (the gRPC status codes document); `None` for
+/// a code gRPC does not define.
+pub fn grpc_status_name(code: u32) -> Option<&'static str> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::try_from(code).ok()?).copied()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +452,15 @@ pub(crate) mod tests {
             response_flags: vec![],
             request_body_bytes: Some(0),
             response_body_bytes: Some(2),
+            grpc: Some(GrpcRecord {
+                service: "shop.Orders".into(),
+                method: "Get".into(),
+                status: Some(5),
+                status_name: Some("NOT_FOUND".into()),
+                message: "m".into(),
+                request_messages: Some(1),
+                response_messages: Some(0),
+            }),
             auth: Some(AuthRecord {
                 scheme: "Bearer".into(),
                 claims: serde_json::json!({"sub": "alice"}).into(),
@@ -459,6 +562,14 @@ pub(crate) mod tests {
             "dst.name",
             "dst.namespace",
             "dst.port",
+            "grpc",
+            "grpc.message",
+            "grpc.method",
+            "grpc.request_messages",
+            "grpc.response_messages",
+            "grpc.service",
+            "grpc.status",
+            "grpc.status_name",
             "hops",
             "hops.direction",
             "hops.downstream",
@@ -526,6 +637,29 @@ pub(crate) mod tests {
                 "docs/record.md does not describe `{path}`"
             );
         }
+    }
+
+    #[test]
+    fn grpc_paths_and_status_codes_are_named() {
+        assert_eq!(
+            GrpcRecord::of_path("/apitrace.demo.v1.Orders/GetOrder"),
+            ("apitrace.demo.v1.Orders".into(), "GetOrder".into())
+        );
+        for not_grpc in ["/", "/status", "/a/b/c", ""] {
+            assert_eq!(
+                GrpcRecord::of_path(not_grpc),
+                Default::default(),
+                "{not_grpc}"
+            );
+        }
+        assert_eq!(grpc_status_name(0), Some("OK"));
+        assert_eq!(grpc_status_name(5), Some("NOT_FOUND"));
+        assert_eq!(grpc_status_name(14), Some("UNAVAILABLE"));
+        assert_eq!(grpc_status_name(16), Some("UNAUTHENTICATED"));
+        assert_eq!(grpc_status_name(17), None);
+        assert_eq!(grpc_message_text("no%20order%207"), "no order 7");
+        assert_eq!(grpc_message_text("caf%C3%A9 100%"), "café 100%");
+        assert_eq!(grpc_message_text("%zz%4"), "%zz%4");
     }
 
     #[test]

@@ -7,12 +7,15 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{
     Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    client::conn::http1::SendRequest,
+    client::conn::{http1, http2},
     header,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tower::ServiceExt as _;
+
+use super::grpc;
 
 /// A listening socket inside the network namespace at `netns`: a socket keeps
 /// the namespace it was created in, wherever it is used from.
@@ -46,35 +49,50 @@ pub async fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<Tc
         })?
 }
 
-/// A gRPC channel to `address`, each of whose connections is made from
-/// inside the network namespace at `netns`, as a port-forward reaches a pod.
+/// A gRPC channel to `address`, naming `authority`, each of whose
+/// connections is made from inside the network namespace at `netns`: as a
+/// port-forward reaches a pod, or as the client pod's app calls a Service.
 pub async fn channel_in(
     netns: &Path,
     address: SocketAddr,
+    authority: &str,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let netns = netns.to_owned();
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
         let netns = netns.clone();
         async move { connect_in(&netns, address).await.map(TokioIo::new) }
     });
-    tonic::transport::Endpoint::from_static("http://pod.demo")
+    tonic::transport::Endpoint::from_shared(format!("http://{authority}"))?
         .connect_with_connector(connector)
         .await
 }
 
 /// The app behind the sidecar: a small API, like the nginx of the paper's
-/// example, answering until the listener is dropped.
+/// example, and the demo's gRPC service ([`grpc::Shop`]) on the same port,
+/// over HTTP/1.1 or HTTP/2 with prior knowledge (what the sidecar sends it
+/// for an `http2` or `grpc` port), answering until the listener is dropped.
 pub async fn serve_app(listener: TcpListener) {
+    let shop = grpc::OrdersServer::new(grpc::Shop);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let shop = shop.clone();
         tokio::spawn(async move {
-            let service = service_fn(|request: Request<Incoming>| async move {
-                Ok::<_, Infallible>(app_response(request.uri().path()))
+            let service = service_fn(move |request: Request<Incoming>| {
+                let shop = shop.clone();
+                async move {
+                    if grpc::is_grpc(&request) {
+                        shop.oneshot(request).await
+                    } else {
+                        Ok::<_, Infallible>(
+                            app_response(request.uri().path()).map(tonic::body::Body::new),
+                        )
+                    }
+                }
             });
             // A client that goes away mid-request is not the app's problem.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -107,17 +125,27 @@ pub const CLIENT_PATHS: &[&str] = &[
     "/missing",
 ];
 
-/// An HTTP/1.1 connection from a pod, carrying one request after another.
-pub struct Connection {
-    sender: SendRequest<Empty<Bytes>>,
+/// An HTTP connection from a pod: HTTP/1.1, carrying one request after
+/// another, or HTTP/2 with prior knowledge (h2c), as a client that knows its
+/// server speaks it opens one.
+pub enum Connection {
+    Http1(http1::SendRequest<Empty<Bytes>>),
+    Http2(http2::SendRequest<Empty<Bytes>>),
 }
 
 impl Connection {
     pub async fn over(stream: TcpStream) -> Result<Self, hyper::Error> {
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Self { sender })
+        Ok(Self::Http1(sender))
+    }
+
+    /// An h2c connection: the HTTP/2 preface, no upgrade.
+    pub async fn http2_over(stream: TcpStream) -> Result<Self, hyper::Error> {
+        let (sender, connection) =
+            http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self::Http2(sender))
     }
 
     /// Sends a GET and returns the status and body.
@@ -127,14 +155,21 @@ impl Connection {
         path: &str,
         authorization: Option<&str>,
     ) -> Result<(StatusCode, Bytes), hyper::Error> {
-        let mut request = Request::get(path).header(header::HOST, authority);
+        let mut request = match self {
+            Self::Http1(_) => Request::get(path).header(header::HOST, authority),
+            // HTTP/2 names the authority in the request's `:authority`.
+            Self::Http2(_) => Request::get(format!("http://{authority}{path}")),
+        };
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
         }
         let request = request
             .body(Empty::<Bytes>::new())
             .unwrap_or_else(|_| unreachable!("a path and two header values of ours are valid"));
-        let response = self.sender.send_request(request).await?;
+        let response = match self {
+            Self::Http1(sender) => sender.send_request(request).await?,
+            Self::Http2(sender) => sender.send_request(request).await?,
+        };
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))

@@ -11,6 +11,8 @@ use crate::args::DemoArgs;
 #[cfg(target_os = "linux")]
 pub mod child;
 #[cfg(target_os = "linux")]
+pub mod grpc;
+#[cfg(target_os = "linux")]
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod jwt;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::args::DemoArgs;
+use crate::args::{DemoArgs, DemoProtocol};
 
 #[derive(Debug)]
 pub struct Plan {
@@ -26,6 +26,7 @@ pub struct Traffic {
     pub token: Option<String>,
     pub ipv6: bool,
     pub keep_alive: bool,
+    pub protocol: DemoProtocol,
     /// Plaintext between the sidecars instead of mTLS.
     pub plaintext: bool,
     /// The client pod has no sidecar.
@@ -104,6 +105,7 @@ impl Plan {
                 token: args.token,
                 ipv6: args.ipv6,
                 keep_alive: args.keep_alive,
+                protocol: args.protocol,
                 plaintext: args.plaintext,
                 caller_outside_mesh: args.caller_outside_mesh,
                 loss: args.loss,

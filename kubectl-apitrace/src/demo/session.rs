@@ -62,6 +62,7 @@ fn layout<'a>(plan: &Plan, topology: &'a Topology) -> Layout<'a> {
         client: topology.pod("client"),
         server: topology.pod("server"),
         app_port: APP_PORT,
+        protocol: traffic::port_protocol(plan.traffic.protocol),
         caller_outside_mesh: plan.traffic.caller_outside_mesh,
         plaintext: plan.traffic.plaintext,
         ipv6: plan.traffic.ipv6,
@@ -414,7 +415,7 @@ async fn subscribe(
             );
         }
         let attempt = async {
-            let channel = http::channel_in(&netns, address).await?;
+            let channel = http::channel_in(&netns, address, "pod.demo").await?;
             let mut session = ProbeSession::new(channel, session_id, token)?;
             let mut events = session.subscribe().await?.boxed();
             match events.next().await {

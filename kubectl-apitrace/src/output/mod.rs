@@ -205,6 +205,7 @@ pub(crate) mod tests {
             response_flags: vec!["UF: upstream connection failure".into(), "URX".into()],
             request_body_bytes: Some(0),
             response_body_bytes: Some(612),
+            grpc: None,
             auth: Some(AuthRecord {
                 scheme: "Bearer".into(),
                 claims: serde_json::json!({"sub": "alice"}).into(),

@@ -45,11 +45,13 @@ const COLUMNS: &[Column] = &[
     column("PATH", 24, Some(12), |r| r.path.clone()),
     Column {
         colour: status_colour,
-        ..column("STATUS", 6, None, |r| {
-            if r.status == 0 {
-                "-".into()
-            } else {
-                r.status.to_string()
+        // A failed gRPC call is an HTTP 200: its gRPC status says what
+        // happened. As wide as the longest common name, `UNAVAILABLE`.
+        ..column("STATUS", 11, None, |r| {
+            match r.grpc.as_ref().and_then(|grpc| grpc.status_name.as_deref()) {
+                Some(name) => name.to_owned(),
+                None if r.status == 0 => "-".into(),
+                None => r.status.to_string(),
             }
         })
     },
@@ -160,6 +162,16 @@ const fn column(
 }
 
 fn status_colour(record: &CallRecord) -> Option<Color> {
+    if let Some(code) = record.grpc.as_ref().and_then(|grpc| grpc.status) {
+        // gRPC's server-side failures (UNKNOWN, DEADLINE_EXCEEDED,
+        // RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS)
+        // as 5xx, the caller's as 4xx.
+        return Some(match code {
+            0 => Color::FG_GREEN,
+            2 | 4 | 8 | 12..=15 => Color::FG_RED,
+            _ => Color::FG_YELLOW,
+        });
+    }
     Some(match record.status {
         200..=299 => Color::FG_GREEN,
         300..=399 => Color::FG_CYAN,
@@ -446,6 +458,34 @@ mod tests {
             status_at(second.lines().next().unwrap())
         );
         assert!(second.contains('…'), "{second}");
+    }
+
+    /// A failed gRPC call is an HTTP 200; the table shows what failed.
+    #[test]
+    fn a_grpc_call_shows_its_grpc_status_in_red_when_the_server_failed_it() {
+        let coloured = Layout {
+            colour: true,
+            ..PLAIN
+        };
+        let mut call = record();
+        call.grpc = Some(apitrace_join::GrpcRecord {
+            service: "apitrace.demo.v1.Orders".into(),
+            method: "ListOrders".into(),
+            status: Some(14),
+            status_name: Some("UNAVAILABLE".into()),
+            message: String::new(),
+            request_messages: None,
+            response_messages: None,
+        });
+        let text = coloured.render(std::slice::from_ref(&call));
+        assert!(text.contains("\u{1b}[31mUNAVAILABLE"), "{text:?}");
+        assert!(!text.contains(" 200 "), "{text}");
+        let widths = PLAIN.follow_widths();
+        assert!(
+            PLAIN
+                .render_row(&call, &widths, false)
+                .contains("UNAVAILABLE ")
+        );
     }
 
     #[test]

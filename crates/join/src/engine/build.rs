@@ -1,8 +1,8 @@
 //! A joined call, put together as a record.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
-use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, WasmEvent};
+use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, GrpcCall, WasmEvent};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
@@ -16,8 +16,8 @@ use super::{
 use crate::{
     directory::{Directory, WorkloadKind},
     record::{
-        AlsRecord, AuthRecord, CallRecord, Endpoint, Hop, Latency, Layer, Peer, WasmRecord,
-        WireRecord, WireScope, rfc3339,
+        AlsRecord, AuthRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer,
+        WasmRecord, WireRecord, WireScope, grpc_message_text, grpc_status_name, rfc3339,
     },
 };
 
@@ -191,6 +191,7 @@ pub(crate) struct WasmPart {
     /// Each [`WasmText`].
     texts: Texts<WASM_TEXTS>,
     auth: Option<WasmAuth>,
+    grpc: Option<GrpcCall>,
 }
 
 /// The caller's credentials as a [`WasmPart`] keeps them; the scheme and the
@@ -246,6 +247,7 @@ impl WasmPart {
             destination_port,
             texts,
             auth,
+            grpc: event.grpc,
         }
     }
 
@@ -451,6 +453,11 @@ pub(crate) fn build_record(
         .unwrap_or_default();
     let mut src = peer(src, time_ns, directory);
     src.identity = caller_identity;
+    let grpc = grpc_record(
+        log.as_ref(),
+        wasm.as_mut().and_then(|w| w.grpc.take()),
+        &path,
+    );
     CallRecord {
         time: rfc3339(time_ns),
         src,
@@ -471,6 +478,7 @@ pub(crate) fn build_record(
             .unwrap_or_default(),
         request_body_bytes: log.as_ref().map(|l| l.request_body_bytes),
         response_body_bytes: log.as_ref().map(|l| l.response_body_bytes),
+        grpc,
         auth: wasm.as_mut().and_then(WasmPart::auth_record),
         tc,
         latency,
@@ -489,6 +497,32 @@ pub(crate) fn build_record(
         }),
         request_id,
     }
+}
+
+/// The call in gRPC terms, when a layer saw it as gRPC: the access log
+/// logged a `grpc-status`, or the filter saw a gRPC request. The status is
+/// the access log's (the sidecar that logged the call as the record's), else
+/// the filter's; the message counts are the filter's.
+fn grpc_record(log: Option<&AccessLog>, wasm: Option<GrpcCall>, path: &str) -> Option<GrpcRecord> {
+    let logged = log.and_then(|log| Some((log.grpc_status?, &log.grpc_message)));
+    if logged.is_none() && wasm.is_none() {
+        return None;
+    }
+    let (status, message) = match (logged, &wasm) {
+        (Some((status, message)), _) => (Some(status), grpc_message_text(message)),
+        (None, Some(call)) => (call.status, grpc_message_text(&call.message)),
+        (None, None) => (None, String::new()),
+    };
+    let (service, method) = GrpcRecord::of_path(path);
+    Some(GrpcRecord {
+        service,
+        method,
+        status,
+        status_name: status.and_then(grpc_status_name).map(Cow::Borrowed),
+        message,
+        request_messages: wasm.as_ref().map(|call| call.request_messages),
+        response_messages: wasm.as_ref().map(|call| call.response_messages),
+    })
 }
 
 /// The method, the path and the version of `packet`'s HTTP head, if the head

@@ -20,7 +20,9 @@ use std::{
 use apitrace_netns::topology::Pod;
 use apitrace_proto::istio;
 
-pub use sidecar::{ADMIN_PORT, Layers, MeshPod, ProbeAt, Service, Sidecar, command_line};
+pub use sidecar::{
+    ADMIN_PORT, Layers, MeshPod, PortProtocol, ProbeAt, Service, Sidecar, command_line,
+};
 
 /// The demo's Service addresses (ClusterIPs): outside the pods' subnet, as a
 /// cluster's service range is; only the callers' sidecars ever see them.
@@ -62,6 +64,8 @@ pub struct Layout<'a> {
     pub server: &'a Pod,
     /// The port the server's app listens on, which its Service exposes.
     pub app_port: u16,
+    /// The protocol the Service declares for it.
+    pub protocol: PortProtocol,
     /// The client pod has no sidecar and calls the server pod directly.
     pub caller_outside_mesh: bool,
     /// No mTLS between the sidecars.
@@ -137,6 +141,7 @@ impl<'a> Layout<'a> {
             cluster_ipv4: SERVICE_V4,
             cluster_ipv6: SERVICE_V6,
             port: self.app_port,
+            protocol: self.protocol,
             endpoint: if self.ipv6 {
                 std::net::IpAddr::V6(self.server.ipv6)
             } else {
@@ -198,6 +203,7 @@ impl<'a> Layout<'a> {
                     ipv4: pod.ipv4,
                 },
                 app_port: serves.then_some(self.app_port),
+                app_protocol: self.protocol,
                 services: if serves { &[] } else { &services },
                 probe,
                 layers,

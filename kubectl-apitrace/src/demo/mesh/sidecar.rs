@@ -44,6 +44,36 @@ pub struct MeshPod<'a> {
     pub ipv4: Ipv4Addr,
 }
 
+/// The protocol a Service port declares, by its name or `appProtocol`
+/// (istio `pkg/config/kube/conversion.go`, `ConvertProtocol`), which decides
+/// how istiod configures both sidecars for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// `http`: HTTP/1.1 to the app and between the sidecars (the mesh's
+    /// default `h2UpgradePolicy` does not upgrade it).
+    Http,
+    /// `http2`: HTTP/2 on every hop after the caller's sidecar.
+    Http2,
+    /// `grpc`: the same as `http2` for the sidecars.
+    Grpc,
+}
+
+impl PortProtocol {
+    /// The port's name, which is how Istio is told.
+    pub fn port_name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Http2 => "http2",
+            Self::Grpc => "grpc",
+        }
+    }
+
+    /// Whether the upstream clusters speak HTTP/2 (`Instance.IsHTTP2`).
+    fn is_http2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
+}
+
 /// A Service the pod calls: its name, its ClusterIP addresses and port, and
 /// the pod behind it.
 #[derive(Debug, Clone)]
@@ -52,6 +82,7 @@ pub struct Service<'a> {
     pub cluster_ipv4: Ipv4Addr,
     pub cluster_ipv6: Ipv6Addr,
     pub port: u16,
+    pub protocol: PortProtocol,
     /// The service's pod, at its address of the family the session calls it
     /// over (EDS gives a dual-stack pod's addresses per family).
     pub endpoint: IpAddr,
@@ -94,6 +125,8 @@ pub struct Sidecar<'a> {
     pub pod: MeshPod<'a>,
     /// The port the pod's app serves, when it serves one.
     pub app_port: Option<u16>,
+    /// The protocol its Service declares for that port.
+    pub app_protocol: PortProtocol,
     /// The services the pod's app calls.
     pub services: &'a [Service<'a>],
     pub probe: ProbeAt<'a>,
@@ -108,6 +141,14 @@ pub struct Sidecar<'a> {
 /// `source/extensions/filters/http/alpn/alpn_filter.cc`; istio
 /// `pilot/pkg/xds/filters/filters.go`, `mtlsHTTP11ALPN`).
 const ALPN_OVERRIDE_HTTP11: &str = "istio-http/1.1,istio,http/1.1";
+/// What it sets for an HTTP/2 upstream (`mtlsHTTP2ALPN`): the server's
+/// sidecar's mTLS chain accepts `istio-h2`, and its TLS context offers `h2`.
+const ALPN_OVERRIDE_HTTP2: &str = "istio-h2,istio,h2";
+/// The names of what the sidecars log of a response for gRPC, from its
+/// headers (a Trailers-Only response) and its trailers: the `envoyHttpAls`
+/// provider's `additionalResponseHeadersToLog` and
+/// `additionalResponseTrailersToLog`.
+const GRPC_STATUS_TO_LOG: [&str; 2] = ["grpc-status", "grpc-message"];
 /// The cluster's own ALPN values for mTLS (`ALPNInMeshWithMxc`,
 /// `pilot/pkg/networking/util/util.go`): what TCP traffic offers.
 const ALPN_IN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
@@ -138,6 +179,7 @@ impl<'a> Sidecar<'a> {
         Self {
             pod,
             app_port: Some(app_port),
+            app_protocol: PortProtocol::Http,
             services: &[],
             probe,
             layers,
@@ -170,7 +212,7 @@ impl<'a> Sidecar<'a> {
             ),
         ];
         if let Some(port) = self.app_port {
-            clusters.push(inbound_cluster(port));
+            clusters.push(inbound_cluster(port, self.app_protocol));
         }
         clusters.extend(
             self.services
@@ -265,7 +307,7 @@ impl<'a> Sidecar<'a> {
                 let manager = self.http_connection_manager(
                     &format!("outbound_0.0.0.0_{};", service.port),
                     route_config,
-                    Side::Outbound,
+                    Side::Outbound(service.protocol),
                     http_cluster,
                     als_cluster,
                 );
@@ -326,7 +368,7 @@ impl<'a> Sidecar<'a> {
             let manager = self.http_connection_manager(
                 &format!("inbound_0.0.0.0_{port};"),
                 route_config,
-                Side::Inbound,
+                Side::Inbound(self.app_protocol),
                 http_cluster,
                 als_cluster,
             );
@@ -416,11 +458,14 @@ impl<'a> Sidecar<'a> {
             "http_filters": self.http_filters(side, http_cluster),
             "access_log": self.access_log(als_cluster),
         });
-        if side == Side::Inbound {
+        if let Side::Inbound(protocol) = side {
             config["forward_client_cert_details"] = json!("APPEND_FORWARD");
             config["set_current_client_cert_details"] =
                 json!({ "subject": true, "dns": true, "uri": true });
             config["server_name"] = json!("istio-envoy");
+            if protocol.is_http2() {
+                config["http2_protocol_options"] = json!({});
+            }
         }
         json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": config })
     }
@@ -442,16 +487,21 @@ impl<'a> Sidecar<'a> {
                 "stats_for_all_methods": false,
             },
         }));
-        if side == Side::Outbound {
+        if let Side::Outbound(protocol) = side {
             // Stands in for `istio.alpn`: the filter-state key it writes, with
-            // the value it writes for an HTTP/1.1 upstream.
+            // the value it writes for the cluster's upstream protocol.
+            let alpn = if protocol.is_http2() {
+                ALPN_OVERRIDE_HTTP2
+            } else {
+                ALPN_OVERRIDE_HTTP11
+            };
             filters.push(json!({
                 "name": "istio.alpn",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
                     "on_request_headers": [{
                         "object_key": "envoy.network.application_protocols",
-                        "format_string": { "text_format_source": { "inline_string": ALPN_OVERRIDE_HTTP11 } },
+                        "format_string": { "text_format_source": { "inline_string": alpn } },
                     }],
                 },
             }));
@@ -483,6 +533,8 @@ impl<'a> Sidecar<'a> {
                     "grpc_service": { "envoy_grpc": { "cluster_name": als_cluster, "authority": self.probe.host } },
                     "filter_state_objects_to_log": ["upstream_peer", "downstream_peer"],
                 },
+                "additional_response_headers_to_log": GRPC_STATUS_TO_LOG,
+                "additional_response_trailers_to_log": GRPC_STATUS_TO_LOG,
             },
         })]
     }
@@ -546,6 +598,9 @@ impl<'a> Sidecar<'a> {
             "lb_policy": "LEAST_REQUEST",
             "alt_stat_name": format!("{name};"),
         });
+        if service.protocol.is_http2() {
+            cluster["typed_extension_protocol_options"] = explicit_http2();
+        }
         if self.mtls.is_some() {
             endpoint["metadata"] = json!({ "filter_metadata": { "envoy.transport_socket_match": { "tlsMode": "istio" } } });
             let peer = spiffe_id(self.pod.namespace, service.service_account);
@@ -586,11 +641,12 @@ impl<'a> Sidecar<'a> {
     }
 }
 
-/// Which side of the sidecar a connection manager serves.
+/// Which side of the sidecar a connection manager serves, for a port of
+/// which protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    Inbound,
-    Outbound,
+    Inbound(PortProtocol),
+    Outbound(PortProtocol),
 }
 
 /// Where the app's redirected connections arrive: handed to the listener of
@@ -658,9 +714,9 @@ fn inbound_tls() -> Value {
 
 /// `inbound|PORT||`: the app at the connection's original destination,
 /// reached from Istio's inbound passthrough addresses (`upstream_bind_config`,
-/// with `::6` for IPv6 as on a dual-stack mesh).
-fn inbound_cluster(port: u16) -> Value {
-    json!({
+/// with `::6` for IPv6 as on a dual-stack mesh), in HTTP/2 for an HTTP/2 port.
+fn inbound_cluster(port: u16, protocol: PortProtocol) -> Value {
+    let mut cluster = json!({
         "name": format!("inbound|{port}||"),
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
@@ -668,6 +724,20 @@ fn inbound_cluster(port: u16) -> Value {
         "cleanup_interval": "9223372035s",
         "alt_stat_name": format!("inbound|{port}||;"),
         "upstream_bind_config": passthrough_bind(),
+    });
+    if protocol.is_http2() {
+        cluster["typed_extension_protocol_options"] = explicit_http2();
+    }
+    cluster
+}
+
+/// An upstream cluster's options for HTTP/2 (istiod's `setH2Options`).
+fn explicit_http2() -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} },
+        },
     })
 }
 
@@ -763,12 +833,7 @@ fn static_cluster(name: &str, address: &str, port: u16, http2: bool) -> Value {
     });
     if http2 {
         // What istiod generates for a Service port named grpc.
-        cluster["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} },
-            },
-        });
+        cluster["typed_extension_protocol_options"] = explicit_http2();
     }
     cluster
 }
@@ -813,6 +878,7 @@ mod tests {
             cluster_ipv4: Ipv4Addr::new(198, 18, 1, 20),
             cluster_ipv6: Ipv6Addr::LOCALHOST,
             port: 8080,
+            protocol: PortProtocol::Http,
             endpoint: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)),
             target_port: 8080,
             service_account: "server",
@@ -825,6 +891,7 @@ mod tests {
                 ipv4: Ipv4Addr::new(198, 18, 0, 10),
             },
             app_port: None,
+            app_protocol: PortProtocol::Http,
             services: &services,
             probe: probe(),
             layers: Layers::ALL,
@@ -898,6 +965,88 @@ mod tests {
             &resources["clusters"],
             plugin["ingest_cluster"].as_str().unwrap(),
         );
+    }
+
+    /// A `grpc` port: HTTP/2 from the caller's sidecar on (its cluster, the
+    /// ALPN `istio.alpn` sets, the called sidecar's connection manager and
+    /// its cluster to the app), and the gRPC status logged on both sides.
+    #[test]
+    fn an_http2_port_is_http2_on_every_hop_after_the_callers_sidecar() {
+        let files = files();
+        let services = [Service {
+            name: "server",
+            cluster_ipv4: Ipv4Addr::new(198, 18, 1, 20),
+            cluster_ipv6: Ipv6Addr::LOCALHOST,
+            port: 8080,
+            protocol: PortProtocol::Grpc,
+            endpoint: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)),
+            target_port: 8080,
+            service_account: "server",
+        }];
+        let pod = |name| MeshPod {
+            name,
+            namespace: "demo",
+            service_account: name,
+            ipv4: Ipv4Addr::new(198, 18, 0, 10),
+        };
+        let client = Sidecar {
+            pod: pod("client"),
+            app_port: None,
+            app_protocol: PortProtocol::Http,
+            services: &services,
+            probe: probe(),
+            layers: Layers::ALL,
+            mtls: Some(&files),
+        }
+        .bootstrap();
+        let h2 = |cluster: &Value| {
+            cluster["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+                ["http2_protocol_options"]
+                .is_object()
+        };
+        let resources = &client["static_resources"];
+        assert!(h2(named(
+            &resources["clusters"],
+            "outbound|8080||server.demo.svc.cluster.local"
+        )));
+        let manager = &named(&resources["listeners"], "0.0.0.0_8080")["filter_chains"][0]["filters"]
+            [0]["typed_config"];
+        let alpn =
+            &named(&manager["http_filters"], "istio.alpn")["typed_config"]["on_request_headers"][0];
+        assert_eq!(
+            alpn["format_string"]["text_format_source"]["inline_string"],
+            "istio-h2,istio,h2"
+        );
+        let logged = &manager["access_log"][0]["typed_config"];
+        assert_eq!(
+            logged["additional_response_trailers_to_log"],
+            json!(["grpc-status", "grpc-message"])
+        );
+        assert_eq!(
+            logged["additional_response_headers_to_log"],
+            json!(["grpc-status", "grpc-message"])
+        );
+
+        let mut server = Sidecar::serving(pod("server"), 8080, probe(), Layers::ALL);
+        server.app_protocol = PortProtocol::Grpc;
+        server.mtls = Some(&files);
+        let server = server.bootstrap();
+        let resources = &server["static_resources"];
+        assert!(h2(named(&resources["clusters"], "inbound|8080||")));
+        let chain = named(&resources["listeners"], "virtualInbound")["filter_chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|chain| chain["name"] == "0.0.0.0_8080")
+            .unwrap();
+        assert!(chain["filters"][0]["typed_config"]["http2_protocol_options"].is_object());
+        // An `http` port stays HTTP/1.1 (the mesh does not upgrade it).
+        let http = Sidecar::serving(pod("server"), 8080, probe(), Layers::ALL).bootstrap();
+        assert!(!h2(named(
+            &http["static_resources"]["clusters"],
+            "inbound|8080||"
+        )));
     }
 
     /// The called pod's sidecar: PERMISSIVE chains, the client certificate

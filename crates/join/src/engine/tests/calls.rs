@@ -483,3 +483,53 @@ fn wasm_events_without_request_id_and_unclaimed_wire_events_are_counted() {
     assert!(records.is_empty());
     assert_eq!((stats.unmatched_wasm, stats.unmatched_tc), (1, 1));
 }
+
+/// A gRPC call's record says what failed where HTTP says 200: the status the
+/// access log logged (the call's own sidecar's), else the filter's, and the
+/// filter's message counts; a call no layer saw as gRPC has no `grpc` part.
+#[test]
+fn a_grpc_call_carries_its_service_method_status_and_message_counts() {
+    let grpc_call = |logged: Option<(u32, &str)>, filter_saw: Option<(Option<u32>, u64)>| {
+        let mut log = access_log("g", 50000, T0);
+        if let Some(Kind::AccessLog(entry)) = &mut log.kind {
+            entry.path = "/apitrace.demo.v1.Orders/ListOrders".into();
+            entry.protocol = "HTTP/2".into();
+            entry.grpc_status = logged.map(|(code, _)| code);
+            entry.grpc_message = logged.map(|(_, text)| text.to_owned()).unwrap_or_default();
+        }
+        let mut filter = wasm("g");
+        if let Some(Kind::Wasm(event)) = &mut filter.kind {
+            event.grpc = filter_saw.map(|(status, responses)| apitrace_proto::GrpcCall {
+                status,
+                message: "from the filter".into(),
+                request_messages: 1,
+                response_messages: responses,
+            });
+        }
+        let (records, _) = run(vec![log, filter]);
+        assert_eq!(records.len(), 1);
+        records.into_iter().next().unwrap().grpc
+    };
+    let failed = grpc_call(Some((14, "eu is down")), Some((Some(14), 2))).unwrap();
+    assert_eq!(failed.service, "apitrace.demo.v1.Orders");
+    assert_eq!(failed.method, "ListOrders");
+    assert_eq!(failed.status, Some(14));
+    assert_eq!(failed.status_name.as_deref(), Some("UNAVAILABLE"));
+    assert_eq!(failed.message, "eu is down");
+    assert_eq!(
+        (failed.request_messages, failed.response_messages),
+        (Some(1), Some(2))
+    );
+    // Without the trailers in the access log, the filter's status.
+    let filtered = grpc_call(None, Some((Some(5), 0))).unwrap();
+    assert_eq!(filtered.status_name.as_deref(), Some("NOT_FOUND"));
+    assert_eq!(filtered.message, "from the filter");
+    // Only the access log saw it as gRPC: no message counts.
+    let logged = grpc_call(Some((0, "")), None).unwrap();
+    assert_eq!(logged.status_name.as_deref(), Some("OK"));
+    assert_eq!(logged.response_messages, None);
+    // Reset before its status: gRPC, with no status.
+    let reset = grpc_call(None, Some((None, 1))).unwrap();
+    assert_eq!((reset.status, reset.status_name), (None, None));
+    assert_eq!(grpc_call(None, None), None);
+}
