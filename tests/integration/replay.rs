@@ -492,3 +492,35 @@ fn where_prints_the_calls_it_selects_and_refuses_an_unknown_field() {
         stderr(&refused)
     );
 }
+
+/// A failing gRPC call is an HTTP 200: `--where` on its gRPC status finds
+/// exactly the golden gRPC session's calls that did not end OK.
+#[test]
+fn where_finds_the_grpc_calls_that_failed() {
+    let printed =
+        fs::read_to_string(fixture("grpc").with_extension("ndjson")).expect("the golden output");
+    let failed: Vec<&str> = printed
+        .lines()
+        .filter(|line| {
+            let record: Value = serde_json::from_str(line).expect("a JSON object per line");
+            record["grpc"]["status_name"]
+                .as_str()
+                .is_some_and(|status| status != "OK")
+        })
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "the golden gRPC session has failed calls"
+    );
+    let output = join(
+        &fixture("grpc"),
+        &[
+            "-o",
+            "ndjson",
+            "--where",
+            r#"grpc.status != "OK" && status == 200"#,
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().collect::<Vec<_>>(), failed);
+}

@@ -78,6 +78,12 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("latency.sidecar", "the time spent in the sidecar itself"),
     ("request_bytes", "the request body's size"),
     ("response_bytes", "the response body's size"),
+    (
+        "grpc.status",
+        "a gRPC call's status, by name (OK, NOT_FOUND, UNAVAILABLE, ...)",
+    ),
+    ("grpc.service", "a gRPC call's service (package.Service)"),
+    ("grpc.method", "a gRPC call's method"),
     ("src.name", "the caller's name"),
     ("src.namespace", "the caller's namespace"),
     ("src.kind", "Pod, Service, Node or External"),
@@ -108,6 +114,9 @@ enum Field {
     LatencySidecar,
     RequestBytes,
     ResponseBytes,
+    GrpcStatus,
+    GrpcService,
+    GrpcMethod,
     Src(PeerField),
     Dst(PeerField),
 }
@@ -145,6 +154,9 @@ impl Field {
             "latency.sidecar" => Self::LatencySidecar,
             "request_bytes" => Self::RequestBytes,
             "response_bytes" => Self::ResponseBytes,
+            "grpc.status" => Self::GrpcStatus,
+            "grpc.service" => Self::GrpcService,
+            "grpc.method" => Self::GrpcMethod,
             _ => {
                 if let Some(field) = name.strip_prefix("src.") {
                     Self::Src(peer(field)?)
@@ -165,6 +177,9 @@ impl Field {
             | Self::Authority
             | Self::Protocol
             | Self::RequestId
+            | Self::GrpcStatus
+            | Self::GrpcService
+            | Self::GrpcMethod
             | Self::Src(_)
             | Self::Dst(_) => Kind::Text,
         }
@@ -337,6 +352,14 @@ fn compare(record: &CallRecord, field: Field, op: Op, value: &Value) -> bool {
         Field::Authority => text(non_empty(&record.authority)),
         Field::Protocol => text(non_empty(&record.protocol)),
         Field::RequestId => text(non_empty(&record.request_id)),
+        Field::GrpcStatus => text(
+            record
+                .grpc
+                .as_ref()
+                .and_then(|grpc| grpc.status_name.as_deref()),
+        ),
+        Field::GrpcService => text(record.grpc.as_ref().map(|grpc| grpc.service.as_str())),
+        Field::GrpcMethod => text(record.grpc.as_ref().map(|grpc| grpc.method.as_str())),
         Field::Src(which) => peer(&record.src, which),
         Field::Dst(which) => peer(&record.dst, which),
         Field::Flag => {
@@ -764,7 +787,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::record::{AuthRecord, Latency, Layer};
+    use crate::record::{AuthRecord, GrpcRecord, Latency, Layer};
 
     fn record() -> CallRecord {
         let mut record = crate::record::tests::full_record();
@@ -775,6 +798,15 @@ mod tests {
         record.path = "/api/orders/42".into();
         record.response_flags = vec!["UF: upstream connection failure".into()];
         record.layers = vec![Layer::Als, Layer::Tc];
+        record.grpc = Some(GrpcRecord {
+            service: "shop.v1.Orders".into(),
+            method: "ListOrders".into(),
+            status: Some(14),
+            status_name: Some("UNAVAILABLE".into()),
+            message: String::new(),
+            request_messages: Some(1),
+            response_messages: Some(2),
+        });
         record.latency = Some(Latency {
             total_us: 300_000,
             upstream_us: 290_000,
@@ -830,6 +862,15 @@ mod tests {
             ("status == 200 || flag == \"UF\" && latency > 1s", false),
             ("(status == 200 || flag == \"UF\") && latency > 250ms", true),
             ("dst.name == \"nginx\" || src.kind == \"Pod\"", true),
+            (
+                "grpc.status == \"UNAVAILABLE\" && grpc.service ~ \"shop.*\"",
+                true,
+            ),
+            (
+                "grpc.method == \"ListOrders\" && grpc.status != \"OK\"",
+                true,
+            ),
+            ("grpc.status == \"OK\"", false),
         ] {
             assert_eq!(holds(text, &record), expected, "{text}");
         }
@@ -840,6 +881,7 @@ mod tests {
         let mut record = record();
         record.latency = None;
         record.auth = None;
+        record.grpc = None;
         record.status = 0;
         record.src.identity = None;
         record.request_body_bytes = None;
@@ -851,6 +893,7 @@ mod tests {
             "status != 200",
             "src.identity != \"spiffe://x\"",
             "request_bytes >= 0",
+            "grpc.status != \"OK\"",
         ] {
             assert!(!holds(text, &record), "{text}");
         }
