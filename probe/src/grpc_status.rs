@@ -11,8 +11,7 @@
 
 use envoy_types::pb::envoy::data::accesslog::v3::HttpResponseProperties;
 
-/// The header (and trailer) names the sidecars are configured to log.
-pub const LOGGED: [&str; 2] = ["grpc-status", "grpc-message"];
+use apitrace_proto::access_log::GRPC_STATUS_HEADERS as LOGGED;
 
 /// The response's gRPC status code and message; `None` and empty when it
 /// carried none (not gRPC, or a call reset before its status).

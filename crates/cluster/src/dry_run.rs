@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(
             changed,
             [
-                r#"+- {"envoyHttpAls":{"port":15901,"service":"apitrace-abcde12345.apitrace-system.svc.cluster.local"},"name":"apitrace-abcde12345"}"#
+                r#"+- {"envoyHttpAls":{"additionalResponseHeadersToLog":["grpc-status","grpc-message"],"additionalResponseTrailersToLog":["grpc-status","grpc-message"],"port":15901,"service":"apitrace-abcde12345.apitrace-system.svc.cluster.local"},"name":"apitrace-abcde12345"}"#
             ],
             "{text}"
         );

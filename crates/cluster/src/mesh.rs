@@ -70,10 +70,20 @@ pub enum MeshError {
 }
 
 /// The `envoyHttpAls` provider that sends a session's access logs to its probes.
+/// It logs a gRPC call's status from the response's trailers and, for a
+/// Trailers-Only answer, its headers: istiod copies both lists into the
+/// sidecars' access-log config (istio/istio `pilot/pkg/model/telemetry_logging.go`,
+/// `httpGrpcAccessLogFromTelemetry`, 1.30.3).
 pub fn als_provider(session: &SessionId, service_host: &str, port: u16) -> Value {
+    let grpc = apitrace_proto::access_log::GRPC_STATUS_HEADERS;
     json!({
         "name": session.provider_name(),
-        "envoyHttpAls": { "service": service_host, "port": port },
+        "envoyHttpAls": {
+            "service": service_host,
+            "port": port,
+            "additionalResponseHeadersToLog": grpc,
+            "additionalResponseTrailersToLog": grpc,
+        },
     })
 }
 
@@ -638,7 +648,7 @@ mod tests {
     #[test]
     fn a_session_leaves_the_mesh_config_byte_for_byte_as_it_found_it() {
         let provider = als_provider(&session(), "apitrace-abcde12345.apitrace-system.svc", 15901);
-        let ours = r#"{"envoyHttpAls":{"port":15901,"service":"apitrace-abcde12345.apitrace-system.svc"},"name":"apitrace-abcde12345"}"#;
+        let ours = r#"{"envoyHttpAls":{"additionalResponseHeadersToLog":["grpc-status","grpc-message"],"additionalResponseTrailersToLog":["grpc-status","grpc-message"],"port":15901,"service":"apitrace-abcde12345.apitrace-system.svc"},"name":"apitrace-abcde12345"}"#;
         let indented = "extensionProviders:\n  # tracing\n  - name: otel\n    envoyOtelAls:\n      service: otel.o.svc\n      port: 4317\n\n# the rest\nrootNamespace: istio-system\n";
         for (mesh, expected_lines) in [
             (

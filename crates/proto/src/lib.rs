@@ -26,6 +26,17 @@ pub mod ports {
     pub const HTTP: u16 = 15902;
 }
 
+/// What the sidecars' access logs are configured to carry beyond Envoy's
+/// default fields, which the probe then reads.
+pub mod access_log {
+    /// A gRPC call's status and message: in the response's trailers, or its
+    /// headers when the server answered Trailers-Only. The `envoyHttpAls`
+    /// provider logs them as `additionalResponseTrailersToLog` and
+    /// `additionalResponseHeadersToLog` (Istio's MeshConfig
+    /// `EnvoyHttpGrpcV3LogProvider`), under these lower-case names.
+    pub const GRPC_STATUS_HEADERS: [&str; 2] = ["grpc-status", "grpc-message"];
+}
+
 /// What Istio's sidecar mode fixes and the probe, the demo and the join
 /// depend on. Istio 1.28: `tools/istio-iptables/pkg/constants/constants.go`
 /// (the capture ports and the proxy's uid), `pilot/pkg/networking/core/

@@ -144,11 +144,11 @@ const ALPN_OVERRIDE_HTTP11: &str = "istio-http/1.1,istio,http/1.1";
 /// What it sets for an HTTP/2 upstream (`mtlsHTTP2ALPN`): the server's
 /// sidecar's mTLS chain accepts `istio-h2`, and its TLS context offers `h2`.
 const ALPN_OVERRIDE_HTTP2: &str = "istio-h2,istio,h2";
-/// The names of what the sidecars log of a response for gRPC, from its
-/// headers (a Trailers-Only response) and its trailers: the `envoyHttpAls`
-/// provider's `additionalResponseHeadersToLog` and
-/// `additionalResponseTrailersToLog`.
-const GRPC_STATUS_TO_LOG: [&str; 2] = ["grpc-status", "grpc-message"];
+/// What the sidecars log of a response for gRPC, from its headers (a
+/// Trailers-Only response) and its trailers, as the `envoyHttpAls` provider's
+/// `additionalResponseHeadersToLog` and `additionalResponseTrailersToLog`
+/// make istiod configure them.
+const GRPC_STATUS_TO_LOG: [&str; 2] = apitrace_proto::access_log::GRPC_STATUS_HEADERS;
 /// The cluster's own ALPN values for mTLS (`ALPNInMeshWithMxc`,
 /// `pilot/pkg/networking/util/util.go`): what TCP traffic offers.
 const ALPN_IN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
