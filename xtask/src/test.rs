@@ -1,0 +1,34 @@
+//! `cargo xtask test`: set up, build, and run formatting, lints, every unit and
+//! integration test (the ones that run Envoy, the filter and the TC program
+//! for real among them), the fuzz targets for 10 s each, and the release.
+
+use crate::{
+    build, fuzz, release, setup,
+    shell::{self, cargo, step},
+};
+
+pub fn run() -> anyhow::Result<()> {
+    let installed = setup::run()?;
+    build::run(&build::Options { release: false })?;
+    step("test", "formatting");
+    shell::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("test", "lints");
+    shell::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("test", "unit and integration tests");
+    shell::run(
+        cargo()
+            .args(["test", "--workspace"])
+            .env("APITRACE_ENVOY", &installed.envoy)
+            .env("APITRACE_ISTIO_CRDS", &installed.istio_crds),
+    )?;
+    step("test", "fuzz targets, 10 s each");
+    fuzz::run(&fuzz::Options { seconds: 10 })?;
+    release::run(release::Manifest::DistOnly)
+}
