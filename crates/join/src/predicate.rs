@@ -16,7 +16,7 @@
 //!   and `true`/`false`.
 //! - Comparisons combine with `!`, `&&` and `||` (`&&` binds tighter) and
 //!   parentheses.
-//! - Every field has one type ([`FIELDS`]), checked when the expression is
+//! - Every field has one type ([`fields`]), checked when the expression is
 //!   parsed: a typo or a value of the wrong kind is an error that says what
 //!   is expected, before a session creates anything.
 //! - Fields that hold several values (`flag`, `layer`) match when any of
@@ -59,45 +59,123 @@ enum Kind {
     Texts,
 }
 
-/// Every field an expression can name, and what it is: the list an unknown
-/// field's error gives, and the one `docs/record.md` documents.
-pub const FIELDS: &[(&str, &str)] = &[
-    ("status", "the HTTP status (none when no response came)"),
-    ("method", "the request's method"),
-    ("path", "the request's path"),
-    ("authority", "the request's authority (host)"),
-    ("protocol", "the protocol (HTTP/1.1, HTTP/2)"),
-    ("request_id", "the x-request-id"),
+/// Every field an expression can name but the claims, the part of the record
+/// it reads, and what it is.
+const TABLE: &[(&str, Field, &str)] = &[
+    (
+        "status",
+        Field::Status,
+        "the HTTP status (none when no response came)",
+    ),
+    ("method", Field::Method, "the request's method"),
+    ("path", Field::Path, "the request's path"),
+    (
+        "authority",
+        Field::Authority,
+        "the request's authority (host)",
+    ),
+    (
+        "protocol",
+        Field::Protocol,
+        "the protocol (HTTP/1.1, HTTP/2)",
+    ),
+    ("request_id", Field::RequestId, "the x-request-id"),
     (
         "flag",
+        Field::Flag,
         "one of Envoy's response flags, by code (UF, URX, ...)",
     ),
-    ("layer", "a layer that observed the call (als, wasm, tc)"),
-    ("latency", "the sidecar's total time (a duration)"),
-    ("latency.upstream", "the time spent upstream of the sidecar"),
-    ("latency.sidecar", "the time spent in the sidecar itself"),
-    ("request_bytes", "the request body's size"),
-    ("response_bytes", "the response body's size"),
+    (
+        "layer",
+        Field::Layer,
+        "a layer that observed the call (als, wasm, tc)",
+    ),
+    (
+        "latency",
+        Field::Latency,
+        "the sidecar's total time (a duration)",
+    ),
+    (
+        "latency.upstream",
+        Field::LatencyUpstream,
+        "the time spent upstream of the sidecar",
+    ),
+    (
+        "latency.sidecar",
+        Field::LatencySidecar,
+        "the time spent in the sidecar itself",
+    ),
+    (
+        "request_bytes",
+        Field::RequestBytes,
+        "the request body's size",
+    ),
+    (
+        "response_bytes",
+        Field::ResponseBytes,
+        "the response body's size",
+    ),
     (
         "grpc.status",
+        Field::GrpcStatus,
         "a gRPC call's status, by name (OK, NOT_FOUND, UNAVAILABLE, ...)",
     ),
-    ("grpc.service", "a gRPC call's service (package.Service)"),
-    ("grpc.method", "a gRPC call's method"),
-    ("src.name", "the caller's name"),
-    ("src.namespace", "the caller's namespace"),
-    ("src.kind", "Pod, Service, Node or External"),
-    ("src.ip", "the caller's address"),
-    ("src.identity", "the caller's mTLS identity (spiffe://...)"),
-    ("dst.name", "the callee's name"),
-    ("dst.namespace", "the callee's namespace"),
-    ("dst.kind", "Pod, Service, Node or External"),
-    ("dst.ip", "the callee's address"),
     (
-        "claims.NAME",
-        "a claim of the caller's JWT (claims.sub, claims.groups)",
+        "grpc.service",
+        Field::GrpcService,
+        "a gRPC call's service (package.Service)",
+    ),
+    ("grpc.method", Field::GrpcMethod, "a gRPC call's method"),
+    ("src.name", Field::Src(PeerField::Name), "the caller's name"),
+    (
+        "src.namespace",
+        Field::Src(PeerField::Namespace),
+        "the caller's namespace",
+    ),
+    (
+        "src.kind",
+        Field::Src(PeerField::Kind),
+        "its kind: Pod, Service, Node or External",
+    ),
+    ("src.ip", Field::Src(PeerField::Ip), "the caller's address"),
+    (
+        "src.identity",
+        Field::Src(PeerField::Identity),
+        "the caller's mTLS identity (spiffe://...)",
+    ),
+    ("dst.name", Field::Dst(PeerField::Name), "the callee's name"),
+    (
+        "dst.namespace",
+        Field::Dst(PeerField::Namespace),
+        "the callee's namespace",
+    ),
+    (
+        "dst.kind",
+        Field::Dst(PeerField::Kind),
+        "its kind: Pod, Service, Node or External",
+    ),
+    ("dst.ip", Field::Dst(PeerField::Ip), "the callee's address"),
+    (
+        "dst.identity",
+        Field::Dst(PeerField::Identity),
+        "the identity the callee proved, when the record has it",
     ),
 ];
+
+/// A claim of the token, named after `claims.`.
+const CLAIMS: (&str, &str) = (
+    "claims.NAME",
+    "a claim of the caller's JWT (claims.sub, claims.groups)",
+);
+
+/// Every field an expression can name, and what it is: the list an unknown
+/// field's error gives, and the one `docs/record.md` documents.
+pub fn fields() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TABLE
+        .iter()
+        .map(|(name, _, what)| (*name, *what))
+        .chain([CLAIMS])
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -132,39 +210,10 @@ enum PeerField {
 
 impl Field {
     fn named(name: &str) -> Option<Self> {
-        let peer = |field: &str| match field {
-            "name" => Some(PeerField::Name),
-            "namespace" => Some(PeerField::Namespace),
-            "kind" => Some(PeerField::Kind),
-            "ip" => Some(PeerField::Ip),
-            "identity" => Some(PeerField::Identity),
-            _ => None,
-        };
-        Some(match name {
-            "status" => Self::Status,
-            "method" => Self::Method,
-            "path" => Self::Path,
-            "authority" => Self::Authority,
-            "protocol" => Self::Protocol,
-            "request_id" => Self::RequestId,
-            "flag" => Self::Flag,
-            "layer" => Self::Layer,
-            "latency" => Self::Latency,
-            "latency.upstream" => Self::LatencyUpstream,
-            "latency.sidecar" => Self::LatencySidecar,
-            "request_bytes" => Self::RequestBytes,
-            "response_bytes" => Self::ResponseBytes,
-            "grpc.status" => Self::GrpcStatus,
-            "grpc.service" => Self::GrpcService,
-            "grpc.method" => Self::GrpcMethod,
-            _ => {
-                if let Some(field) = name.strip_prefix("src.") {
-                    Self::Src(peer(field)?)
-                } else {
-                    Self::Dst(peer(name.strip_prefix("dst.")?)?)
-                }
-            }
-        })
+        TABLE
+            .iter()
+            .find(|(known, _, _)| *known == name)
+            .map(|(_, field, _)| *field)
     }
 
     fn kind(self) -> Kind {
@@ -724,7 +773,7 @@ impl Parser<'_> {
             });
         }
         let Some(field) = Field::named(&name) else {
-            let names: Vec<&str> = FIELDS.iter().map(|(name, _)| *name).collect();
+            let names: Vec<&str> = fields().map(|(name, _)| name).collect();
             return Err(error(
                 position,
                 format!("no field `{name}`; the fields are {}", names.join(", ")),
@@ -952,7 +1001,7 @@ mod tests {
     #[test]
     fn the_record_documentation_lists_every_field() {
         let documented = include_str!("../../../docs/record.md");
-        for (name, _) in FIELDS {
+        for (name, _) in fields() {
             assert!(
                 documented.contains(&format!("| `{name}` |")),
                 "docs/record.md does not list the field {name}"
