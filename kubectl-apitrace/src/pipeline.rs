@@ -251,6 +251,12 @@ impl Outcome {
                 stats.tc_outside_calls
             ));
         }
+        if stats.tc_after_printed > 0 {
+            text.push_str(&format!(
+                "; {} TC requests came after their call was printed (a probe's events were late), left out of it",
+                stats.tc_after_printed
+            ));
+        }
         if let Some(matched) = self.matched {
             text.push_str(&format!("; {matched} matched --where and were printed"));
         }
@@ -296,6 +302,10 @@ fn drops(counters: &Counters) -> Vec<String> {
         ("TC ring buffer full", counters.tc_ring_full),
         ("TC flow table full", counters.tc_flow_table_full),
         ("TC malformed", counters.tc_malformed),
+        (
+            "h2c connection sides not followed (their calls get the connection)",
+            counters.tc_http2_unfollowed,
+        ),
         ("access logs malformed", counters.access_logs_malformed),
         (
             "ALS streams broken (their entries in flight)",
@@ -344,6 +354,7 @@ mod tests {
                 unmatched_wasm: 0,
                 tc_outside_calls: 0,
                 tc_connection_level: 0,
+                tc_after_printed: 0,
             },
             records: 4,
             matched: None,

@@ -25,8 +25,8 @@ use core::{mem::size_of, ptr::read_unaligned};
 
 use apitrace_tc_event::{
     AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowState, HEADER_SIZE, LOOPBACK_IFINDEX, OTHER_HEAD_CAPACITY, PORT_SLOTS, Payload, PortRole,
-    REQUEST_HEAD_CAPACITY, TcEventHeader, is_loopback,
+    FlowState, HEADER_SIZE, HeadKind, LOOPBACK_IFINDEX, OTHER_HEAD_CAPACITY, PORT_SLOTS, Payload,
+    PortRole, REQUEST_HEAD_CAPACITY, TcEventHeader, is_loopback,
 };
 use aya_ebpf::{
     bindings::{
@@ -178,11 +178,11 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
             let _ = FLOWS.remove(key);
             EventKind::Open
         };
-        emit(ctx, &packet, direction, kind);
+        emit(ctx, &packet, direction, kind, false);
         return Some(());
     }
     if flags & TCP_RST != 0 {
-        emit(ctx, &packet, direction, EventKind::Reset);
+        emit(ctx, &packet, direction, EventKind::Reset, false);
         let _ = FLOWS.remove(key);
         return Some(());
     }
@@ -190,7 +190,7 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
         track_payload(ctx, &packet, direction, &key, side);
     }
     if flags & TCP_FIN != 0 {
-        emit(ctx, &packet, direction, EventKind::Close);
+        emit(ctx, &packet, direction, EventKind::Close, false);
     }
     Some(())
 }
@@ -347,7 +347,8 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     })
 }
 
-/// Payload from `side`: a new message when the other side spoke last, a
+/// Payload from `side`: a new message when the other side spoke last (with
+/// every new packet on a connection that began with the HTTP/2 preface), a
 /// retransmission when its sequence range was already seen.
 #[inline(always)]
 fn track_payload(
@@ -358,42 +359,52 @@ fn track_payload(
     side: usize,
 ) {
     let Some(state) = FLOWS.get_ptr_mut(key) else {
-        let state = FlowState::first(side, packet.seq.wrapping_add(packet.payload_len));
+        let mut state = FlowState::first(side, packet.seq.wrapping_add(packet.payload_len));
+        let head = head_kind(ctx, packet);
+        state.framed = u8::from(head == HeadKind::Http2Preface);
         if FLOWS.insert(key, state, 0).is_err() {
             count(Counter::FlowTableFull);
         }
-        emit(ctx, packet, direction, EventKind::Message);
+        let large = head.captures_request_head(state.framed != 0);
+        emit(ctx, packet, direction, EventKind::Message, large);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in our LRU map; the
     // entry may be evicted concurrently, which at worst loses this update.
     let state = unsafe { &mut *state };
     match state.on_payload(side, packet.seq, packet.payload_len) {
-        Payload::MessageStart => emit(ctx, packet, direction, EventKind::Message),
-        Payload::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit),
+        Payload::MessageStart => {
+            let head = head_kind(ctx, packet);
+            if head == HeadKind::Http2Preface {
+                state.framed = 1;
+            }
+            let large = head.captures_request_head(state.framed != 0);
+            emit(ctx, packet, direction, EventKind::Message, large);
+        }
+        Payload::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit, false),
         Payload::Continuation => {}
     }
 }
 
-/// Whether a payload starts like an HTTP/1.x request line: the first four bytes
-/// of the common methods.
+/// What a payload's first four bytes say it starts (see [`HeadKind::of`]);
+/// [`HeadKind::Other`] when it is shorter.
 #[inline(always)]
-fn starts_like_request(ctx: &TcContext, offset: usize) -> bool {
+fn head_kind(ctx: &TcContext, packet: &Packet) -> HeadKind {
     let mut prefix = [0u8; 4];
     // SAFETY: loading four bytes into a local buffer of four bytes.
     let loaded = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
-            offset as u32,
+            packet.payload_offset as u32,
             prefix.as_mut_ptr().cast(),
             4,
         )
     };
-    loaded == 0
-        && matches!(
-            &prefix,
-            b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
-        )
+    if loaded == 0 {
+        HeadKind::of(&prefix)
+    } else {
+        HeadKind::Other
+    }
 }
 
 /// Writes one event: the header, and for a message the first bytes of its
@@ -401,7 +412,7 @@ fn starts_like_request(ctx: &TcContext, offset: usize) -> bool {
 /// inlined at each of its call sites: its frame is then counted once against
 /// the program's 512-byte stack.
 #[inline(never)]
-fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind) {
+fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind, large: bool) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -433,7 +444,7 @@ fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind)
         // The verifier must see a length in 1..=capacity. LLVM folds range checks
         // into forms it cannot follow; masking `len - 1` (a no-op for lengths in
         // range, as capacities are powers of two) keeps the bound visible.
-        let len = if starts_like_request(ctx, offset) {
+        let len = if large {
             ((len.min(REQUEST_HEAD_CAPACITY) - 1) & (REQUEST_HEAD_CAPACITY - 1)) + 1
         } else {
             ((len.min(OTHER_HEAD_CAPACITY) - 1) & (OTHER_HEAD_CAPACITY - 1)) + 1

@@ -50,6 +50,9 @@ counters! {
     tc_flow_table_full => "apitrace_probe_dropped_total", "source=\"tc\",reason=\"flow_table_full\"";
     /// Ring-buffer records too short to be an event.
     tc_malformed => "apitrace_probe_dropped_total", "source=\"tc\",reason=\"malformed\"";
+    /// Sides of h2c connections whose frames could not be followed (see
+    /// `http2`): their calls get the connection, not their own packets.
+    tc_http2_unfollowed => "apitrace_probe_dropped_total", "source=\"tc\",reason=\"http2_unfollowed\"";
     /// HTTP and TCP access-log entries received from Envoy.
     access_logs => "apitrace_probe_events_total", "source=\"als\"";
     /// Access-log entries without the fields a record needs.

@@ -8,6 +8,7 @@
 pub mod als;
 pub mod counters;
 pub mod grpc_status;
+pub mod http2;
 pub mod http_head;
 pub mod hub;
 pub mod ingest;

@@ -39,7 +39,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use apitrace_netns::{Netns, NetnsError, NetnsRef};
 
-use crate::{counters::Counters, http_head, hub::Hub};
+use crate::{counters::Counters, http_head, http2::Frames, hub::Hub};
 
 /// The TC program, built by `build.rs` for `bpfel-unknown-none`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apitrace-tc.o"));
@@ -234,6 +234,7 @@ impl PodTap {
         let decoder = Decoder {
             pod: self.target.pod.clone(),
             interfaces: self.interfaces.clone(),
+            frames: Frames::default(),
         };
         tokio::spawn(read_ring(ring, decoder, hub));
         let counters = take_map(&mut self.ebpf, COUNTERS)?;
@@ -446,6 +447,9 @@ pub fn publish_kernel_counters(taps: &[KernelCounters], counters: &Counters) {
 struct Decoder {
     pod: PodRef,
     interfaces: HashMap<u32, String>,
+    /// The pod's h2c connections, whose packets become one message start
+    /// per stream.
+    frames: Frames,
 }
 
 impl Decoder {
@@ -497,6 +501,7 @@ impl Decoder {
             payload_len: raw.payload_len,
             http,
             payload: payload as i32,
+            http2_stream: 0,
         }
     }
 }
@@ -533,7 +538,7 @@ impl Clock {
 /// not cost an interrupt per event. Bounds how late an event can be.
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
-async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, decoder: Decoder, hub: Hub) {
+async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, mut decoder: Decoder, hub: Hub) {
     let counters = Arc::clone(hub.counters());
     loop {
         match tokio::time::timeout(DRAIN_INTERVAL, ring.readable_mut()).await {
@@ -548,7 +553,12 @@ async fn read_ring(mut ring: AsyncFd<RingBuf<MapData>>, decoder: Decoder, hub: H
             match RawEvent::decode(&record) {
                 Some(raw) => {
                     Counters::increment(&counters.tc_events);
-                    hub.publish(Kind::Tc(decoder.decode(&raw, &clock)));
+                    let event = decoder.decode(&raw, &clock);
+                    let published = decoder.frames.on_record(&raw, event);
+                    Counters::add(&counters.tc_http2_unfollowed, published.lost);
+                    for event in published.events {
+                        hub.publish(Kind::Tc(event));
+                    }
                 }
                 None => Counters::increment(&counters.tc_malformed),
             }

@@ -151,16 +151,44 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
     );
     assert!(outside.iter().all(|r| r["tc"]["scope"] == "request"));
 
-    // HTTP/2, whether inside mTLS (gRPC) or in plaintext (h2c): the wire
-    // names each leg's connection, never a packet of another call.
-    let every_leg_at_connection_scope = |records: &[Value]| {
+    // HTTP/2: inside mTLS the wire names each leg's connection; in
+    // plaintext (h2c), a leg whose stream carries the call's id is that
+    // stream's, with its own packet, and no two calls share a stream.
+    let leg_scopes = |records: &[Value], direction: &str| -> Vec<(String, String)> {
         records
             .iter()
             .flat_map(|r| r["hops"].as_array().unwrap().clone())
-            .all(|hop| {
-                hop["downstream"]["scope"] == "connection"
-                    && hop["upstream"]["scope"] == "connection"
+            .filter(|hop| hop["direction"] == direction)
+            .map(|hop| {
+                let scope = |leg: &str| hop[leg]["scope"].as_str().unwrap().to_owned();
+                (scope("downstream"), scope("upstream"))
             })
+            .collect()
+    };
+    let own_streams = |records: &[Value], direction: &str, leg: &str| {
+        let mut seen: Vec<(u64, u64, u64)> = records
+            .iter()
+            .flat_map(|r| r["hops"].as_array().unwrap().clone())
+            .filter(|hop| hop["direction"] == direction)
+            .map(|hop| {
+                let wire = &hop[leg];
+                assert_eq!(wire["scope"], "request", "{wire}");
+                let field = |name: &str| {
+                    wire[name]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("{name} in {wire}"))
+                };
+                (
+                    field("tcp_seq"),
+                    field("stream_id"),
+                    wire["src"]["port"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let calls = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), calls, "each call on a stream of its own");
     };
     let grpc = records("grpc");
     assert_eq!(grpc.len(), 5);
@@ -178,7 +206,18 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
     assert_eq!(streamed["method"], "ListOrders");
     assert_eq!(streamed["response_messages"], 2);
     assert_eq!(streamed["message"], "region eu is down");
-    assert!(every_leg_at_connection_scope(&grpc));
+    let connection = || ("connection".to_owned(), "connection".to_owned());
+    assert!(
+        leg_scopes(&grpc, "outbound")
+            .iter()
+            .all(|scopes| *scopes == connection())
+    );
+    assert!(
+        leg_scopes(&grpc, "inbound")
+            .iter()
+            .all(|(downstream, _)| downstream == "connection")
+    );
+    own_streams(&grpc, "inbound", "upstream");
 
     let h2c = records("h2c");
     assert_eq!(h2c.len(), 5);
@@ -191,7 +230,15 @@ fn the_golden_sessions_show_what_they_were_recorded_for() {
         h2c.iter().all(|r| r["src"].get("identity").is_none()),
         "plaintext"
     );
-    assert!(every_leg_at_connection_scope(&h2c));
+    assert!(
+        leg_scopes(&h2c, "outbound")
+            .iter()
+            .all(|(downstream, _)| downstream == "connection"),
+        "the app's own h2c carries no request id"
+    );
+    own_streams(&h2c, "outbound", "upstream");
+    own_streams(&h2c, "inbound", "downstream");
+    own_streams(&h2c, "inbound", "upstream");
 }
 
 #[test]

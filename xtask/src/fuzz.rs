@@ -16,8 +16,9 @@ pub struct Options {
 /// A crash fails the run; libFuzzer leaves the input in fuzz/artifacts. Once
 /// understood and fixed, it goes to fuzz/regressions/TARGET, which every run
 /// replays before fuzzing.
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "http_head",
+    "http2_frames",
     "tc_event",
     "saved_session",
     "jwt",

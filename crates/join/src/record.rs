@@ -284,6 +284,10 @@ pub struct WireRecord {
     /// `request`: the packets are the call's own. `connection`: the
     /// connection's, which its other calls share (see docs/record.md).
     pub scope: WireScope,
+    /// The HTTP/2 stream the call was on, where its packets are its stream's
+    /// on an h2c connection (at `request` scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
     /// Whether the connection was TLS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
@@ -428,6 +432,7 @@ pub(crate) mod tests {
             retransmits: 0,
             resets: 0,
             scope: WireScope::Connection,
+            stream_id: Some(3),
             tls: true,
             handshake_us: Some(40),
         }
@@ -619,6 +624,7 @@ pub(crate) mod tests {
             "tc.src",
             "tc.src.ip",
             "tc.src.port",
+            "tc.stream_id",
             "tc.tcp_seq",
             "tc.time",
             "tc.tls",

@@ -102,6 +102,7 @@ impl std::ops::AddAssign<&Counters> for Counters {
             tc_packets_traced,
             access_log_streams,
             access_log_streams_broken,
+            tc_http2_unfollowed,
         } = other;
         self.tc_events += tc_events;
         self.tc_ring_full += tc_ring_full;
@@ -120,6 +121,7 @@ impl std::ops::AddAssign<&Counters> for Counters {
         self.tc_packets_traced += tc_packets_traced;
         self.access_log_streams += access_log_streams;
         self.access_log_streams_broken += access_log_streams_broken;
+        self.tc_http2_unfollowed += tc_http2_unfollowed;
     }
 }
 

@@ -250,7 +250,12 @@ pub struct FlowState {
     pub last_sender: u8,
     /// Whether `next_seq[side]` holds a value yet, per side.
     pub seen: [u8; 2],
-    pub _padding: [u8; 5],
+    /// Whether the connection began with the HTTP/2 preface: its streams'
+    /// frames interleave in both directions, so every new payload packet is a
+    /// possible message start, which only the probe, reading the frames in
+    /// order, can tell.
+    pub framed: u8,
+    pub _padding: [u8; 4],
 }
 
 /// A connection, with its two endpoints in a canonical order (the lower address,
@@ -342,11 +347,45 @@ impl FlowKey {
     }
 }
 
+/// What the first four bytes of a message start say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// The start of an HTTP/1.x request line: one of the common methods.
+    Http1Request,
+    /// The client's HTTP/2 connection preface, `PRI * HTTP/2.0` (RFC 9113
+    /// section 3.4): a connection with prior knowledge (h2c).
+    Http2Preface,
+    /// Anything else: a status line, a TLS record, a body.
+    Other,
+}
+
+impl HeadKind {
+    #[inline(always)]
+    pub fn of(prefix: &[u8; 4]) -> Self {
+        match prefix {
+            b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN"
+            | b"TRAC" => Self::Http1Request,
+            b"PRI " => Self::Http2Preface,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether a message with this head, on a connection that is `framed`
+    /// or not, gets [`REQUEST_HEAD_CAPACITY`] bytes captured: an HTTP/1
+    /// request's headers, or the HTTP/2 frames (HEADERS among them) of a
+    /// framed connection's packet.
+    #[inline(always)]
+    pub fn captures_request_head(self, framed: bool) -> bool {
+        framed || self != Self::Other
+    }
+}
+
 /// What a payload packet is, to the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Payload {
     /// The first payload of a message: its side starts sending after the other
-    /// side spoke, or for the first time on the connection.
+    /// side spoke, or for the first time on the connection; on a framed
+    /// connection, every payload packet with new bytes.
     MessageStart,
     /// Bytes its side had already sent.
     Retransmission,
@@ -370,7 +409,8 @@ impl FlowState {
     }
 
     /// What a payload packet from `side` of `len` bytes at `seq` is, updating
-    /// the state: a message starts when the other side sent last; a packet
+    /// the state: a message starts when the other side sent last (on a framed
+    /// connection, with every packet of new bytes); a packet
     /// whose sequence range starts before what `side` already sent is a
     /// retransmission (its end still extends what was seen, for a segment that
     /// carries old and new bytes).
@@ -386,7 +426,7 @@ impl FlowState {
         }
         self.next_seq[side] = end;
         self.seen[side] = 1;
-        if self.last_sender == side as u8 {
+        if self.last_sender == side as u8 && self.framed == 0 {
             return Payload::Continuation;
         }
         self.last_sender = side as u8;
@@ -503,6 +543,39 @@ mod tests {
         for (n, (side, seq, len, expected)) in decisions.into_iter().enumerate() {
             assert_eq!(state.on_payload(side, seq, len), expected, "packet {n}");
         }
+    }
+
+    /// On an h2c connection, streams' frames interleave: every packet of new
+    /// bytes is a possible message start, from either side; retransmissions
+    /// stay retransmissions.
+    #[test]
+    fn a_framed_connection_starts_a_message_with_every_new_packet() {
+        let mut state = FlowState::first(0, 1024);
+        assert_eq!(HeadKind::of(b"PRI "), HeadKind::Http2Preface);
+        state.framed = 1;
+        let decisions = [
+            (0, 1024, 300, Payload::MessageStart),
+            (0, 1324, 300, Payload::MessageStart),
+            (1, 9000, 100, Payload::MessageStart),
+            (1, 9100, 100, Payload::MessageStart),
+            (1, 9000, 100, Payload::Retransmission),
+            (0, 1624, 50, Payload::MessageStart),
+        ];
+        for (n, (side, seq, len, expected)) in decisions.into_iter().enumerate() {
+            assert_eq!(state.on_payload(side, seq, len), expected, "packet {n}");
+        }
+    }
+
+    #[test]
+    fn a_head_is_told_by_its_first_four_bytes() {
+        assert_eq!(HeadKind::of(b"GET "), HeadKind::Http1Request);
+        assert_eq!(HeadKind::of(b"DELE"), HeadKind::Http1Request);
+        assert_eq!(HeadKind::of(b"PRI "), HeadKind::Http2Preface);
+        assert_eq!(HeadKind::of(b"HTTP"), HeadKind::Other);
+        assert_eq!(HeadKind::of(&[0x16, 3, 1, 2]), HeadKind::Other);
+        assert!(HeadKind::Other.captures_request_head(true));
+        assert!(!HeadKind::Other.captures_request_head(false));
+        assert!(HeadKind::Http2Preface.captures_request_head(false));
     }
 
     #[test]

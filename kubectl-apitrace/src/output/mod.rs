@@ -232,6 +232,7 @@ pub(crate) mod tests {
                 retransmits: 1,
                 resets: 0,
                 scope: WireScope::Request,
+                stream_id: None,
                 tls: false,
                 handshake_us: None,
             }),

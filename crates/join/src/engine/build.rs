@@ -98,6 +98,7 @@ impl TakenLeg {
                 retransmits: *retransmits,
                 resets: *resets,
                 scope: WireScope::Request,
+                stream_id: (request.http2_stream != 0).then_some(request.http2_stream),
                 // A request the wire could read was not encrypted.
                 tls: false,
                 handshake_us: None,
@@ -118,6 +119,7 @@ impl TakenLeg {
                 retransmits: *retransmits,
                 resets: *resets,
                 scope: WireScope::Connection,
+                stream_id: None,
                 tls: info.tls,
                 handshake_us: info
                     .opened

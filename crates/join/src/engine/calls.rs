@@ -1,6 +1,6 @@
 //! The open calls: what has arrived of each, by request id.
 
-use std::hash::BuildHasher as _;
+use std::{collections::VecDeque, hash::BuildHasher as _};
 
 use apitrace_proto::{AccessLog, Endpoint};
 use hashbrown::{HashTable, hash_table};
@@ -224,6 +224,42 @@ mod tests {
                 assert!(!kept.is(&id[..last]), "{len}");
             }
             assert_eq!(kept.into_string(), id);
+        }
+    }
+}
+
+/// The request ids of the calls printed in the last two windows, by hash: a
+/// request on the wire that carries one arrived after its call was printed,
+/// and must not become a record of its own. A hash another id shares at
+/// worst leaves that call's late request out, never in another call.
+#[derive(Debug, Default)]
+pub(crate) struct PrintedIds {
+    ids: rustc_hash::FxHashSet<u64>,
+    /// When each was printed, oldest first.
+    order: VecDeque<(i64, u64)>,
+}
+
+impl PrintedIds {
+    /// Notes the call `id` printed at `now_ns`.
+    pub fn insert(&mut self, id: CallId, now_ns: i64) {
+        let hash = id.hash;
+        if self.ids.insert(hash) {
+            self.order.push_back((now_ns, hash));
+        }
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        !self.ids.is_empty() && self.ids.contains(&Calls::hash(request_id))
+    }
+
+    /// Forgets the ids printed at or before `cutoff_ns`.
+    pub fn expire(&mut self, cutoff_ns: i64) {
+        while let Some(&(printed_ns, hash)) = self.order.front() {
+            if printed_ns > cutoff_ns {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&hash);
         }
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! 1. **By request id.** A call is what one `x-request-id` names: the
 //!    sidecars' access-log entries, the WASM filters' events, and every
-//!    request on the wire whose plaintext HTTP/1 head carries the header (the
-//!    sidecar adds it to what it sends on) are filed under it. An entry
+//!    request on the wire whose plaintext HTTP/1 head, or h2c header block
+//!    (the probe follows an h2c connection's frames: one event per stream),
+//!    carries the header (the sidecar adds it to what it sends on) are filed
+//!    under it. An entry
 //!    without one (the sidecar rejected the request before assigning it) is a
 //!    call of its own, known by its connection and start time.
 //! 2. **Hops and legs.** Each access-log entry is one hop of the call: the
@@ -28,17 +30,20 @@
 //! 5. **Responses.** A request-level leg's response is the first message on
 //!    its response flow after its request, and no later than the next
 //!    request on its request flow: HTTP/1 answers a request before the next
-//!    one is sent.
-//! 6. **Connection level.** A leg whose connection's message starts are TLS
-//!    records or HTTP/2 frames, or whose access log says HTTP/2, cannot be told
-//!    apart from the connection's other calls. It gets the connection: its
+//!    one is sent. An h2c stream's response is the first message start of
+//!    the same stream on its response flow.
+//! 6. **Connection level.** A leg without an identified request whose
+//!    connection's message starts are TLS records or HTTP/2 frames, or whose
+//!    access log says HTTP/2, cannot be told apart from the connection's other
+//!    calls. It gets the connection: its
 //!    tuple, its first packet when the session saw it open, the handshake, and
 //!    the retransmissions and resets while the call ran, which the
 //!    connection's other calls may show too; the record says so (`scope:
 //!    connection`). A leg never takes a packet rules 3 to 5 did not give it.
-//! 7. **Retransmissions and resets** of a request-level leg are its
+//! 7. **Retransmissions and resets** of a request-level HTTP/1 leg are its
 //!    connection's from its request to the connection's next request: taken
-//!    by the call, so that no other call shows them.
+//!    by the call, so that no other call shows them. An h2c stream's are its
+//!    connection's while the call ran, which its other streams show too.
 //! 8. **Completeness.** A call is emitted as soon as it has every part its
 //!    session expects ([`Part`]) on each of its hops, and every traced
 //!    sidecar it passed has logged it; otherwise when its window closes, a
@@ -75,7 +80,7 @@ use crate::{
     record::CallRecord,
 };
 use build::{JsonMemo, TakenHop, TakenLeg, TakenWire, WasmPart, build_record};
-use calls::{CallId, Calls, PendingCall, push_exact, unidentified_call_key};
+use calls::{CallId, Calls, PendingCall, PrintedIds, push_exact, unidentified_call_key};
 use flow::{Flow, IpTexts, Pods};
 use legs::{Direction, HopLegs, Leg};
 use wire::{Exchange, IdentifiedRequests, InterfaceNames, MessageRef, Speaks, WireIndex};
@@ -179,6 +184,10 @@ pub struct JoinStats {
     /// are given at the connection's level (rule 6): not lost, and not any
     /// one call's.
     pub tc_connection_level: u64,
+    /// Requests on the wire carrying the id of a call printed already: they
+    /// came later than every part the call waited for (a probe's events
+    /// delayed), and are not a record of their own.
+    pub tc_after_printed: u64,
 }
 
 /// Counts of partial calls by the part they lacked (a call can lack several).
@@ -207,6 +216,8 @@ pub struct Joiner {
     awaiting_wire: FxHashMap<Flow, Vec<CallId>>,
     /// Open calls by their identified requests (rule 3).
     identified: IdentifiedRequests,
+    /// The calls printed in the last two windows.
+    printed: PrintedIds,
     json: JsonMemo,
     ip_texts: IpTexts,
     stats: JoinStats,
@@ -224,6 +235,7 @@ impl Joiner {
             interfaces: InterfaceNames::default(),
             awaiting_wire: FxHashMap::default(),
             identified: IdentifiedRequests::default(),
+            printed: PrintedIds::default(),
             json: JsonMemo::default(),
             ip_texts: IpTexts::default(),
             stats: JoinStats::default(),
@@ -320,13 +332,21 @@ impl Joiner {
                 let packet = self.interfaces.packet(tc);
                 let time = packet.time_ns;
                 let request_id = packet.head.as_ref().and_then(|head| head.request_id());
+                let stream = packet.http2_stream;
                 if let Some(request_id) = request_id {
                     // Rule 3: the sidecar added the header, and the hop it
                     // sent is plaintext.
+                    if self.calls.find(request_id).is_none() && self.printed.contains(request_id) {
+                        self.stats.tc_after_printed += 1;
+                        return None;
+                    }
+                    if stream != 0 {
+                        self.wire.add_identified_stream(&flow, &packet, now_ns);
+                    }
                     let call = self.open(request_id, now_ns);
                     let id = call.id;
                     push_exact(&mut call.identified, (flow, packet));
-                    self.identified.add(flow, time, id);
+                    self.identified.add(flow, time, id, stream);
                     return self.completed(id);
                 }
                 self.wire.add_message(flow, packet, payload, now_ns);
@@ -334,7 +354,10 @@ impl Joiner {
                 // first: as a leg's request, as the response to it, or as the
                 // response to an identified request (the one that went last
                 // before it on the reverse flow).
-                let answered = self.identified.last_before(&flow.reverse(), time).copied();
+                let answered = self
+                    .identified
+                    .answered_by(&flow.reverse(), time, stream)
+                    .copied();
                 self.awaiting_wire
                     .get(&flow.connection())
                     .into_iter()
@@ -454,7 +477,7 @@ impl Joiner {
             .find(|&index| !assigned.has(index))
             .map(|index| {
                 let (flow, packet) = &call.identified[index];
-                (index, self.identified_response(flow, packet.time_ns))
+                (index, self.identified_response(flow, packet))
             });
         Claims { hops, unassigned }
     }
@@ -475,7 +498,7 @@ impl Joiner {
             .find(|(index, (flow, _))| !assigned.has(*index) && *flow == leg.request);
         if let Some((index, (flow, packet))) = identified {
             assigned.take(index);
-            let response = self.identified_response(flow, packet.time_ns);
+            let response = self.identified_response(flow, packet);
             return LegClaim::Identified { index, response };
         }
         let speaks = self.wire.speaks(leg);
@@ -489,16 +512,39 @@ impl Joiner {
             return LegClaim::Exchange(exchange);
         }
         // An HTTP/2 leg the session saw carry traffic is multiplexed whatever
-        // its bytes looked like.
+        // its bytes looked like. Where its streams carry request ids, the
+        // call's own stream may still come: the connection is what the leg
+        // gets when its window closes without it.
         if opaque || (!http1 && speaks.is_some()) {
-            return LegClaim::Connection;
+            let waits = self
+                .wire
+                .connection(leg)
+                .is_some_and(|info| info.streams_carry_ids);
+            return LegClaim::Connection { settled: !waits };
         }
         LegClaim::NotSeen
     }
 
-    /// The response to the identified request on `flow` at `request_ns`
-    /// (rule 5), bounded by the next request on the flow, identified or not.
-    fn identified_response(&self, flow: &Flow, request_ns: i64) -> Option<IdentifiedResponse> {
+    /// The response to the identified request `request` on `flow` (rule 5):
+    /// on an h2c stream, its stream's response; otherwise the first message
+    /// after it, bounded by the next request on the flow, identified or not.
+    fn identified_response(
+        &self,
+        flow: &Flow,
+        request: &wire::Packet,
+    ) -> Option<IdentifiedResponse> {
+        let request_ns = request.time_ns;
+        if request.http2_stream != 0 {
+            let response = self.wire.find_stream_response(
+                &flow.reverse(),
+                request_ns,
+                request.http2_stream,
+            )?;
+            return Some(IdentifiedResponse {
+                response,
+                until: i64::MAX,
+            });
+        }
         let until = self
             .identified
             .next_after(flow, request_ns)
@@ -575,6 +621,7 @@ impl Joiner {
         // Rule 9.
         let cutoff = now_ns.saturating_sub(window.saturating_mul(2));
         let expired = self.wire.expire(cutoff);
+        self.printed.expire(cutoff);
         self.stats.unmatched_tc += expired.unmatched;
         self.stats.tc_outside_calls += expired.outside_calls;
         self.stats.tc_connection_level += expired.connection_level;
@@ -613,6 +660,7 @@ impl Joiner {
         now_ns: i64,
     ) -> Option<CallRecord> {
         let mut call = self.calls.remove(id)?;
+        self.printed.insert(id, now_ns);
         for (flow, request) in &call.identified {
             self.identified.remove(flow, request.time_ns, id);
         }
@@ -673,10 +721,16 @@ impl Joiner {
             LegClaim::Identified { index, response } => {
                 match identified.get_mut(index).and_then(Option::take) {
                     Some((flow, request)) => {
-                        let until = response.map_or(i64::MAX, |found| found.until);
-                        let (retransmits, resets) =
+                        let (retransmits, resets) = if request.http2_stream != 0 {
+                            // Streams share the connection's segments: what
+                            // was retransmitted while the call ran may be
+                            // another stream's too (rule 7).
+                            self.wire.count_context(&leg, span.0, span.1, now_ns)
+                        } else {
+                            let until = response.map_or(i64::MAX, |found| found.until);
                             self.wire
-                                .take_context(&flow, request.time_ns, until, now_ns);
+                                .take_context(&flow, request.time_ns, until, now_ns)
+                        };
                         TakenWire::Request {
                             request,
                             response: response.and_then(|found| self.wire.take(found.response)),
@@ -688,7 +742,7 @@ impl Joiner {
                 }
             }
             LegClaim::Exchange(exchange) => self.take_exchange(exchange, now_ns),
-            LegClaim::Connection => {
+            LegClaim::Connection { .. } => {
                 let (retransmits, resets) = self.wire.count_context(&leg, span.0, span.1, now_ns);
                 match self.wire.connection(&leg) {
                     Some(info) => TakenWire::Connection {
@@ -824,8 +878,8 @@ enum LegClaim {
     },
     /// Rule 4.
     Exchange(Exchange),
-    /// Rule 6.
-    Connection,
+    /// Rule 6; not settled while the leg's own h2c stream may still come.
+    Connection { settled: bool },
     /// Nothing the leg can take has arrived (yet).
     NotSeen,
 }
@@ -835,7 +889,8 @@ impl LegClaim {
     /// the connection where that is all the wire can tell, or no leg at all.
     fn is_settled(&self) -> bool {
         match self {
-            Self::NoLeg | Self::Connection => true,
+            Self::NoLeg => true,
+            Self::Connection { settled } => *settled,
             Self::Identified { response, .. } => response.is_some(),
             Self::Exchange(exchange) => exchange.response.is_some(),
             Self::NotSeen => false,

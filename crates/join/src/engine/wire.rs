@@ -26,8 +26,12 @@ pub(crate) struct Packet {
     pub ip_id: u32,
     pub tcp_seq: u32,
     pub payload_len: u32,
+    /// The HTTP/2 stream whose first HEADERS frame on its side starts in the
+    /// packet, on an h2c connection the probe followed; 0 otherwise.
+    pub http2_stream: u32,
     pub interface: Arc<str>,
-    /// The HTTP head, where the packet was plaintext HTTP/1.
+    /// The HTTP head, where the packet was plaintext HTTP/1, or the header
+    /// block of an h2c stream's HEADERS frame.
     pub head: Option<Box<Head>>,
 }
 
@@ -126,6 +130,7 @@ impl InterfaceNames {
             ip_id: event.ip_id,
             tcp_seq: event.tcp_seq,
             payload_len: event.payload_len,
+            http2_stream: event.http2_stream,
             interface: self.get(&event.interface),
             head: event.http.and_then(Head::new).map(Box::new),
         }
@@ -215,6 +220,10 @@ pub(crate) struct ConnectionInfo {
     speaks_since_ns: Option<i64>,
     /// Whether it was TLS, when `speaks` is opaque.
     pub tls: bool,
+    /// Whether its HTTP/2 streams' requests carry request ids the probe read
+    /// (a sidecar sent them, in plaintext): a call on it waits for its own
+    /// stream rather than take the connection.
+    pub streams_carry_ids: bool,
     /// The interface that saw it.
     pub interface: Option<Arc<str>>,
     /// When its last event arrived.
@@ -247,6 +256,7 @@ impl ConnectionInfo {
                 (a, b) => a.or(b),
             },
             tls: self.tls || other.tls,
+            streams_carry_ids: self.streams_carry_ids || other.streams_carry_ids,
             interface: self.interface.or(other.interface),
             last_arrival_ns: self.last_arrival_ns.max(other.last_arrival_ns),
         }
@@ -364,6 +374,24 @@ impl WireIndex {
         }
     }
 
+    /// Learns from an identified request on an h2c stream of `flow` (which
+    /// goes to its call, not into the index) that the connection speaks
+    /// HTTP/2 and that its streams carry request ids.
+    pub fn add_identified_stream(&mut self, flow: &Flow, packet: &Packet, arrival_ns: i64) {
+        let connection = self.connections.entry(flow.connection()).or_default();
+        connection.last_arrival_ns = arrival_ns;
+        if connection.interface.is_none() {
+            connection.interface = Some(Arc::clone(&packet.interface));
+        }
+        connection.speaks = Speaks::Opaque;
+        connection.streams_carry_ids = true;
+        connection.speaks_since_ns = Some(
+            connection
+                .speaks_since_ns
+                .map_or(packet.time_ns, |since| since.min(packet.time_ns)),
+        );
+    }
+
     /// A SYN (`accepted` false) or a SYN+ACK on `flow`, seen on `interface`.
     pub fn add_handshake(
         &mut self,
@@ -389,6 +417,7 @@ impl WireIndex {
             {
                 connection.speaks = Speaks::Unknown;
                 connection.tls = false;
+                connection.streams_carry_ids = false;
                 connection.speaks_since_ns = None;
             }
             connection.accepted_ns = connection
@@ -518,6 +547,28 @@ impl WireIndex {
     ) -> Option<MessageRef> {
         self.first_after(response_flow, request_ns)
             .filter(|first| first.time_ns <= until_ns)
+    }
+
+    /// The start of stream `stream`'s response on `response_flow`, after its
+    /// request started at `request_ns`: on an h2c connection the probe
+    /// followed, each stream's first HEADERS frame from the server is an
+    /// event of its own, named by the stream (rule 5).
+    pub fn find_stream_response(
+        &self,
+        response_flow: &Flow,
+        request_ns: i64,
+        stream: u32,
+    ) -> Option<MessageRef> {
+        let messages = self.messages.get(response_flow)?;
+        let from = partition_point_from_front(messages, |message| message.time_ns < request_ns);
+        messages
+            .range(from..)
+            .find(|message| message.packet.http2_stream == stream)
+            .map(|message| MessageRef {
+                flow: *response_flow,
+                time_ns: message.time_ns,
+                serial: message.serial,
+            })
     }
 
     /// When the first message on `flow` after `time_ns` started.
@@ -675,18 +726,19 @@ impl WireIndex {
 /// calls, one after the other.
 #[derive(Debug, Default)]
 pub(crate) struct IdentifiedRequests {
-    /// A queue: calls are mostly emitted oldest first.
-    requests: FxHashMap<Flow, VecDeque<(i64, super::calls::CallId)>>,
+    /// A queue: calls are mostly emitted oldest first. Each request's time,
+    /// call and HTTP/2 stream (0 for HTTP/1).
+    requests: FxHashMap<Flow, VecDeque<(i64, super::calls::CallId, u32)>>,
 }
 
 impl IdentifiedRequests {
-    pub fn add(&mut self, flow: Flow, time_ns: i64, id: super::calls::CallId) {
+    pub fn add(&mut self, flow: Flow, time_ns: i64, id: super::calls::CallId, stream: u32) {
         let requests = self.requests.entry(flow).or_default();
-        if requests.back().is_none_or(|(last, _)| *last <= time_ns) {
-            requests.push_back((time_ns, id));
+        if requests.back().is_none_or(|(last, ..)| *last <= time_ns) {
+            requests.push_back((time_ns, id, stream));
         } else {
-            let at = requests.partition_point(|(time, _)| *time <= time_ns);
-            requests.insert(at, (time_ns, id));
+            let at = requests.partition_point(|(time, ..)| *time <= time_ns);
+            requests.insert(at, (time_ns, id, stream));
         }
     }
 
@@ -694,11 +746,11 @@ impl IdentifiedRequests {
         let Some(requests) = self.requests.get_mut(flow) else {
             return;
         };
-        let from = partition_point_from_front(requests, |(time, _)| *time < time_ns);
+        let from = partition_point_from_front(requests, |(time, ..)| *time < time_ns);
         if let Some(offset) = requests
             .range(from..)
-            .take_while(|(time, _)| *time == time_ns)
-            .position(|(_, indexed)| *indexed == id)
+            .take_while(|(time, ..)| *time == time_ns)
+            .position(|(_, indexed, _)| *indexed == id)
         {
             requests.remove(from + offset);
         }
@@ -713,18 +765,32 @@ impl IdentifiedRequests {
         prefetch::front(self.requests.get(flow));
     }
 
-    /// The call whose request on `flow` went last at or before `time_ns`: the
-    /// one a response seen then answers.
-    pub fn last_before(&self, flow: &Flow, time_ns: i64) -> Option<&super::calls::CallId> {
+    /// The call a response seen at `time_ns` on the reverse of `flow`
+    /// answers: the one whose request on `flow` is on the response's HTTP/2
+    /// `stream`, or without one (HTTP/1), the one whose request went last at
+    /// or before it.
+    pub fn answered_by(
+        &self,
+        flow: &Flow,
+        time_ns: i64,
+        stream: u32,
+    ) -> Option<&super::calls::CallId> {
         let requests = self.requests.get(flow)?;
+        if stream != 0 {
+            return requests
+                .iter()
+                .rev()
+                .find(|(time, _, on)| *on == stream && *time <= time_ns)
+                .map(|(_, id, _)| id);
+        }
         // Mostly the response to the latest request.
-        if let Some((time, id)) = requests.back()
+        if let Some((time, id, _)) = requests.back()
             && *time <= time_ns
         {
             return Some(id);
         }
         let index = requests
-            .partition_point(|(time, _)| *time <= time_ns)
+            .partition_point(|(time, ..)| *time <= time_ns)
             .checked_sub(1)?;
         Some(&requests[index].1)
     }
@@ -732,8 +798,8 @@ impl IdentifiedRequests {
     /// When the next request on `flow` after `time_ns` went.
     pub fn next_after(&self, flow: &Flow, time_ns: i64) -> Option<i64> {
         let requests = self.requests.get(flow)?;
-        let index = partition_point_from_front(requests, |(time, _)| *time <= time_ns);
-        requests.get(index).map(|(time, _)| *time)
+        let index = partition_point_from_front(requests, |(time, ..)| *time <= time_ns);
+        requests.get(index).map(|(time, ..)| *time)
     }
 }
 
@@ -797,6 +863,7 @@ mod tests {
             ip_id: 0,
             tcp_seq: 0,
             payload_len: 0,
+            http2_stream: 0,
             interface: Arc::from("eth0"),
             head: None,
         }

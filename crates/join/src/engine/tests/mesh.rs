@@ -452,6 +452,220 @@ fn calls_on_a_multiplexed_connection_get_the_connection_never_each_others_packet
     );
 }
 
+/// The sidecar's h2c connection to its app carries three streams at once,
+/// answered last first: the probe followed its frames, so each stream's
+/// HEADERS frame is a message start of its own, named by the stream, with the
+/// request id in its header block (two of them start in one packet). Each
+/// call gets its own request packet and its own stream's response, never
+/// another stream's.
+#[test]
+fn h2c_streams_to_the_app_get_their_own_request_and_response() {
+    let caller = ("10.0.0.9", 41000);
+    let pod_address = (SERVER_IP, 8080);
+    let sidecar = ("127.0.0.6", 36000);
+    let stream_head = |event, ip_id, seq, stream: u32, head| {
+        let mut event = message(event, ip_id, seq, Some(head), PayloadKind::Http2);
+        if let Some(Kind::Tc(tc)) = &mut event.kind {
+            tc.payload = PayloadKind::Http2 as i32;
+            tc.http2_stream = stream;
+            if let Some(apitrace_proto::http_head::StartLine::Request(line)) =
+                tc.http.as_mut().and_then(|head| head.start_line.as_mut())
+            {
+                line.version = "HTTP/2".into();
+            }
+        }
+        event
+    };
+    // Streams 1 and 3 start in one packet (seq 5000), stream 5 in the next.
+    let requests = [(1, 5000, 0), (3, 5000, 0), (5, 5300, 20)];
+    // Answered 5, then 1, then 3.
+    let responses = [(5, 9000, 200), (1, 9100, 300), (3, 9200, 400)];
+    let mut events = Vec::new();
+    for (stream, seq, offset) in requests {
+        let id = format!("h2-{stream}");
+        let t = T0 + offset * US;
+        events.push(access_log(AccessLog {
+            start_time_unix_nano: t - 20 * US,
+            reporter: Some(server()),
+            request_id: id.clone(),
+            protocol: "HTTP/2".into(),
+            downstream_remote: endpoint(caller),
+            downstream_local: endpoint(pod_address),
+            upstream_local: endpoint(sidecar),
+            upstream_remote: endpoint(APP),
+            upstream_cluster: "inbound|8080||".into(),
+            ..fixtures::entry()
+        }));
+        events.push(fixtures::wasm(&id, "inbound", t));
+        events.push(stream_head(
+            tc(&server(), "lo", TcKind::Message, t, sidecar, APP),
+            0,
+            seq,
+            stream,
+            request_head("GET", "/api/orders/42", &id),
+        ));
+    }
+    for (stream, seq, offset) in responses {
+        events.push(stream_head(
+            tc(
+                &server(),
+                "lo",
+                TcKind::Message,
+                T0 + offset * US,
+                APP,
+                sidecar,
+            ),
+            0,
+            seq,
+            stream,
+            status_head(200),
+        ));
+    }
+    let (records, _) = join(events);
+    assert_eq!(records.len(), 3);
+    for (record, (stream, seq, offset)) in records.iter().zip(requests) {
+        assert_eq!(record.request_id, format!("h2-{stream}"));
+        let upstream = record.hops[0]
+            .upstream
+            .as_ref()
+            .expect("the hop to the app");
+        assert_eq!(upstream.scope, WireScope::Request, "{}", record.request_id);
+        assert_eq!(
+            (upstream.stream_id, upstream.tcp_seq),
+            (Some(stream), Some(seq))
+        );
+        let (.., answered) = responses.iter().find(|(s, ..)| *s == stream).unwrap();
+        assert_eq!(
+            record
+                .latency
+                .as_ref()
+                .and_then(|latency| latency.app_wire_us),
+            Some(answered - offset),
+            "{} is answered by its own stream",
+            record.request_id
+        );
+    }
+}
+
+/// The events of one h2c stream's call into the server pod, as
+/// [`h2c_streams_to_the_app_get_their_own_request_and_response`] has them:
+/// (access log and filter event, the stream's request, its response).
+fn h2c_stream_call(stream: u32, t: i64) -> (Vec<Event>, Event, Event) {
+    let caller = ("10.0.0.9", 41000);
+    let sidecar = ("127.0.0.6", 36000);
+    let id = format!("h2-{stream}");
+    let on_stream = |event: Event| {
+        let mut event = event;
+        if let Some(Kind::Tc(tc)) = &mut event.kind {
+            tc.payload = PayloadKind::Http2 as i32;
+            tc.http2_stream = stream;
+        }
+        event
+    };
+    let parts = vec![
+        access_log(AccessLog {
+            start_time_unix_nano: t - 20 * US,
+            reporter: Some(server()),
+            request_id: id.clone(),
+            protocol: "HTTP/2".into(),
+            downstream_remote: endpoint(caller),
+            downstream_local: endpoint((SERVER_IP, 8080)),
+            upstream_local: endpoint(sidecar),
+            upstream_remote: endpoint(APP),
+            upstream_cluster: "inbound|8080||".into(),
+            ..fixtures::entry()
+        }),
+        fixtures::wasm(&id, "inbound", t),
+        // The caller's connection is mTLS: its leg is the connection.
+        message(
+            tc(
+                &server(),
+                "eth0",
+                TcKind::Message,
+                t - 40 * US,
+                caller,
+                (SERVER_IP, 8080),
+            ),
+            0,
+            100 + stream,
+            None,
+            PayloadKind::Tls,
+        ),
+    ];
+    let request = on_stream(message(
+        tc(&server(), "lo", TcKind::Message, t, sidecar, APP),
+        0,
+        5000 + stream,
+        Some(request_head("GET", "/api/orders/42", &id)),
+        PayloadKind::Http2,
+    ));
+    let response = on_stream(message(
+        tc(&server(), "lo", TcKind::Message, t + 300 * US, APP, sidecar),
+        0,
+        9000 + stream,
+        Some(status_head(200)),
+        PayloadKind::Http2,
+    ));
+    (parts, request, response)
+}
+
+/// On a connection whose streams carry request ids, a call whose own
+/// stream's request comes last (its probe's events were late) waits for it
+/// rather than take the connection, and is one record.
+#[test]
+fn an_h2c_call_waits_for_its_late_stream_on_a_connection_whose_streams_carry_ids() {
+    let (first, first_request, first_response) = h2c_stream_call(1, T0);
+    let (second, second_request, second_response) = h2c_stream_call(3, T0 + 1000 * US);
+    let mut events = first;
+    events.extend([first_request, first_response]);
+    events.extend(second);
+    events.push(second_response);
+    events.push(second_request);
+    let (records, stats) = join(events);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for (record, stream) in records.iter().zip([1, 3]) {
+        let upstream = record.hops[0].upstream.as_ref().unwrap();
+        assert_eq!(
+            (upstream.scope, upstream.stream_id),
+            (WireScope::Request, Some(stream))
+        );
+    }
+    assert_eq!(
+        (stats.complete, stats.partial, stats.tc_after_printed),
+        (2, 0, 0)
+    );
+}
+
+/// A stream's request that comes after its call was printed (its window
+/// closed) is counted, not made a second record of the same call.
+#[test]
+fn a_stream_request_after_its_call_was_printed_is_not_a_second_record() {
+    let (parts, request, response) = h2c_stream_call(1, T0);
+    let mut joiner = Joiner::new(JoinConfig::default());
+    let mut records = Vec::new();
+    let window = JoinConfig::default().window_ns;
+    for event in parts.into_iter().chain([response]) {
+        joiner.apply(Input::Event { event, now_ns: T0 }, &mut records);
+    }
+    joiner.apply(
+        Input::Tick {
+            now_ns: T0 + window + 1,
+        },
+        &mut records,
+    );
+    assert_eq!(records.len(), 1);
+    joiner.apply(
+        Input::Event {
+            event: request,
+            now_ns: T0 + window + 2,
+        },
+        &mut records,
+    );
+    joiner.apply(Input::End, &mut records);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(joiner.stats().tc_after_printed, 1);
+}
+
 /// A request start that is not the call's (another method: an earlier
 /// call's, whose entry was lost) is not taken, though it is the last one
 /// before the sidecar's start.
