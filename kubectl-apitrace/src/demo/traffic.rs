@@ -174,19 +174,8 @@ impl Client {
         connections: u32,
         streams: u32,
     ) -> anyhow::Result<u32> {
-        let mut lanes: BTreeMap<(Speaks, u32), Vec<usize>> = BTreeMap::new();
-        let mut dealt: BTreeMap<Speaks, u32> = BTreeMap::new();
-        for index in 0..requests as usize {
-            let speaks = Speaks::of(protocol, index);
-            let turn = dealt.entry(speaks).or_default();
-            lanes
-                .entry((speaks, *turn % connections))
-                .or_default()
-                .push(index);
-            *turn += 1;
-        }
         let calls = futures::future::try_join_all(
-            lanes
+            deal(protocol, requests, connections)
                 .into_iter()
                 .map(|((speaks, _), calls)| self.lane(speaks, calls, streams as usize)),
         )
@@ -301,6 +290,27 @@ impl Client {
     }
 }
 
+/// The calls by the connection they go on: each kind's calls dealt in turn
+/// to its `connections` connections.
+fn deal(
+    protocol: DemoProtocol,
+    requests: u32,
+    connections: u32,
+) -> BTreeMap<(Speaks, u32), Vec<usize>> {
+    let mut lanes: BTreeMap<(Speaks, u32), Vec<usize>> = BTreeMap::new();
+    let mut dealt: BTreeMap<Speaks, u32> = BTreeMap::new();
+    for index in 0..requests as usize {
+        let speaks = Speaks::of(protocol, index);
+        let turn = dealt.entry(speaks).or_default();
+        lanes
+            .entry((speaks, *turn % connections))
+            .or_default()
+            .push(index);
+        *turn += 1;
+    }
+    lanes
+}
+
 async fn connect(netns: &Path, address: SocketAddr, speaks: Speaks) -> anyhow::Result<Connection> {
     let stream = http::connect_in(netns, address)
         .await
@@ -384,4 +394,29 @@ async fn send_bad(
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kinds_calls_are_dealt_in_turn_to_its_connections() {
+        let lanes = deal(DemoProtocol::H2c, 5, 2);
+        assert_eq!(
+            lanes,
+            BTreeMap::from([
+                ((Speaks::H2c, 0), vec![0, 2, 4]),
+                ((Speaks::H2c, 1), vec![1, 3]),
+            ])
+        );
+        // With mixed, every kind gets its own connections: 2 of each here.
+        let lanes = deal(DemoProtocol::Mixed, 12, 2);
+        assert_eq!(lanes.len(), 6);
+        assert_eq!(lanes[&(Speaks::Http1, 0)], vec![0, 6]);
+        assert_eq!(lanes[&(Speaks::Http1, 1)], vec![3, 9]);
+        assert_eq!(lanes[&(Speaks::Grpc, 1)], vec![5, 11]);
+        // More connections than calls: only those with a call are opened.
+        assert_eq!(deal(DemoProtocol::Grpc, 2, 8).len(), 2);
+    }
 }
