@@ -123,7 +123,7 @@ pub enum Command {
     /// with a bearer JWT, and one joined record per request is printed. Needs
     /// root; everything it creates is removed when it ends.
     #[command(
-        after_help = "Examples:\n  # Five requests, as a table\n  sudo kubectl apitrace demo\n\n  # Twenty requests as JSON lines, kept to replay later\n  sudo kubectl apitrace demo --requests 20 -o ndjson --save demo.apitrace"
+        after_help = "Examples:\n  # Five requests, as a table\n  sudo kubectl apitrace demo\n\n  # Twenty requests as JSON lines, kept to replay later\n  sudo kubectl apitrace demo --requests 20 -o ndjson --save demo.apitrace\n\n  # h2c, up to 10 streams in flight on each of two connections\n  sudo kubectl apitrace demo --protocol h2c --connections 2 --streams 10 --requests 40"
     )]
     Demo(DemoArgs),
     /// Join a saved session again, offline, and print its calls.
@@ -296,6 +296,17 @@ pub struct DemoArgs {
     /// connection each.
     #[arg(long)]
     pub keep_alive: bool,
+    /// Open C connections for the calls (of each kind, with mixed), keep
+    /// them alive, and spread the calls over them in turn, as h2load's -c
+    /// does; --requests stays the total.
+    #[arg(long, value_name = "C", value_parser = parse_connections)]
+    pub connections: Option<u32>,
+    /// Keep up to M calls in flight on each connection, as h2load's -m
+    /// does: HTTP/2 streams with h2c, concurrent calls on each channel with
+    /// grpc (and with mixed, on its HTTP/2 connections); implies keep-alive.
+    /// HTTP/1.1 answers one request at a time, so http1 takes only 1.
+    #[arg(long, value_name = "M", value_parser = parse_streams)]
+    pub streams: Option<u32>,
     /// What the client speaks to the server's Service, whose port is named for
     /// it as Istio reads port names (`http`; `http2` for h2c and mixed; `grpc`).
     #[arg(long, value_enum, value_name = "PROTOCOL", default_value_t = DemoProtocol::Http1)]
@@ -386,11 +397,27 @@ fn parse_session(text: &str) -> Result<SessionId, String> {
 }
 
 fn parse_requests(text: &str) -> Result<u32, String> {
+    parse_at_least_one(text, "requests", "request", 5)
+}
+
+fn parse_connections(text: &str) -> Result<u32, String> {
+    parse_at_least_one(text, "connections", "connection", 2)
+}
+
+fn parse_streams(text: &str) -> Result<u32, String> {
+    parse_at_least_one(text, "streams", "stream", 10)
+}
+
+/// A count the demo needs at least one of, for `--{flag}`; `example` is
+/// what a typical value looks like.
+fn parse_at_least_one(text: &str, flag: &str, one: &str, example: u32) -> Result<u32, String> {
     match text.parse::<u32>() {
-        Ok(0) => Err("the demo needs at least one request: use --requests 1 or more".into()),
+        Ok(0) => Err(format!(
+            "the demo needs at least one {one}: use --{flag} 1 or more"
+        )),
         Ok(n) => Ok(n),
         Err(_) => Err(format!(
-            "{text:?} is not a number of requests: use a whole number such as 5"
+            "{text:?} is not a number of {flag}: use a whole number such as {example}"
         )),
     }
 }

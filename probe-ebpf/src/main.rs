@@ -24,9 +24,10 @@
 use core::{mem::size_of, ptr::read_unaligned};
 
 use apitrace_tc_event::{
-    AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowState, HEADER_SIZE, HeadKind, LOOPBACK_IFINDEX, OTHER_HEAD_CAPACITY, PORT_SLOTS, Payload,
-    PortRole, REQUEST_HEAD_CAPACITY, TcEventHeader, is_loopback,
+    AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, FAMILY_IPV6,
+    FRAMED_HEAD_CAPACITY, FlowKey, FlowState, HEADER_SIZE, HeadKind, LOOPBACK_IFINDEX,
+    OTHER_HEAD_CAPACITY, PORT_SLOTS, Payload, PortRole, REQUEST_HEAD_CAPACITY, TcEventHeader,
+    is_loopback,
 };
 use aya_ebpf::{
     bindings::{
@@ -72,7 +73,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 #[repr(C)]
 struct Record {
     header: TcEventHeader,
-    head: [u8; REQUEST_HEAD_CAPACITY],
+    head: [u8; FRAMED_HEAD_CAPACITY],
 }
 
 #[map]
@@ -178,11 +179,11 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
             let _ = FLOWS.remove(key);
             EventKind::Open
         };
-        emit(ctx, &packet, direction, kind, false);
+        emit(ctx, &packet, direction, kind, 0);
         return Some(());
     }
     if flags & TCP_RST != 0 {
-        emit(ctx, &packet, direction, EventKind::Reset, false);
+        emit(ctx, &packet, direction, EventKind::Reset, 0);
         let _ = FLOWS.remove(key);
         return Some(());
     }
@@ -190,7 +191,7 @@ fn observe(ctx: &TcContext, direction: Direction) -> Option<()> {
         track_payload(ctx, &packet, direction, &key, side);
     }
     if flags & TCP_FIN != 0 {
-        emit(ctx, &packet, direction, EventKind::Close, false);
+        emit(ctx, &packet, direction, EventKind::Close, 0);
     }
     Some(())
 }
@@ -365,8 +366,8 @@ fn track_payload(
         if FLOWS.insert(key, state, 0).is_err() {
             count(Counter::FlowTableFull);
         }
-        let large = head.captures_request_head(state.framed != 0);
-        emit(ctx, packet, direction, EventKind::Message, large);
+        let capacity = head.capacity(state.framed != 0);
+        emit(ctx, packet, direction, EventKind::Message, capacity);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in our LRU map; the
@@ -378,10 +379,10 @@ fn track_payload(
             if head == HeadKind::Http2Preface {
                 state.framed = 1;
             }
-            let large = head.captures_request_head(state.framed != 0);
-            emit(ctx, packet, direction, EventKind::Message, large);
+            let capacity = head.capacity(state.framed != 0);
+            emit(ctx, packet, direction, EventKind::Message, capacity);
         }
-        Payload::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit, false),
+        Payload::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit, 0),
         Payload::Continuation => {}
     }
 }
@@ -412,7 +413,7 @@ fn head_kind(ctx: &TcContext, packet: &Packet) -> HeadKind {
 /// inlined at each of its call sites: its frame is then counted once against
 /// the program's 512-byte stack.
 #[inline(never)]
-fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind, large: bool) {
+fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind, capacity: usize) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -444,7 +445,9 @@ fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind,
         // The verifier must see a length in 1..=capacity. LLVM folds range checks
         // into forms it cannot follow; masking `len - 1` (a no-op for lengths in
         // range, as capacities are powers of two) keeps the bound visible.
-        let len = if large {
+        let len = if capacity == FRAMED_HEAD_CAPACITY {
+            ((len.min(FRAMED_HEAD_CAPACITY) - 1) & (FRAMED_HEAD_CAPACITY - 1)) + 1
+        } else if capacity == REQUEST_HEAD_CAPACITY {
             ((len.min(REQUEST_HEAD_CAPACITY) - 1) & (REQUEST_HEAD_CAPACITY - 1)) + 1
         } else {
             ((len.min(OTHER_HEAD_CAPACITY) - 1) & (OTHER_HEAD_CAPACITY - 1)) + 1
@@ -463,7 +466,7 @@ fn emit(ctx: &TcContext, packet: &Packet, direction: Direction, kind: EventKind,
             record.header.head_len = len as u16;
         }
     }
-    let size = HEADER_SIZE + (head_len & (REQUEST_HEAD_CAPACITY * 2 - 1));
+    let size = HEADER_SIZE + (head_len & (FRAMED_HEAD_CAPACITY * 2 - 1));
     // SAFETY: `size` is at most the size of the record.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const Record).cast::<u8>(), size) };

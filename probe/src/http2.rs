@@ -3,7 +3,7 @@
 //! packet on the wire.
 //!
 //! On a connection that began with the HTTP/2 preface the TC program emits
-//! every packet of new bytes, from both sides, with its first 4 KiB
+//! every packet of new bytes, from both sides, with its first 16 KiB
 //! (`FlowState::framed`). This module reads those packets in TCP sequence
 //! order, as an HTTP/2 endpoint reads its byte stream (RFC 9113 section 4):
 //! frame headers, and the header blocks of HEADERS, CONTINUATION and
@@ -21,7 +21,7 @@
 //! and only while every byte that holds a frame header or a header block was
 //! captured, in order. A gap in the sequence (a lost ring-buffer record, a
 //! retransmission that carried new bytes), a frame header or header block
-//! past the captured 4 KiB, or a block HPACK cannot decode, and that side is
+//! past the captured 16 KiB, or a block HPACK cannot decode, and that side is
 //! *lost*: nothing more is read from it, since the offsets of its later
 //! frames and its dynamic table are unknown. Its packets are published as the
 //! program's message starts were before (when the sender changes), so the

@@ -37,8 +37,17 @@ pub const REQUEST_HEAD_CAPACITY: usize = 4096;
 /// status line, or the start of a TLS record.
 pub const OTHER_HEAD_CAPACITY: usize = 128;
 
+/// Bytes of payload copied of each packet of a framed (h2c) connection: the
+/// probe must read every frame header and header block in it, and a sidecar
+/// writes the HEADERS of a burst of concurrent streams (each with the
+/// caller's JWT, which Envoy does not index) in one segment; 16 KiB holds
+/// fourteen of ~1.1 KiB. What lies past it loses the connection's side.
+pub const FRAMED_HEAD_CAPACITY: usize = 16384;
+
 const _: () = assert!(
-    REQUEST_HEAD_CAPACITY.is_power_of_two() && OTHER_HEAD_CAPACITY.is_power_of_two(),
+    REQUEST_HEAD_CAPACITY.is_power_of_two()
+        && OTHER_HEAD_CAPACITY.is_power_of_two()
+        && FRAMED_HEAD_CAPACITY.is_power_of_two(),
     "the TC program masks lengths with capacity - 1"
 );
 
@@ -141,7 +150,7 @@ pub struct TcEventHeader {
 pub const HEADER_SIZE: usize = core::mem::size_of::<TcEventHeader>();
 
 /// The largest record the program writes.
-pub const MAX_RECORD_SIZE: usize = HEADER_SIZE + REQUEST_HEAD_CAPACITY;
+pub const MAX_RECORD_SIZE: usize = HEADER_SIZE + FRAMED_HEAD_CAPACITY;
 
 /// A record as the probe reads it: the header, and the payload bytes after it.
 #[derive(Clone, Copy, Debug)]
@@ -370,13 +379,20 @@ impl HeadKind {
         }
     }
 
-    /// Whether a message with this head, on a connection that is `framed`
-    /// or not, gets [`REQUEST_HEAD_CAPACITY`] bytes captured: an HTTP/1
-    /// request's headers, or the HTTP/2 frames (HEADERS among them) of a
-    /// framed connection's packet.
+    /// How many bytes of a message with this head are captured, on a
+    /// connection that is `framed` or not: a framed connection's packet
+    /// ([`FRAMED_HEAD_CAPACITY`]), an HTTP/1 request's headers
+    /// ([`REQUEST_HEAD_CAPACITY`], also for the preface that makes a
+    /// connection framed), or the first bytes of anything else.
     #[inline(always)]
-    pub fn captures_request_head(self, framed: bool) -> bool {
-        framed || self != Self::Other
+    pub fn capacity(self, framed: bool) -> usize {
+        if framed {
+            FRAMED_HEAD_CAPACITY
+        } else if self == Self::Other {
+            OTHER_HEAD_CAPACITY
+        } else {
+            REQUEST_HEAD_CAPACITY
+        }
     }
 }
 
@@ -573,9 +589,13 @@ mod tests {
         assert_eq!(HeadKind::of(b"PRI "), HeadKind::Http2Preface);
         assert_eq!(HeadKind::of(b"HTTP"), HeadKind::Other);
         assert_eq!(HeadKind::of(&[0x16, 3, 1, 2]), HeadKind::Other);
-        assert!(HeadKind::Other.captures_request_head(true));
-        assert!(!HeadKind::Other.captures_request_head(false));
-        assert!(HeadKind::Http2Preface.captures_request_head(false));
+        assert_eq!(HeadKind::Other.capacity(true), FRAMED_HEAD_CAPACITY);
+        assert_eq!(HeadKind::Other.capacity(false), OTHER_HEAD_CAPACITY);
+        assert_eq!(
+            HeadKind::Http1Request.capacity(false),
+            REQUEST_HEAD_CAPACITY
+        );
+        assert_eq!(HeadKind::Http2Preface.capacity(true), FRAMED_HEAD_CAPACITY);
     }
 
     #[test]

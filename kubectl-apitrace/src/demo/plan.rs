@@ -1,6 +1,6 @@
-//! What the demo needs before it changes anything: root, the probe binary,
-//! Envoy, iproute2, iptables and util-linux. Each missing piece is one
-//! sentence that says how to get it.
+//! What the demo needs before it changes anything: flags that go together,
+//! root, the probe binary, Envoy, iproute2, iptables and util-linux. Each
+//! missing piece is one sentence that says how to get it.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,7 @@ pub struct Traffic {
     /// The bearer token; a generated JWT when `None`.
     pub token: Option<String>,
     pub ipv6: bool,
-    pub keep_alive: bool,
+    pub connections: Connections,
     pub protocol: DemoProtocol,
     /// Plaintext between the sidecars instead of mTLS.
     pub plaintext: bool,
@@ -36,8 +36,28 @@ pub struct Traffic {
     pub bad_traffic: bool,
 }
 
+/// How the client's calls use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// A new connection for each call, one call after another, as `curl` in
+    /// a loop.
+    EachCall,
+    /// One connection of each kind the calls speak, kept alive, one call
+    /// after another (`--keep-alive`).
+    KeepAlive,
+    /// `connections` of each kind, kept alive, the calls dealt to them in
+    /// turn, with up to `streams` in flight on each HTTP/2 connection
+    /// (`--connections`, `--streams`); an HTTP/1.1 connection carries one
+    /// at a time.
+    Concurrent { connections: u32, streams: u32 },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    #[error(
+        "--streams {0} asks for {0} calls in flight on each connection, but HTTP/1.1 answers one request at a time on a connection: use --protocol h2c or grpc for HTTP/2 streams, or --connections {0} for {0} HTTP/1.1 connections at once"
+    )]
+    StreamsOverHttp1(u32),
     #[error(
         "the demo creates network namespaces and attaches eBPF programs, so it must run as root: run it again with sudo"
     )]
@@ -66,8 +86,39 @@ pub enum PlanError {
     NoTool(&'static str),
 }
 
+impl Traffic {
+    /// The traffic the flags ask for, or why they cannot go together.
+    pub fn resolve(args: &DemoArgs) -> Result<Self, PlanError> {
+        let connections = match (args.connections, args.streams) {
+            (None, None) if args.keep_alive => Connections::KeepAlive,
+            (None, None) => Connections::EachCall,
+            (_, Some(streams)) if streams > 1 && args.protocol == DemoProtocol::Http1 => {
+                return Err(PlanError::StreamsOverHttp1(streams));
+            }
+            (connections, streams) => Connections::Concurrent {
+                connections: connections.unwrap_or(1),
+                streams: streams.unwrap_or(1),
+            },
+        };
+        Ok(Self {
+            requests: args.requests,
+            token: args.token.clone(),
+            ipv6: args.ipv6,
+            connections,
+            protocol: args.protocol,
+            plaintext: args.plaintext,
+            caller_outside_mesh: args.caller_outside_mesh,
+            loss: args.loss,
+            bad_traffic: args.bad_traffic,
+        })
+    }
+}
+
 impl Plan {
+    /// The flags are checked before the host: a command line that cannot
+    /// work is refused the same way with or without root.
     pub fn resolve(args: DemoArgs) -> Result<Self, PlanError> {
+        let traffic = Traffic::resolve(&args)?;
         if !nix::unistd::geteuid().is_root() {
             return Err(PlanError::NotRoot);
         }
@@ -100,17 +151,7 @@ impl Plan {
             on_path("tcpdump").ok_or(PlanError::NoTool("tcpdump"))?;
         }
         Ok(Self {
-            traffic: Traffic {
-                requests: args.requests,
-                token: args.token,
-                ipv6: args.ipv6,
-                keep_alive: args.keep_alive,
-                protocol: args.protocol,
-                plaintext: args.plaintext,
-                caller_outside_mesh: args.caller_outside_mesh,
-                loss: args.loss,
-                bad_traffic: args.bad_traffic,
-            },
+            traffic,
             show_secrets: args.output.show_secrets,
             save: args.save.file,
             pcap: args.pcap,
@@ -148,5 +189,93 @@ fn runnable_by_others(envoy: &Path) -> Result<(), PlanError> {
             uid: apitrace_proto::istio::PROXY_UID,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn traffic(flags: &[&str]) -> Result<Traffic, PlanError> {
+        let cli = Cli::try_parse_from(["kubectl-apitrace", "demo"].iter().chain(flags))
+            .unwrap_or_else(|error| panic!("{flags:?}: {error}"));
+        match cli.command {
+            Some(Command::Demo(args)) => Traffic::resolve(&args),
+            other => panic!("{flags:?} is not the demo: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_concurrency_flags_the_calls_go_one_after_another_as_before() {
+        assert_eq!(traffic(&[]).unwrap().connections, Connections::EachCall);
+        assert_eq!(
+            traffic(&["--keep-alive", "--protocol", "h2c"])
+                .unwrap()
+                .connections,
+            Connections::KeepAlive
+        );
+    }
+
+    #[test]
+    fn connections_and_streams_make_concurrent_traffic_on_kept_connections() {
+        let concurrent = |flags: &[&str]| traffic(flags).unwrap().connections;
+        assert_eq!(
+            concurrent(&["--protocol", "h2c", "--connections", "2", "--streams", "10"]),
+            Connections::Concurrent {
+                connections: 2,
+                streams: 10
+            }
+        );
+        assert_eq!(
+            concurrent(&["--protocol", "grpc", "--streams", "4"]),
+            Connections::Concurrent {
+                connections: 1,
+                streams: 4
+            }
+        );
+        // HTTP/1.1 in parallel takes more connections, each one at a time.
+        assert_eq!(
+            concurrent(&["--connections", "3", "--keep-alive"]),
+            Connections::Concurrent {
+                connections: 3,
+                streams: 1
+            }
+        );
+        assert_eq!(
+            concurrent(&["--protocol", "mixed", "--streams", "5"]),
+            Connections::Concurrent {
+                connections: 1,
+                streams: 5
+            }
+        );
+    }
+
+    #[test]
+    fn streams_over_http1_are_refused_naming_the_flag_and_what_to_use() {
+        let error = traffic(&["--streams", "10"]).unwrap_err();
+        assert!(
+            matches!(error, PlanError::StreamsOverHttp1(10)),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        for needed in ["--streams 10", "--protocol h2c or grpc", "--connections 10"] {
+            assert!(message.contains(needed), "{needed:?} in {message}");
+        }
+        // One stream is what HTTP/1.1 does anyway.
+        assert!(traffic(&["--streams", "1", "--connections", "2"]).is_ok());
+    }
+
+    #[test]
+    fn zero_connections_or_streams_say_what_to_use() {
+        for flag in ["--connections", "--streams"] {
+            let error = Cli::try_parse_from(["kubectl-apitrace", "demo", flag, "0"]).unwrap_err();
+            assert!(
+                error.to_string().contains(&format!("use {flag} 1 or more")),
+                "{error}"
+            );
+        }
     }
 }
