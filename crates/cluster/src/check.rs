@@ -86,6 +86,8 @@ pub enum CheckError {
     MixedRevisions(Vec<String>),
     #[error(transparent)]
     Logging(#[from] mesh::LoggingError),
+    #[error(transparent)]
+    NotExported(#[from] istio::NotExported),
     #[error("asking the API server about {what}: {}", ApiText(source))]
     Api {
         what: String,
@@ -371,6 +373,31 @@ pub async fn sidecars_reach_probes(
     Ok(())
 }
 
+/// Checks that istiod will give the traced pods' sidecars the probe Service,
+/// which the session creates without an exportTo of its own: the mesh
+/// config's `defaultServiceExportTo` decides (see [`istio::ExportTo`]). The
+/// provider that names the Service stays in the mesh config either way, but a
+/// sidecar without the Service has no cluster to send to. The Service's own
+/// annotation, should something add one when it is created, is checked by
+/// the session once it exists.
+pub fn probe_service_exported(
+    mesh: &Mesh,
+    targets: &Targets,
+    probe_namespace: &str,
+) -> Result<(), CheckError> {
+    let defaults =
+        mesh::default_service_export_to(&mesh.mesh_config).map_err(|source| CheckError::Mesh {
+            config: mesh.config.clone(),
+            source,
+        })?;
+    istio::ExportTo::MeshDefault(defaults).check(
+        probe_namespace,
+        &targets.namespaces(),
+        &mesh.config.to_string(),
+    )?;
+    Ok(())
+}
+
 /// One thing a session does, as a SelfSubjectAccessReview asks about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permission {
@@ -653,6 +680,43 @@ mod tests {
             needed
                 .iter()
                 .any(|p| p.to_string() == "create pods/portforward in apitrace-system")
+        );
+    }
+
+    #[test]
+    fn a_mesh_default_export_that_leaves_the_traced_namespace_out_is_refused() {
+        let targets = crate::mock_tests::plan().targets;
+        let mesh = |text: &str| Mesh {
+            config: MeshConfigRef::for_revision("istio-system", "default"),
+            revision: "default".into(),
+            version: None,
+            cluster_domain: None,
+            telemetry_version: TelemetryVersion::V1,
+            mesh_config: text.into(),
+        };
+        for exported in [
+            "rootNamespace: istio-system",
+            "defaultServiceExportTo: [\"*\"]",
+        ] {
+            assert!(probe_service_exported(&mesh(exported), &targets, "apitrace-system").is_ok());
+        }
+        // Its own namespace only: fine for probes run beside the pods.
+        let private = mesh("defaultServiceExportTo: [\".\"]");
+        assert!(probe_service_exported(&private, &targets, "shop").is_ok());
+        assert_eq!(
+            probe_service_exported(&private, &targets, "apitrace-system")
+                .unwrap_err()
+                .to_string(),
+            "the sidecars in namespace shop would not get the probe Service in apitrace-system, so the access logs and the filter's events would have nowhere to go: the mesh config (istio-system/istio) has defaultServiceExportTo [\".\"], which gives a Service without an exportTo of its own to its own namespace only; set it to [\"*\"], or run the probes in shop (`--probe-namespace shop`, with manifests/probe.yaml applied there)"
+        );
+        let named = mesh("defaultServiceExportTo: [shop]");
+        assert!(
+            probe_service_exported(&named, &targets, "apitrace-system")
+                .unwrap_err()
+                .to_string()
+                .ends_with(
+                    "to no namespace (istiod takes only \"*\" and \".\" from it); add \"*\" to it"
+                )
         );
     }
 }

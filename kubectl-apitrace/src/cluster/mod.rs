@@ -121,6 +121,7 @@ async fn preflight(
     check::probe_namespace_level(client, &cluster.probe_namespace, &mesh).await?;
     let inherited_logging = check::inherited_logging(client, &mesh, &targets).await?;
     check::sidecars_reach_probes(client, &mesh, &targets, &cluster.probe_namespace).await?;
+    check::probe_service_exported(&mesh, &targets, &cluster.probe_namespace)?;
     Ok(Preflight {
         targets,
         mesh,
