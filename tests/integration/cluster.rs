@@ -25,12 +25,51 @@ use serde_json::{Value, json};
 
 use crate::{
     fake_cluster::{FakeCluster, Fault},
+    fake_rbac::user_token,
     support::{App, binaries, call, call_from_port, pods, root, stderr, wait_for_no_orphans},
 };
 
 const APP_PORT: u16 = 8080;
 const WASM_PLUGINS: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/";
+/// The user the CLI runs as.
+const USER: &str = "alice";
+
+/// The documents of a file in `manifests/`.
+fn manifest(file: &str) -> Vec<Value> {
+    let path = format!("{}/../manifests/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split("\n---\n")
+        .map(|document| serde_saphyr::from_str(document).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+/// `manifests/user-clusterrole.yaml`'s ClusterRole, `apitrace-user`.
+fn user_role() -> Value {
+    manifest("user-clusterrole.yaml").remove(0)
+}
+
+/// The cluster's RBAC: the probe's roles and bindings from
+/// `manifests/probe.yaml`, the user ClusterRole `role`, and its binding to
+/// [`USER`] as that manifest's comment says to make it.
+fn rbac_objects(role: Value) -> Vec<Value> {
+    let mut objects: Vec<Value> = manifest("probe.yaml")
+        .into_iter()
+        .filter(|document| {
+            ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+                .iter()
+                .any(|kind| document["kind"] == *kind)
+        })
+        .collect();
+    objects.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": { "name": format!("apitrace-{USER}") },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"] },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER }],
+    }));
+    objects.push(role);
+    objects
+}
 
 /// The cluster before the session: Istio's mesh config with a provider of
 /// someone else's, the traced pod `shop/web` with its sidecar's container,
@@ -98,7 +137,9 @@ struct Stage {
     _sidecar_cgroup: ContainerCgroup,
     cli: Child,
     cli_stderr: Arc<Mutex<String>>,
+    /// The user's; the probe's is `probe_kubeconfig`.
     kubeconfig: PathBuf,
+    probe_kubeconfig: PathBuf,
     probe_log: PathBuf,
     /// The session's events, kept with `--save`.
     saved: PathBuf,
@@ -116,10 +157,11 @@ enum Output {
 
 impl Stage {
     fn start(duration: &str, faults: Vec<Fault>) -> Self {
-        Self::start_with(duration, faults, Output::Piped)
+        Self::start_with(duration, faults, Output::Piped, user_role())
     }
 
-    fn start_with(duration: &str, faults: Vec<Fault>, output: Output) -> Self {
+    /// The CLI runs as [`USER`], bound to the ClusterRole `role`.
+    fn start_with(duration: &str, faults: Vec<Fault>, output: Output, role: Value) -> Self {
         let pods = pods(&["kube", "web", "sleep"]);
         let (node, web, sleep) = (pods.pod("kube"), pods.pod("web"), pods.pod("sleep"));
         let app = App::serve(web, APP_PORT);
@@ -134,6 +176,8 @@ impl Stage {
 
         let tag = format!("{}-{}", std::process::id(), rand_tail());
         let kubeconfig = std::env::temp_dir().join(format!("apitrace-kubeconfig-{tag}"));
+        let probe_kubeconfig =
+            std::env::temp_dir().join(format!("apitrace-probe-kubeconfig-{tag}"));
         let probe_log = std::env::temp_dir().join(format!("apitrace-probe-log-{tag}"));
         let saved = std::env::temp_dir().join(format!("apitrace-saved-{tag}"));
         let listener = run_in(&node.netns_path(), || {
@@ -141,20 +185,24 @@ impl Stage {
         })
         .expect("inside the node")
         .expect("a loopback port");
+        let mut objects = cluster_objects(
+            &web.ipv4.to_string(),
+            &sleep.ipv4.to_string(),
+            &container_id,
+        );
+        objects.extend(rbac_objects(role));
         let cluster = FakeCluster::start(
             listener,
             faults,
-            cluster_objects(
-                &web.ipv4.to_string(),
-                &sleep.ipv4.to_string(),
-                &container_id,
-            ),
+            objects,
             "apitrace-system",
             node,
-            &kubeconfig,
+            &probe_kubeconfig,
             &probe_log,
         );
-        cluster.api.write_kubeconfig(&kubeconfig);
+        cluster
+            .api
+            .write_kubeconfig(&kubeconfig, Some(&user_token(USER)));
         let before = cluster.objects();
 
         let saved_arg = saved.to_string_lossy();
@@ -220,6 +268,7 @@ impl Stage {
             cli,
             cli_stderr,
             kubeconfig,
+            probe_kubeconfig,
             probe_log,
             saved,
             before,
@@ -276,9 +325,16 @@ impl Stage {
         assert!(answer.contains("200 OK"), "{answer}");
     }
 
-    /// The cluster as it was before the session, and nothing of the session's
-    /// left on the host.
+    /// The cluster as it was before the session, nothing of the session's
+    /// left on the host, and no request of the CLI's or the probe's refused:
+    /// the manifests' roles granted all they did.
     fn assert_left_as_it_was(&self) {
+        assert_eq!(
+            self.cluster.denied(),
+            Vec::<String>::new(),
+            "{}",
+            self.story()
+        );
         self.wait_for("the probes' exit", Duration::from_secs(20), |stage| {
             stage.cluster.probes_exited()
         });
@@ -301,6 +357,7 @@ impl Drop for Stage {
         let _ = self.sidecar.kill();
         let _ = self.sidecar.wait();
         let _ = std::fs::remove_file(&self.kubeconfig);
+        let _ = std::fs::remove_file(&self.probe_kubeconfig);
         let _ = std::fs::remove_file(&self.probe_log);
         let _ = std::fs::remove_file(&self.saved);
     }
@@ -550,6 +607,7 @@ fn on_a_terminal_a_session_shows_its_progress_and_a_live_count_of_calls() {
         Output::Terminal {
             calls: calls.clone(),
         },
+        user_role(),
     );
     stage.wait_streaming();
     stage.call_web();
@@ -696,5 +754,50 @@ fn an_api_server_that_throttles_or_fails_during_setup_and_teardown_leaves_nothin
     .output()
     .expect("cleanup runs");
     assert!(cleanup.status.success(), "{}", stderr(&cleanup));
+    stage.assert_left_as_it_was();
+}
+
+/// A user whose ClusterRole lacks `get pods/portforward`, the verb kube-rs's
+/// WebSocket port-forward is authorised as: `check` names the permission, and
+/// a session ends in its preflight with the same words, having created
+/// nothing, instead of starting probes it could never reach.
+#[test]
+fn without_get_on_pods_portforward_check_names_it_and_a_session_ends_before_creating_anything() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut role = user_role();
+    for rule in role["rules"].as_array_mut().expect("rules") {
+        if rule["resources"] == json!(["pods/portforward"]) {
+            rule["verbs"] = json!(["create"]);
+        }
+    }
+    let mut stage = Stage::start_with("30s", Vec::new(), Output::Piped, role);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = stage.cli.try_wait().expect("the CLI's status") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the session did not end\n{}",
+            stage.story()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let missing = "missing permissions: get pods/portforward in apitrace-system; ask an admin to bind you the ClusterRole in manifests/user-clusterrole.yaml";
+    assert_eq!(status.code(), Some(1), "{}", stage.story());
+    stage.wait_for("the CLI's error", Duration::from_secs(5), |stage| {
+        stage.stderr().contains(missing)
+    });
+    let check = cli_in(
+        stage.pods.pod("kube"),
+        &stage.kubeconfig,
+        &["check", "pod/web", "-n", "shop"],
+    )
+    .output()
+    .expect("check runs");
+    assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
+    assert!(stderr(&check).contains(missing), "{}", stderr(&check));
     stage.assert_left_as_it_was();
 }

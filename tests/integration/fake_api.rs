@@ -82,17 +82,26 @@ impl FakeApi {
         self.received.lock().unwrap().clone()
     }
 
-    /// A kubeconfig whose only context points at this server.
-    pub fn write_kubeconfig(&self, path: &Path) {
-        let config = format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-             users:\n- name: fake\n  user: {{}}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n",
-            self.address
-        );
-        std::fs::write(path, config).expect("writing the kubeconfig");
+    /// A kubeconfig whose only context points at this server, sending
+    /// `token` as its bearer token if there is one.
+    pub fn write_kubeconfig(&self, path: &Path, token: Option<&str>) {
+        write_kubeconfig(path, self.address, token);
     }
+}
+
+/// A kubeconfig whose only context points at `server`.
+pub fn write_kubeconfig(path: &Path, server: SocketAddr, token: Option<&str>) {
+    let user = match token {
+        Some(token) => format!("\n    token: {token}"),
+        None => " {}".to_owned(),
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+         clusters:\n- name: fake\n  cluster:\n    server: http://{server}\n\
+         users:\n- name: fake\n  user:{user}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
+    );
+    std::fs::write(path, config).expect("writing the kubeconfig");
 }
 
 /// Reads requests off one keep-alive connection until the client closes it.

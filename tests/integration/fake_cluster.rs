@@ -5,11 +5,16 @@
 //!
 //! - an API server that keeps objects: create, get, list by label, merge
 //!   patch, update guarded by `resourceVersion`, and delete with the owner
-//!   cascade of Kubernetes' garbage collector; it also grants access reviews,
-//!   lists the served API groups and holds watches open;
+//!   cascade of Kubernetes' garbage collector; it also lists the served API
+//!   groups and holds watches open;
+//! - authentication by bearer token and authorisation of every request, and
+//!   answers to access reviews, by the RBAC roles and bindings it holds
+//!   (`fake_rbac.rs`), so that the CLI runs as a user bound only to
+//!   `manifests/user-clusterrole.yaml` and the probe as its service account;
 //! - a kubelet that runs the probe binary for each pod created in the probe
 //!   namespace, with the pod's arguments and environment (the session token
-//!   read from its Secret), marks the pod ready when the pod's own readiness
+//!   read from its Secret, the kubeconfig carrying its service account's
+//!   token), marks the pod ready when the pod's own readiness
 //!   probe answers, and stops the process when the pod is deleted;
 //! - port-forwards over WebSocket (`v4.channel.k8s.io`, the protocol kube-rs
 //!   speaks), to the pod's port on its loopback as a kubelet does, which the
@@ -33,7 +38,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::{
-    fake_api::{Answer, FakeApi, Request, not_found},
+    fake_api::{Answer, FakeApi, Request, not_found, write_kubeconfig},
+    fake_rbac::{self, Attributes, User},
     support::{binaries, http_get},
 };
 
@@ -222,6 +228,8 @@ impl Store {
 struct Kubelet {
     namespace: String,
     node: Pod,
+    /// The API server, for the kubeconfig a probe gets.
+    server: SocketAddr,
     kubeconfig: PathBuf,
     logs: PathBuf,
     running: Mutex<BTreeMap<String, Child>>,
@@ -242,6 +250,8 @@ struct State {
     kubelet: Kubelet,
     /// Both ends (the client's, the pod's) of every live port-forward, to cut them.
     forwards: Mutex<Vec<(TcpStream, TcpStream)>>,
+    /// The message of every request refused for want of a permission.
+    denied: Mutex<Vec<String>>,
 }
 
 pub struct FakeCluster {
@@ -250,10 +260,11 @@ pub struct FakeCluster {
 }
 
 impl FakeCluster {
-    /// Serves `objects` on `listener`; probe pods created in
-    /// `probe_namespace` run in `node`'s network namespace, with `kubeconfig`
-    /// (which the caller writes from [`FakeApi::write_kubeconfig`]) and their
-    /// stderr appended to `logs`.
+    /// Serves `objects` (with the bootstrap policy every cluster has) on
+    /// `listener`; probe pods created in `probe_namespace` run in `node`'s
+    /// network namespace, with a kubeconfig written to `kubeconfig` for their
+    /// service account and their stderr appended to `logs`. Clients are
+    /// authorised by the RBAC objects among `objects`.
     pub fn start(
         listener: TcpListener,
         faults: Vec<Fault>,
@@ -264,7 +275,7 @@ impl FakeCluster {
         logs: &Path,
     ) -> Self {
         let mut store = Store::default();
-        for object in objects {
+        for object in fake_rbac::bootstrap_policy().into_iter().chain(objects) {
             let key = object_key(&object);
             store.put(key, object);
         }
@@ -274,11 +285,13 @@ impl FakeCluster {
             kubelet: Kubelet {
                 namespace: probe_namespace.to_owned(),
                 node: node.clone(),
+                server: listener.local_addr().expect("a bound listener"),
                 kubeconfig: kubeconfig.to_owned(),
                 logs: logs.to_owned(),
                 running: Mutex::new(BTreeMap::new()),
             },
             forwards: Mutex::new(Vec::new()),
+            denied: Mutex::new(Vec::new()),
         });
         let routed = Arc::clone(&state);
         let api = FakeApi::serve(listener, move |request| route(&routed, request));
@@ -312,6 +325,11 @@ impl FakeCluster {
             let _ = pod.shutdown(std::net::Shutdown::Both);
         }
         forwards.len()
+    }
+
+    /// What was refused for want of a permission, as the API server said it.
+    pub fn denied(&self) -> Vec<String> {
+        self.state.denied.lock().unwrap().clone()
     }
 
     /// Whether every probe process the kubelet started has exited.
@@ -363,13 +381,24 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
             "the stand-in refused this one",
         );
     }
+    let Some(user) = request
+        .header("authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(User::from_token)
+    else {
+        return status(401, "Unauthorized", "Unauthorized");
+    };
+    let params = query(&request.uri);
+    let watch = params.get("watch").is_some_and(|watch| watch == "true");
+    if let Err(refused) = authorise(state, &user, &request.method, path, watch) {
+        return refused;
+    }
     if request.method == "GET" && path == "/apis" {
         return Answer::Json(200, api_groups());
     }
     let Some(target) = Target::parse(path) else {
         return not_found().into();
     };
-    let params = query(&request.uri);
     match (request.method.as_str(), &target.name, &target.subresource) {
         ("GET", Some(name), Some(sub)) if sub == "portforward" && target.resource == "pods" => {
             port_forward(state, request, name, &params)
@@ -380,9 +409,7 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
                 None => not_found().into(),
             }
         }
-        ("GET", None, None) if params.get("watch").is_some_and(|watch| watch == "true") => {
-            Answer::Hold
-        }
+        ("GET", None, None) if watch => Answer::Hold,
         ("GET", None, None) => {
             let store = state.store.lock().unwrap();
             let selector = params.get("labelSelector").map_or("", String::as_str);
@@ -401,7 +428,12 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
                 }),
             )
         }
-        ("POST", None, None) => create(state, &target, request.body.clone().unwrap_or_default()),
+        ("POST", None, None) => create(
+            state,
+            &user,
+            &target,
+            request.body.clone().unwrap_or_default(),
+        ),
         ("PUT", Some(name), None) => {
             let body = request.body.clone().unwrap_or_default();
             let mut store = state.store.lock().unwrap();
@@ -445,6 +477,45 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
     }
 }
 
+/// Refuses a request RBAC does not allow `user`, as kube-apiserver's
+/// authorisation filter does before any handler sees it. A port-forward is
+/// authorised twice: its WebSocket handshake is a GET, so `get
+/// pods/portforward`, and from Kubernetes 1.35 `PortForwardREST.Connect` also
+/// requires `create` (the `AuthorizePodWebsocketUpgradeCreatePermission`
+/// gate, on by default: pkg/registry/core/pod/rest/subresources.go and
+/// authorize.go).
+fn authorise(
+    state: &State,
+    user: &User,
+    method: &str,
+    path: &str,
+    watch: bool,
+) -> Result<(), Answer> {
+    let wanted = Attributes::of_request(method, path, watch);
+    let mut asked = vec![wanted.clone()];
+    if wanted.resource.as_ref().is_some_and(|resource| {
+        resource.resource == "pods" && resource.subresource == "portforward"
+    }) {
+        asked.push(wanted.as_verb("create"));
+    }
+    let store = state.store.lock().unwrap();
+    match asked
+        .iter()
+        .find(|wanted| !fake_rbac::allowed(&store.objects, user, wanted))
+    {
+        Some(refused) => {
+            let (code, body) = refused.forbidden(user);
+            state
+                .denied
+                .lock()
+                .unwrap()
+                .push(body["message"].as_str().unwrap_or_default().to_owned());
+            Err(Answer::Json(code, body))
+        }
+        None => Ok(()),
+    }
+}
+
 /// The API groups the session looks for, at the versions Istio 1.22+ serves.
 fn api_groups() -> Value {
     let group = |name: &str, version: &str| {
@@ -463,12 +534,15 @@ fn api_groups() -> Value {
     })
 }
 
-fn create(state: &Arc<State>, target: &Target, mut object: Value) -> Answer {
+fn create(state: &Arc<State>, user: &User, target: &Target, mut object: Value) -> Answer {
+    let mut store = state.store.lock().unwrap();
+    // A review is answered by the same authoriser, for the user who asks
+    // (pkg/registry/authorization/selfsubjectaccessreview/rest.go), and not stored.
     if target.resource == "selfsubjectaccessreviews" {
-        object["status"] = json!({ "allowed": true });
+        let wanted = Attributes::of_review(&object["spec"]);
+        object["status"] = json!({ "allowed": fake_rbac::allowed(&store.objects, user, &wanted) });
         return Answer::Json(201, object);
     }
-    let mut store = state.store.lock().unwrap();
     let name = match object["metadata"]["name"].as_str() {
         Some(name) => name.to_owned(),
         None => {
@@ -506,6 +580,13 @@ impl Kubelet {
             .flatten()
             .filter_map(|arg| arg.as_str().map(str::to_owned))
             .collect();
+        // The pod's service account token, as the kubelet mounts it.
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let account = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        let token = fake_rbac::service_account_token(namespace, account);
+        write_kubeconfig(&self.kubeconfig, self.server, Some(&token));
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.node.netns])

@@ -12,6 +12,7 @@ mod demo;
 mod dissector;
 mod fake_api;
 mod fake_cluster;
+mod fake_rbac;
 mod filter;
 mod layering;
 mod probe;

@@ -445,7 +445,7 @@ fn a_probe_whose_lease_lapses_detaches_and_removes_the_session() {
     let api = FakeApi::serve(listener, move |request| leftover_cluster(request, &deleted));
     let kubeconfig =
         std::env::temp_dir().join(format!("apitrace-kubeconfig-{}", std::process::id()));
-    api.write_kubeconfig(&kubeconfig);
+    api.write_kubeconfig(&kubeconfig, None);
 
     let mut probe = Probe::start_with_env(
         probe_pod,

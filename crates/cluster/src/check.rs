@@ -86,6 +86,8 @@ pub enum CheckError {
     MixedRevisions(Vec<String>),
     #[error(transparent)]
     Logging(#[from] mesh::LoggingError),
+    #[error(transparent)]
+    NotExported(#[from] istio::NotExported),
     #[error("asking the API server about {what}: {}", ApiText(source))]
     Api {
         what: String,
@@ -114,6 +116,10 @@ pub struct Mesh {
     pub telemetry_version: TelemetryVersion,
     /// The mesh config as it is now (`data.mesh`).
     pub mesh_config: String,
+    /// Who else keeps the mesh config as they want it, if its metadata says
+    /// (see [`mesh_owner`]): they may put it back mid-session, dropping the
+    /// session's access-log provider.
+    pub owner: Option<String>,
 }
 
 /// Finds the mesh config of `revision` and the Istio APIs the session uses.
@@ -130,6 +136,7 @@ pub async fn mesh(
         .ok_or_else(|| CheckError::IstioNotFound {
             config: config.clone(),
         })?;
+    let owner = mesh_owner(&map);
     let mesh_config = map
         .data
         .and_then(|mut data| data.remove(MESH_KEY))
@@ -192,7 +199,59 @@ pub async fn mesh(
         cluster_domain,
         telemetry_version,
         mesh_config,
+        owner,
     })
+}
+
+/// Who reconciles the mesh ConfigMap, from what each tool writes on the
+/// objects it manages: an owner reference (an operator's custom resource,
+/// such as the Sail operator's); Argo CD's annotation tracking,
+/// `argocd.argoproj.io/tracking-id` (argoproj/argo-cd, common/common.go,
+/// `AnnotationKeyAppInstance`; its value starts with the application); Flux's
+/// `kustomize.toolkit.fluxcd.io/name` and `helm.toolkit.fluxcd.io/name` labels
+/// with their `namespace` twins (fluxcd/kustomize-controller and
+/// fluxcd/helm-controller); Istio's chart's `install.operator.istio.io/owning-resource`
+/// when it names a resource rather than its default `unknown` (istio/istio,
+/// manifests/charts/istio-control/istio-discovery/templates/configmap.yaml,
+/// 1.28.10). Helm's own `app.kubernetes.io/managed-by: Helm` and Argo CD's
+/// label tracking (`app.kubernetes.io/instance`) are on every chart install,
+/// so they say nothing about a reconciler.
+pub fn mesh_owner(map: &ConfigMap) -> Option<String> {
+    let metadata = &map.metadata;
+    let references = metadata.owner_references.as_deref().unwrap_or_default();
+    if let Some(owner) = references
+        .iter()
+        .find(|owner| owner.controller == Some(true))
+        .or_else(|| references.first())
+    {
+        return Some(format!(
+            "{} {} ({})",
+            owner.kind, owner.name, owner.api_version
+        ));
+    }
+    let annotations = metadata.annotations.clone().unwrap_or_default();
+    if let Some(tracking) = annotations.get("argocd.argoproj.io/tracking-id") {
+        let application = tracking
+            .split_once(':')
+            .map_or(tracking.as_str(), |(app, _)| app);
+        return Some(format!("Argo CD application {application}"));
+    }
+    let labels = metadata.labels.clone().unwrap_or_default();
+    for (prefix, kind) in [
+        ("kustomize.toolkit.fluxcd.io", "Kustomization"),
+        ("helm.toolkit.fluxcd.io", "HelmRelease"),
+    ] {
+        if let Some(name) = labels.get(&format!("{prefix}/name")) {
+            let namespace = labels
+                .get(&format!("{prefix}/namespace"))
+                .map_or(String::new(), |namespace| format!("{namespace}/"));
+            return Some(format!("Flux {kind} {namespace}{name}"));
+        }
+    }
+    labels
+        .get("install.operator.istio.io/owning-resource")
+        .filter(|owner| !owner.is_empty() && owner.as_str() != "unknown")
+        .map(|owner| format!("the Istio operator resource {owner}"))
 }
 
 /// The cluster's DNS domain as istiod is started with it: `--domain`, which
@@ -368,6 +427,31 @@ pub async fn sidecars_reach_probes(
             });
         }
     }
+    Ok(())
+}
+
+/// Checks that istiod will give the traced pods' sidecars the probe Service,
+/// which the session creates without an exportTo of its own: the mesh
+/// config's `defaultServiceExportTo` decides (see [`istio::ExportTo`]). The
+/// provider that names the Service stays in the mesh config either way, but a
+/// sidecar without the Service has no cluster to send to. The Service's own
+/// annotation, should something add one when it is created, is checked by
+/// the session once it exists.
+pub fn probe_service_exported(
+    mesh: &Mesh,
+    targets: &Targets,
+    probe_namespace: &str,
+) -> Result<(), CheckError> {
+    let defaults =
+        mesh::default_service_export_to(&mesh.mesh_config).map_err(|source| CheckError::Mesh {
+            config: mesh.config.clone(),
+            source,
+        })?;
+    istio::ExportTo::MeshDefault(defaults).check(
+        probe_namespace,
+        &targets.namespaces(),
+        &mesh.config.to_string(),
+    )?;
     Ok(())
 }
 
@@ -653,6 +737,91 @@ mod tests {
             needed
                 .iter()
                 .any(|p| p.to_string() == "create pods/portforward in apitrace-system")
+        );
+    }
+
+    #[test]
+    fn a_mesh_default_export_that_leaves_the_traced_namespace_out_is_refused() {
+        let targets = crate::mock_tests::plan().targets;
+        let mesh = |text: &str| Mesh {
+            config: MeshConfigRef::for_revision("istio-system", "default"),
+            revision: "default".into(),
+            version: None,
+            cluster_domain: None,
+            telemetry_version: TelemetryVersion::V1,
+            mesh_config: text.into(),
+            owner: None,
+        };
+        for exported in [
+            "rootNamespace: istio-system",
+            "defaultServiceExportTo: [\"*\"]",
+        ] {
+            assert!(probe_service_exported(&mesh(exported), &targets, "apitrace-system").is_ok());
+        }
+        // Its own namespace only: fine for probes run beside the pods.
+        let private = mesh("defaultServiceExportTo: [\".\"]");
+        assert!(probe_service_exported(&private, &targets, "shop").is_ok());
+        assert_eq!(
+            probe_service_exported(&private, &targets, "apitrace-system")
+                .unwrap_err()
+                .to_string(),
+            "the sidecars in namespace shop would not get the probe Service in apitrace-system, so the access logs and the filter's events would have nowhere to go: the mesh config (istio-system/istio) has defaultServiceExportTo [\".\"], which gives a Service without an exportTo of its own to its own namespace only; set it to [\"*\"], or run the probes in shop (`--probe-namespace shop`, with manifests/probe.yaml applied there)"
+        );
+        let named = mesh("defaultServiceExportTo: [shop]");
+        assert!(
+            probe_service_exported(&named, &targets, "apitrace-system")
+                .unwrap_err()
+                .to_string()
+                .ends_with(
+                    "to no namespace (istiod takes only \"*\" and \".\" from it); add \"*\" to it"
+                )
+        );
+    }
+
+    #[test]
+    fn the_owner_of_a_mesh_config_is_read_off_what_each_tool_writes_on_it() {
+        let owned = |metadata: serde_json::Value| {
+            let map: ConfigMap =
+                serde_json::from_value(serde_json::json!({ "metadata": metadata }))
+                    .expect("a ConfigMap");
+            mesh_owner(&map)
+        };
+        // A plain chart install: Helm's labels and the chart's "unknown".
+        assert_eq!(
+            owned(serde_json::json!({ "labels": {
+                "app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/instance": "istiod",
+                "install.operator.istio.io/owning-resource": "unknown",
+            } })),
+            None
+        );
+        assert_eq!(
+            owned(serde_json::json!({ "ownerReferences": [
+                { "apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "1" },
+                { "apiVersion": "sailoperator.io/v1", "kind": "IstioRevision", "name": "default", "uid": "2", "controller": true },
+            ] })),
+            Some("IstioRevision default (sailoperator.io/v1)".into())
+        );
+        assert_eq!(
+            owned(serde_json::json!({ "annotations": {
+                "argocd.argoproj.io/tracking-id": "istio-control:/ConfigMap:istio-system/istio",
+            } })),
+            Some("Argo CD application istio-control".into())
+        );
+        assert_eq!(
+            owned(serde_json::json!({ "labels": {
+                "kustomize.toolkit.fluxcd.io/name": "mesh", "kustomize.toolkit.fluxcd.io/namespace": "flux-system",
+            } })),
+            Some("Flux Kustomization flux-system/mesh".into())
+        );
+        assert_eq!(
+            owned(serde_json::json!({ "labels": { "helm.toolkit.fluxcd.io/name": "istiod" } })),
+            Some("Flux HelmRelease istiod".into())
+        );
+        assert_eq!(
+            owned(
+                serde_json::json!({ "labels": { "install.operator.istio.io/owning-resource": "installed-state" } })
+            ),
+            Some("the Istio operator resource installed-state".into())
         );
     }
 }

@@ -167,6 +167,127 @@ pub fn applied_sidecar<'a>(
         .copied()
 }
 
+/// The annotation that sets which namespaces' sidecars get a Service, as a
+/// comma-separated list: `*` every namespace, `.` the Service's own, `~`
+/// none, or namespace names (istio/istio,
+/// pilot/pkg/serviceregistry/kube/conversion.go `ConvertService`, and
+/// pkg/config/visibility/visibility.go, 1.28.10).
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+/// Where a Service's visibility is set: its own annotation, else the mesh
+/// config's `defaultServiceExportTo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTo {
+    /// The Service's `networking.istio.io/exportTo`, split and trimmed.
+    Annotation(Vec<String>),
+    /// `defaultServiceExportTo` (`["*"]` when the mesh config does not set it).
+    MeshDefault(Vec<String>),
+}
+
+impl ExportTo {
+    /// The Service's visibility as istiod reads it: a non-empty annotation
+    /// wins over the mesh's default.
+    pub fn of(annotations: Option<&BTreeMap<String, String>>, mesh_default: &[String]) -> Self {
+        match annotations
+            .and_then(|annotations| annotations.get(EXPORT_TO_ANNOTATION))
+            .filter(|value| !value.is_empty())
+        {
+            Some(value) => {
+                Self::Annotation(value.split(',').map(|ns| ns.trim().to_owned()).collect())
+            }
+            None => Self::MeshDefault(mesh_default.to_vec()),
+        }
+    }
+
+    pub fn values(&self) -> &[String] {
+        match self {
+            Self::Annotation(values) | Self::MeshDefault(values) => values,
+        }
+    }
+
+    /// Refuses the first of `namespaces` whose sidecars would not get the
+    /// probe Service of `probe_namespace`.
+    pub fn check(
+        &self,
+        probe_namespace: &str,
+        namespaces: &[String],
+        mesh_config: &str,
+    ) -> Result<(), NotExported> {
+        match namespaces
+            .iter()
+            .find(|namespace| !self.exports(probe_namespace, namespace))
+        {
+            Some(namespace) => Err(NotExported {
+                namespace: namespace.clone(),
+                probe_namespace: probe_namespace.to_owned(),
+                export_to: self.clone(),
+                mesh_config: mesh_config.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether istiod gives the sidecars of `namespace` the Service (of
+    /// `service_namespace`), so that they have a cluster for it
+    /// (pilot/pkg/model/push_context.go, 1.28.10: `initServiceRegistry`
+    /// indexes each Service by its exportTo, `servicesExportedToNamespace`
+    /// reads the index for a namespace's sidecar scope in
+    /// pilot/pkg/model/sidecar.go). With the annotation: `*` is every
+    /// namespace, else `~` none, else `.` or the Service's own namespace
+    /// means that namespace and any other name that namespace. With the
+    /// mesh's default: `.` (checked first) the Service's namespace, `*`
+    /// every one, and a list of names none at all, since the index takes
+    /// only those two from the default.
+    pub fn exports(&self, service_namespace: &str, namespace: &str) -> bool {
+        let has = |value: &str| self.values().iter().any(|v| v == value);
+        match self {
+            Self::Annotation(_) => {
+                has("*")
+                    || (!has("~")
+                        && (has(namespace) || (namespace == service_namespace && has("."))))
+            }
+            Self::MeshDefault(_) if has(".") => namespace == service_namespace,
+            Self::MeshDefault(_) => has("*"),
+        }
+    }
+}
+
+/// The probe Service hidden from the sidecars of a traced namespace: istiod
+/// gives them no cluster for it, so the access logs and the filter's events
+/// would have nowhere to go.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.text())]
+pub struct NotExported {
+    pub namespace: String,
+    pub probe_namespace: String,
+    pub export_to: ExportTo,
+    /// The mesh config, `NAMESPACE/NAME`.
+    pub mesh_config: String,
+}
+
+impl NotExported {
+    fn text(&self) -> String {
+        let (namespace, probes) = (&self.namespace, &self.probe_namespace);
+        let head = format!(
+            "the sidecars in namespace {namespace} would not get the probe Service in {probes}, so the access logs and the filter's events would have nowhere to go"
+        );
+        match &self.export_to {
+            ExportTo::Annotation(values) => format!(
+                "{head}: the Service carries {EXPORT_TO_ANNOTATION}: {:?}, which the session does not set (an admission webhook or policy added it); exempt namespace {probes} from it, or have it include \"{namespace}\"",
+                values.join(",")
+            ),
+            ExportTo::MeshDefault(values) if values.iter().any(|v| v == ".") => format!(
+                "{head}: the mesh config ({}) has defaultServiceExportTo {values:?}, which gives a Service without an exportTo of its own to its own namespace only; set it to [\"*\"], or run the probes in {namespace} (`--probe-namespace {namespace}`, with manifests/probe.yaml applied there)",
+                self.mesh_config
+            ),
+            ExportTo::MeshDefault(values) => format!(
+                "{head}: the mesh config ({}) has defaultServiceExportTo {values:?}, which gives a Service without an exportTo of its own to no namespace (istiod takes only \"*\" and \".\" from it); add \"*\" to it",
+                self.mesh_config
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -237,5 +358,43 @@ mod tests {
         let open =
             SidecarPolicy::from_object(&json!({ "metadata": { "namespace": "shop" }, "spec": {} }));
         assert!(reaches(&open));
+    }
+
+    #[test]
+    fn a_service_is_exported_as_istiod_indexes_it() {
+        let annotated = |value: &str| {
+            ExportTo::of(
+                Some(&BTreeMap::from([(
+                    EXPORT_TO_ANNOTATION.to_owned(),
+                    value.to_owned(),
+                )])),
+                &["~".to_owned()],
+            )
+        };
+        let default = |values: &[&str]| {
+            ExportTo::of(
+                None,
+                &values.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        // The annotation wins over the default, whatever the default says.
+        assert!(annotated("*").exports("probes", "shop"));
+        assert!(annotated("shop, other").exports("probes", "shop"));
+        assert_eq!(annotated(" shop ,other").values(), ["shop", "other"]);
+        assert!(!annotated(".").exports("probes", "shop"));
+        assert!(annotated(".").exports("probes", "probes"));
+        assert!(annotated("probes").exports("probes", "probes"));
+        assert!(!annotated("probes").exports("probes", "shop"));
+        // `~` hides the Service from everyone, named namespaces too; `*` beats it.
+        assert!(!annotated("~,shop").exports("probes", "shop"));
+        assert!(annotated("~,*").exports("probes", "shop"));
+        // An empty annotation is none: the default applies.
+        assert_eq!(annotated(""), default(&["~"]));
+        assert!(default(&["*"]).exports("probes", "shop"));
+        assert!(!default(&["."]).exports("probes", "shop"));
+        assert!(!default(&[".", "*"]).exports("probes", "shop"));
+        assert!(default(&["."]).exports("probes", "probes"));
+        // Names in the default are not indexed: nobody gets the Service.
+        assert!(!default(&["shop"]).exports("probes", "shop"));
     }
 }

@@ -317,6 +317,23 @@ pub fn mesh_logging(mesh: &str) -> Result<MeshLogging, MeshError> {
     })
 }
 
+/// `defaultServiceExportTo`: which namespaces' sidecars get a Service
+/// without an exportTo of its own, such as the probe Service; `["*"]` when
+/// the mesh config does not set it (istio/istio, pkg/config/mesh/mesh.go
+/// `DefaultMeshConfig`, 1.28.10).
+pub fn default_service_export_to(mesh: &str) -> Result<Vec<String>, MeshError> {
+    let value = parse(mesh)?;
+    Ok(value["defaultServiceExportTo"]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(|value| value.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["*".to_owned()]))
+}
+
 /// Whether istiod sees a namespace with these labels: every namespace when
 /// the mesh config has no `discoverySelectors`, else those one of them
 /// selects (`matchLabels` and `matchExpressions`, as Kubernetes reads a

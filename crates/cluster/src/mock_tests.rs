@@ -1263,3 +1263,34 @@ async fn a_lease_that_is_gone_ends_the_session_at_once() {
     drop(keeper);
     api.finish().await;
 }
+
+/// An admission webhook or policy that gives the probe Service an exportTo
+/// leaving the traced namespace out: the session sees it on the Service the
+/// API server returns, says what to change, and removes what it created.
+#[tokio::test]
+async fn a_probe_service_exported_away_from_the_traced_pods_ends_setup_with_what_to_change() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps[..2].iter().map(|s| s.exchange.clone()).collect();
+    let mut service = steps[2].exchange.clone();
+    service.body["metadata"]["annotations"] =
+        json!({ "networking.istio.io/exportTo": "., istio-system" });
+    script.push(service);
+    script.extend(teardown(&steps[..3]));
+    let api = MockApi::new(script);
+    let error = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &CancellationToken::new(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the sidecars in namespace shop would not get the probe Service in apitrace-system, so the access logs and the filter's events would have nowhere to go: the Service carries networking.istio.io/exportTo: \".,istio-system\", which the session does not set (an admission webhook or policy added it); exempt namespace apitrace-system from it, or have it include \"shop\""
+    );
+    assert!(error.leftovers.is_empty());
+    api.finish().await;
+}

@@ -108,6 +108,8 @@ pub enum SessionError {
     AnchorWithoutUid,
     #[error("interrupted while setting up")]
     Interrupted,
+    #[error(transparent)]
+    NotExported(#[from] istio::NotExported),
 }
 
 /// Setup failed; what was done has been undone, except `leftovers`.
@@ -225,9 +227,21 @@ async fn setup<L: ProbeLink>(
         .create(client, &plan.token_secret(Some(&owner)))
         .await?;
     go_on()?;
-    journal
+    let service = journal
         .create(client, &plan.ingest_service(Some(&owner)))
         .await?;
+    // The Service as stored: an admission webhook or policy may have given it
+    // an exportTo that hides it from the traced pods' sidecars (preflight
+    // checked the mesh's default, which applies only without one).
+    if let export @ istio::ExportTo::Annotation(_) =
+        istio::ExportTo::of(service.metadata.annotations.as_ref(), &[])
+    {
+        export.check(
+            &plan.probe.namespace,
+            &plan.targets.namespaces(),
+            &plan.mesh.to_string(),
+        )?;
+    }
     let mut probes = Vec::new();
     progress(Stage::StartingProbes {
         nodes: plan.targets.nodes.len(),

@@ -106,6 +106,7 @@ async fn preflight(
     let targets = target::resolve(client, selection, scope).await?;
     let revision = check::revision(client, &targets).await?;
     let mesh = check::mesh(client, &cluster.istio_namespace, &revision).await?;
+    warn_of_owner(&mesh);
     for node in &targets.nodes {
         check::kernel_attach(&node.name, &node.kernel)?;
     }
@@ -121,6 +122,7 @@ async fn preflight(
     check::probe_namespace_level(client, &cluster.probe_namespace, &mesh).await?;
     let inherited_logging = check::inherited_logging(client, &mesh, &targets).await?;
     check::sidecars_reach_probes(client, &mesh, &targets, &cluster.probe_namespace).await?;
+    check::probe_service_exported(&mesh, &targets, &cluster.probe_namespace)?;
     Ok(Preflight {
         targets,
         mesh,
@@ -467,6 +469,7 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
             }
             None => {
                 let mesh = check::mesh(&client, &cluster.istio_namespace, "default").await?;
+                warn_of_owner(&mesh);
                 print_mesh(&mesh);
                 let needed =
                     check::permissions(&cluster.probe_namespace, &cluster.istio_namespace, &[]);
@@ -483,6 +486,18 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A mesh config someone else reconciles may be put back mid-session, which
+/// removes the session's access-log provider: said before anything is
+/// changed, and the session still runs.
+fn warn_of_owner(mesh: &check::Mesh) {
+    if let Some(owner) = &mesh.owner {
+        eprintln!(
+            "warning: the mesh config {} is managed by {owner}, which may put it back while the session runs and so remove the session's access-log provider (the access logs would stop); pause its sync for the session if you can",
+            mesh.config
+        );
+    }
 }
 
 fn print_mesh(mesh: &check::Mesh) {
