@@ -16,7 +16,7 @@ pub struct Options {
 /// A crash fails the run; libFuzzer leaves the input in fuzz/artifacts. Once
 /// understood and fixed, it goes to fuzz/regressions/TARGET, which every run
 /// replays before fuzzing.
-const FUZZ_TARGETS: [&str; 7] = [
+const FUZZ_TARGETS: [&str; 8] = [
     "http_head",
     "http2_frames",
     "tc_event",
@@ -24,6 +24,7 @@ const FUZZ_TARGETS: [&str; 7] = [
     "jwt",
     "als_message",
     "wasm_batch",
+    "where_expr",
 ];
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
