@@ -488,7 +488,7 @@ pub(crate) mod tests {
             log.peer_uri_sans,
             ["spiffe://cluster.local/ns/demo/sa/client"]
         );
-        let plaintext = normalise_http(&super::tests::entry(), &Reporter::default()).unwrap();
+        let plaintext = normalise_http(&tests::entry(), &Reporter::default()).unwrap();
         assert_eq!(
             (
                 plaintext.tls_version.as_str(),

@@ -904,7 +904,7 @@ mod tests {
                 assert_eq!(
                     (path, id),
                     (
-                        super::tests::path(index).as_str(),
+                        tests::path(index).as_str(),
                         format!("0d5c-{index:04}-request").as_str()
                     )
                 );

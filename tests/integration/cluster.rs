@@ -566,10 +566,8 @@ fn an_interrupted_session_waits_for_the_sidecars_last_access_logs() {
     assert!(answer.contains("200 OK"), "{answer}");
     // SAFETY: kill(2) on the CLI's own pid, which this test started and has
     // not reaped.
-    assert_eq!(
-        unsafe { libc::kill(stage.cli.id() as i32, libc::SIGINT) },
-        0
-    );
+    let sent = unsafe { libc::kill(stage.cli.id() as i32, libc::SIGINT) };
+    assert_eq!(sent, 0);
     stage.wait_for("the session's end", Duration::from_secs(5), |stage| {
         stage.stderr().contains("interrupted; waiting up to")
     });

@@ -513,7 +513,7 @@ fn the_demo_meshs_sidecars_pass_envoys_own_validation() {
         PortProtocol, Service,
         certs::{MeshCa, spiffe_id},
     };
-    let Some(real) = crate::support::real("Envoy's validation of the demo mesh") else {
+    let Some(real) = real("Envoy's validation of the demo mesh") else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("apitrace-validate-{}", std::process::id()));

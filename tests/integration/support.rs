@@ -184,7 +184,7 @@ pub fn wait_for_no_orphans() -> Vec<String> {
         if orphans.is_empty() {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
         orphans = orphaned_programs();
     }
     orphans

@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn pods_known_at_the_start_hold_from_before_it_and_new_ones_from_when_they_appear() {
-        let events = futures::stream::iter([
+        let events = stream::iter([
             Ok(Event::Init),
             Ok(Event::InitApply(pod(
                 "shop",

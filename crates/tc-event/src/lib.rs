@@ -147,7 +147,7 @@ pub struct TcEventHeader {
 }
 
 /// Size of the fixed part of a record.
-pub const HEADER_SIZE: usize = core::mem::size_of::<TcEventHeader>();
+pub const HEADER_SIZE: usize = size_of::<TcEventHeader>();
 
 /// The largest record the program writes.
 pub const MAX_RECORD_SIZE: usize = HEADER_SIZE + FRAMED_HEAD_CAPACITY;
@@ -623,7 +623,7 @@ mod tests {
         // The eBPF object and the probe are built by different compilers; a
         // layout change must be deliberate on both sides.
         assert_eq!(HEADER_SIZE, 72);
-        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 16);
     }
 }

@@ -193,7 +193,7 @@ fn join(events: Vec<Event>) -> (Vec<CallRecord>, JoinStats) {
             Input::Identity {
                 ip: ip.parse().unwrap(),
                 since_ns: 0,
-                workload: crate::directory::Workload {
+                workload: Workload {
                     namespace: "shop".into(),
                     name: name.into(),
                     kind,
@@ -351,8 +351,7 @@ fn time(event: &Event) -> i64 {
 /// pick takes the next event of the source it names (or of the next one that
 /// has one left).
 fn interleaved(events: Vec<Event>, picks: &[usize]) -> Vec<Event> {
-    let mut sources: std::collections::BTreeMap<(u8, String), std::collections::VecDeque<Event>> =
-        Default::default();
+    let mut sources: std::collections::BTreeMap<(u8, String), VecDeque<Event>> = Default::default();
     let mut events = events;
     events.sort_by_key(time);
     for event in events {

@@ -270,7 +270,7 @@ fn interleaved(mut session: Vec<Event>, picks: &[usize]) -> Vec<Event> {
     };
     // Stable: the filter's events keep the order of their calls.
     session.sort_by_key(|event| (source(event), time(event)));
-    let mut sources: [std::collections::VecDeque<Event>; 3] = Default::default();
+    let mut sources: [VecDeque<Event>; 3] = Default::default();
     for event in session {
         sources[source(&event)].push_back(event);
     }
@@ -428,10 +428,10 @@ fn both_sidecars_of_a_call_make_one_record_with_two_hops() {
             Input::Identity {
                 ip: ip.parse().unwrap(),
                 since_ns: 0,
-                workload: crate::directory::Workload {
+                workload: Workload {
                     namespace: "ns".into(),
                     name: name.into(),
-                    kind: crate::directory::WorkloadKind::Pod,
+                    kind: WorkloadKind::Pod,
                     traced: true,
                 },
             },
