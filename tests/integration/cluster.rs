@@ -32,6 +32,7 @@ use crate::{
 const APP_PORT: u16 = 8080;
 const WASM_PLUGINS: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/";
+const MESH_MAP: &str = "/api/v1/namespaces/istio-system/configmaps/istio";
 /// The user the CLI runs as.
 const USER: &str = "alice";
 
@@ -799,5 +800,43 @@ fn without_get_on_pods_portforward_check_names_it_and_a_session_ends_before_crea
     .expect("check runs");
     assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
     assert!(stderr(&check).contains(missing), "{}", stderr(&check));
+    stage.assert_left_as_it_was();
+}
+
+/// The mesh config put back mid-session without the session's provider, as
+/// an operator or a GitOps tool with self-heal does: the CLI says so once,
+/// naming the ConfigMap and that the calls from then on lack the access
+/// log, does not add the provider again, and its teardown, finding the
+/// provider gone, writes nothing back.
+#[test]
+fn a_mesh_config_put_back_mid_session_is_said_once_and_left_as_it_was_put_back() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("15s", Vec::new());
+    stage.wait_streaming();
+    let patched = stage.cluster.objects()[MESH_MAP]["data"]["mesh"].clone();
+    assert_ne!(patched, stage.before[MESH_MAP]["data"]["mesh"]);
+    stage.cluster.replace(stage.before[MESH_MAP].clone());
+    let warning = "warning: the session's access-log provider apitrace-";
+    stage.wait_for("the warning", Duration::from_secs(15), |stage| {
+        stage.stderr().contains(warning)
+    });
+    let status = stage.cli.wait().expect("the CLI ends");
+    assert!(status.success(), "{status}\n{}", stage.story());
+    let said = stage.stderr();
+    assert_eq!(said.matches(warning).count(), 1, "{said}");
+    assert!(
+        said.contains(" is no longer in the mesh config istio-system/istio; something rewrote it; the calls from now on lack the access-log layer (als)"),
+        "{said}"
+    );
+    let updates = stage
+        .cluster
+        .api
+        .received()
+        .iter()
+        .filter(|request| request.method == "PUT" && request.uri.starts_with(MESH_MAP))
+        .count();
+    assert_eq!(updates, 1, "setup's update only\n{}", stage.story());
     stage.assert_left_as_it_was();
 }
