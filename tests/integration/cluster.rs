@@ -330,12 +330,13 @@ impl Stage {
     /// left on the host, and no request of the CLI's or the probe's refused:
     /// the manifests' roles granted all they did.
     fn assert_left_as_it_was(&self) {
-        assert_eq!(
-            self.cluster.denied(),
-            Vec::<String>::new(),
-            "{}",
-            self.story()
-        );
+        self.assert_left_as_it_was_but_refused(&[]);
+    }
+
+    /// [`Self::assert_left_as_it_was`], the API server having refused
+    /// exactly `refused` (its messages).
+    fn assert_left_as_it_was_but_refused(&self, refused: &[String]) {
+        assert_eq!(self.cluster.denied(), refused, "{}", self.story());
         self.wait_for("the probes' exit", Duration::from_secs(20), |stage| {
             stage.cluster.probes_exited()
         });
@@ -839,4 +840,53 @@ fn a_mesh_config_put_back_mid_session_is_said_once_and_left_as_it_was_put_back()
         .count();
     assert_eq!(updates, 1, "setup's update only\n{}", stage.story());
     stage.assert_left_as_it_was();
+}
+
+/// The user's RBAC losing the port-forward verbs after preflight allowed
+/// them: when the port-forward breaks, the reconnection is refused (403),
+/// and the CLI says the API server's words and ends at once, tearing the
+/// session down, instead of retrying a refusal for a minute.
+#[test]
+fn a_port_forward_refused_after_preflight_says_why_and_ends_the_session_at_once() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("5m", Vec::new());
+    stage.wait_streaming();
+    let mut role = user_role();
+    role["rules"]
+        .as_array_mut()
+        .expect("rules")
+        .retain(|rule| rule["resources"] != json!(["pods/portforward"]));
+    stage.cluster.replace(role);
+    assert_eq!(stage.cluster.cut_port_forwards(), 1);
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(status) = stage.cli.try_wait().expect("the CLI's status") {
+            break status;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(20),
+            "the session did not end\n{}",
+            stage.story()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{}", stage.story());
+    assert_eq!(stage.port_forwards(), 2, "the refusal is not retried");
+    let refused = stage.cluster.denied();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains(r#"User "alice" cannot get resource "pods/portforward""#),
+        "{refused:?}"
+    );
+    let said = format!(
+        "the API server refused the port-forward: {}: Forbidden (HTTP 403)",
+        refused[0]
+    );
+    stage.wait_for("the CLI's error", Duration::from_secs(5), |stage| {
+        stage.stderr().contains(&said)
+    });
+    stage.cluster.replace(user_role());
+    stage.assert_left_as_it_was_but_refused(&refused);
 }
