@@ -32,6 +32,7 @@ use crate::{
 const APP_PORT: u16 = 8080;
 const WASM_PLUGINS: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/";
+const MESH_MAP: &str = "/api/v1/namespaces/istio-system/configmaps/istio";
 /// The user the CLI runs as.
 const USER: &str = "alice";
 
@@ -329,12 +330,13 @@ impl Stage {
     /// left on the host, and no request of the CLI's or the probe's refused:
     /// the manifests' roles granted all they did.
     fn assert_left_as_it_was(&self) {
-        assert_eq!(
-            self.cluster.denied(),
-            Vec::<String>::new(),
-            "{}",
-            self.story()
-        );
+        self.assert_left_as_it_was_but_refused(&[]);
+    }
+
+    /// [`Self::assert_left_as_it_was`], the API server having refused
+    /// exactly `refused` (its messages).
+    fn assert_left_as_it_was_but_refused(&self, refused: &[String]) {
+        assert_eq!(self.cluster.denied(), refused, "{}", self.story());
         self.wait_for("the probes' exit", Duration::from_secs(20), |stage| {
             stage.cluster.probes_exited()
         });
@@ -798,4 +800,91 @@ fn without_get_on_pods_portforward_check_names_it_and_a_session_ends_before_crea
     assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
     assert!(stderr(&check).contains(missing), "{}", stderr(&check));
     stage.assert_left_as_it_was();
+}
+
+/// The mesh config put back mid-session without the session's provider, as
+/// an operator or a GitOps tool with self-heal does: the CLI says so once,
+/// naming the ConfigMap and that the calls from then on lack the access
+/// log, does not add the provider again, and its teardown, finding the
+/// provider gone, writes nothing back.
+#[test]
+fn a_mesh_config_put_back_mid_session_is_said_once_and_left_as_it_was_put_back() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("15s", Vec::new());
+    stage.wait_streaming();
+    let patched = stage.cluster.objects()[MESH_MAP]["data"]["mesh"].clone();
+    assert_ne!(patched, stage.before[MESH_MAP]["data"]["mesh"]);
+    stage.cluster.replace(stage.before[MESH_MAP].clone());
+    let warning = "warning: the session's access-log provider apitrace-";
+    stage.wait_for("the warning", Duration::from_secs(15), |stage| {
+        stage.stderr().contains(warning)
+    });
+    let status = stage.cli.wait().expect("the CLI ends");
+    assert!(status.success(), "{status}\n{}", stage.story());
+    let said = stage.stderr();
+    assert_eq!(said.matches(warning).count(), 1, "{said}");
+    assert!(
+        said.contains(" is no longer in the mesh config istio-system/istio; something rewrote it; the calls from now on lack the access-log layer (als)"),
+        "{said}"
+    );
+    let updates = stage
+        .cluster
+        .api
+        .received()
+        .iter()
+        .filter(|request| request.method == "PUT" && request.uri.starts_with(MESH_MAP))
+        .count();
+    assert_eq!(updates, 1, "setup's update only\n{}", stage.story());
+    stage.assert_left_as_it_was();
+}
+
+/// The user's RBAC losing the port-forward verbs after preflight allowed
+/// them: when the port-forward breaks, the reconnection is refused (403),
+/// and the CLI says the API server's words and ends at once, tearing the
+/// session down, instead of retrying a refusal for a minute.
+#[test]
+fn a_port_forward_refused_after_preflight_says_why_and_ends_the_session_at_once() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start("5m", Vec::new());
+    stage.wait_streaming();
+    let mut role = user_role();
+    role["rules"]
+        .as_array_mut()
+        .expect("rules")
+        .retain(|rule| rule["resources"] != json!(["pods/portforward"]));
+    stage.cluster.replace(role);
+    assert_eq!(stage.cluster.cut_port_forwards(), 1);
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(status) = stage.cli.try_wait().expect("the CLI's status") {
+            break status;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(20),
+            "the session did not end\n{}",
+            stage.story()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{}", stage.story());
+    assert_eq!(stage.port_forwards(), 2, "the refusal is not retried");
+    let refused = stage.cluster.denied();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains(r#"User "alice" cannot get resource "pods/portforward""#),
+        "{refused:?}"
+    );
+    let said = format!(
+        "the API server refused the port-forward: {}: Forbidden (HTTP 403)",
+        refused[0]
+    );
+    stage.wait_for("the CLI's error", Duration::from_secs(5), |stage| {
+        stage.stderr().contains(&said)
+    });
+    stage.cluster.replace(user_role());
+    stage.assert_left_as_it_was_but_refused(&refused);
 }

@@ -6,7 +6,8 @@
 //! - an API server that keeps objects: create, get, list by label, merge
 //!   patch, update guarded by `resourceVersion`, and delete with the owner
 //!   cascade of Kubernetes' garbage collector; it also lists the served API
-//!   groups and holds watches open;
+//!   groups and holds watches open; the test can replace an object as
+//!   another client would (an operator, an admin);
 //! - authentication by bearer token and authorisation of every request, and
 //!   answers to access reviews, by the RBAC roles and bindings it holds
 //!   (`fake_rbac.rs`), so that the CLI runs as a user bound only to
@@ -314,6 +315,16 @@ impl FakeCluster {
                 (key.clone(), object)
             })
             .collect()
+    }
+
+    /// Stores `object` in place of the one at its path, as another client's
+    /// update does (a new resourceVersion; no check of the one it carries):
+    /// a GitOps tool putting a ConfigMap back, an admin changing a role.
+    pub fn replace(&self, object: Value) {
+        let mut store = self.state.store.lock().unwrap();
+        let key = object_key(&object);
+        assert!(store.objects.contains_key(&key), "no {key} to replace");
+        store.put(key, object);
     }
 
     /// Breaks every port-forward open now, as a restarted API server or a

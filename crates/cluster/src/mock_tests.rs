@@ -1294,3 +1294,69 @@ async fn a_probe_service_exported_away_from_the_traced_pods_ends_setup_with_what
     assert!(error.leftovers.is_empty());
     api.finish().await;
 }
+
+/// The mesh config put back mid-session by whoever manages it: the watch
+/// sees the provider while it is there, says once it is gone and who
+/// manages the config now, and a failed read is not taken for a removal.
+#[tokio::test]
+async fn the_provider_watch_says_when_the_sessions_provider_is_gone_and_who_put_the_config_back() {
+    let mut reverted = mesh_map("11", MESH);
+    reverted["metadata"]["annotations"] =
+        json!({ "argocd.argoproj.io/tracking-id": "istio:/ConfigMap:istio-system/istio" });
+    let api = MockApi::new(vec![
+        ok(Method::GET, MESH_MAP, mesh_map("8", &mesh_with_ours())),
+        fail(Method::GET, MESH_MAP, 503),
+        ok(Method::GET, MESH_MAP, reverted),
+        fail(Method::GET, MESH_MAP, 404),
+    ]);
+    let mut watch = crate::session::ProviderWatch::new(&api.client, &plan().mesh, &session_id());
+    assert_eq!(watch.check().await, None);
+    assert_eq!(watch.failing, None);
+    assert_eq!(watch.check().await, None);
+    assert!(watch.failing.as_deref().unwrap().contains("injected 503"));
+    let gone = watch.check().await.expect("the provider is gone");
+    assert_eq!(watch.failing, None);
+    assert_eq!(
+        gone.to_string(),
+        format!(
+            "warning: the session's access-log provider {} is no longer in the mesh config istio-system/istio; it was probably put back by Argo CD application istio, which manages it; the calls from now on lack the access-log layer (als); the session does not add the provider again, so as not to fight whoever manages the config",
+            name()
+        )
+    );
+    // The ConfigMap deleted: gone too, and nobody to name.
+    let gone = watch.check().await.expect("the provider is gone");
+    assert_eq!(gone.owner, None);
+    drop(watch);
+    api.finish().await;
+}
+
+/// Teardown after the provider was removed by someone else: the mesh config
+/// is read, found without it, and not written (no stale copy put back).
+#[tokio::test]
+async fn teardown_leaves_a_mesh_config_that_already_lost_the_provider_untouched() {
+    let steps = setup_steps();
+    let mut script: Vec<Exchange> = steps.iter().map(|s| s.exchange.clone()).collect();
+    for step in steps.iter().rev() {
+        if step.exchange.method == Method::PUT && step.exchange.uri.starts_with(MESH_MAP) {
+            script.push(ok(Method::GET, MESH_MAP, mesh_map("12", MESH)));
+        } else {
+            script.extend(step.undo.clone());
+        }
+    }
+    let api = MockApi::new(script);
+    let session = Session::start(
+        &api.client,
+        plan(),
+        &mut link(),
+        timeouts(),
+        &CancellationToken::new(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    let leftovers = session.end(&api.client).await;
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let received = api.finish().await;
+    let puts = received.iter().filter(|r| r.method == Method::PUT).count();
+    assert_eq!(puts, 1, "only setup's update of the mesh config");
+}

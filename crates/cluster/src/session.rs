@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Pod},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{ConfigMap, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::MicroTime,
     jiff::Timestamp,
 };
@@ -18,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     apply::{ApplyError, Change, Journal},
+    check,
     error_text::ApiText,
     istio,
+    mesh::{self, MESH_KEY, MeshConfigRef},
+    names::SessionId,
     objects::{FilterModule, LEASE_DURATION, Plan, owner_reference},
 };
 
@@ -488,4 +494,94 @@ pub fn lease_lapsed(lease: &Lease, now: Timestamp) -> bool {
         return true;
     };
     renewed.0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds.into()) < now
+}
+
+/// How often a running session reads the mesh config for its provider: a
+/// `get` of the one ConfigMap, which setup needed anyway, rather than a
+/// watch, which `manifests/user-clusterrole.yaml` does not grant. istiod
+/// acts on a changed mesh config within seconds (docs/cluster-upstream.md).
+pub const PROVIDER_CHECK: Duration = Duration::from_secs(5);
+
+/// The session's access-log provider gone from the mesh config: whoever
+/// keeps the config as they want it (an operator, a GitOps tool with
+/// self-heal) has put it back, and istiod no longer sends the sidecars'
+/// access logs to the probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderGone {
+    pub config: MeshConfigRef,
+    pub provider: String,
+    /// Who manages the mesh config now, as [`check::mesh_owner`] reads it
+    /// off the ConfigMap; `None` when nothing on it says (or it is gone).
+    pub owner: Option<String>,
+}
+
+impl std::fmt::Display for ProviderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "warning: the session's access-log provider {} is no longer in the mesh config {}",
+            self.provider, self.config
+        )?;
+        match &self.owner {
+            Some(owner) => write!(f, "; it was probably put back by {owner}, which manages it")?,
+            None => write!(f, "; something rewrote it")?,
+        }
+        write!(
+            f,
+            "; the calls from now on lack the access-log layer (als); the session does not add the provider again, so as not to fight whoever manages the config"
+        )
+    }
+}
+
+/// Reads the mesh config for the session's provider every
+/// [`PROVIDER_CHECK`], until it is found gone.
+pub struct ProviderWatch {
+    client: Client,
+    config: MeshConfigRef,
+    session: SessionId,
+    /// Whether the last read failed, so that a caller says so once.
+    pub failing: Option<String>,
+}
+
+impl ProviderWatch {
+    pub fn new(client: &Client, config: &MeshConfigRef, session: &SessionId) -> Self {
+        Self {
+            client: client.clone(),
+            config: config.clone(),
+            session: session.clone(),
+            failing: None,
+        }
+    }
+
+    /// Reads the mesh config once: `Some` when the session's provider is no
+    /// longer in it (or the ConfigMap or its `mesh` key is gone). A failed
+    /// read, or a config that no longer parses, is not taken for a removal:
+    /// it is kept in [`Self::failing`] and the next check reads again.
+    pub async fn check(&mut self) -> Option<ProviderGone> {
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &self.config.namespace);
+        let map = match api.get_opt(&self.config.name).await {
+            Ok(map) => map,
+            Err(error) => {
+                self.failing = Some(ApiText(&error).to_string());
+                return None;
+            }
+        };
+        let text = map
+            .as_ref()
+            .and_then(|map| map.data.as_ref()?.get(MESH_KEY));
+        let present = match text.map(|text| mesh::session_providers(text)) {
+            Some(Ok(sessions)) => sessions.contains(&self.session),
+            Some(Err(error)) => {
+                self.failing = Some(error.to_string());
+                return None;
+            }
+            None => false,
+        };
+        self.failing = None;
+        (!present).then(|| ProviderGone {
+            config: self.config.clone(),
+            provider: self.session.provider_name(),
+            owner: map.as_ref().and_then(check::mesh_owner),
+        })
+    }
 }
