@@ -303,8 +303,8 @@ pub struct DemoArgs {
     pub connections: Option<u32>,
     /// Keep up to M calls in flight on each connection, as h2load's -m
     /// does: HTTP/2 streams with h2c, concurrent calls on each channel with
-    /// grpc (and with mixed, on its HTTP/2 connections); implies keep-alive.
-    /// HTTP/1.1 answers one request at a time, so http1 takes only 1.
+    /// grpc, and over HTTP/1.1 (http1, and mixed's HTTP/1.1 calls) M
+    /// requests pipelined in one write; implies keep-alive.
     #[arg(long, value_name = "M", value_parser = parse_streams)]
     pub streams: Option<u32>,
     /// What the client speaks to the server's Service, whose port is named for

@@ -12,7 +12,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpSocket, TcpStream},
+};
 use tower::ServiceExt as _;
 
 use super::grpc;
@@ -47,6 +50,101 @@ pub async fn connect_in(netns: &Path, address: SocketAddr) -> std::io::Result<Tc
                 format!("no answer from {address} within 8 s"),
             )
         })?
+}
+
+/// HTTP/1.1 requests pipelined on one connection, as h2load's `-m` sends
+/// them over HTTP/1.1: GETs written together in one write, the answers read
+/// back in order (RFC 9112 section 9.3.2). hyper's client sends one request
+/// at a time, so the demo writes and reads these itself.
+pub struct Pipelined {
+    stream: TcpStream,
+    /// What was read past the last answer.
+    unread: Vec<u8>,
+}
+
+impl Pipelined {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            unread: Vec::new(),
+        }
+    }
+
+    /// Sends a GET for each of `paths` in one write and returns their
+    /// answers' statuses, in order.
+    pub async fn get_all(
+        &mut self,
+        authority: &str,
+        paths: &[&str],
+        authorization: &str,
+    ) -> std::io::Result<Vec<u16>> {
+        let requests: String = paths
+            .iter()
+            .map(|path| {
+                format!(
+                    "GET {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: {authorization}\r\n\r\n"
+                )
+            })
+            .collect();
+        self.stream.write_all(requests.as_bytes()).await?;
+        let mut statuses = Vec::with_capacity(paths.len());
+        for _ in paths {
+            statuses.push(self.read_answer().await?);
+        }
+        Ok(statuses)
+    }
+
+    /// Reads one answer: its head, and a body of its `content-length` (the
+    /// sidecar's answers to these GETs carry one).
+    async fn read_answer(&mut self) -> std::io::Result<u16> {
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&self.unread) {
+                Ok(httparse::Status::Complete(head)) => {
+                    let status = response.code.unwrap_or_default();
+                    let mut length = None;
+                    for header in response.headers.iter() {
+                        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                            return Err(invalid(
+                                "a pipelined answer came chunked, which the demo's client does not read".into(),
+                            ));
+                        }
+                        if header.name.eq_ignore_ascii_case("content-length") {
+                            length = std::str::from_utf8(header.value)
+                                .ok()
+                                .and_then(|value| value.trim().parse::<usize>().ok());
+                        }
+                    }
+                    let end = head + length.unwrap_or(0);
+                    while self.unread.len() < end {
+                        self.fill().await?;
+                    }
+                    self.unread.drain(..end);
+                    return Ok(status);
+                }
+                Ok(httparse::Status::Partial) => self.fill().await?,
+                Err(error) => {
+                    return Err(invalid(format!("a pipelined answer is not HTTP: {error}")));
+                }
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut buffer = [0u8; 16 * 1024];
+        let read = tokio::time::timeout(Duration::from_secs(8), self.stream.read(&mut buffer))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 8 s")
+            })??;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.unread.extend_from_slice(&buffer[..read]);
+        Ok(())
+    }
 }
 
 /// A gRPC channel to `address`, naming `authority`, each of whose

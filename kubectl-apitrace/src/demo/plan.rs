@@ -47,17 +47,13 @@ pub enum Connections {
     KeepAlive,
     /// `connections` of each kind, kept alive, the calls dealt to them in
     /// turn, with up to `streams` in flight on each HTTP/2 connection
-    /// (`--connections`, `--streams`); an HTTP/1.1 connection carries one
-    /// at a time.
+    /// (`--connections`, `--streams`), and on each HTTP/1.1 one `streams`
+    /// requests pipelined in one write.
     Concurrent { connections: u32, streams: u32 },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error(
-        "--streams {0} asks for {0} calls in flight on each connection, but HTTP/1.1 answers one request at a time on a connection: use --protocol h2c or grpc for HTTP/2 streams, or --connections {0} for {0} HTTP/1.1 connections at once"
-    )]
-    StreamsOverHttp1(u32),
     #[error(
         "the demo creates network namespaces and attaches eBPF programs, so it must run as root: run it again with sudo"
     )]
@@ -92,9 +88,6 @@ impl Traffic {
         let connections = match (args.connections, args.streams) {
             (None, None) if args.keep_alive => Connections::KeepAlive,
             (None, None) => Connections::EachCall,
-            (_, Some(streams)) if streams > 1 && args.protocol == DemoProtocol::Http1 => {
-                return Err(PlanError::StreamsOverHttp1(streams));
-            }
             (connections, streams) => Connections::Concurrent {
                 connections: connections.unwrap_or(1),
                 streams: streams.unwrap_or(1),
@@ -254,18 +247,14 @@ mod tests {
     }
 
     #[test]
-    fn streams_over_http1_are_refused_naming_the_flag_and_what_to_use() {
-        let error = traffic(&["--streams", "10"]).unwrap_err();
-        assert!(
-            matches!(error, PlanError::StreamsOverHttp1(10)),
-            "{error:?}"
+    fn streams_over_http1_are_pipelined_requests() {
+        assert_eq!(
+            traffic(&["--streams", "2"]).unwrap().connections,
+            Connections::Concurrent {
+                connections: 1,
+                streams: 2
+            }
         );
-        let message = error.to_string();
-        for needed in ["--streams 10", "--protocol h2c or grpc", "--connections 10"] {
-            assert!(message.contains(needed), "{needed:?} in {message}");
-        }
-        // One stream is what HTTP/1.1 does anyway.
-        assert!(traffic(&["--streams", "1", "--connections", "2"]).is_ok());
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl Client {
 
     /// One connection's share of the calls, in order.
     async fn lane(&self, speaks: Speaks, calls: Vec<usize>, streams: usize) -> anyhow::Result<u32> {
+        if speaks == Speaks::Http1 && streams > 1 {
+            return self.pipelined(calls, streams).await;
+        }
         match self.open(speaks).await? {
             // HTTP/1.1 answers one request at a time: the calls take turns.
             mut open @ Open::Http(Connection::Http1(_)) => {
@@ -206,6 +209,34 @@ impl Client {
                     .await
             }
         }
+    }
+
+    /// `calls` on one HTTP/1.1 connection, `depth` requests pipelined in
+    /// each write, as h2load's `-m` sends them over HTTP/1.1: the sidecar
+    /// reads them from one segment and answers them in order.
+    async fn pipelined(&self, calls: Vec<usize>, depth: usize) -> anyhow::Result<u32> {
+        let address = self.address;
+        let stream = http::connect_in(&self.netns, address)
+            .await
+            .with_context(|| format!("the client pod cannot connect to {address}"))?;
+        let mut connection = http::Pipelined::new(stream);
+        let mut accepted = 0;
+        for batch in calls.chunks(depth) {
+            let paths: Vec<&str> = batch
+                .iter()
+                .map(|index| CLIENT_PATHS[index % CLIENT_PATHS.len()])
+                .collect();
+            connection
+                .get_all(&self.authority, &paths, &self.authorization)
+                .await
+                .with_context(|| {
+                    format!("the pipelined GETs {paths:?} from the client pod failed")
+                })?;
+            for &index in batch {
+                accepted += 1 + self.bad_after(index).await?;
+            }
+        }
+        Ok(accepted)
     }
 
     /// `calls` on one HTTP/2 connection, up to `streams` at once, each on
