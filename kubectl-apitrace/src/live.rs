@@ -16,20 +16,95 @@ pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
     Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM, whichever comes first.
+/// Resolves on Ctrl-C or (on Unix) SIGTERM: on the next one that no earlier
+/// call was given.
+///
+/// The signals are received by one listener for the whole process, started
+/// by the first call, which counts them. A session creates a new
+/// `interrupted()` at each turn of its loop (inside `select!`); a listener of
+/// its own per call would lose a signal that came between two turns (tokio
+/// drops a signal no listener waits for once its handler is installed), and
+/// the session would run on as if Ctrl-C had not been pressed. Each signal
+/// counted is given to exactly one call, so a second Ctrl-C is a second one.
 pub async fn interrupted() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Signals given to a call so far.
+    static GIVEN: AtomicU64 = AtomicU64::new(0);
+    let mut received = signals();
+    loop {
+        let count = *received.borrow_and_update();
+        let given = GIVEN.load(Ordering::Acquire);
+        if count > given {
+            if GIVEN
+                .compare_exchange(given, given + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+            continue;
+        }
+        if received.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// How many signals the process received, from its one listener.
+fn signals() -> tokio::sync::watch::Receiver<u64> {
+    static RECEIVED: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>> =
+        std::sync::OnceLock::new();
+    RECEIVED
+        .get_or_init(|| {
+            let (count, received) = tokio::sync::watch::channel(0u64);
+            tokio::spawn(async move {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let (Ok(mut interrupt), Ok(mut terminate)) = (
+                        signal(SignalKind::interrupt()),
+                        signal(SignalKind::terminate()),
+                    ) else {
+                        return std::future::pending().await;
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = interrupt.recv() => {}
+                            _ = terminate.recv() => {}
+                        }
+                        count.send_modify(|count| *count += 1);
+                    }
+                }
+                #[cfg(not(unix))]
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    count.send_modify(|count| *count += 1);
+                }
+            });
+            received
+        })
+        .clone()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    use nix::sys::signal::{Signal, raise};
+
+    use super::*;
+
+    /// A Ctrl-C that comes while nothing waits for it (between two turns of
+    /// a session's loop) is given to the next call, and each signal to one
+    /// call only.
+    #[tokio::test]
+    async fn a_signal_between_two_waits_is_not_lost_and_is_given_once() {
+        let soon = || tokio::time::timeout(Duration::from_millis(500), interrupted());
+        // The listener starts with the first call.
+        assert!(soon().await.is_err(), "no signal yet");
+        raise(Signal::SIGINT).expect("a signal to this process");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(soon().await.is_ok(), "the signal sent while nothing waited");
+        assert!(soon().await.is_err(), "given once");
+        raise(Signal::SIGTERM).expect("a signal to this process");
+        assert!(soon().await.is_ok(), "SIGTERM too");
+    }
 }
