@@ -343,6 +343,8 @@ struct Check {
     http2: BTreeMap<String, Vec<Frame>>,
     /// The demo's records.
     records: Vec<Value>,
+    /// What the demo said on stderr: its summary, with the probe's losses.
+    summary: String,
     /// Verdicts by leg, with what was wrong.
     counts: BTreeMap<(&'static str, Verdict), u32>,
     wrong: Vec<String>,
@@ -373,6 +375,7 @@ impl Check {
             as_tls,
             http2: frames,
             records: Vec::new(),
+            summary: String::new(),
             counts: BTreeMap::new(),
             wrong: Vec::new(),
         }
@@ -623,6 +626,7 @@ fn check_demo_allowing_absent(
     ids.dedup();
     assert_eq!(ids.len(), requests, "exactly one record per call");
     check.records = records;
+    check.summary = stderr(&output);
     Some(check)
 }
 
@@ -787,7 +791,37 @@ fn check_concurrent_h2c(name: &str, plaintext: bool) {
     let Some(check) = check_demo(name, &flags, 40) else {
         return;
     };
-    every_call_of_each_leg_is(&check.counts, &http2_legs(plaintext), 40);
+    // A sidecar's burst of HEADERS past the 16 KiB the program captures of
+    // a segment (more of the 20 streams than fit in it), a full ring, or a
+    // stream's event later than its call's window loses the call its own
+    // stream: it gets the connection, and the summary counts the cause. Only
+    // then may a leg that could be the call's own stream be its connection.
+    let unfollowed = [
+        "h2c connection sides not followed",
+        "TC ring buffer full",
+        "came after their call was printed",
+    ]
+    .iter()
+    .any(|cause| check.summary.contains(cause));
+    for (leg, verdict) in http2_legs(plaintext) {
+        let count = |verdict| check.counts.get(&(leg, verdict)).copied().unwrap_or(0);
+        if verdict == Verdict::Correct && unfollowed {
+            assert_eq!(
+                count(Verdict::Correct) + count(Verdict::ConnectionLevel),
+                40,
+                "{leg}: {:?}",
+                check.counts
+            );
+        } else {
+            assert_eq!(
+                count(verdict),
+                40,
+                "{leg}: {verdict:?} for all 40: {:?}\n{}",
+                check.counts,
+                check.summary
+            );
+        }
+    }
     the_http2_rule_takes_a_calls_own_stream_and_no_other(&check);
     let in_flight = streams_in_flight(&check.http2["client-lo"]);
     eprintln!(
