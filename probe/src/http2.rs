@@ -335,112 +335,7 @@ impl Side {
         self.partial_from = None;
         u64::from(was_followed)
     }
-}
 
-/// A stream's first HEADERS frame on one side, decoded.
-struct Start {
-    stream: u32,
-    fields: Fields,
-    began_in: TcEvent,
-}
-
-impl Connection {
-    /// Reads one packet of `side`: `len` payload bytes at `seq`, of which
-    /// `head` was captured.
-    fn read(
-        &mut self,
-        side: usize,
-        seq: u32,
-        len: u32,
-        head: &[u8],
-        event: TcEvent,
-        published: &mut Published,
-    ) {
-        let sender_changed = self.last_sender != Some(side);
-        self.last_sender = Some(side);
-        let this = &mut self.sides[side];
-        match this.next_seq {
-            Some(next) if next == seq => {
-                this.next_seq = Some(seq.wrapping_add(len));
-            }
-            // Bytes read already, sent again: nothing new.
-            Some(next) if seq_before(seq, next) && !seq_before(next, seq.wrapping_add(len)) => {
-                return;
-            }
-            Some(_) => published.lost += this.lose(),
-            None => {}
-        }
-        if this.next_seq.is_none() {
-            if sender_changed {
-                published.events.push(event);
-            }
-            return;
-        }
-        let mut starts = Vec::new();
-        if let Err(()) = this.walk(len as usize, head, &event, &mut starts) {
-            published.lost += this.lose();
-            if sender_changed {
-                published.events.push(event);
-            }
-            return;
-        }
-        for start in starts {
-            self.publish(side, start, published);
-        }
-    }
-
-    /// A header block's start is a message start if it opens a stream
-    /// (the client's) or answers one (the server's); a later block on the
-    /// stream is its trailers.
-    fn publish(&mut self, side: usize, start: Start, published: &mut Published) {
-        let Start {
-            stream,
-            fields,
-            mut began_in,
-        } = start;
-        let head = if side == 0 {
-            if stream <= self.last_stream {
-                return;
-            }
-            self.last_stream = stream;
-            if self.awaiting.len() == MAX_AWAITING {
-                self.awaiting.pop_front();
-            }
-            self.awaiting.push_back(stream);
-            HttpHead {
-                start_line: (!fields.method.is_empty()).then(|| {
-                    StartLine::Request(RequestLine {
-                        method: fields.method,
-                        path: fields.path,
-                        version: "HTTP/2".to_owned(),
-                    })
-                }),
-                request_id: fields.request_id,
-                authority: fields.authority,
-            }
-        } else {
-            let Some(at) = self.awaiting.iter().position(|&open| open == stream) else {
-                return;
-            };
-            self.awaiting.remove(at);
-            HttpHead {
-                start_line: fields.status.map(|status| {
-                    StartLine::Response(StatusLine {
-                        version: "HTTP/2".to_owned(),
-                        status,
-                    })
-                }),
-                ..HttpHead::default()
-            }
-        };
-        began_in.http = Some(head);
-        began_in.payload = PayloadKind::Http2 as i32;
-        began_in.http2_stream = stream;
-        published.events.push(began_in);
-    }
-}
-
-impl Side {
     /// Walks the frames in one packet of `len` bytes, `head` of them
     /// captured, collecting the streams whose header block it completed.
     /// `Err` when something that had to be read was not captured or does not
@@ -595,6 +490,109 @@ impl Side {
             })
             .map_err(|_| ())?;
         Ok(fields)
+    }
+}
+
+/// A stream's first HEADERS frame on one side, decoded.
+struct Start {
+    stream: u32,
+    fields: Fields,
+    began_in: TcEvent,
+}
+
+impl Connection {
+    /// Reads one packet of `side`: `len` payload bytes at `seq`, of which
+    /// `head` was captured.
+    fn read(
+        &mut self,
+        side: usize,
+        seq: u32,
+        len: u32,
+        head: &[u8],
+        event: TcEvent,
+        published: &mut Published,
+    ) {
+        let sender_changed = self.last_sender != Some(side);
+        self.last_sender = Some(side);
+        let this = &mut self.sides[side];
+        match this.next_seq {
+            Some(next) if next == seq => {
+                this.next_seq = Some(seq.wrapping_add(len));
+            }
+            // Bytes read already, sent again: nothing new.
+            Some(next) if seq_before(seq, next) && !seq_before(next, seq.wrapping_add(len)) => {
+                return;
+            }
+            Some(_) => published.lost += this.lose(),
+            None => {}
+        }
+        if this.next_seq.is_none() {
+            if sender_changed {
+                published.events.push(event);
+            }
+            return;
+        }
+        let mut starts = Vec::new();
+        if let Err(()) = this.walk(len as usize, head, &event, &mut starts) {
+            published.lost += this.lose();
+            if sender_changed {
+                published.events.push(event);
+            }
+            return;
+        }
+        for start in starts {
+            self.publish(side, start, published);
+        }
+    }
+
+    /// A header block's start is a message start if it opens a stream
+    /// (the client's) or answers one (the server's); a later block on the
+    /// stream is its trailers.
+    fn publish(&mut self, side: usize, start: Start, published: &mut Published) {
+        let Start {
+            stream,
+            fields,
+            mut began_in,
+        } = start;
+        let head = if side == 0 {
+            if stream <= self.last_stream {
+                return;
+            }
+            self.last_stream = stream;
+            if self.awaiting.len() == MAX_AWAITING {
+                self.awaiting.pop_front();
+            }
+            self.awaiting.push_back(stream);
+            HttpHead {
+                start_line: (!fields.method.is_empty()).then(|| {
+                    StartLine::Request(RequestLine {
+                        method: fields.method,
+                        path: fields.path,
+                        version: "HTTP/2".to_owned(),
+                    })
+                }),
+                request_id: fields.request_id,
+                authority: fields.authority,
+            }
+        } else {
+            let Some(at) = self.awaiting.iter().position(|&open| open == stream) else {
+                return;
+            };
+            self.awaiting.remove(at);
+            HttpHead {
+                start_line: fields.status.map(|status| {
+                    StartLine::Response(StatusLine {
+                        version: "HTTP/2".to_owned(),
+                        status,
+                    })
+                }),
+                ..HttpHead::default()
+            }
+        };
+        began_in.http = Some(head);
+        began_in.payload = PayloadKind::Http2 as i32;
+        began_in.http2_stream = stream;
+        published.events.push(began_in);
     }
 }
 
