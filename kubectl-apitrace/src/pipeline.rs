@@ -251,10 +251,19 @@ impl Outcome {
                 stats.tc_outside_calls
             ));
         }
-        if stats.tc_after_printed > 0 {
+        let late: Vec<String> = [
+            (stats.access_logs_after_printed, "access-log entries"),
+            (stats.wasm_after_printed, "filter events"),
+            (stats.tc_after_printed, "TC requests"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect();
+        if !late.is_empty() {
             text.push_str(&format!(
-                "; {} TC requests came after their call was printed (a probe's events were late), left out of it",
-                stats.tc_after_printed
+                "; {} came after their call was printed (a layer's events were late), left out of it",
+                late.join(", ")
             ));
         }
         if let Some(matched) = self.matched {
@@ -355,6 +364,8 @@ mod tests {
                 tc_outside_calls: 0,
                 tc_connection_level: 0,
                 tc_after_printed: 0,
+                access_logs_after_printed: 0,
+                wasm_after_printed: 0,
             },
             records: 4,
             matched: None,
@@ -381,10 +392,13 @@ mod tests {
         };
         replayed.stats.tc_outside_calls = 2;
         replayed.stats.tc_connection_level = 5;
+        replayed.stats.access_logs_after_printed = 2;
+        replayed.stats.tc_after_printed = 3;
         assert!(replayed.summary(None).starts_with(
             "4 calls; 3 joined with every layer, 1 with some (1 without their access log); unmatched events: 2 TC, 0 WASM; \
              5 TC message starts on encrypted or multiplexed connections, named at the connection's level; \
-             2 TC retransmissions or resets came on their connection outside its calls (between them, or its teardown). "
+             2 TC retransmissions or resets came on their connection outside its calls (between them, or its teardown); \
+             2 access-log entries, 3 TC requests came after their call was printed (a layer's events were late), left out of it. "
         ));
         assert!(
             replayed

@@ -228,9 +228,10 @@ mod tests {
     }
 }
 
-/// The request ids of the calls printed in the last two windows, by hash: a
-/// request on the wire that carries one arrived after its call was printed,
-/// and must not become a record of its own. A hash another id shares at
+/// The request ids of the calls printed in the last two windows, by hash: an
+/// access-log entry, filter event or request on the wire that carries one
+/// arrived after its call was printed, and must not become a record of its
+/// own. A hash another id shares at
 /// worst leaves that call's late request out, never in another call.
 #[derive(Debug, Default)]
 pub(crate) struct PrintedIds {

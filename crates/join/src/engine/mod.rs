@@ -47,7 +47,10 @@
 //! 8. **Completeness.** A call is emitted as soon as it has every part its
 //!    session expects ([`Part`]) on each of its hops, and every traced
 //!    sidecar it passed has logged it; otherwise when its window closes, a
-//!    window after its first event arrived.
+//!    window after its first event arrived. A call is printed once: an
+//!    event of any layer that carries the id of a call printed in the last
+//!    two windows (it came late) is counted and left out, never a second
+//!    record of the call.
 //! 9. **Retention.** A wire event no call claimed is forgotten two windows
 //!    after it arrived, up to an eighth of one later: it can come a window
 //!    before its call's first event, and the call may wait a window more.
@@ -188,6 +191,12 @@ pub struct JoinStats {
     /// came later than every part the call waited for (a probe's events
     /// delayed), and are not a record of their own.
     pub tc_after_printed: u64,
+    /// Access-log entries of a call printed already (its window closed
+    /// first: the sidecar flushed late), likewise left out, not a second
+    /// record of the call.
+    pub access_logs_after_printed: u64,
+    /// WASM events of a call printed already, likewise.
+    pub wasm_after_printed: u64,
 }
 
 /// Counts of partial calls by the part they lacked (a call can lack several).
@@ -290,6 +299,9 @@ impl Joiner {
                 let legs = HopLegs::of(&log, pod, self.direction(&log));
                 let call = if log.request_id.is_empty() {
                     self.open(&unidentified_call_key(&log), now_ns)
+                } else if self.printed_already(&log.request_id) {
+                    self.stats.access_logs_after_printed += 1;
+                    return None;
                 } else {
                     self.open(&log.request_id, now_ns)
                 };
@@ -312,6 +324,10 @@ impl Joiner {
                     return None;
                 }
                 let request_id = std::mem::take(&mut wasm.request_id);
+                if self.printed_already(&request_id) {
+                    self.stats.wasm_after_printed += 1;
+                    return None;
+                }
                 let part = WasmPart::new(wasm, self.config.show_secrets, &mut self.json);
                 let call = self.open(&request_id, now_ns);
                 push_exact(&mut call.wasm, part);
@@ -336,7 +352,7 @@ impl Joiner {
                 if let Some(request_id) = request_id {
                     // Rule 3: the sidecar added the header, and the hop it
                     // sent is plaintext.
-                    if self.calls.find(request_id).is_none() && self.printed.contains(request_id) {
+                    if self.printed_already(request_id) {
                         self.stats.tc_after_printed += 1;
                         return None;
                     }
@@ -407,6 +423,13 @@ impl Joiner {
             Some(_) => Direction::Outbound,
             None => Direction::Unknown,
         }
+    }
+
+    /// Whether the call `request_id` is not open and was printed in the
+    /// last two windows: an event of it that comes now would make a second
+    /// record of one call, so it is counted and left out instead.
+    fn printed_already(&self, request_id: &str) -> bool {
+        self.printed.contains(request_id) && self.calls.find(request_id).is_none()
     }
 
     /// The open call `request_id`, opened now if it was not.

@@ -665,6 +665,50 @@ fn a_stream_request_after_its_call_was_printed_is_not_a_second_record() {
     assert_eq!(joiner.stats().tc_after_printed, 1);
 }
 
+/// The caller's sidecar's access-log entry and filter event that come after
+/// the call was printed without them (its window closed first) are counted,
+/// not made a second record of the same call.
+#[test]
+fn a_sidecars_late_entry_and_filter_event_are_not_a_second_record() {
+    let (late, on_time): (Vec<Event>, Vec<Event>) = mesh_call("m-late", T0, 8080, 50001, true)
+        .into_iter()
+        .partition(|event| match &event.kind {
+            Some(Kind::AccessLog(log)) => log.reporter == Some(client()),
+            Some(Kind::Wasm(wasm)) => wasm.listener_direction == "outbound",
+            _ => false,
+        });
+    assert_eq!(late.len(), 2, "the caller's entry and filter event");
+    let mut joiner = Joiner::new(JoinConfig::default());
+    let mut records = Vec::new();
+    for event in on_time {
+        joiner.apply(Input::Event { event, now_ns: T0 }, &mut records);
+    }
+    let window = JoinConfig::default().window_ns;
+    joiner.apply(
+        Input::Tick {
+            now_ns: T0 + window + 1,
+        },
+        &mut records,
+    );
+    assert_eq!(records.len(), 1, "printed when its window closed");
+    for event in late {
+        joiner.apply(
+            Input::Event {
+                event,
+                now_ns: T0 + window + 2,
+            },
+            &mut records,
+        );
+    }
+    joiner.apply(Input::End, &mut records);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let stats = joiner.stats();
+    assert_eq!(
+        (stats.access_logs_after_printed, stats.wasm_after_printed),
+        (1, 1)
+    );
+}
+
 /// A request start that is not the call's (another method: an earlier
 /// call's, whose entry was lost) is not taken, though it is the last one
 /// before the sidecar's start.
