@@ -222,16 +222,15 @@ impl Outcome {
             stats.complete, stats.partial
         );
         let missing = &stats.missing;
-        let lacking: Vec<String> = [
-            (missing.access_log, "access log"),
-            (missing.wasm, "filter event"),
-            (missing.wire, "wire part"),
-            (missing.upstream, "hop to the upstream on the wire"),
-        ]
-        .into_iter()
-        .filter(|(count, _)| *count > 0)
-        .map(|(count, part)| format!("{count} without their {part}"))
-        .collect();
+        let lacking = counted([
+            (missing.access_log, "without their access log"),
+            (missing.wasm, "without their filter event"),
+            (missing.wire, "without their wire part"),
+            (
+                missing.upstream,
+                "without their hop to the upstream on the wire",
+            ),
+        ]);
         if !lacking.is_empty() {
             text.push_str(&format!(" ({})", lacking.join(", ")));
         }
@@ -251,15 +250,11 @@ impl Outcome {
                 stats.tc_outside_calls
             ));
         }
-        let late: Vec<String> = [
+        let late = counted([
             (stats.access_logs_after_printed, "access-log entries"),
             (stats.wasm_after_printed, "filter events"),
             (stats.tc_after_printed, "TC requests"),
-        ]
-        .into_iter()
-        .filter(|(count, _)| *count > 0)
-        .map(|(count, what)| format!("{count} {what}"))
-        .collect();
+        ]);
         if !late.is_empty() {
             text.push_str(&format!(
                 "; {} came after their call was printed (a layer's events were late), left out of it",
@@ -303,6 +298,15 @@ impl Outcome {
         }
         text
     }
+}
+
+/// "count what" for each count that is not zero, in order.
+fn counted<const N: usize>(counts: [(u64, &str); N]) -> Vec<String> {
+    counts
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect()
 }
 
 /// Every kind of drop that happened, as "what: how many".
