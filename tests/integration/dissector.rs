@@ -724,7 +724,41 @@ fn mixed_calls_match_the_dissector_on_every_leg() {
             "every call's own stream to the app: {:?}",
             check.counts
         );
+        each_hop_says_the_protocol_tshark_reads(&check);
     }
+}
+
+/// The caller's hop says what its app spoke on `lo` as tshark reads that
+/// connection (an HTTP/1.1 request line, or HTTP/2 frames); the called
+/// sidecar received every call as HTTP/2, which the port named `http2`
+/// makes Istio send between sidecars.
+fn each_hop_says_the_protocol_tshark_reads(check: &Check) {
+    let mut spoken = BTreeMap::new();
+    for record in &check.records {
+        let [outbound, inbound] = [0, 1].map(|hop| &record["hops"][hop]);
+        assert_eq!(inbound["protocol"], "HTTP/2", "{record:#}");
+        let Some(src) = outbound["downstream"]["src"].as_object() else {
+            continue;
+        };
+        let src: Endpoint = (
+            src["ip"].as_str().expect("an address").to_owned(),
+            src["port"].as_u64().expect("a port"),
+        );
+        let http1 = check.captures["client-lo"]
+            .iter()
+            .any(|packet| packet.src == src && !packet.method.is_empty());
+        let http2 = check.http2["client-lo"]
+            .iter()
+            .any(|frame| frame.src == src);
+        let read = match (http1, http2) {
+            (true, false) => "HTTP/1.1",
+            (false, true) => "HTTP/2",
+            other => panic!("tshark reads {other:?} (HTTP/1.1, HTTP/2) from {src:?}"),
+        };
+        assert_eq!(outbound["protocol"], read, "{record:#}");
+        *spoken.entry(read).or_insert(0) += 1;
+    }
+    assert_eq!(spoken.get("HTTP/1.1"), Some(&2), "{spoken:?}");
 }
 
 /// HTTP/1.1 requests pipelined two to a write on one connection from the

@@ -84,6 +84,12 @@ pub struct Hop {
     /// the call); empty when the cluster name says neither. One of a few
     /// words: not a string per record.
     pub direction: Cow<'static, str>,
+    /// The protocol this sidecar received the call in (`HTTP/1.1`,
+    /// `HTTP/2`): between two sidecars Istio may send HTTP/1.1 on as HTTP/2
+    /// (a port named `http2` or `grpc`, or `h2UpgradePolicy`), so the
+    /// caller's hop can say what its app spoke where the called one cannot.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
     pub status: u32,
     pub upstream_cluster: String,
     /// From the sidecar receiving the request to its last response byte.
@@ -497,6 +503,7 @@ pub(crate) mod tests {
             hops: vec![Hop {
                 reporter: "ns/pod".into(),
                 direction: "inbound".into(),
+                protocol: "HTTP/1.1".into(),
                 status: 200,
                 upstream_cluster: "inbound|80||".into(),
                 duration_us: 1,
@@ -580,6 +587,7 @@ pub(crate) mod tests {
             "hops.downstream",
             "hops.duration_us",
             "hops.peer_identity",
+            "hops.protocol",
             "hops.reporter",
             "hops.response_flags",
             "hops.status",

@@ -608,6 +608,7 @@ fn hop(log: &AccessLog, direction: Direction) -> Hop {
     Hop {
         reporter: reporter(log),
         direction: direction.as_str().into(),
+        protocol: log.protocol.clone(),
         status: log.status,
         upstream_cluster: log.upstream_cluster.clone(),
         duration_us: log.last_downstream_tx_byte_ns / 1_000,
