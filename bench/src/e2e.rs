@@ -35,7 +35,7 @@ use tokio::{runtime::Runtime, sync::oneshot};
 use crate::{
     pods::{Guard, stage, start_probe},
     report::{Row, Table},
-    sidecar::{APP_PORT, Load, Module, probe_metrics, start_envoy, wait_ready},
+    sidecar::{APP_PORT, Load, Module, Speaks, probe_metrics, start_envoy, wait_ready},
     stats::{Sample, cpu_ms},
 };
 
@@ -69,6 +69,7 @@ pub fn run(
     filter: &Path,
     repeats: usize,
     seconds: u64,
+    speaks: Speaks,
 ) -> anyhow::Result<Table> {
     // Both families: the sidecar reaches the app at the pod's address.
     let (pods, runtime) = stage("apitrace-be2e-", SocketAddr::from(([0u16; 8], APP_PORT)))?;
@@ -78,7 +79,12 @@ pub fn run(
         client,
         server,
         app_port: APP_PORT,
-        protocol: PortProtocol::Http,
+        // The port named as Istio would be told: `grpc` makes the sidecars
+        // speak HTTP/2 between them and to the app.
+        protocol: match speaks {
+            Speaks::Http1 => PortProtocol::Http,
+            Speaks::Grpc => PortProtocol::Grpc,
+        },
         caller_outside_mesh: false,
         plaintext: false,
         ipv6: false,
@@ -110,6 +116,7 @@ pub fn run(
                 let load = Load {
                     rate: *rate,
                     connections: CONNECTIONS_PER_1000 * rate / 1000,
+                    speaks,
                 };
                 let sidecars_cpu_ms =
                     || -> f64 { sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum() };
@@ -195,7 +202,7 @@ pub fn run(
     }
     drop(runtime);
     let _ = std::fs::remove_dir_all(&workdir);
-    Ok(table(&figures, repeats, seconds))
+    Ok(table(&figures, repeats, seconds, speaks))
 }
 
 /// The sidecars without the session's parts: what the mesh costs alone.
@@ -358,7 +365,14 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
+fn table(figures: &[Figures], repeats: usize, seconds: u64, speaks: Speaks) -> Table {
+    let (title, calls) = match speaks {
+        Speaks::Http1 => ("End to end under load", "GET /api/orders over HTTP/1.1 on"),
+        Speaks::Grpc => (
+            "End to end under load, gRPC",
+            "the unary gRPC GetOrder (port named grpc: HTTP/2 between the sidecars and to the app) on",
+        ),
+    };
     let mut rows = Vec::new();
     for (rate, figures) in RATES.iter().zip(figures) {
         // A target is met only if every run met it: one run that dropped
@@ -435,11 +449,11 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64) -> Table {
         });
     }
     Table {
-        title: "End to end under load".to_owned(),
+        title: title.to_owned(),
         setup: format!(
             "The demo's mesh: Istio's traffic capture in the client and the server pod, a real Envoy sidecar in each (the demo's bootstraps, \
              --concurrency 2) over mTLS, our filter and the gRPC access log in both, the probe's TC program on both pods, and a subscriber joining \
-             what the probe streams as the CLI does. The client pod's app calls the server's Service at {} at a fixed rate over \
+             what the probe streams as the CLI does. The client pod's app calls the server's Service at {} at a fixed rate, {calls} \
              {CONNECTIONS_PER_1000} keep-alive connections per 1000/s, each request with a 1.3 KB JWT, {seconds} s per run, {repeats} runs per rate \
              interleaved; the join is ended {} s after the load. The sidecars' CPU is measured the same way with neither the filter nor the \
              access log (the baseline column). \

@@ -88,12 +88,20 @@ fn run() -> anyhow::Result<()> {
     }
     if only.as_deref().is_none_or(|only| only == "e2e") {
         let seconds: u64 = option("--e2e-seconds").map_or(Ok(60), |n| n.parse())?;
+        let speaks = match option("--e2e-protocol").as_deref() {
+            None | Some("http1") => sidecar::Speaks::Http1,
+            Some("grpc") => sidecar::Speaks::Grpc,
+            Some(other) => anyhow::bail!(
+                "--e2e-protocol {other:?} is not one the end-to-end benchmark speaks: use http1 (the default) or grpc"
+            ),
+        };
         report.add(e2e::run(
             &probe,
             &envoy,
             &sidecar::filter_module(target_dir),
             repeats,
             seconds,
+            speaks,
         )?);
     }
     print!("{}", report.markdown());

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use apitrace_netns::topology::Pod;
 use apitrace_proto::ports;
 use kubectl_apitrace::demo::{
+    grpc,
     http::{self, Connection},
     mesh::{self, Layers, MeshPod, ProbeAt, Sidecar},
 };
@@ -129,6 +130,67 @@ pub async fn wait_ready(client: &Pod, target: SocketAddr, authority: &str) -> an
 pub struct Load {
     pub rate: u32,
     pub connections: u32,
+    pub speaks: Speaks,
+}
+
+/// What the load's client speaks to the server's Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// `GET /api/orders` over HTTP/1.1, one at a time per connection.
+    Http1,
+    /// The demo's unary `GetOrder` over a tonic channel (HTTP/2), one at a
+    /// time per channel.
+    Grpc,
+}
+
+/// One keep-alive connection of a load, as its client speaks.
+enum Open {
+    Http(Connection),
+    Grpc(tonic::transport::Channel),
+}
+
+impl Open {
+    async fn new(
+        speaks: Speaks,
+        client: &Pod,
+        target: SocketAddr,
+        authority: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(match speaks {
+            Speaks::Http1 => {
+                let stream = http::connect_in(&client.netns_path(), target).await?;
+                Self::Http(Connection::over(stream).await?)
+            }
+            Speaks::Grpc => Self::Grpc(
+                http::channel_in(&client.netns_path(), target, authority)
+                    .await
+                    .with_context(|| format!("no gRPC channel to {target}"))?,
+            ),
+        })
+    }
+
+    /// One call; an answer other than the app's own is an error: the mesh
+    /// failed the call, and the run would measure something else.
+    async fn call(&mut self, authority: &str, token: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Http(connection) => {
+                let (status, _) = connection
+                    .get(authority, "/api/orders", Some(token))
+                    .await?;
+                if !status.is_success() && status.as_u16() != 404 {
+                    bail!("the app answered {status}");
+                }
+            }
+            Self::Grpc(channel) => {
+                let call = grpc::Call::GetOrder(42);
+                let outcome = grpc::call(channel.clone(), call, token).await?;
+                if outcome != call.expected() {
+                    bail!("the gRPC call {call:?} came back with {outcome:?}");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Load {
@@ -147,8 +209,7 @@ impl Load {
         let period = Duration::from_secs(1) * self.connections / self.rate;
         let mut tasks = tokio::task::JoinSet::new();
         for index in 0..self.connections {
-            let stream = http::connect_in(&client.netns_path(), target).await?;
-            let mut connection = Connection::over(stream).await?;
+            let mut connection = Open::new(self.speaks, client, target, authority).await?;
             let token = token.to_owned();
             let authority = authority.to_owned();
             tasks.spawn(async move {
@@ -158,16 +219,11 @@ impl Load {
                 let mut due = start;
                 while due < start + duration {
                     tokio::time::sleep_until(due).await;
-                    let (status, _) = connection
-                        .get(&authority, "/api/orders", Some(&token))
-                        .await?;
-                    if !status.is_success() && status.as_u16() != 404 {
-                        anyhow::bail!("the app answered {status}");
-                    }
+                    connection.call(&authority, &token).await?;
                     latencies.push(due.elapsed());
                     due += period;
                 }
-                Ok(latencies)
+                Ok::<_, anyhow::Error>(latencies)
             });
         }
         let mut all = Vec::new();

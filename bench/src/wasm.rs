@@ -22,13 +22,16 @@ use kubectl_apitrace::demo::{
 use crate::{
     pods::{stage, start_probe},
     report::{Row, Table},
-    sidecar::{APP_PORT, Load, Module, probe_metrics, start_envoy, wait_ready, write_bootstrap},
+    sidecar::{
+        APP_PORT, Load, Module, Speaks, probe_metrics, start_envoy, wait_ready, write_bootstrap,
+    },
     stats::{Sample, cpu_ms},
 };
 
 const LOAD: Load = Load {
     rate: 500,
     connections: 4,
+    speaks: Speaks::Http1,
 };
 
 const SCENARIOS: [(&str, Layers); 3] = [
