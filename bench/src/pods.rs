@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use apitrace_netns::topology::{Pod, Topology};
+use apitrace_proto::probe_args::{ProbeArgs, ProbeTarget, SESSION_TOKEN_ENV};
 use kubectl_apitrace::demo::http;
 use tokio::runtime::Runtime;
 
@@ -29,20 +30,19 @@ pub fn stage(prefix: &str, app: SocketAddr) -> anyhow::Result<(Topology, Runtime
 
 /// The probe in `probe_pod`, attached to each of `targets`.
 pub fn start_probe(binary: &Path, probe_pod: &Pod, targets: &[&Pod]) -> anyhow::Result<Guard> {
-    let mut command = in_pod(
-        probe_pod,
-        &binary.to_string_lossy(),
-        &["--session-id", "bench", "--deadline", "30m"],
-    );
-    for target in targets {
-        command.arg("--target").arg(format!(
-            "bench/{}=netns:{}",
-            target.name,
-            target.netns_path().display()
-        ));
-    }
+    let targets = targets
+        .iter()
+        .map(|target| ProbeTarget {
+            namespace: "bench".to_owned(),
+            name: target.name.to_owned(),
+            netns: format!("netns:{}", target.netns_path().display()),
+        })
+        .collect();
+    let args = ProbeArgs::new("bench".to_owned(), targets, Duration::from_secs(30 * 60)).to_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut command = in_pod(probe_pod, &binary.to_string_lossy(), &args);
     command
-        .env("APITRACE_SESSION_TOKEN", "bench")
+        .env(SESSION_TOKEN_ENV, "bench")
         .stderr(Stdio::null());
     let probe = Guard(command.spawn().context("cannot start the probe")?);
     let health = SocketAddr::new(IpAddr::V4(probe_pod.ipv4), apitrace_proto::ports::HTTP);

@@ -12,6 +12,7 @@ use apitrace_cluster::{
     cleanup,
     watchdog::{self, Anchor},
 };
+use apitrace_proto::probe_args::LeaseRef;
 use apitrace_proto::{Attachment, ProbeStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
@@ -47,15 +48,9 @@ pub struct Config {
     /// The probe exits when this has passed, whoever forgot to stop it.
     pub deadline: Duration,
     /// The Lease the CLI renews; none when the probe runs on its own.
-    pub anchor: Option<AnchorRef>,
+    pub anchor: Option<LeaseRef>,
     pub tc: tc::Options,
     pub hub_capacity: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct AnchorRef {
-    pub namespace: String,
-    pub name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +185,7 @@ async fn serve(
     config: &Config,
     hub: Hub,
     mut taps: Taps,
-    watch: Option<&(kube::Client, AnchorRef)>,
+    watch: Option<&(kube::Client, LeaseRef)>,
 ) -> Result<Option<Box<Lease>>, RunError> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -48,13 +48,7 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/a
 const RING_BUFFER_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
 const TCX_KERNEL: KernelVersion = KernelVersion::new(6, 6, 0);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// tcx where the kernel has it, netlink otherwise.
-    Auto,
-    Tcx,
-    Netlink,
-}
+pub use apitrace_proto::probe_args::AttachMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {

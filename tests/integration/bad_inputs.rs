@@ -110,9 +110,9 @@ fn table(files: &Path, probe: IpAddr) -> Vec<(Bad, String)> {
         join("", "exit 1: error: cannot read {file} at byte 0: Is a directory (os error 21); pass a file written by `--save`".into()),
         // The probe's command line, as a pod spec might get it wrong.
         probe_args(&["1m", "--target", "shop/web=container:abc"], "exit 1: apitrace-probe: --target \"shop/web=container:abc\": \"abc\" is not a container ID (at least 12 hexadecimal digits)"),
-        probe_args(&["1m", "--target", "nonsense"], "exit 1: apitrace-probe: --target \"nonsense\": expected NAMESPACE/NAME=NETNS"),
+        probe_args(&["1m", "--target", "nonsense"], "exit 2: error: invalid value 'nonsense' for '--target <NAMESPACE/NAME=NETNS>': \"nonsense\": expected NAMESPACE/NAME=NETNS"),
         probe_args(&["forever", "--target", "shop/web=pid:1"], "exit 2: error: invalid value 'forever' for '--deadline <DEADLINE>': \"forever\" is not a duration: use a number and a unit, such as 10m"),
-        probe_args(&["1m", "--target", "shop/web=pid:1", "--lease", "noslash"], "exit 1: apitrace-probe: --lease \"noslash\" is not NAMESPACE/NAME"),
+        probe_args(&["1m", "--target", "shop/web=pid:1", "--lease", "noslash"], "exit 2: error: invalid value 'noslash' for '--lease <NAMESPACE/NAME>': \"noslash\" is not NAMESPACE/NAME"),
         probe_args(&["1m", "--target", "shop/web=netns:/nonexistent"], "exit 1: apitrace-probe: cannot open network namespace /nonexistent: No such file or directory (os error 2)"),
         // The probe's endpoints, from a traced pod.
         (post("garbage.apitrace", Some("test-token")), "HTTP 400".into()),

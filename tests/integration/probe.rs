@@ -11,6 +11,7 @@ use std::{
 };
 
 use apitrace_netns::{run_in, topology::Pod};
+use apitrace_proto::probe_args::{ProbeArgs, ProbeTarget, SESSION_TOKEN_ENV};
 
 use serde_json::{Value, json};
 
@@ -42,15 +43,20 @@ impl Probe {
         let child = Command::new("ip")
             .args(["netns", "exec", &probe_pod.netns])
             .arg(&binaries().probe)
-            .args(["--session-id", "test", "--deadline", "2m"])
-            .arg("--target")
-            .arg(format!(
-                "test/{}=netns:{}",
-                target.name,
-                target.netns_path().display()
-            ))
+            .args(
+                ProbeArgs::new(
+                    "test".to_owned(),
+                    vec![ProbeTarget {
+                        namespace: "test".to_owned(),
+                        name: target.name.to_owned(),
+                        netns: format!("netns:{}", target.netns_path().display()),
+                    }],
+                    Duration::from_secs(120),
+                )
+                .to_args(),
+            )
             .args(extra)
-            .env("APITRACE_SESSION_TOKEN", "test-token")
+            .env(SESSION_TOKEN_ENV, "test-token")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use apitrace_proto::ports;
+use apitrace_proto::{
+    ports,
+    probe_args::{LeaseRef, NODE_NAME_ENV, ProbeArgs, ProbeTarget, SESSION_TOKEN_ENV},
+};
 use k8s_openapi::{
     ByteString,
     api::{
@@ -226,26 +229,34 @@ impl Plan {
             .annotations
             .get_or_insert_default()
             .insert(names::NODE_ANNOTATION.to_owned(), node.name.clone());
-        let mut args = vec![
-            "--session-id".to_owned(),
+        let targets = self
+            .targets
+            .pods
+            .iter()
+            .filter(|pod| pod.node == node.name)
+            .map(|pod| ProbeTarget {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                netns: format!("container:{}", pod.sidecar_container_id),
+            })
+            .collect();
+        let mut probe_args = ProbeArgs::new(
             self.session.to_string(),
-            "--deadline".to_owned(),
-            format!("{}s", (self.duration + PROBE_GRACE).as_secs()),
-            "--lease".to_owned(),
-            format!("{}/{}", self.probe.namespace, self.session.object_name()),
-        ];
-        for pod in self.targets.pods.iter().filter(|pod| pod.node == node.name) {
-            args.push("--target".into());
-            args.push(format!(
-                "{}/{}=container:{}",
-                pod.namespace, pod.name, pod.sidecar_container_id
-            ));
-        }
+            targets,
+            self.duration + PROBE_GRACE,
+        );
+        probe_args.lease = Some(LeaseRef {
+            namespace: self.probe.namespace.clone(),
+            name: self.session.object_name(),
+        });
         // Any sidecar of the session may reach any probe through the Service.
-        for ip in self.targets.pods.iter().flat_map(|pod| &pod.ips) {
-            args.push("--peer".into());
-            args.push(ip.clone());
-        }
+        probe_args.peers = self
+            .targets
+            .pods
+            .iter()
+            .flat_map(|pod| &pod.ips)
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
         let security_context = if self.probe.privileged {
             SecurityContext {
                 privileged: Some(true),
@@ -301,10 +312,10 @@ impl Plan {
                     name: names::PROBE_CONTAINER.to_owned(),
                     image: Some(self.probe.image.clone()),
                     image_pull_policy: Some("IfNotPresent".into()),
-                    args: Some(args),
+                    args: Some(probe_args.to_args()),
                     env: Some(vec![
                         EnvVar {
-                            name: "APITRACE_SESSION_TOKEN".into(),
+                            name: SESSION_TOKEN_ENV.into(),
                             value_from: Some(EnvVarSource {
                                 secret_key_ref: Some(SecretKeySelector {
                                     name: self.session.object_name(),
@@ -316,7 +327,7 @@ impl Plan {
                             ..EnvVar::default()
                         },
                         EnvVar {
-                            name: "NODE_NAME".into(),
+                            name: NODE_NAME_ENV.into(),
                             value_from: Some(EnvVarSource {
                                 field_ref: Some(ObjectFieldSelector {
                                     field_path: "spec.nodeName".into(),

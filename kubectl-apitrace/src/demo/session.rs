@@ -30,7 +30,12 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use apitrace_join::{Input, Workload, WorkloadKind};
-use apitrace_proto::{Event, ProbeStatus, event::Kind, istio, ports};
+use apitrace_proto::{
+    Event, ProbeStatus,
+    event::Kind,
+    istio, ports,
+    probe_args::{ProbeArgs, ProbeTarget, SESSION_TOKEN_ENV},
+};
 use futures::{StreamExt as _, stream::BoxStream};
 
 use apitrace_netns::cgroup::{self, ContainerCgroup};
@@ -52,7 +57,7 @@ use crate::{
 const NAMESPACE: &str = "demo";
 const PROBE_HOST: &str = "apitrace-probe.demo.svc.cluster.local";
 /// The probe's own time box: it exits after this whatever happens to the CLI.
-const PROBE_DEADLINE: &str = "10m";
+const PROBE_DEADLINE: Duration = Duration::from_secs(600);
 /// How long the probe and Envoy get to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The demo's mesh: the client and the server pod, as `plan` asks.
@@ -187,21 +192,20 @@ impl Demo {
         let session_id = random_hex(4)?;
         let token = random_hex(24)?;
         let mut command = tokio::process::Command::new(&plan.probe);
-        command.args([
-            "--session-id",
-            &session_id,
-            "--node",
-            "demo-node",
-            "--deadline",
-            PROBE_DEADLINE,
-        ]);
-        for ((pod, _), sandbox) in mesh.sidecar_pods().into_iter().zip(&sandboxes) {
-            command.arg("--target").arg(format!(
-                "{NAMESPACE}/{}=container:{}",
-                pod.name, sandbox.container_id
-            ));
-        }
-        command.env("APITRACE_SESSION_TOKEN", &token);
+        let targets = mesh
+            .sidecar_pods()
+            .into_iter()
+            .zip(&sandboxes)
+            .map(|((pod, _), sandbox)| ProbeTarget {
+                namespace: NAMESPACE.to_owned(),
+                name: pod.name.to_owned(),
+                netns: format!("container:{}", sandbox.container_id),
+            })
+            .collect();
+        let mut probe_args = ProbeArgs::new(session_id.clone(), targets, PROBE_DEADLINE);
+        probe_args.node = Some("demo-node".to_owned());
+        command.args(probe_args.to_args());
+        command.env(SESSION_TOKEN_ENV, &token);
         let mut probe = DemoProcess::spawn(
             "probe",
             command,
