@@ -286,7 +286,7 @@ fn the_identity_watch_of_10000_pods_holds_a_page_of_text_and_their_addresses() {
         &kubeconfig,
         identity::watch_all::<Pod>,
         |event, kept| {
-            for input in identity::identities(event, &traced, 0) {
+            for input in identity::identities(event, &traced, false, 0) {
                 if let Input::Identity {
                     ip,
                     since_ns,

@@ -242,17 +242,21 @@ fn parse_all(ips: Vec<&str>) -> Vec<IpAddr> {
 /// The traced pods, as `namespace/name`: their sidecars log calls too.
 pub type TracedPods = BTreeSet<(String, String)>;
 
-/// Turns one watcher event into identities. What the first listing finds has
-/// held since before the session (`since_ns` 0); what appears later holds
-/// from `now_ns`.
+/// Turns one watcher event into identities. What the session's first
+/// listing finds has held since before the session (`since_ns` 0); what
+/// appears later holds from `now_ns`, and so does what a later listing finds
+/// (`relisted`: the watcher lists again after its watch broke off, 410
+/// `Expired` among others), since an address may have passed to another pod
+/// meanwhile and the calls before must keep the name they had.
 pub fn identities<K: Addressed>(
     event: Event<Slim<K>>,
     traced: &TracedPods,
+    relisted: bool,
     now_ns: i64,
 ) -> Vec<Input> {
     let (object, since_ns) = match event {
-        Event::InitApply(object) => (object, 0),
-        Event::Apply(object) => (object, now_ns),
+        Event::InitApply(object) if !relisted => (object, 0),
+        Event::InitApply(object) | Event::Apply(object) => (object, now_ns),
         Event::Delete(_) | Event::Init | Event::InitDone => return Vec::new(),
     };
     let namespace = object.namespace().unwrap_or_default();
@@ -283,9 +287,14 @@ pub fn transform<K: Addressed>(
     traced: TracedPods,
     clock: impl Fn() -> i64 + Send + 'static,
 ) -> impl Stream<Item = Result<Input, watcher::Error>> + Send {
+    let mut listed = false;
     events.flat_map(move |event| {
         let items: Vec<Result<Input, watcher::Error>> = match event {
-            Ok(event) => identities(event, &traced, clock())
+            Ok(Event::InitDone) => {
+                listed = true;
+                Vec::new()
+            }
+            Ok(event) => identities(event, &traced, listed, clock())
                 .into_iter()
                 .map(Ok)
                 .collect(),
@@ -365,6 +374,15 @@ mod tests {
         }
     }
 
+    /// What `transform` makes of `events`, its clock at 42.
+    fn at_42(
+        events: impl Stream<Item = Result<Event<Slim<Pod>>, watcher::Error>> + Send + 'static,
+    ) -> Vec<Input> {
+        block_on_stream(Box::pin(transform(events, traced(), || 42)))
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn traced() -> TracedPods {
         BTreeSet::from([("shop".to_owned(), "web-1".to_owned())])
     }
@@ -390,15 +408,33 @@ mod tests {
             // Deleted: no new entry, and the old one stays for its calls.
             Ok(Event::Delete(pod("shop", "web-1", &["10.0.0.5"], false))),
         ]);
-        let inputs: Vec<Input> = block_on_stream(transform(events, traced(), || 42))
-            .map(Result::unwrap)
-            .collect();
         assert_eq!(
-            inputs,
+            at_42(events),
             [
                 identity("10.0.0.5", 0, "shop", "web-1", WorkloadKind::Pod, true),
                 identity("fd00::5", 0, "shop", "web-1", WorkloadKind::Pod, true),
                 identity("10.0.0.9", 42, "shop", "client-7", WorkloadKind::Pod, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_a_later_listing_finds_holds_from_then_since_an_address_may_have_passed_on() {
+        let events = stream::iter([
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod("shop", "web-1", &["10.0.0.5"], false))),
+            Ok(Event::InitDone),
+            // The watch broke off; web-1 went, db-0 got its address, and the
+            // watcher lists again.
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod("shop", "db-0", &["10.0.0.5"], false))),
+            Ok(Event::InitDone),
+        ]);
+        assert_eq!(
+            at_42(events),
+            [
+                identity("10.0.0.5", 0, "shop", "web-1", WorkloadKind::Pod, true),
+                identity("10.0.0.5", 42, "shop", "db-0", WorkloadKind::Pod, false),
             ]
         );
     }
@@ -415,12 +451,14 @@ mod tests {
         let headless = identities(
             Event::InitApply(service("db", json!(["None"]))),
             &traced(),
+            false,
             0,
         );
         assert!(headless.is_empty());
         let api = identities(
             Event::InitApply(service("web", json!(["10.96.0.10"]))),
             &traced(),
+            false,
             0,
         );
         assert_eq!(
@@ -443,7 +481,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            identities(Event::Apply(node), &traced(), 7),
+            identities(Event::Apply(node), &traced(), false, 7),
             [identity(
                 "192.168.1.2",
                 7,
@@ -507,14 +545,14 @@ mod tests {
         for phase in ["Succeeded", "Failed"] {
             let finished: Slim<Pod> = serde_json::from_value(served_pod(phase)).unwrap();
             assert_eq!(
-                identities(Event::InitApply(finished), &traced(), 0),
+                identities(Event::InitApply(finished), &traced(), false, 0),
                 [],
                 "{phase}"
             );
         }
         let running: Slim<Pod> = serde_json::from_value(served_pod("Running")).unwrap();
         assert_eq!(
-            identities(Event::InitApply(running), &traced(), 0),
+            identities(Event::InitApply(running), &traced(), false, 0),
             [identity(
                 "10.0.0.5",
                 0,
