@@ -34,7 +34,7 @@ const WASM_PLUGINS: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/w
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/apitrace-system/leases/";
 const MESH_MAP: &str = "/api/v1/namespaces/istio-system/configmaps/istio";
 /// The user the CLI runs as.
-const USER: &str = "alice";
+pub(crate) const USER: &str = "alice";
 
 /// The documents of a file in `manifests/`.
 fn manifest(file: &str) -> Vec<Value> {
@@ -46,14 +46,14 @@ fn manifest(file: &str) -> Vec<Value> {
 }
 
 /// `manifests/user-clusterrole.yaml`'s ClusterRole, `apitrace-user`.
-fn user_role() -> Value {
+pub(crate) fn user_role() -> Value {
     manifest("user-clusterrole.yaml").remove(0)
 }
 
 /// The cluster's RBAC: the probe's roles and bindings from
 /// `manifests/probe.yaml`, the user ClusterRole `role`, and its binding to
 /// [`USER`] as that manifest's comment says to make it.
-fn rbac_objects(role: Value) -> Vec<Value> {
+pub(crate) fn rbac_objects(role: Value) -> Vec<Value> {
     let mut objects: Vec<Value> = manifest("probe.yaml")
         .into_iter()
         .filter(|document| {

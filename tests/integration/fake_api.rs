@@ -55,6 +55,8 @@ type Route = dyn Fn(&Request) -> Answer + Send + Sync;
 pub struct FakeApi {
     pub address: SocketAddr,
     received: Arc<Mutex<Vec<Request>>>,
+    /// The size of each JSON answer's body, by the request's path and query.
+    answered: Arc<Mutex<Vec<(String, usize)>>>,
 }
 
 impl FakeApi {
@@ -67,19 +69,32 @@ impl FakeApi {
         let address = listener.local_addr().expect("a bound listener");
         let received = Arc::new(Mutex::new(Vec::new()));
         let route: Arc<Route> = Arc::new(move |request: &Request| route(request).into());
-        let log = Arc::clone(&received);
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let log = Logs {
+            received: Arc::clone(&received),
+            answered: Arc::clone(&answered),
+        };
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let route = Arc::clone(&route);
-                let log = Arc::clone(&log);
+                let log = log.clone();
                 std::thread::spawn(move || serve_connection(stream, &*route, &log));
             }
         });
-        Self { address, received }
+        Self {
+            address,
+            received,
+            answered,
+        }
     }
 
     pub fn received(&self) -> Vec<Request> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Each JSON answer's path and query, and the size of its body in bytes.
+    pub fn answered(&self) -> Vec<(String, usize)> {
+        self.answered.lock().unwrap().clone()
     }
 
     /// A kubeconfig whose only context points at this server, sending
@@ -104,8 +119,14 @@ pub fn write_kubeconfig(path: &Path, server: SocketAddr, token: Option<&str>) {
     std::fs::write(path, config).expect("writing the kubeconfig");
 }
 
+#[derive(Clone)]
+struct Logs {
+    received: Arc<Mutex<Vec<Request>>>,
+    answered: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
 /// Reads requests off one keep-alive connection until the client closes it.
-fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>) {
+fn serve_connection(stream: TcpStream, route: &Route, log: &Logs) {
     let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
     let mut writer = stream;
     loop {
@@ -146,7 +167,7 @@ fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>)
             headers,
             body: serde_json::from_slice(&body).ok(),
         };
-        log.lock().unwrap().push(request.clone());
+        log.received.lock().unwrap().push(request.clone());
         let (status, answer) = match route(&request) {
             Answer::Json(status, answer) => (status, answer),
             Answer::Hold => {
@@ -163,6 +184,10 @@ fn serve_connection(stream: TcpStream, route: &Route, log: &Mutex<Vec<Request>>)
             }
         };
         let answer = serde_json::to_vec(&answer).expect("JSON");
+        log.answered
+            .lock()
+            .unwrap()
+            .push((request.uri.clone(), answer.len()));
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             answer.len()

@@ -186,7 +186,12 @@ fn status(code: u16, reason: &str, message: &str) -> Answer {
 #[derive(Default)]
 struct Store {
     objects: BTreeMap<String, Value>,
+    /// The revision of the last write, as etcd's: every create, update and
+    /// delete advances it.
     version: u64,
+    /// Each write's key and revision, to tell whether a collection is still
+    /// as it was at a paged list's revision.
+    changes: Vec<(String, u64)>,
 }
 
 impl Store {
@@ -197,6 +202,7 @@ impl Store {
 
     fn put(&mut self, key: String, mut object: Value) -> Value {
         object["metadata"]["resourceVersion"] = self.next_version().into();
+        self.changes.push((key.clone(), self.version));
         self.objects.insert(key, object.clone());
         object
     }
@@ -206,6 +212,8 @@ impl Store {
         let Some(object) = self.objects.remove(key) else {
             return Vec::new();
         };
+        self.version += 1;
+        self.changes.push((key.to_owned(), self.version));
         let uid = object["metadata"]["uid"].clone();
         let owned: Vec<String> = self
             .objects
@@ -421,24 +429,7 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
             }
         }
         ("GET", None, None) if watch => Answer::Hold,
-        ("GET", None, None) => {
-            let store = state.store.lock().unwrap();
-            let selector = params.get("labelSelector").map_or("", String::as_str);
-            let items: Vec<Value> = store
-                .objects
-                .iter()
-                .filter(|(key, object)| target.holds(key) && selected(object, selector))
-                .map(|(_, object)| object.clone())
-                .collect();
-            Answer::Json(
-                200,
-                json!({
-                    "kind": "List", "apiVersion": "v1",
-                    "metadata": { "resourceVersion": store.version.to_string() },
-                    "items": items,
-                }),
-            )
-        }
+        ("GET", None, None) => list(&state.store.lock().unwrap(), &target, &params),
         ("POST", None, None) => create(
             state,
             &user,
@@ -495,6 +486,89 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
 /// requires `create` (the `AuthorizePodWebsocketUpgradeCreatePermission`
 /// gate, on by default: pkg/registry/core/pod/rest/subresources.go and
 /// authorize.go).
+/// A list, as kube-apiserver's storage serves one (`GetList` in
+/// kubernetes/kubernetes `staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go`):
+/// the objects in key order; with `limit`, at most that many, and while more
+/// remain a `continue` token and how many are left (`remainingItemCount`,
+/// given only without selectors); every page at the first one's
+/// resourceVersion, continued from the key after the last one sent. etcd
+/// reads a continuation at that revision until compaction removes it, then
+/// the server answers 410 `Expired` and the client lists again; this
+/// stand-in keeps no old revisions, so it answers so as soon as the
+/// collection has changed since. A continuation may not name a
+/// resourceVersion other than 0 (same file, 400 `BadRequest`), nor an
+/// unreadable token. Not mimicked: the watch cache answering
+/// `resourceVersion=0` whole.
+fn list(store: &Store, target: &Target, params: &BTreeMap<String, String>) -> Answer {
+    let limit = match params.get("limit").map(|limit| limit.parse::<usize>()) {
+        None | Some(Ok(0)) => usize::MAX,
+        Some(Ok(limit)) => limit,
+        Some(Err(_)) => return status(400, "BadRequest", "limit must be a number"),
+    };
+    let (version, after) = match params.get("continue") {
+        None => (store.version, None),
+        Some(_)
+            if params
+                .get("resourceVersion")
+                .is_some_and(|version| version != "0") =>
+        {
+            return status(
+                400,
+                "BadRequest",
+                "specifying resource version is not allowed when using continue",
+            );
+        }
+        Some(token) => {
+            let Some((version, after)) = token
+                .split_once('|')
+                .and_then(|(version, after)| Some((version.parse::<u64>().ok()?, after)))
+            else {
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!("invalid continue token: {token}"),
+                );
+            };
+            let changed = store
+                .changes
+                .iter()
+                .any(|(key, changed)| *changed > version && target.holds(key));
+            if changed {
+                return status(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                );
+            }
+            (version, Some(after.to_owned()))
+        }
+    };
+    let labels = params.get("labelSelector").map_or("", String::as_str);
+    let mut matching = store
+        .objects
+        .iter()
+        .filter(|(key, _)| {
+            after
+                .as_ref()
+                .is_none_or(|after| key.as_str() > after.as_str())
+        })
+        .filter(|(key, object)| target.holds(key) && selected(object, labels));
+    let items: Vec<(&String, &Value)> = matching.by_ref().take(limit).collect();
+    let remaining = matching.count();
+    let mut metadata = json!({ "resourceVersion": version.to_string() });
+    if let (Some((last, _)), true) = (items.last(), remaining > 0) {
+        metadata["continue"] = format!("{version}|{last}").into();
+        if labels.is_empty() {
+            metadata["remainingItemCount"] = remaining.into();
+        }
+    }
+    let items: Vec<&Value> = items.into_iter().map(|(_, object)| object).collect();
+    Answer::Json(
+        200,
+        json!({ "kind": "List", "apiVersion": "v1", "metadata": metadata, "items": items }),
+    )
+}
+
 fn authorise(
     state: &State,
     user: &User,
@@ -845,4 +919,47 @@ fn selectors_paths_and_patches_behave_as_the_api_servers_do() {
     store.put("other".into(), json!({ "metadata": {} }));
     assert_eq!(store.remove("lease").len(), 2);
     assert_eq!(store.objects.keys().collect::<Vec<_>>(), ["other"]);
+}
+
+#[test]
+fn lists_come_in_pages_as_the_api_servers_do() {
+    let mut store = Store::default();
+    for name in ["a", "b", "c"] {
+        let key = format!("/api/v1/namespaces/shop/pods/{name}");
+        store.put(key, json!({ "metadata": { "name": name } }));
+    }
+    let pods = Target::parse("/api/v1/pods").unwrap();
+    let page = |store: &Store, query: &str| match list(store, &pods, &self::query(query)) {
+        Answer::Json(code, body) => (code, body),
+        _ => panic!("not JSON"),
+    };
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (code, first) = page(&store, "?limit=2");
+    assert_eq!((code, names(&first)), (200, vec!["a".into(), "b".into()]));
+    assert_eq!(first["metadata"]["remainingItemCount"], 1);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    let next = format!("?limit=2&continue={token}");
+    // Another collection's write leaves the pods' revision readable.
+    store.put("/api/v1/namespaces/shop/configmaps/x".into(), json!({}));
+    let (code, second) = page(&store, &next);
+    assert_eq!((code, names(&second)), (200, vec!["c".into()]));
+    assert_eq!(
+        second["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+    assert!(second["metadata"].get("continue").is_none());
+    // Unpaged, everything at once.
+    assert_eq!(names(&page(&store, "").1).len(), 3);
+    assert_eq!(page(&store, &format!("{next}&resourceVersion=5")).0, 400);
+    assert_eq!(page(&store, "?limit=2&continue=nonsense").0, 400);
+    // A pod changed since: that revision is gone, the client lists again.
+    store.remove("/api/v1/namespaces/shop/pods/a");
+    assert_eq!(page(&store, &next).0, 410);
 }

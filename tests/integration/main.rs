@@ -14,8 +14,14 @@ mod fake_api;
 mod fake_cluster;
 mod fake_rbac;
 mod filter;
+mod heap;
+mod identity;
 mod layering;
 mod probe;
 mod replay;
 mod sidecar;
 mod support;
+
+/// The system's allocator, counted where a memory test asks (`heap`).
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;

@@ -1064,10 +1064,14 @@ async fn missing_objects_and_misplaced_flags_say_what_to_do() {
     api.finish().await;
 }
 
-/// The identity watch of pods as the API server sees it: one list, then a
-/// watch from its resourceVersion (services and nodes alike).
+/// The identity watch of pods as the API server sees it: a list in pages of
+/// 500, each after the first asked for by the `continue` token of the one
+/// before, then a watch from the list's resourceVersion (services and nodes
+/// alike).
 pub(crate) fn identity_watch_script() -> Vec<Exchange> {
     let listed = pod("web-1", running(), json!({}));
+    let mut next_page = pod("db-0", running(), json!({}));
+    next_page["status"]["podIPs"] = json!([{ "ip": "10.0.0.7" }]);
     let mut added = pod("client-7", running(), json!({}));
     added["status"]["podIPs"] = json!([{ "ip": "10.0.0.9" }]);
     added["metadata"]["resourceVersion"] = json!("101");
@@ -1075,7 +1079,15 @@ pub(crate) fn identity_watch_script() -> Vec<Exchange> {
         ok(
             Method::GET,
             "/api/v1/pods?&limit=500",
-            json!({ "metadata": { "resourceVersion": "100" }, "items": [listed] }),
+            json!({
+                "metadata": { "resourceVersion": "100", "continue": "page-2", "remainingItemCount": 1 },
+                "items": [listed],
+            }),
+        ),
+        ok(
+            Method::GET,
+            "/api/v1/pods?&limit=500&continue=page-2",
+            json!({ "metadata": { "resourceVersion": "100" }, "items": [next_page] }),
         ),
         watch(
             "/api/v1/pods?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=100",
@@ -1084,17 +1096,14 @@ pub(crate) fn identity_watch_script() -> Vec<Exchange> {
     ]
 }
 
-/// Pods listed and pods added both become identities.
+/// Pods listed, on every page, and pods added all become identities.
 #[tokio::test]
-async fn identities_come_from_a_list_then_a_watch_of_pods() {
+async fn identities_come_from_a_list_in_pages_then_a_watch_of_pods() {
     let api = MockApi::new(identity_watch_script());
     let traced = BTreeSet::from([("shop".to_owned(), "web-1".to_owned())]);
-    let events = kube::runtime::watcher::watcher(
-        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(api.client.clone()),
-        kube::runtime::watcher::Config::default(),
-    );
+    let events = identity::watch_all::<k8s_openapi::api::core::v1::Pod>(api.client.clone());
     let inputs: Vec<_> = identity::transform(events, traced, || 42)
-        .take(2)
+        .take(3)
         .map(Result::unwrap)
         .collect()
         .await;
@@ -1113,6 +1122,7 @@ async fn identities_come_from_a_list_then_a_watch_of_pods() {
         names,
         [
             ("10.0.0.5 web-1".to_owned(), 0, true),
+            ("10.0.0.7 db-0".to_owned(), 0, false),
             ("10.0.0.9 client-7".to_owned(), 42, false),
         ]
     );
