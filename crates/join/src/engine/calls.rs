@@ -57,12 +57,14 @@ impl Calls {
     }
 
     /// The call `request_id`, made by `open` (given its id) if it is not
-    /// there.
+    /// there, unless `printed` holds the id: the call was printed, and none
+    /// is opened. The id is hashed once for all of it.
     pub fn get_or_open(
         &mut self,
         request_id: &str,
+        printed: &PrintedIds,
         open: impl FnOnce(CallId) -> PendingCall,
-    ) -> &mut PendingCall {
+    ) -> Option<&mut PendingCall> {
         let hash = Self::hash(request_id);
         let entry = self.table.entry(
             hash,
@@ -70,14 +72,15 @@ impl Calls {
             |call| call.id.hash,
         );
         match entry {
-            hash_table::Entry::Occupied(entry) => entry.into_mut(),
+            hash_table::Entry::Occupied(entry) => Some(entry.into_mut()),
+            hash_table::Entry::Vacant(_) if printed.holds(hash) => None,
             hash_table::Entry::Vacant(entry) => {
                 let id = CallId {
                     hash,
                     serial: self.next_serial,
                 };
                 self.next_serial += 1;
-                entry.insert(open(id)).into_mut()
+                Some(entry.insert(open(id)).into_mut())
             }
         }
     }
@@ -249,8 +252,9 @@ impl PrintedIds {
         }
     }
 
-    pub fn contains(&self, request_id: &str) -> bool {
-        !self.ids.is_empty() && self.ids.contains(&Calls::hash(request_id))
+    /// Whether a call whose id hashes to `hash` was printed.
+    fn holds(&self, hash: u64) -> bool {
+        !self.ids.is_empty() && self.ids.contains(&hash)
     }
 
     /// Forgets the ids printed at or before `cutoff_ns`.

@@ -297,13 +297,14 @@ impl Joiner {
             Kind::AccessLog(log) => {
                 let pod = self.pods.index(log.reporter.as_ref());
                 let legs = HopLegs::of(&log, pod, self.direction(&log));
-                let call = if log.request_id.is_empty() {
+                let opened = if log.request_id.is_empty() {
                     self.open(&unidentified_call_key(&log), now_ns)
-                } else if self.printed_already(&log.request_id) {
-                    self.stats.access_logs_after_printed += 1;
-                    return None;
                 } else {
                     self.open(&log.request_id, now_ns)
+                };
+                let Some(call) = opened else {
+                    self.stats.access_logs_after_printed += 1;
+                    return None;
                 };
                 let id = call.id;
                 push_exact(&mut call.access_logs, log);
@@ -324,12 +325,11 @@ impl Joiner {
                     return None;
                 }
                 let request_id = std::mem::take(&mut wasm.request_id);
-                if self.printed_already(&request_id) {
+                let part = WasmPart::new(wasm, self.config.show_secrets, &mut self.json);
+                let Some(call) = self.open(&request_id, now_ns) else {
                     self.stats.wasm_after_printed += 1;
                     return None;
-                }
-                let part = WasmPart::new(wasm, self.config.show_secrets, &mut self.json);
-                let call = self.open(&request_id, now_ns);
+                };
                 push_exact(&mut call.wasm, part);
                 let id = call.id;
                 self.completed(id)
@@ -352,14 +352,20 @@ impl Joiner {
                 if let Some(request_id) = request_id {
                     // Rule 3: the sidecar added the header, and the hop it
                     // sent is plaintext.
-                    if self.printed_already(request_id) {
+                    let opened = open(
+                        &mut self.calls,
+                        &mut self.opened,
+                        &self.printed,
+                        request_id,
+                        now_ns,
+                    );
+                    let Some(call) = opened else {
                         self.stats.tc_after_printed += 1;
                         return None;
-                    }
+                    };
                     if stream != 0 {
                         self.wire.add_identified_stream(&flow, &packet, now_ns);
                     }
-                    let call = self.open(request_id, now_ns);
                     let id = call.id;
                     push_exact(&mut call.identified, (flow, packet));
                     self.identified.add(flow, time, id, stream);
@@ -425,20 +431,15 @@ impl Joiner {
         }
     }
 
-    /// Whether the call `request_id` is not open and was printed in the
-    /// last two windows: an event of it that comes now would make a second
-    /// record of one call, so it is counted and left out instead.
-    fn printed_already(&self, request_id: &str) -> bool {
-        self.printed.contains(request_id) && self.calls.find(request_id).is_none()
-    }
-
-    /// The open call `request_id`, opened now if it was not.
-    fn open(&mut self, request_id: &str, now_ns: i64) -> &mut PendingCall {
-        let opened = &mut self.opened;
-        self.calls.get_or_open(request_id, |id| {
-            opened.push_back((now_ns, id));
-            PendingCall::new(id, request_id)
-        })
+    /// See [`open`].
+    fn open(&mut self, request_id: &str, now_ns: i64) -> Option<&mut PendingCall> {
+        open(
+            &mut self.calls,
+            &mut self.opened,
+            &self.printed,
+            request_id,
+            now_ns,
+        )
     }
 
     /// The call `id` with what it claims of the wire, if it has every part
@@ -928,6 +929,24 @@ impl LegClaim {
 struct IdentifiedResponse {
     response: MessageRef,
     until: i64,
+}
+
+/// The open call `request_id`, opened now (its window from `now_ns`) if it
+/// was not, unless a call of that id was printed in the last two windows:
+/// then none, and the caller counts the event as late (rule 8: a call is
+/// printed once). A free function over the fields it needs, so that a caller
+/// can use the joiner's other fields while it holds the call.
+fn open<'a>(
+    calls: &'a mut Calls,
+    opened: &mut VecDeque<(i64, CallId)>,
+    printed: &PrintedIds,
+    request_id: &str,
+    now_ns: i64,
+) -> Option<&'a mut PendingCall> {
+    calls.get_or_open(request_id, printed, |id| {
+        opened.push_back((now_ns, id));
+        PendingCall::new(id, request_id)
+    })
 }
 
 /// Removes the call `id` from the calls indexed under `key`.
