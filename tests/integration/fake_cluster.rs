@@ -479,13 +479,6 @@ fn route(state: &Arc<State>, request: &Request) -> Answer {
     }
 }
 
-/// Refuses a request RBAC does not allow `user`, as kube-apiserver's
-/// authorisation filter does before any handler sees it. A port-forward is
-/// authorised twice: its WebSocket handshake is a GET, so `get
-/// pods/portforward`, and from Kubernetes 1.35 `PortForwardREST.Connect` also
-/// requires `create` (the `AuthorizePodWebsocketUpgradeCreatePermission`
-/// gate, on by default: pkg/registry/core/pod/rest/subresources.go and
-/// authorize.go).
 /// A list, as kube-apiserver's storage serves one (`GetList` in
 /// kubernetes/kubernetes `staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go`):
 /// the objects in key order; with `limit`, at most that many, and while more
@@ -569,6 +562,13 @@ fn list(store: &Store, target: &Target, params: &BTreeMap<String, String>) -> An
     )
 }
 
+/// Refuses a request RBAC does not allow `user`, as kube-apiserver's
+/// authorisation filter does before any handler sees it. A port-forward is
+/// authorised twice: its WebSocket handshake is a GET, so `get
+/// pods/portforward`, and from Kubernetes 1.35 `PortForwardREST.Connect` also
+/// requires `create` (the `AuthorizePodWebsocketUpgradeCreatePermission`
+/// gate, on by default: pkg/registry/core/pod/rest/subresources.go and
+/// authorize.go).
 fn authorise(
     state: &State,
     user: &User,

@@ -86,7 +86,8 @@ pub struct Hop {
     pub direction: Cow<'static, str>,
     /// The protocol this sidecar received the call in (`HTTP/1.1`,
     /// `HTTP/2`): between two sidecars Istio may send HTTP/1.1 on as HTTP/2
-    /// (a port named `http2` or `grpc`, or `h2UpgradePolicy`), so the
+    /// (a port named `http2` or `grpc`, or `h2UpgradePolicy`: istiod's
+    /// `setUpstreamProtocol`, docs/mesh.md), so the
     /// caller's hop can say what its app spoke where the called one cannot.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,

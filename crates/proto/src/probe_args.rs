@@ -8,7 +8,12 @@
 //! session token is not among them: it goes in the environment
 //! ([`SESSION_TOKEN_ENV`]), where `ps` on the node does not show it.
 
-use std::{fmt, net::IpAddr, net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
 
 use crate::ports;
 
@@ -17,6 +22,18 @@ pub const SESSION_TOKEN_ENV: &str = "APITRACE_SESSION_TOKEN";
 /// The environment variable the probe reads its node's name from (a pod
 /// gets it from the downward API's `spec.nodeName`).
 pub const NODE_NAME_ENV: &str = "NODE_NAME";
+
+/// Where the probe listens unless told otherwise: every address (both
+/// families), on its own ports.
+const fn any_address(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+}
+const DEFAULT_SUBSCRIBE_LISTEN: SocketAddr = any_address(ports::SUBSCRIBE);
+const DEFAULT_ACCESS_LOG_LISTEN: SocketAddr = any_address(ports::ACCESS_LOG);
+const DEFAULT_HTTP_LISTEN: SocketAddr = any_address(ports::HTTP);
+const DEFAULT_INTERFACES: [&str; 2] = ["eth0", "lo"];
+const DEFAULT_RING_BYTES: u32 = 1 << 20;
+const DEFAULT_HUB_CAPACITY: usize = 32768;
 
 /// What a probe is told to do: which pods to trace, for which session, for
 /// how long, and where to listen.
@@ -35,11 +52,11 @@ pub struct ProbeArgs {
     /// Another address allowed to send access logs and WASM events.
     #[arg(long = "peer", value_name = "IP")]
     pub peers: Vec<IpAddr>,
-    #[arg(long, default_value_t = SocketAddr::from(([0; 16], ports::SUBSCRIBE)))]
+    #[arg(long, default_value_t = DEFAULT_SUBSCRIBE_LISTEN)]
     pub subscribe_listen: SocketAddr,
-    #[arg(long, default_value_t = SocketAddr::from(([0; 16], ports::ACCESS_LOG)))]
+    #[arg(long, default_value_t = DEFAULT_ACCESS_LOG_LISTEN)]
     pub access_log_listen: SocketAddr,
-    #[arg(long, default_value_t = SocketAddr::from(([0; 16], ports::HTTP)))]
+    #[arg(long, default_value_t = DEFAULT_HTTP_LISTEN)]
     pub http_listen: SocketAddr,
     /// The session's anchor Lease, as NAMESPACE/NAME: when the CLI stops
     /// renewing it, the probe detaches and removes the session from the cluster
@@ -50,12 +67,12 @@ pub struct ProbeArgs {
     #[arg(long, value_parser = parse_deadline)]
     pub deadline: Duration,
     /// Pod interfaces to attach to.
-    #[arg(long, value_delimiter = ',', default_value = "eth0,lo")]
+    #[arg(long, value_delimiter = ',', default_values = DEFAULT_INTERFACES)]
     pub interfaces: Vec<String>,
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
     /// Ring buffer size per pod, in bytes (a power of two, a multiple of the page size).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
     /// Ports whose traffic is not traced, in addition to Istio's and the probe's.
     #[arg(long = "ignore-port", value_delimiter = ',')]
@@ -63,7 +80,7 @@ pub struct ProbeArgs {
     /// Events buffered for a slow subscriber before the oldest are dropped (and
     /// counted). Each costs about 650 bytes while buffered: the default keeps a
     /// stalled subscriber's share of the probe's memory near 21 MiB.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = DEFAULT_HUB_CAPACITY)]
     pub hub_capacity: usize,
 }
 
@@ -76,16 +93,16 @@ impl ProbeArgs {
             node: None,
             targets,
             peers: Vec::new(),
-            subscribe_listen: SocketAddr::from(([0; 16], ports::SUBSCRIBE)),
-            access_log_listen: SocketAddr::from(([0; 16], ports::ACCESS_LOG)),
-            http_listen: SocketAddr::from(([0; 16], ports::HTTP)),
+            subscribe_listen: DEFAULT_SUBSCRIBE_LISTEN,
+            access_log_listen: DEFAULT_ACCESS_LOG_LISTEN,
+            http_listen: DEFAULT_HTTP_LISTEN,
             lease: None,
             deadline,
-            interfaces: vec!["eth0".to_owned(), "lo".to_owned()],
+            interfaces: DEFAULT_INTERFACES.map(str::to_owned).to_vec(),
             attach_mode: AttachMode::Auto,
-            ring_bytes: 1 << 20,
+            ring_bytes: DEFAULT_RING_BYTES,
             ignored_ports: Vec::new(),
-            hub_capacity: 32768,
+            hub_capacity: DEFAULT_HUB_CAPACITY,
         }
     }
 
@@ -93,7 +110,6 @@ impl ProbeArgs {
     /// differs from the probe's default, so that a pod spec shows what the
     /// session chose.
     pub fn to_args(&self) -> Vec<String> {
-        let defaults = Self::new(String::new(), Vec::new(), self.deadline);
         let mut args = vec![
             "--session-id".to_owned(),
             self.session_id.clone(),
@@ -117,14 +133,14 @@ impl ProbeArgs {
             (
                 "subscribe-listen",
                 self.subscribe_listen,
-                defaults.subscribe_listen,
+                DEFAULT_SUBSCRIBE_LISTEN,
             ),
             (
                 "access-log-listen",
                 self.access_log_listen,
-                defaults.access_log_listen,
+                DEFAULT_ACCESS_LOG_LISTEN,
             ),
-            ("http-listen", self.http_listen, defaults.http_listen),
+            ("http-listen", self.http_listen, DEFAULT_HTTP_LISTEN),
         ] {
             if value != default {
                 flag(name, value.to_string());
@@ -133,20 +149,20 @@ impl ProbeArgs {
         if let Some(lease) = &self.lease {
             flag("lease", lease.to_string());
         }
-        if self.interfaces != defaults.interfaces {
+        if self.interfaces != DEFAULT_INTERFACES {
             flag("interfaces", self.interfaces.join(","));
         }
-        if self.attach_mode != defaults.attach_mode {
+        if self.attach_mode != AttachMode::Auto {
             flag("attach-mode", self.attach_mode.as_str().to_owned());
         }
-        if self.ring_bytes != defaults.ring_bytes {
+        if self.ring_bytes != DEFAULT_RING_BYTES {
             flag("ring-bytes", self.ring_bytes.to_string());
         }
         if !self.ignored_ports.is_empty() {
             let ports: Vec<String> = self.ignored_ports.iter().map(u16::to_string).collect();
             flag("ignore-port", ports.join(","));
         }
-        if self.hub_capacity != defaults.hub_capacity {
+        if self.hub_capacity != DEFAULT_HUB_CAPACITY {
             flag("hub-capacity", self.hub_capacity.to_string());
         }
         args
