@@ -14,7 +14,11 @@ use kubectl_apitrace::{
 /// flushes its access log) and frees them when the call is printed, long after
 /// they left the cache. glibc's free pays for that in cache misses on every
 /// chunk header and neighbour it consolidates with; mimalloc frees into a
-/// per-page list and keeps the join faster (BENCHMARKS.md, the join).
+/// per-page list and keeps the join faster (BENCHMARKS.md, the join). Only
+/// over glibc: elsewhere the system's allocator is not glibc's, and
+/// mimalloc's macOS build needs the SDK's CommonCrypto headers, which a cross
+/// build from Linux does not have.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

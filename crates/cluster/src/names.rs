@@ -31,6 +31,9 @@ pub const NODE_ANNOTATION: &str = "apitrace.io/node";
 pub const DEFAULT_PROBE_NAMESPACE: &str = "apitrace-system";
 /// The probes' service account, from `manifests/probe.yaml`.
 pub const PROBE_SERVICE_ACCOUNT: &str = "apitrace-probe";
+/// The repository of the probe image a release builds (`cargo xtask release`
+/// names it the same, and checks that the CLI it builds runs that image).
+pub const PROBE_IMAGE_REPOSITORY: &str = "ghcr.io/apitrace/apitrace-probe";
 /// The probe pod's only container.
 pub const PROBE_CONTAINER: &str = "probe";
 /// The key of the session Secret that holds the token.

@@ -127,7 +127,7 @@ pub fn build(guest: Guest) -> Result<PathBuf, Error> {
     if guest.kind == GuestKind::Ebpf && !on_path("bpf-linker") {
         return Err(Error::NoBpfLinker);
     }
-    let target_dir = guest_target_dir(&out_dir);
+    let target_dir = guest_target_dir(&out_dir, env::var("TARGET").ok().as_deref());
     let mut command = match route {
         Route::RustupNightly => {
             let mut command = Command::new("rustup");
@@ -204,15 +204,22 @@ pub fn build(guest: Guest) -> Result<PathBuf, Error> {
     Ok(built)
 }
 
-/// `<target-dir>/guest`, from `OUT_DIR` = `<target-dir>/<profile>/build/<package>-<hash>/out`
-/// (with a `<triple>/` after `<target-dir>` when cross-compiling). Falls back to
-/// `OUT_DIR` itself for a layout it does not recognise.
-fn guest_target_dir(out_dir: &Path) -> PathBuf {
+/// `<target-dir>/guest`, from `OUT_DIR` = `<target-dir>/<profile>/build/<package>-<hash>/out`,
+/// or `<target-dir>/<triple>/<profile>/...` when building for `--target
+/// <triple>` (`target`, the build script's `TARGET`). Every host target shares
+/// the one directory: the guests are the same whoever embeds them. Falls back
+/// to `OUT_DIR` itself for a layout it does not recognise.
+fn guest_target_dir(out_dir: &Path, target: Option<&str>) -> PathBuf {
     let in_build_dir = out_dir
         .parent()
         .and_then(Path::parent)
         .is_some_and(|build| build.ends_with("build"));
     match out_dir.ancestors().nth(4) {
+        Some(triple_dir)
+            if in_build_dir && target.is_some_and(|target| triple_dir.ends_with(target)) =>
+        {
+            triple_dir.parent().unwrap_or(triple_dir).join("guest")
+        }
         Some(target_dir) if in_build_dir => target_dir.join("guest"),
         _ => out_dir.join("guest"),
     }
@@ -288,19 +295,39 @@ mod tests {
 
     #[test]
     fn every_profile_shares_one_guest_directory() {
-        let dev = guest_target_dir(Path::new("/w/target/debug/build/apitrace-probe-1a/out"));
-        let check = guest_target_dir(Path::new("/w/target/debug/build/apitrace-probe-2b/out"));
-        let release = guest_target_dir(Path::new("/w/target/release/build/apitrace-probe-3c/out"));
-        assert_eq!(dev, Path::new("/w/target/guest"));
-        assert_eq!((check, release), (dev.clone(), dev));
-        assert_eq!(
-            guest_target_dir(Path::new(
-                "/w/target/x86_64-unknown-linux-gnu/release/build/p-1/out"
-            )),
-            Path::new("/w/target/x86_64-unknown-linux-gnu/guest")
+        let host = Some("x86_64-unknown-linux-gnu");
+        let dev = guest_target_dir(
+            Path::new("/w/target/debug/build/apitrace-probe-1a/out"),
+            host,
         );
+        let check = guest_target_dir(
+            Path::new("/w/target/debug/build/apitrace-probe-2b/out"),
+            host,
+        );
+        let release = guest_target_dir(
+            Path::new("/w/target/release/build/apitrace-probe-3c/out"),
+            host,
+        );
+        assert_eq!(dev, Path::new("/w/target/guest"));
+        assert_eq!((check, release), (dev.clone(), dev.clone()));
+        for (target, out_dir) in [
+            (
+                host,
+                "/w/target/x86_64-unknown-linux-gnu/release/build/p-1/out",
+            ),
+            (
+                Some("aarch64-unknown-linux-gnu"),
+                "/w/target/aarch64-unknown-linux-gnu/release/build/p-1/out",
+            ),
+        ] {
+            assert_eq!(
+                guest_target_dir(Path::new(out_dir), target),
+                dev,
+                "{out_dir}"
+            );
+        }
         assert_eq!(
-            guest_target_dir(Path::new("/elsewhere/out")),
+            guest_target_dir(Path::new("/elsewhere/out"), host),
             Path::new("/elsewhere/out/guest")
         );
     }

@@ -35,12 +35,20 @@ use crate::{
 };
 use link::{FromProbe, PortForwardLink};
 
-/// The probe image released with this version of the CLI.
+/// The probe image released with this version of the CLI: tagged with the
+/// version and, in a release build, pinned to the digest of the image built
+/// with it (`cargo xtask release` sets `APITRACE_PROBE_IMAGE_DIGEST`), so
+/// that a node runs exactly that image whatever the tag points to later.
 pub fn default_probe_image() -> String {
-    format!(
-        "ghcr.io/apitrace/apitrace-probe:{}",
+    let tagged = format!(
+        "{}:{}",
+        names::PROBE_IMAGE_REPOSITORY,
         env!("CARGO_PKG_VERSION")
-    )
+    );
+    match option_env!("APITRACE_PROBE_IMAGE_DIGEST") {
+        Some(digest) => format!("{tagged}@{digest}"),
+        None => tagged,
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
