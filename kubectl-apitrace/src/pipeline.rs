@@ -50,7 +50,7 @@ impl Drain {
     /// A flush of both: Envoy's access-log service sends its buffer every
     /// second (`buffer_flush_interval`'s default in Envoy's
     /// `api/envoy/extensions/access_loggers/grpc/v3/als.proto`), the filter
-    /// every 200 ms (`wasm-filter/src/config.rs`), and the probe's ring is
+    /// every 200 ms (`crates/proto/src/filter_config.rs`), and the probe's ring is
     /// drained every 20 ms.
     pub const FLUSH: std::time::Duration = std::time::Duration::from_millis(1_500);
     /// The longest wait: a call whose parts have not come by then is printed

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use apitrace_proto::{Endpoint, GrpcCall, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmEvent};
+use apitrace_proto::{
+    Endpoint, GrpcCall, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmEvent, filter_config::Config,
+};
 use proxy_wasm::{
     traits::{Context, HttpContext, RootContext},
     types::{Action, ContextType, LogLevel},
@@ -16,7 +18,6 @@ use proxy_wasm::{
 
 use crate::{
     auth,
-    config::Config,
     grpc::{self, MessageCounter},
     queue::Outbox,
 };

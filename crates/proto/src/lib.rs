@@ -15,6 +15,9 @@ pub use generated::*;
 #[cfg(feature = "args")]
 pub mod probe_args;
 
+#[cfg(feature = "filter-config")]
+pub mod filter_config;
+
 /// The header (gRPC metadata on `Subscribe`, an HTTP header on WASM ingest) that
 /// carries the session token. Requests without the session's token are refused.
 pub const SESSION_TOKEN_HEADER: &str = "x-apitrace-session-token";
