@@ -132,6 +132,18 @@ impl std::ops::AddAssign<&Counters> for Counters {
     }
 }
 
+impl TrafficDirection {
+    /// As records spell it: `inbound`, `outbound`, or empty when it is not
+    /// known (the words Istio's cluster names start with).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+            Self::Unspecified => "",
+        }
+    }
+}
+
 impl Endpoint {
     pub fn new(ip: impl Into<String>, port: u32) -> Self {
         Self {

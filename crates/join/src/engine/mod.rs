@@ -73,7 +73,9 @@ mod tests;
 
 use std::{collections::VecDeque, net::IpAddr};
 
-use apitrace_proto::{AccessLog, Event, PayloadKind, TcEvent, TcKind, event::Kind};
+use apitrace_proto::{
+    AccessLog, Event, PayloadKind, TcEvent, TcKind, TrafficDirection, event::Kind,
+};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use smallvec::SmallVec;
@@ -85,7 +87,7 @@ use crate::{
 use build::{JsonMemo, TakenHop, TakenLeg, TakenWire, WasmPart, build_record};
 use calls::{CallId, Calls, PendingCall, PrintedIds, push_exact, unidentified_call_key};
 use flow::{Flow, IpTexts, Pods};
-use legs::{Direction, HopLegs, Leg};
+use legs::{HopLegs, Leg, direction_of_cluster};
 use wire::{Exchange, IdentifiedRequests, InterfaceNames, MessageRef, Speaks, WireIndex};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
@@ -410,13 +412,13 @@ impl Joiner {
     /// oversized header), by whose address the caller called: the reporting
     /// pod's own for an inbound hop, another's (a Service's) for an outbound
     /// one.
-    fn direction(&self, log: &AccessLog) -> Direction {
-        let by_cluster = Direction::of_cluster(&log.upstream_cluster);
-        if by_cluster != Direction::Unknown {
+    fn direction(&self, log: &AccessLog) -> TrafficDirection {
+        let by_cluster = direction_of_cluster(&log.upstream_cluster);
+        if by_cluster != TrafficDirection::Unspecified {
             return by_cluster;
         }
         let (Some(called), Some(reporter)) = (&log.downstream_local, &log.reporter) else {
-            return Direction::Unknown;
+            return TrafficDirection::Unspecified;
         };
         match self.directory.lookup(&called.ip, log.start_time_unix_nano) {
             Some(workload)
@@ -424,10 +426,10 @@ impl Joiner {
                     && workload.name == reporter.name
                     && workload.namespace == reporter.namespace =>
             {
-                Direction::Inbound
+                TrafficDirection::Inbound
             }
-            Some(_) => Direction::Outbound,
-            None => Direction::Unknown,
+            Some(_) => TrafficDirection::Outbound,
+            None => TrafficDirection::Unspecified,
         }
     }
 
@@ -586,7 +588,7 @@ impl Joiner {
     /// hop: a call from a traced pod to a traced pod is logged twice, and is
     /// not complete with one of the two.
     fn has_every_hop(&self, call: &PendingCall) -> bool {
-        let logged = |wanted: Direction| {
+        let logged = |wanted: TrafficDirection| {
             call.hops
                 .iter()
                 .zip(&call.access_logs)
@@ -596,7 +598,10 @@ impl Joiner {
         let traced = |endpoint: Option<&apitrace_proto::Endpoint>, at: i64| {
             endpoint.is_some_and(|endpoint| self.directory.is_traced(&endpoint.ip, at))
         };
-        match (logged(Direction::Inbound), logged(Direction::Outbound)) {
+        match (
+            logged(TrafficDirection::Inbound),
+            logged(TrafficDirection::Outbound),
+        ) {
             (Some(inbound), None) => !traced(
                 inbound.downstream_remote.as_ref(),
                 inbound.start_time_unix_nano,
