@@ -152,16 +152,28 @@ impl Default for JoinConfig {
 )]
 pub enum Input {
     /// An event from a probe, and when the CLI received it.
-    Event { event: Event, now_ns: i64 },
+    Event {
+        /// The probe's event, with the time its layer observed it.
+        event: Event,
+        /// When the CLI received it: the join's clock.
+        now_ns: i64,
+    },
     /// Who an address is from `since_ns` on, for the records' `src` and `dst`,
     /// and to know which calls a second sidecar will log.
     Identity {
+        /// The address.
         ip: IpAddr,
+        /// From when it is this workload's: an address can pass from a
+        /// deleted pod to a new one.
         since_ns: i64,
+        /// Whose it is.
         workload: Workload,
     },
     /// Time passed: close the windows that are due.
-    Tick { now_ns: i64 },
+    Tick {
+        /// The time now, by the same clock as the events' `now_ns`.
+        now_ns: i64,
+    },
     /// No more input: emit every call still open.
     End,
 }
@@ -204,9 +216,13 @@ pub struct JoinStats {
 /// Counts of partial calls by the part they lacked (a call can lack several).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MissingParts {
+    /// A traced sidecar's access-log entry ([`Part::AccessLog`]).
     pub access_log: u64,
+    /// A traced sidecar's WASM filter event ([`Part::Wasm`]).
     pub wasm: u64,
+    /// A hop's downstream leg on the wire ([`Part::Wire`]).
     pub wire: u64,
+    /// A hop's upstream leg on the wire ([`Part::Upstream`]).
     pub upstream: u64,
 }
 
@@ -235,6 +251,7 @@ pub struct Joiner {
 }
 
 impl Joiner {
+    /// A join with nothing open and no address known yet.
     pub fn new(config: JoinConfig) -> Self {
         Self {
             wire: WireIndex::new(config.window_ns / SWEEPS_PER_WINDOW),
@@ -253,6 +270,7 @@ impl Joiner {
         }
     }
 
+    /// How the events so far were joined, for the session's summary.
     pub fn stats(&self) -> &JoinStats {
         &self.stats
     }
