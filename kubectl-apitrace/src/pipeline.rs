@@ -240,13 +240,15 @@ impl Outcome {
         ));
         if stats.tc_connection_level > 0 {
             text.push_str(&format!(
-                "; {} TC message starts on encrypted or multiplexed connections, named at the connection's level",
+                "; {} TC message starts on encrypted or multiplexed connections, \
+                 named at the connection's level",
                 stats.tc_connection_level
             ));
         }
         if stats.tc_outside_calls > 0 {
             text.push_str(&format!(
-                "; {} TC retransmissions or resets came on their connection outside its calls (between them, or its teardown)",
+                "; {} TC retransmissions or resets came on their connection outside its calls \
+                 (between them, or its teardown)",
                 stats.tc_outside_calls
             ));
         }
@@ -257,7 +259,8 @@ impl Outcome {
         ]);
         if !late.is_empty() {
             text.push_str(&format!(
-                "; {} came after their call was printed (a layer's events were late), left out of it",
+                "; {} came after their call was printed (a layer's events were late), \
+                 left out of it",
                 late.join(", ")
             ));
         }

@@ -76,7 +76,8 @@ pub fn run(manifest_at: Manifest) -> anyhow::Result<()> {
     let archive = dist.join(krew::archive_name(version, os, arch));
     step("release", &format!("archiving {}", archive.display()));
     shell::run(Command::new("sh").arg("-c").arg(format!(
-        "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C '{}' -cf - {binary} LICENSE | gzip -n -9 > '{}'",
+        "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+         -C '{}' -cf - {binary} LICENSE | gzip -n -9 > '{}'",
         stage.display(),
         archive.display()
     )))?;
