@@ -454,7 +454,8 @@ pub fn parse() -> Cli {
                 .error(
                     clap::error::ErrorKind::ArgumentConflict,
                     format!(
-                        "{flag} belongs to a session (`kubectl apitrace TARGET ...`), not to `kubectl apitrace {name}`; see `kubectl apitrace {name} --help`"
+                        "{flag} belongs to a session (`kubectl apitrace TARGET ...`), \
+                         not to `kubectl apitrace {name}`; see `kubectl apitrace {name} --help`"
                     ),
                 )
                 .exit();

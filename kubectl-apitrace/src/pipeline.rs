@@ -50,7 +50,7 @@ impl Drain {
     /// A flush of both: Envoy's access-log service sends its buffer every
     /// second (`buffer_flush_interval`'s default in Envoy's
     /// `api/envoy/extensions/access_loggers/grpc/v3/als.proto`), the filter
-    /// every 200 ms (`wasm-filter/src/config.rs`), and the probe's ring is
+    /// every 200 ms (`crates/proto/src/filter_config.rs`), and the probe's ring is
     /// drained every 20 ms.
     pub const FLUSH: std::time::Duration = std::time::Duration::from_millis(1_500);
     /// The longest wait: a call whose parts have not come by then is printed
@@ -240,13 +240,15 @@ impl Outcome {
         ));
         if stats.tc_connection_level > 0 {
             text.push_str(&format!(
-                "; {} TC message starts on encrypted or multiplexed connections, named at the connection's level",
+                "; {} TC message starts on encrypted or multiplexed connections, \
+                 named at the connection's level",
                 stats.tc_connection_level
             ));
         }
         if stats.tc_outside_calls > 0 {
             text.push_str(&format!(
-                "; {} TC retransmissions or resets came on their connection outside its calls (between them, or its teardown)",
+                "; {} TC retransmissions or resets came on their connection outside its calls \
+                 (between them, or its teardown)",
                 stats.tc_outside_calls
             ));
         }
@@ -257,7 +259,8 @@ impl Outcome {
         ]);
         if !late.is_empty() {
             text.push_str(&format!(
-                "; {} came after their call was printed (a layer's events were late), left out of it",
+                "; {} came after their call was printed (a layer's events were late), \
+                 left out of it",
                 late.join(", ")
             ));
         }

@@ -26,7 +26,7 @@ use core::{mem::size_of, ptr::read_unaligned};
 use apitrace_tc_event::{
     AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, FAMILY_IPV6,
     FRAMED_HEAD_CAPACITY, FlowKey, FlowState, HEADER_SIZE, HeadKind, LOOPBACK_IFINDEX,
-    OTHER_HEAD_CAPACITY, PORT_SLOTS, Payload, PortRole, REQUEST_HEAD_CAPACITY, TcEventHeader,
+    OTHER_HEAD_CAPACITY, PORT_SLOTS, PayloadEvent, PortRole, REQUEST_HEAD_CAPACITY, TcEventHeader,
     is_loopback,
 };
 use aya_ebpf::{
@@ -348,9 +348,9 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     })
 }
 
-/// Payload from `side`: a new message when the other side spoke last (with
-/// every new packet on a connection that began with the HTTP/2 preface), a
-/// retransmission when its sequence range was already seen.
+/// Payload from `side`: what to write for it is
+/// [`FlowState::opened_by`]'s or [`FlowState::on_packet`]'s decision, kept
+/// in `FLOWS` between packets.
 #[inline(always)]
 fn track_payload(
     ctx: &TcContext,
@@ -360,30 +360,36 @@ fn track_payload(
     side: usize,
 ) {
     let Some(state) = FLOWS.get_ptr_mut(key) else {
-        let mut state = FlowState::first(side, packet.seq.wrapping_add(packet.payload_len));
-        let head = head_kind(ctx, packet);
-        state.framed = u8::from(head == HeadKind::Http2Preface);
+        let end = packet.seq.wrapping_add(packet.payload_len);
+        let (state, event) = FlowState::opened_by(side, end, head_kind(ctx, packet));
         if FLOWS.insert(key, state, 0).is_err() {
             count(Counter::FlowTableFull);
         }
-        let capacity = head.capacity(state.framed != 0);
-        emit(ctx, packet, direction, EventKind::Message, capacity);
+        write_payload_event(ctx, packet, direction, event);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in our LRU map; the
     // entry may be evicted concurrently, which at worst loses this update.
     let state = unsafe { &mut *state };
-    match state.on_payload(side, packet.seq, packet.payload_len) {
-        Payload::MessageStart => {
-            let head = head_kind(ctx, packet);
-            if head == HeadKind::Http2Preface {
-                state.framed = 1;
-            }
-            let capacity = head.capacity(state.framed != 0);
+    let event = state.on_packet(side, packet.seq, packet.payload_len, || {
+        head_kind(ctx, packet)
+    });
+    write_payload_event(ctx, packet, direction, event);
+}
+
+#[inline(always)]
+fn write_payload_event(
+    ctx: &TcContext,
+    packet: &Packet,
+    direction: Direction,
+    event: PayloadEvent,
+) {
+    match event {
+        PayloadEvent::Message { capacity } => {
             emit(ctx, packet, direction, EventKind::Message, capacity);
         }
-        Payload::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit, 0),
-        Payload::Continuation => {}
+        PayloadEvent::Retransmission => emit(ctx, packet, direction, EventKind::Retransmit, 0),
+        PayloadEvent::Nothing => {}
     }
 }
 

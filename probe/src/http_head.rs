@@ -167,7 +167,8 @@ mod tests {
     #[test]
     fn request_with_request_id() {
         let head = parse(
-            b"GET /api/orders?id=1 HTTP/1.1\r\nHost: server:8080\r\nX-Request-Id: 4b1e-aa\r\nAccept: */*\r\n\r\n",
+            b"GET /api/orders?id=1 HTTP/1.1\r\nHost: server:8080\r\n\
+              X-Request-Id: 4b1e-aa\r\nAccept: */*\r\n\r\n",
         )
         .unwrap();
         assert_eq!(request(&head).method, "GET");

@@ -19,7 +19,8 @@ use std::{
 };
 
 use apitrace_proto::{
-    Attachment, Endpoint, PayloadKind, PodRef, TcDirection, TcEvent, TcKind, event::Kind, istio,
+    Attachment, AttachmentMode, Endpoint, PayloadKind, PodRef, TcDirection, TcEvent, TcKind,
+    event::Kind, istio,
 };
 use apitrace_tc_event::{
     AddrKey, COUNTER_SLOTS, Counter, Direction, EventKind, FAMILY_IPV4, PortRole,
@@ -346,7 +347,12 @@ fn attach_inside(
         attachments.push(Attachment {
             pod: Some(pod_ref.clone()),
             interface: interface.clone(),
-            mode: if netlink { "netlink" } else { "tcx" }.to_owned(),
+            mode: if netlink {
+                AttachmentMode::Netlink
+            } else {
+                AttachmentMode::Tcx
+            }
+            .into(),
         });
     }
     Ok((addresses, interfaces, attachments))

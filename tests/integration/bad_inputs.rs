@@ -106,7 +106,7 @@ fn table(files: &Path, probe: IpAddr) -> Vec<(Bad, String)> {
         join("missing.apitrace", "exit 1: error: cannot open {file}: No such file or directory (os error 2); pass a file written by `--save`".into()),
         join("empty.apitrace", "exit 1: error: {file} is empty: it is not a saved session; record one with `--save {file}`".into()),
         join("garbage.apitrace", "exit 1: error: {file} is not a saved apitrace session: it does not start with \"apitrace-session/v1\" (byte 0); pass a file written by `--save`".into()),
-        join("truncated.apitrace", "exit 1: error: {file} is truncated at byte 2928: the entry there is incomplete (the session that wrote it may have been killed); to replay the entries before it, cut the file there: `truncate -s 2928 {file}`".into()),
+        join("truncated.apitrace", "exit 1: error: {file} is truncated at byte 2916: the entry there is incomplete (the session that wrote it may have been killed); to replay the entries before it, cut the file there: `truncate -s 2916 {file}`".into()),
         join("", "exit 1: error: cannot read {file} at byte 0: Is a directory (os error 21); pass a file written by `--save`".into()),
         // The probe's command line, as a pod spec might get it wrong.
         probe_args(&["1m", "--target", "shop/web=container:abc"], "exit 1: apitrace-probe: --target \"shop/web=container:abc\": \"abc\" is not a container ID (at least 12 hexadecimal digits)"),

@@ -135,7 +135,8 @@ fn a_session_without_a_usable_kubeconfig_says_how_to_point_at_one() {
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).starts_with(
-            "error: cannot read kubeconfig /nonexistent/kubeconfig: check the path given to --kubeconfig"
+            "error: cannot read kubeconfig /nonexistent/kubeconfig: \
+             check the path given to --kubeconfig"
         ),
         "{}",
         stderr(&output)
@@ -176,7 +177,10 @@ fn a_session_without_a_target_says_what_to_name() {
         std::env::temp_dir().join(format!("apitrace-kubeconfig-t-{}", std::process::id()));
     std::fs::write(
         &kubeconfig,
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\nusers: [{name: u, user: {}}]\n",
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         contexts: [{name: c, context: {cluster: k, user: u}}]\n\
+         users: [{name: u, user: {}}]\n",
     )
     .unwrap();
     let output = cli(&["--kubeconfig", kubeconfig.to_str().unwrap()]);

@@ -826,7 +826,10 @@ fn a_mesh_config_put_back_mid_session_is_said_once_and_left_as_it_was_put_back()
     let said = stage.stderr();
     assert_eq!(said.matches(warning).count(), 1, "{said}");
     assert!(
-        said.contains(" is no longer in the mesh config istio-system/istio; something rewrote it; the calls from now on lack the access-log layer (als)"),
+        said.contains(
+            " is no longer in the mesh config istio-system/istio; something rewrote it; \
+             the calls from now on lack the access-log layer (als)"
+        ),
         "{said}"
     );
     let updates = stage

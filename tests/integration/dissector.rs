@@ -90,7 +90,8 @@ fn dissect(pcap: &Path, tls: bool) -> Vec<Packet> {
         command.args(["-e", field]);
     }
     let output = command.output().expect(
-        "tshark runs: the dissector tests need Wireshark's tshark (`cargo xtask setup` installs it)",
+        "tshark runs: the dissector tests need Wireshark's tshark \
+         (`cargo xtask setup` installs it)",
     );
     assert!(
         output.status.success(),

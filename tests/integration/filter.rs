@@ -11,7 +11,9 @@ use std::{
 };
 
 use apitrace_netns::{run_in, topology::Pod};
-use apitrace_proto::{SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch};
+use apitrace_proto::{
+    SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch, filter_config::Config as FilterConfig,
+};
 use prost::Message as _;
 
 use crate::support::{App, Envoy, base64url, binaries, pods, real};
@@ -30,10 +32,13 @@ fn bootstrap(module: &std::path::Path) -> String {
             "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket(port) } }] }] },
         })
     };
-    let plugin = serde_json::json!({
-        "ingest_cluster": "ingest", "ingest_authority": "probe", "session_token": "s3cret",
-        "queue_max_bytes": 8192, "flush_interval_ms": 100, "timeout_ms": 500,
-    });
+    let plugin = serde_json::to_string(&FilterConfig {
+        queue_max_bytes: 8192,
+        flush_interval_ms: 100,
+        timeout_ms: 500,
+        ..FilterConfig::new("ingest", "probe", "s3cret", false)
+    })
+    .unwrap();
     serde_json::json!({
         "admin": { "address": socket(ADMIN) },
         "static_resources": {
@@ -50,7 +55,7 @@ fn bootstrap(module: &std::path::Path) -> String {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                                 "config": {
                                     "root_id": "apitrace", "failure_policy": "FAIL_OPEN",
-                                    "configuration": { "@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin.to_string() },
+                                    "configuration": { "@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin },
                                     "vm_config": { "runtime": "envoy.wasm.runtime.v8", "code": { "local": { "filename": module } } },
                                 },
                             }},

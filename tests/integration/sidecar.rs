@@ -430,7 +430,9 @@ fn post_events(server: &Pod, probe: Ipv4Addr, round: usize, count: usize) {
             let mut stream = std::net::TcpStream::connect((probe, ports::HTTP))?;
             write!(
                 stream,
-                "POST {WASM_INGEST_PATH} HTTP/1.1\r\nhost: probe\r\n{SESSION_TOKEN_HEADER}: test-token\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "POST {WASM_INGEST_PATH} HTTP/1.1\r\nhost: probe\r\n\
+                 {SESSION_TOKEN_HEADER}: test-token\r\ncontent-type: application/x-protobuf\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
                 batch.len()
             )?;
             stream.write_all(&batch)?;

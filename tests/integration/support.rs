@@ -283,22 +283,26 @@ pub fn call(client: &Pod, address: SocketAddr, request_id: &str) -> String {
 /// [`call`], and the client's end of the connection, for a test that writes
 /// what a sidecar would have logged of the call.
 pub fn call_from_port(client: &Pod, address: SocketAddr, request_id: &str) -> (String, SocketAddr) {
-    run_in(&client.netns_path(), || -> std::io::Result<(String, SocketAddr)> {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        let source = stream.local_addr()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        // One write, so one segment: the TC program reads a request's head
-        // from its first segment only.
-        stream.write_all(
-            format!(
-                "GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok((answer, source))
-    })
+    run_in(
+        &client.netns_path(),
+        || -> std::io::Result<(String, SocketAddr)> {
+            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            let source = stream.local_addr()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            // One write, so one segment: the TC program reads a request's head
+            // from its first segment only.
+            stream.write_all(
+                format!(
+                    "GET /status HTTP/1.1\r\nhost: app\r\nx-request-id: {request_id}\r\n\
+                 connection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok((answer, source))
+        },
+    )
     .expect("inside the client pod")
     .unwrap_or_else(|error| panic!("calling {address} failed: {error}"))
 }

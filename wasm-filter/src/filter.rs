@@ -8,7 +8,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use apitrace_proto::{Endpoint, GrpcCall, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmEvent};
+use apitrace_proto::{
+    Endpoint, GrpcCall, SESSION_TOKEN_HEADER, TrafficDirection, WASM_INGEST_PATH, WasmEvent,
+    filter_config::Config,
+};
 use proxy_wasm::{
     traits::{Context, HttpContext, RootContext},
     types::{Action, ContextType, LogLevel},
@@ -16,7 +19,6 @@ use proxy_wasm::{
 
 use crate::{
     auth,
-    config::Config,
     grpc::{self, MessageCounter},
     queue::Outbox,
 };
@@ -167,15 +169,15 @@ impl Request {
     /// Envoy's listener direction attribute: an int64, 1 inbound, 2 outbound.
     /// `xds.listener_direction` in current Envoys; older ones (and older Istio
     /// proxies) only know the legacy `listener_direction`.
-    fn listener_direction(&self) -> &'static str {
+    fn listener_direction(&self) -> TrafficDirection {
         let bytes = self
             .get_property(vec!["xds", "listener_direction"])
             .or_else(|| self.get_property(vec!["listener_direction"]))
             .unwrap_or_default();
         match bytes.try_into().map(i64::from_le_bytes) {
-            Ok(1) => "inbound",
-            Ok(2) => "outbound",
-            _ => "",
+            Ok(1) => TrafficDirection::Inbound,
+            Ok(2) => TrafficDirection::Outbound,
+            _ => TrafficDirection::Unspecified,
         }
     }
 }
@@ -193,7 +195,7 @@ impl HttpContext for Request {
             authority: self.header(":authority"),
             source: self.address_property("source"),
             destination: self.address_property("destination"),
-            listener_direction: self.listener_direction().to_owned(),
+            listener_direction: self.listener_direction().into(),
             auth: self
                 .get_http_request_header("authorization")
                 .map(|value| auth::describe(&value, self.config.show_secrets)),

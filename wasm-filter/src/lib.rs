@@ -14,7 +14,6 @@
 //! what does not fit is counted and reported with the next batch.
 
 pub mod auth;
-pub mod config;
 pub mod grpc;
 pub mod queue;
 

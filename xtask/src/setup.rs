@@ -96,14 +96,17 @@ fn istio_crds() -> anyhow::Result<PathBuf> {
     if !fetched.exists() {
         step("istio CRDs", &format!("fetching {ISTIO_CRDS_URL}"));
         std::fs::create_dir_all(fetched.parent().expect("a file in a directory"))?;
-        shell::run(Command::new("curl")
-            .args(["-fsSL", "--retry", "3", "-o"])
-            .arg(&fetched)
-            .arg(ISTIO_CRDS_URL))
+        shell::run(
+            Command::new("curl")
+                .args(["-fsSL", "--retry", "3", "-o"])
+                .arg(&fetched)
+                .arg(ISTIO_CRDS_URL),
+        )
         .with_context(|| {
             format!(
                 "the schema tests need Istio's CRDs and they could not be fetched; \
-                 save {ISTIO_CRDS_URL} as {} (or clone next to a shared/schemas/istio-crds.yaml) and run again",
+                 save {ISTIO_CRDS_URL} as {} \
+                 (or clone next to a shared/schemas/istio-crds.yaml) and run again",
                 fetched.display()
             )
         })?;

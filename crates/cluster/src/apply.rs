@@ -14,6 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use crate::{
+    api_status::{is_conflict, is_not_found},
     error_text::ApiText,
     mesh::{self, MESH_KEY, MeshConfigRef, MeshError},
     names,
@@ -103,10 +104,6 @@ pub enum ApplyError {
     MeshContention { config: MeshConfigRef },
     #[error("mesh config {config} has no `{MESH_KEY}` key: is it Istio's mesh ConfigMap?")]
     NoMeshKey { config: MeshConfigRef },
-}
-
-fn is_status(error: &kube::Error, code: u16) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == code)
 }
 
 /// The changes a session has made so far, in order.
@@ -248,7 +245,7 @@ pub async fn undo(client: &Client, change: &Change) -> Result<(), ApplyError> {
         }
     };
     match result {
-        Err(error) if !is_status(&error, 404) => Err(ApplyError::Remove {
+        Err(error) if !is_not_found(&error) => Err(ApplyError::Remove {
             what: change.to_string(),
             source: error,
         }),
@@ -291,7 +288,7 @@ async fn update_mesh(
             .await
         {
             Ok(_) => return Ok(()),
-            Err(error) if is_status(&error, 409) => continue,
+            Err(error) if is_conflict(&error) => continue,
             Err(error) => return Err(api_error(error)),
         }
     }

@@ -19,6 +19,7 @@ use kube::{
 };
 
 use crate::{
+    api_status::is_not_found,
     apply::{ApplyError, Change, undo},
     error_text::ApiText,
     istio::{self, TelemetryVersion},
@@ -113,10 +114,6 @@ fn list_error(what: &str) -> impl FnOnce(kube::Error) -> CleanupError + '_ {
         what: what.to_owned(),
         source,
     }
-}
-
-fn is_not_served(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
 /// The ConfigMaps in `istio_namespace` that hold a mesh config (`istio` and the
@@ -384,7 +381,8 @@ async fn ours_of_crd(
                 .map(|meta| (resource.clone(), meta))
                 .collect(),
         )),
-        Err(error) if is_not_served(&error) => Ok(None),
+        // The resource is not served: its CRD is not installed.
+        Err(error) if is_not_found(&error) => Ok(None),
         Err(error) => Err(list_error(&resource.plural)(error)),
     }
 }

@@ -3,6 +3,7 @@
 //! CLI is gone): targets and their preflight, the objects a session creates,
 //! applying them with rollback, and cleanup. Nothing here depends on aya.
 
+mod api_status;
 pub mod apply;
 pub mod check;
 pub mod cleanup;

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use apitrace_proto::filter_config::Config as FilterConfig;
 use futures::StreamExt as _;
 use http::Method;
 use k8s_openapi::jiff::Timestamp;
@@ -1207,10 +1208,12 @@ fn show_secrets_reaches_the_filters_plugin_config() {
             ..plan()
         };
         let plugins = plan.wasm_plugins(&module());
-        assert_eq!(
-            plugins[0].data["spec"]["pluginConfig"]["show_secrets"],
-            show_secrets
-        );
+        let config = &plugins[0].data["spec"]["pluginConfig"];
+        assert_eq!(config["show_secrets"], show_secrets);
+        // What the filter reads back is what the session meant.
+        let parsed = FilterConfig::parse(&serde_json::to_vec(config).unwrap()).unwrap();
+        assert_eq!(parsed.show_secrets, show_secrets);
+        assert_eq!(parsed.session_token, plan.token);
     }
 }
 

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use apitrace_proto::{
+    filter_config::Config as FilterConfig,
     ports,
     probe_args::{LeaseRef, NODE_NAME_ENV, ProbeArgs, ProbeTarget, SESSION_TOKEN_ENV},
 };
@@ -426,12 +427,12 @@ impl Plan {
                         "phase": "AUTHN",
                         "failStrategy": "FAIL_OPEN",
                         "pluginName": "apitrace",
-                        "pluginConfig": {
-                            "ingest_cluster": format!("outbound|{}||{host}", ports::HTTP),
-                            "ingest_authority": format!("{host}:{}", ports::HTTP),
-                            "session_token": self.token,
-                            "show_secrets": self.show_secrets,
-                        },
+                        "pluginConfig": FilterConfig::new(
+                            format!("outbound|{}||{host}", ports::HTTP),
+                            format!("{host}:{}", ports::HTTP),
+                            &self.token,
+                            self.show_secrets,
+                        ),
                     }),
                 )
             })

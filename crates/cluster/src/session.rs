@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    api_status::is_not_found,
     apply::{ApplyError, Change, Journal},
     check,
     error_text::ApiText,
@@ -463,7 +464,7 @@ impl LeaseKeeper {
                 self.failing = None;
                 Ok(LEASE_DURATION / 3)
             }
-            Err(kube::Error::Api(status)) if status.code == 404 => Err(LeaseError::Gone {
+            Err(error) if is_not_found(&error) => Err(LeaseError::Gone {
                 namespace: self.namespace.clone(),
                 name: self.name.clone(),
             }),

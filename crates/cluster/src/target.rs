@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::ListParams};
 
-use crate::{error_text::ApiText, istio};
+use crate::{api_status::is_not_found, error_text::ApiText, istio};
 
 /// The kinds a target can name, with the short names kubectl accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,10 +388,6 @@ pub enum TargetError {
 fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> TargetError {
     let what = what.into();
     move |source| TargetError::Api { what, source }
-}
-
-fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
 /// Resolves a selection to its pods and their nodes, checking each pod can be

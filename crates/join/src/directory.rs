@@ -4,16 +4,22 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
+/// What kind of thing an address belongs to, as a record names a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkloadKind {
+    /// A pod's own address.
     Pod,
+    /// A Service's cluster IP: a caller's sidecar connects to a pod behind it,
+    /// but the app called the Service.
     Service,
+    /// A node's address: host-network pods and the node's own traffic.
     Node,
     /// Not a workload of the cluster: anything the directory does not know.
     External,
 }
 
 impl WorkloadKind {
+    /// The kind as Kubernetes spells it, which records and saved sessions use.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pod => "Pod",
@@ -31,10 +37,15 @@ impl WorkloadKind {
     }
 }
 
+/// Who an address is: what a record says in place of the bare address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
+    /// The namespace of a pod or a Service; empty for what has none (a
+    /// node).
     pub namespace: String,
+    /// The object's name.
     pub name: String,
+    /// What kind of object it is.
     pub kind: WorkloadKind,
     /// Whether the session traces this workload's sidecar: a call from or to
     /// it is also logged by it, as a hop of its own.

@@ -4,7 +4,7 @@
 
 use apitrace_proto::{
     AccessLog, AuthInfo, Endpoint, Event, HttpHead, PayloadKind, PodRef, RequestLine, StatusLine,
-    TcDirection, TcEvent, TcKind, WasmEvent, event::Kind, http_head::StartLine,
+    TcDirection, TcEvent, TcKind, TrafficDirection, WasmEvent, event::Kind, http_head::StartLine,
 };
 
 /// An address and a port.
@@ -100,7 +100,7 @@ pub fn context(event: TcEvent) -> Event {
 }
 
 /// A WASM filter event with a bearer JWT of subject alice.
-pub fn wasm(request_id: &str, direction: &str, time_ns: i64) -> Event {
+pub fn wasm(request_id: &str, direction: TrafficDirection, time_ns: i64) -> Event {
     Event {
         kind: Some(Kind::Wasm(WasmEvent {
             time_unix_nano: time_ns,
@@ -235,6 +235,6 @@ impl InboundCall<'_> {
 
     /// The sidecar's filter's event for the call.
     pub fn wasm(&self, time_ns: i64) -> Event {
-        wasm(&self.request_id, "inbound", time_ns)
+        wasm(&self.request_id, TrafficDirection::Inbound, time_ns)
     }
 }

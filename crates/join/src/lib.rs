@@ -16,6 +16,10 @@
 //! The engine does no I/O and reads no clock: its inputs carry the time, so the
 //! same inputs always give the same records.
 
+// The join's public API is what the CLI, the benchmark and the fuzz targets
+// are written against: each item says what it is for.
+#![warn(missing_docs)]
+
 mod directory;
 mod engine;
 #[cfg(any(test, feature = "fixtures"))]

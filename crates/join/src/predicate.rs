@@ -45,6 +45,7 @@ pub struct Predicate {
 pub struct PredicateError {
     /// Where the problem starts, counted in characters from 1.
     pub position: usize,
+    /// What is wrong there, and what would be right.
     pub message: String,
 }
 

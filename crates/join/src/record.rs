@@ -13,12 +13,17 @@ pub struct CallRecord {
     pub time: String,
     /// The `x-request-id` Envoy assigned.
     pub request_id: String,
+    /// Who made the call.
     pub src: Peer,
+    /// Whom it was made to.
     pub dst: Peer,
     /// `HTTP/1.1`, `HTTP/2`, ...
     pub protocol: String,
+    /// The request's method (`GET`, `POST`, ...).
     pub method: String,
+    /// The request's path, with its query.
     pub path: String,
+    /// The request's `:authority` (`Host`).
     pub authority: String,
     /// The HTTP status; 0 when the call got no response.
     pub status: u32,
@@ -30,6 +35,7 @@ pub struct CallRecord {
     /// them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_body_bytes: Option<u64>,
+    /// See `request_body_bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body_bytes: Option<u64>,
     /// What a gRPC call was: its service, method and status, which its HTTP
@@ -48,6 +54,8 @@ pub struct CallRecord {
     /// The access-log entry's view: who reported it and the ids it carried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub als: Option<AlsRecord>,
+    /// The WASM filter event's view: its direction and how long the request
+    /// took from the filter's side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wasm: Option<WasmRecord>,
     /// Every sidecar that logged the call: the caller's (outbound) and the
@@ -91,10 +99,14 @@ pub struct Hop {
     /// caller's hop can say what its app spoke where the called one cannot.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
+    /// The HTTP status this sidecar sent back.
     pub status: u32,
+    /// The Envoy cluster this sidecar routed the call to
+    /// (`outbound|PORT||HOST`, `inbound|PORT||`), which says its direction.
     pub upstream_cluster: String,
     /// From the sidecar receiving the request to its last response byte.
     pub duration_us: i64,
+    /// This sidecar's response flags, spelled out as in the record's.
     pub response_flags: Vec<String>,
     /// The TLS version of the connection the sidecar accepted the call on,
     /// when it had TLS (`TLSv1.3`).
@@ -112,15 +124,20 @@ pub struct Hop {
     pub upstream: Option<WireRecord>,
 }
 
+/// A layer that observes calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layer {
+    /// The sidecar's access log, streamed over Envoy's access-log service.
     Als,
+    /// The WASM filter in the sidecar.
     Wasm,
+    /// The TC program on the pod's interfaces.
     Tc,
 }
 
 impl Layer {
+    /// The layer as records and the table spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Als => "als",
@@ -133,11 +150,15 @@ impl Layer {
 /// One end of the call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
+    /// Its namespace, where it has one.
     pub namespace: String,
+    /// Its name; empty for an address nobody is known by.
     pub name: String,
     /// `Pod`, `Service`, `Node` or `External`: not a string per record.
     pub kind: Cow<'static, str>,
+    /// Its address on the call's connection.
     pub ip: String,
+    /// Its port on the call's connection.
     pub port: u32,
     /// The workload identity it proved with its certificate (the caller's,
     /// over mTLS: `spiffe://cluster.local/ns/NS/sa/SA`).
@@ -151,6 +172,7 @@ pub struct Peer {
 pub struct GrpcRecord {
     /// `package.Service`, from the path `/package.Service/Method`.
     pub service: String,
+    /// `Method`, from the same path.
     pub method: String,
     /// The `grpc-status` code; absent when the call ended without one (reset,
     /// cut off).
@@ -168,6 +190,7 @@ pub struct GrpcRecord {
     /// counted them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_messages: Option<u64>,
+    /// See `request_messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_messages: Option<u64>,
 }
@@ -235,6 +258,8 @@ pub fn grpc_status_name(code: u32) -> Option<&'static str> {
     NAMES.get(usize::try_from(code).ok()?).copied()
 }
 
+/// The caller's credentials, as the WASM filter described them: what the
+/// token says, never the token unless the session opted in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthRecord {
     /// `Bearer`, `Basic`, ...
@@ -273,7 +298,9 @@ pub struct WireRecord {
     /// fitted in it. Absent at connection scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_len: Option<u32>,
+    /// Where that packet came from.
     pub src: Endpoint,
+    /// Where it went.
     pub dst: Endpoint,
     /// The pod interface that saw it (`eth0`, `lo`). Shared: a pod has a
     /// few.
@@ -313,10 +340,12 @@ pub enum WireScope {
     Connection,
 }
 
+/// An address and port a packet carried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Shared: a connection's records name the same addresses.
     pub ip: Arc<str>,
+    /// The TCP port.
     pub port: u32,
 }
 

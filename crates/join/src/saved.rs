@@ -14,10 +14,13 @@ use crate::{
 /// Why a saved input cannot be fed to the join.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidSavedInput {
+    /// The entry's kind is none this version knows.
     #[error("the entry holds no input (written by a newer kubectl-apitrace?)")]
     Empty,
+    /// An identity's address, as it was written.
     #[error("the identity's address {0:?} is not an IP address")]
     Address(String),
+    /// An identity's kind, as it was written.
     #[error("the identity's kind {0:?} is not Pod, Service, Node or External")]
     Kind(String),
 }

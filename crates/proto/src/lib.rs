@@ -15,6 +15,9 @@ pub use generated::*;
 #[cfg(feature = "args")]
 pub mod probe_args;
 
+#[cfg(feature = "filter-config")]
+pub mod filter_config;
+
 /// The header (gRPC metadata on `Subscribe`, an HTTP header on WASM ingest) that
 /// carries the session token. Requests without the session's token are refused.
 pub const SESSION_TOKEN_HEADER: &str = "x-apitrace-session-token";
@@ -126,6 +129,18 @@ impl std::ops::AddAssign<&Counters> for Counters {
         self.access_log_streams += access_log_streams;
         self.access_log_streams_broken += access_log_streams_broken;
         self.tc_http2_unfollowed += tc_http2_unfollowed;
+    }
+}
+
+impl TrafficDirection {
+    /// As records spell it: `inbound`, `outbound`, or empty when it is not
+    /// known (the words Istio's cluster names start with).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+            Self::Unspecified => "",
+        }
     }
 }
 

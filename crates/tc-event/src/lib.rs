@@ -396,9 +396,9 @@ impl HeadKind {
     }
 }
 
-/// What a payload packet is, to the program.
+/// What a payload packet is in its connection's byte streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Payload {
+enum Payload {
     /// The first payload of a message: its side starts sending after the other
     /// side spoke, or for the first time on the connection; on a framed
     /// connection, every payload packet with new bytes.
@@ -409,19 +409,76 @@ pub enum Payload {
     Continuation,
 }
 
+/// What the program writes for a payload packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadEvent {
+    /// A message record carrying up to `capacity` bytes of the payload.
+    Message { capacity: usize },
+    /// A retransmission record, without payload.
+    Retransmission,
+    /// Nothing: more of a message already recorded.
+    Nothing,
+}
+
 impl FlowState {
+    /// The first payload packet of a connection the program keeps no state
+    /// for yet, from `side`, ending at `end`, its first bytes telling `head`:
+    /// the state to keep, and the message the packet starts. A connection
+    /// that begins with the HTTP/2 preface is framed from then on.
+    #[inline(always)]
+    pub fn opened_by(side: usize, end: u32, head: HeadKind) -> (Self, PayloadEvent) {
+        let mut state = Self::first(side, end);
+        state.framed = u8::from(head == HeadKind::Http2Preface);
+        let capacity = head.capacity(state.framed != 0);
+        (state, PayloadEvent::Message { capacity })
+    }
+
+    /// A later payload packet from `side` of `len` bytes at `seq`: what to
+    /// write for it, updating the state. A message starts when the other side
+    /// sent last, or with every packet of new bytes on a framed connection;
+    /// bytes its side had already sent are a retransmission.
+    /// `head` tells what the packet's first bytes are; it is called only for
+    /// a message start, since reading the packet costs a helper call.
+    #[inline(always)]
+    pub fn on_packet(
+        &mut self,
+        side: usize,
+        seq: u32,
+        len: u32,
+        head: impl FnOnce() -> HeadKind,
+    ) -> PayloadEvent {
+        match self.on_payload(side, seq, len) {
+            Payload::MessageStart => {
+                let head = head();
+                if head == HeadKind::Http2Preface {
+                    self.framed = 1;
+                }
+                let capacity = head.capacity(self.framed != 0);
+                PayloadEvent::Message { capacity }
+            }
+            Payload::Retransmission => PayloadEvent::Retransmission,
+            Payload::Continuation => PayloadEvent::Nothing,
+        }
+    }
+
     /// The state of a connection whose first payload packet is from `side` and
     /// ends at `end`: the start of a message.
     #[inline(always)]
-    pub fn first(side: usize, end: u32) -> Self {
-        let side = side & 1;
-        let mut state = Self {
-            last_sender: side as u8,
-            ..Self::default()
+    fn first(side: usize, end: u32) -> Self {
+        // Each array built whole, not indexed by `side`: indexing a stack
+        // array can compile to an address OR'ed with the index, which the
+        // verifier refuses on a pointer.
+        let (next_seq, seen) = if side & 1 == 0 {
+            ([end, 0], [1, 0])
+        } else {
+            ([0, end], [0, 1])
         };
-        state.next_seq[side] = end;
-        state.seen[side] = 1;
-        state
+        Self {
+            next_seq,
+            last_sender: (side & 1) as u8,
+            seen,
+            ..Self::default()
+        }
     }
 
     /// What a payload packet from `side` of `len` bytes at `seq` is, updating
@@ -431,7 +488,7 @@ impl FlowState {
     /// retransmission (its end still extends what was seen, for a segment that
     /// carries old and new bytes).
     #[inline(always)]
-    pub fn on_payload(&mut self, side: usize, seq: u32, len: u32) -> Payload {
+    fn on_payload(&mut self, side: usize, seq: u32, len: u32) -> Payload {
         let side = side & 1;
         let end = seq.wrapping_add(len);
         if self.seen[side] != 0 && seq_before(seq, self.next_seq[side]) {
@@ -580,6 +637,53 @@ mod tests {
         for (n, (side, seq, len, expected)) in decisions.into_iter().enumerate() {
             assert_eq!(state.on_payload(side, seq, len), expected, "packet {n}");
         }
+    }
+
+    /// An HTTP/1 request opening a connection, its response, the response's
+    /// next packet and a retransmission of it: what the program writes for
+    /// each, reading the packet's first bytes only where a message starts.
+    #[test]
+    fn each_payload_packet_gets_the_record_its_place_calls_for() {
+        let (mut state, opened) = FlowState::opened_by(0, 1100, HeadKind::Http1Request);
+        let capacity = REQUEST_HEAD_CAPACITY;
+        assert_eq!(opened, PayloadEvent::Message { capacity });
+        assert_eq!(state.framed, 0);
+        let unread = || panic!("the head is read only for a message start");
+        let capacity = OTHER_HEAD_CAPACITY;
+        assert_eq!(
+            state.on_packet(1, 5000, 1460, || HeadKind::Other),
+            PayloadEvent::Message { capacity }
+        );
+        assert_eq!(state.on_packet(1, 6460, 200, unread), PayloadEvent::Nothing);
+        assert_eq!(
+            state.on_packet(1, 5000, 1460, unread),
+            PayloadEvent::Retransmission
+        );
+    }
+
+    /// The HTTP/2 preface makes a connection framed, whether it opens the
+    /// connection or starts a later message: from then on every packet of new
+    /// bytes is a message with a framed connection's capture.
+    #[test]
+    fn the_http2_preface_makes_a_connection_framed() {
+        let capacity = FRAMED_HEAD_CAPACITY;
+        let (mut state, opened) = FlowState::opened_by(0, 24, HeadKind::Http2Preface);
+        assert_eq!(opened, PayloadEvent::Message { capacity });
+        assert_eq!(
+            state.on_packet(0, 24, 100, || HeadKind::Other),
+            PayloadEvent::Message { capacity }
+        );
+
+        let (mut state, _) = FlowState::opened_by(1, 500, HeadKind::Other);
+        assert_eq!(state.framed, 0);
+        assert_eq!(
+            state.on_packet(0, 0, 24, || HeadKind::Http2Preface),
+            PayloadEvent::Message { capacity }
+        );
+        assert_eq!(
+            state.on_packet(0, 24, 10, || HeadKind::Other),
+            PayloadEvent::Message { capacity }
+        );
     }
 
     #[test]

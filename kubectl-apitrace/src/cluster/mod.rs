@@ -66,7 +66,10 @@ async fn connect(args: &ClusterArgs) -> anyhow::Result<(Client, String)> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
-                format!("cannot read kubeconfig {}: check the path given to --kubeconfig", path.display())
+                format!(
+                    "cannot read kubeconfig {}: check the path given to --kubeconfig",
+                    path.display()
+                )
             })?;
             Config::from_custom_kubeconfig(kubeconfig, &options).await
         }
@@ -74,8 +77,12 @@ async fn connect(args: &ClusterArgs) -> anyhow::Result<(Client, String)> {
     }
     .map_err(|error| {
         anyhow!(
-            "no usable kubeconfig{}: {error}; check `kubectl config get-contexts`, or pass --kubeconfig FILE / --context NAME",
-            args.context.as_ref().map(|c| format!(" context {c:?}")).unwrap_or_default()
+            "no usable kubeconfig{}: {error}; check `kubectl config get-contexts`, \
+             or pass --kubeconfig FILE / --context NAME",
+            args.context
+                .as_ref()
+                .map(|c| format!(" context {c:?}"))
+                .unwrap_or_default()
         )
     })?;
     let namespace = config.default_namespace.clone();
@@ -551,13 +558,15 @@ pub fn cleanup(args: CleanupArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCo
             None => Which::Leftovers,
         };
         let configs = cleanup::mesh_configs(&client, &cluster.istio_namespace).await?;
-        let report = cleanup::cleanup(&client, &which, &Reach::Cluster, &configs, Timestamp::now()).await?;
+        let report =
+            cleanup::cleanup(&client, &which, &Reach::Cluster, &configs, Timestamp::now()).await?;
         for change in &report.removed {
             println!("removed {change}");
         }
         for session in &report.live {
             println!(
-                "left session {session} alone: its CLI is still running (end it there, or `kubectl apitrace cleanup --session {session}`)"
+                "left session {session} alone: its CLI is still running \
+                 (end it there, or `kubectl apitrace cleanup --session {session}`)"
             );
         }
         if report.removed.is_empty() && report.live.is_empty() {
@@ -566,7 +575,11 @@ pub fn cleanup(args: CleanupArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCo
         for (change, error) in &report.failed {
             eprintln!("could not remove {change}: {error}");
         }
-        Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Ok(if report.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })
 }
 

@@ -82,7 +82,8 @@ impl Pipelined {
             .iter()
             .map(|path| {
                 format!(
-                    "GET {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: {authorization}\r\n\r\n"
+                    "GET {path} HTTP/1.1\r\nhost: {authority}\r\n\
+                     authorization: {authorization}\r\n\r\n"
                 )
             })
             .collect();
@@ -108,7 +109,9 @@ impl Pipelined {
                     for header in response.headers.iter() {
                         if header.name.eq_ignore_ascii_case("transfer-encoding") {
                             return Err(invalid(
-                                "a pipelined answer came chunked, which the demo's client does not read".into(),
+                                "a pipelined answer came chunked, \
+                                 which the demo's client does not read"
+                                    .into(),
                             ));
                         }
                         if header.name.eq_ignore_ascii_case("content-length") {

@@ -2,14 +2,14 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, GrpcCall, WasmEvent};
+use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, GrpcCall, TrafficDirection, WasmEvent};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use super::{
     calls::{PendingCall, UNIDENTIFIED},
     flow::{Flow, IpTexts},
-    legs::{Direction, Leg},
+    legs::Leg,
     texts::Texts,
     wire::{ConnectionInfo, Packet},
 };
@@ -168,7 +168,6 @@ enum WasmText {
     Method,
     Path,
     Authority,
-    Direction,
     Scheme,
     Fingerprint,
     SourceIp,
@@ -190,6 +189,7 @@ pub(crate) struct WasmPart {
     status: u32,
     source_port: Option<u32>,
     destination_port: Option<u32>,
+    direction: TrafficDirection,
     /// Each [`WasmText`].
     texts: Texts<WASM_TEXTS>,
     auth: Option<WasmAuth>,
@@ -211,6 +211,7 @@ impl WasmPart {
     /// opted in to secrets; a saved session replayed without `--show-secrets`
     /// still leaves it out.
     pub fn new(event: WasmEvent, show_secrets: bool, json: &mut JsonMemo) -> Self {
+        let direction = event.listener_direction();
         let (source_ip, source_port) = split_endpoint(event.source);
         let (destination_ip, destination_port) = split_endpoint(event.destination);
         let (scheme, fingerprint, auth) = match event.auth {
@@ -235,7 +236,6 @@ impl WasmPart {
             &event.method,
             &event.path,
             &event.authority,
-            &event.listener_direction,
             &scheme,
             &fingerprint,
             &source_ip,
@@ -247,6 +247,7 @@ impl WasmPart {
             status: event.status,
             source_port,
             destination_port,
+            direction,
             texts,
             auth,
             grpc: event.grpc,
@@ -267,7 +268,7 @@ impl WasmPart {
     }
 
     fn is_inbound(&self) -> bool {
-        Direction::parse(self.text(WasmText::Direction)) == Direction::Inbound
+        self.direction == TrafficDirection::Inbound
     }
 
     fn source(&self) -> Option<ProtoEndpoint> {
@@ -318,12 +319,12 @@ pub(crate) fn build_record(
         wasm: mut wasm_events,
         ..
     } = call;
-    let mut hop_records: Vec<Hop> = access_logs
+    let mut hop_records: Vec<(TrafficDirection, Hop)> = access_logs
         .iter()
         .zip(&legs)
-        .map(|(log, legs)| hop(log, legs.direction))
+        .map(|(log, legs)| (legs.direction, hop(log, legs.direction)))
         .collect();
-    let primary_reporter = primary.map(|index| hop_records[index].reporter.clone());
+    let primary_reporter = primary.map(|index| hop_records[index].1.reporter.clone());
     let mut log = primary.map(|index| access_logs.swap_remove(index));
     let primary_hop = primary.and_then(|index| hops.get(index));
     let primary_down = primary_hop.and_then(|hop| hop.downstream.as_ref());
@@ -366,7 +367,7 @@ pub(crate) fn build_record(
         .unwrap_or_default();
     let caller_identity = log
         .as_mut()
-        .filter(|_| primary.is_some_and(|index| legs[index].direction == Direction::Inbound))
+        .filter(|_| primary.is_some_and(|index| legs[index].direction == TrafficDirection::Inbound))
         .and_then(|log| log.peer_uri_sans.drain(..).next());
     let (src, dst) = match (log.as_mut(), wasm.as_mut()) {
         // The downstream address stays in the log, for the record's `als`.
@@ -438,16 +439,16 @@ pub(crate) fn build_record(
             record.request_id.clone_from(&wire_request_id);
             record
         });
-    for (record, taken) in hop_records.iter_mut().zip(&hops) {
+    for ((_, record), taken) in hop_records.iter_mut().zip(&hops) {
         record.downstream = taken.downstream.as_ref().and_then(|leg| leg.record(ips));
         record.upstream = taken.upstream.as_ref().and_then(|leg| leg.record(ips));
     }
     // In the order the call went: out of the caller's pod, into the called
     // one, whatever order their entries arrived in.
-    hop_records.sort_by_key(|hop| match &*hop.direction {
-        "outbound" => 0,
-        "inbound" => 1,
-        _ => 2,
+    hop_records.sort_by_key(|(direction, _)| match direction {
+        TrafficDirection::Outbound => 0,
+        TrafficDirection::Inbound => 1,
+        TrafficDirection::Unspecified => 2,
     });
 
     let request_id = Some(request_id.into_string())
@@ -484,7 +485,7 @@ pub(crate) fn build_record(
         auth: wasm.as_mut().and_then(WasmPart::auth_record),
         tc,
         latency,
-        hops: hop_records,
+        hops: hop_records.into_iter().map(|(_, hop)| hop).collect(),
         als: log.map(|log| AlsRecord {
             reporter: primary_reporter.unwrap_or_default(),
             downstream: endpoint(log.downstream_remote),
@@ -494,7 +495,7 @@ pub(crate) fn build_record(
         wasm: wasm.map(|w| WasmRecord {
             // The call's: the filter's event was filed under its request id.
             request_id: request_id.clone(),
-            direction: w.text(WasmText::Direction).to_owned(),
+            direction: w.direction.as_str().to_owned(),
             duration_us: w.duration_ns / 1_000,
         }),
         request_id,
@@ -604,7 +605,7 @@ fn latency(log: &AccessLog, downstream: Option<&TakenLeg>, upstream: Option<&Tak
 }
 
 /// One sidecar's view of the call.
-fn hop(log: &AccessLog, direction: Direction) -> Hop {
+fn hop(log: &AccessLog, direction: TrafficDirection) -> Hop {
     Hop {
         reporter: reporter(log),
         direction: direction.as_str().into(),
@@ -689,7 +690,7 @@ mod tests {
             status: 503,
             source: Some(ProtoEndpoint::new("10.0.0.1", 41_000)),
             destination: None,
-            listener_direction: "inbound".into(),
+            listener_direction: TrafficDirection::Inbound.into(),
             auth: Some(AuthInfo {
                 scheme: "Bearer".into(),
                 jwt_header_json: r#"{"alg":"none"}"#.into(),
@@ -710,7 +711,6 @@ mod tests {
             (WasmText::Method, "GET"),
             (WasmText::Path, "/caf\u{e9}/\u{1f600}"),
             (WasmText::Authority, ""),
-            (WasmText::Direction, "inbound"),
             (WasmText::Scheme, "Bearer"),
             (WasmText::Fingerprint, "sha256:ab"),
             (WasmText::SourceIp, "10.0.0.1"),
@@ -720,6 +720,7 @@ mod tests {
             assert_eq!(part.text(field), expected, "{field:?}");
         }
         assert!(part.is_inbound());
+        assert_eq!(part.direction.as_str(), "inbound");
         assert_eq!(part.source(), Some(ProtoEndpoint::new("10.0.0.1", 41_000)));
         assert_eq!(part.destination(), None);
         let auth = part.auth_record().unwrap();

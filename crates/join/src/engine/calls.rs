@@ -2,17 +2,11 @@
 
 use std::{collections::VecDeque, hash::BuildHasher as _};
 
-use apitrace_proto::{AccessLog, Endpoint};
+use apitrace_proto::{AccessLog, Endpoint, TrafficDirection};
 use hashbrown::{HashTable, hash_table};
 use rustc_hash::FxBuildHasher;
 
-use super::{
-    build::WasmPart,
-    flow::Flow,
-    legs::{Direction, HopLegs},
-    prefetch,
-    wire::Packet,
-};
+use super::{build::WasmPart, flow::Flow, legs::HopLegs, prefetch, wire::Packet};
 
 /// Which open call an index points at: the hash of its request id, where
 /// the calls table keeps it, and the serial number it was opened with. Plain
@@ -199,7 +193,7 @@ impl PendingCall {
 /// [`PendingCall::primary_hop`]).
 pub(crate) fn primary_index(hops: &[HopLegs]) -> Option<usize> {
     hops.iter()
-        .position(|hop| hop.direction == Direction::Inbound)
+        .position(|hop| hop.direction == TrafficDirection::Inbound)
         .or_else(|| (!hops.is_empty()).then_some(0))
 }
 

@@ -1,54 +1,26 @@
 //! A sidecar's hop of a call and the two connections it joins: where on the
 //! wire each is seen (rule 2 of the engine's documentation).
 
-use apitrace_proto::{AccessLog, istio};
+use apitrace_proto::{AccessLog, TrafficDirection, istio};
 
 use super::flow::{Flow, PodIx};
 
-/// Which side of its sidecar a hop is: the call came into the sidecar's pod
-/// (inbound) or went out of it (outbound). Read from the cluster the sidecar
+/// Which side of its sidecar a hop is, read from the cluster the sidecar
 /// routed to, as istiod names them: `inbound|PORT||` and
 /// `outbound|PORT|SUBSET|HOST` (`pilot/pkg/model/service.go`,
 /// `BuildSubsetKey`), `InboundPassthroughCluster` for inbound traffic to a
 /// port no Service declares, and `PassthroughCluster` and `BlackHoleCluster`
 /// for outbound traffic to destinations the mesh does not know
-/// (`pilot/pkg/util/protoconv`, `pkg/config/constants`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-    /// A cluster name of neither kind (a gateway's, or no cluster: the
-    /// sidecar answered itself).
-    Unknown,
-}
-
-impl Direction {
-    pub fn of_cluster(cluster: &str) -> Self {
-        match cluster.split('|').next() {
-            Some("inbound") => Self::Inbound,
-            Some("outbound") => Self::Outbound,
-            Some(name) if name.starts_with("InboundPassthroughCluster") => Self::Inbound,
-            Some("PassthroughCluster" | "BlackHoleCluster") => Self::Outbound,
-            _ => Self::Unknown,
-        }
-    }
-
-    /// As the records spell it: `inbound`, `outbound`, or empty.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inbound => "inbound",
-            Self::Outbound => "outbound",
-            Self::Unknown => "",
-        }
-    }
-
-    /// The direction a WASM filter reports (`inbound` or `outbound`).
-    pub fn parse(text: &str) -> Self {
-        match text {
-            "inbound" => Self::Inbound,
-            "outbound" => Self::Outbound,
-            _ => Self::Unknown,
-        }
+/// (`pilot/pkg/util/protoconv`, `pkg/config/constants`). Unspecified for a
+/// cluster name of neither kind (a gateway's, or no cluster: the sidecar
+/// answered itself).
+pub fn direction_of_cluster(cluster: &str) -> TrafficDirection {
+    match cluster.split('|').next() {
+        Some("inbound") => TrafficDirection::Inbound,
+        Some("outbound") => TrafficDirection::Outbound,
+        Some(name) if name.starts_with("InboundPassthroughCluster") => TrafficDirection::Inbound,
+        Some("PassthroughCluster" | "BlackHoleCluster") => TrafficDirection::Outbound,
+        _ => TrafficDirection::Unspecified,
     }
 }
 
@@ -69,7 +41,7 @@ pub(crate) struct Leg {
 /// What one access-log entry says about where its call was on the wire.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HopLegs {
-    pub direction: Direction,
+    pub direction: TrafficDirection,
     /// The connection the sidecar accepted the call on.
     pub downstream: Option<Leg>,
     /// The connection it sent the call on.
@@ -93,14 +65,14 @@ impl HopLegs {
     /// The upstream leg is the connection Envoy opened: from its upstream
     /// local address (127.0.0.6 towards the app, for an inbound hop) to the
     /// upstream host.
-    pub fn of(log: &AccessLog, pod: PodIx, direction: Direction) -> Self {
+    pub fn of(log: &AccessLog, pod: PodIx, direction: TrafficDirection) -> Self {
         let downstream = Flow::new(
             pod,
             log.downstream_remote.as_ref(),
             log.downstream_local.as_ref(),
         )
         .map(|flow| Leg {
-            request: if direction == Direction::Outbound {
+            request: if direction == TrafficDirection::Outbound {
                 flow.redirected_to(istio::OUTBOUND_CAPTURE_PORT)
             } else {
                 flow
@@ -143,19 +115,19 @@ mod tests {
     #[test]
     fn cluster_names_give_the_direction_as_istiod_names_them() {
         for (cluster, direction) in [
-            ("inbound|8080||", Direction::Inbound),
+            ("inbound|8080||", TrafficDirection::Inbound),
             (
                 "outbound|8080||server.demo.svc.cluster.local",
-                Direction::Outbound,
+                TrafficDirection::Outbound,
             ),
-            ("InboundPassthroughCluster", Direction::Inbound),
-            ("InboundPassthroughClusterIpv4", Direction::Inbound),
-            ("PassthroughCluster", Direction::Outbound),
-            ("BlackHoleCluster", Direction::Outbound),
-            ("", Direction::Unknown),
-            ("my-gateway-cluster", Direction::Unknown),
+            ("InboundPassthroughCluster", TrafficDirection::Inbound),
+            ("InboundPassthroughClusterIpv4", TrafficDirection::Inbound),
+            ("PassthroughCluster", TrafficDirection::Outbound),
+            ("BlackHoleCluster", TrafficDirection::Outbound),
+            ("", TrafficDirection::Unspecified),
+            ("my-gateway-cluster", TrafficDirection::Unspecified),
         ] {
-            assert_eq!(Direction::of_cluster(cluster), direction, "{cluster:?}");
+            assert_eq!(direction_of_cluster(cluster), direction, "{cluster:?}");
         }
     }
 
@@ -175,7 +147,7 @@ mod tests {
             first_upstream_tx_byte_ns: 300,
             ..AccessLog::default()
         };
-        let legs = HopLegs::of(&log, pod, Direction::of_cluster(&log.upstream_cluster));
+        let legs = HopLegs::of(&log, pod, direction_of_cluster(&log.upstream_cluster));
         let down = legs.downstream.unwrap();
         assert_eq!(
             (down.request.source(), down.request.destination()),
@@ -211,7 +183,7 @@ mod tests {
             upstream_remote: ep("198.18.0.20", 8080),
             ..AccessLog::default()
         };
-        let legs = HopLegs::of(&log, PodIx::default(), Direction::Inbound);
+        let legs = HopLegs::of(&log, PodIx::default(), TrafficDirection::Inbound);
         assert!(legs.upstream.is_none());
         let down = legs.downstream.unwrap();
         assert_eq!(down.response, down.request.reverse());

@@ -73,7 +73,9 @@ mod tests;
 
 use std::{collections::VecDeque, net::IpAddr};
 
-use apitrace_proto::{AccessLog, Event, PayloadKind, TcEvent, TcKind, event::Kind};
+use apitrace_proto::{
+    AccessLog, Event, PayloadKind, TcEvent, TcKind, TrafficDirection, event::Kind,
+};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use smallvec::SmallVec;
@@ -85,7 +87,7 @@ use crate::{
 use build::{JsonMemo, TakenHop, TakenLeg, TakenWire, WasmPart, build_record};
 use calls::{CallId, Calls, PendingCall, PrintedIds, push_exact, unidentified_call_key};
 use flow::{Flow, IpTexts, Pods};
-use legs::{Direction, HopLegs, Leg};
+use legs::{HopLegs, Leg, direction_of_cluster};
 use wire::{Exchange, IdentifiedRequests, InterfaceNames, MessageRef, Speaks, WireIndex};
 
 /// A piece of a call. A call is emitted as soon as it has every part its
@@ -150,16 +152,28 @@ impl Default for JoinConfig {
 )]
 pub enum Input {
     /// An event from a probe, and when the CLI received it.
-    Event { event: Event, now_ns: i64 },
+    Event {
+        /// The probe's event, with the time its layer observed it.
+        event: Event,
+        /// When the CLI received it: the join's clock.
+        now_ns: i64,
+    },
     /// Who an address is from `since_ns` on, for the records' `src` and `dst`,
     /// and to know which calls a second sidecar will log.
     Identity {
+        /// The address.
         ip: IpAddr,
+        /// From when it is this workload's: an address can pass from a
+        /// deleted pod to a new one.
         since_ns: i64,
+        /// Whose it is.
         workload: Workload,
     },
     /// Time passed: close the windows that are due.
-    Tick { now_ns: i64 },
+    Tick {
+        /// The time now, by the same clock as the events' `now_ns`.
+        now_ns: i64,
+    },
     /// No more input: emit every call still open.
     End,
 }
@@ -202,9 +216,13 @@ pub struct JoinStats {
 /// Counts of partial calls by the part they lacked (a call can lack several).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MissingParts {
+    /// A traced sidecar's access-log entry ([`Part::AccessLog`]).
     pub access_log: u64,
+    /// A traced sidecar's WASM filter event ([`Part::Wasm`]).
     pub wasm: u64,
+    /// A hop's downstream leg on the wire ([`Part::Wire`]).
     pub wire: u64,
+    /// A hop's upstream leg on the wire ([`Part::Upstream`]).
     pub upstream: u64,
 }
 
@@ -233,6 +251,7 @@ pub struct Joiner {
 }
 
 impl Joiner {
+    /// A join with nothing open and no address known yet.
     pub fn new(config: JoinConfig) -> Self {
         Self {
             wire: WireIndex::new(config.window_ns / SWEEPS_PER_WINDOW),
@@ -251,6 +270,7 @@ impl Joiner {
         }
     }
 
+    /// How the events so far were joined, for the session's summary.
     pub fn stats(&self) -> &JoinStats {
         &self.stats
     }
@@ -410,13 +430,13 @@ impl Joiner {
     /// oversized header), by whose address the caller called: the reporting
     /// pod's own for an inbound hop, another's (a Service's) for an outbound
     /// one.
-    fn direction(&self, log: &AccessLog) -> Direction {
-        let by_cluster = Direction::of_cluster(&log.upstream_cluster);
-        if by_cluster != Direction::Unknown {
+    fn direction(&self, log: &AccessLog) -> TrafficDirection {
+        let by_cluster = direction_of_cluster(&log.upstream_cluster);
+        if by_cluster != TrafficDirection::Unspecified {
             return by_cluster;
         }
         let (Some(called), Some(reporter)) = (&log.downstream_local, &log.reporter) else {
-            return Direction::Unknown;
+            return TrafficDirection::Unspecified;
         };
         match self.directory.lookup(&called.ip, log.start_time_unix_nano) {
             Some(workload)
@@ -424,10 +444,10 @@ impl Joiner {
                     && workload.name == reporter.name
                     && workload.namespace == reporter.namespace =>
             {
-                Direction::Inbound
+                TrafficDirection::Inbound
             }
-            Some(_) => Direction::Outbound,
-            None => Direction::Unknown,
+            Some(_) => TrafficDirection::Outbound,
+            None => TrafficDirection::Unspecified,
         }
     }
 
@@ -586,7 +606,7 @@ impl Joiner {
     /// hop: a call from a traced pod to a traced pod is logged twice, and is
     /// not complete with one of the two.
     fn has_every_hop(&self, call: &PendingCall) -> bool {
-        let logged = |wanted: Direction| {
+        let logged = |wanted: TrafficDirection| {
             call.hops
                 .iter()
                 .zip(&call.access_logs)
@@ -596,7 +616,10 @@ impl Joiner {
         let traced = |endpoint: Option<&apitrace_proto::Endpoint>, at: i64| {
             endpoint.is_some_and(|endpoint| self.directory.is_traced(&endpoint.ip, at))
         };
-        match (logged(Direction::Inbound), logged(Direction::Outbound)) {
+        match (
+            logged(TrafficDirection::Inbound),
+            logged(TrafficDirection::Outbound),
+        ) {
             (Some(inbound), None) => !traced(
                 inbound.downstream_remote.as_ref(),
                 inbound.start_time_unix_nano,

@@ -28,7 +28,7 @@ use std::{
     path::Path,
 };
 
-use apitrace_proto::{istio, ports};
+use apitrace_proto::{filter_config::Config as FilterConfig, istio, ports};
 use serde_json::{Value, json};
 
 use super::certs::{TRUST_DOMAIN, WorkloadFiles, spiffe_id};
@@ -541,13 +541,13 @@ impl<'a> Sidecar<'a> {
 
     /// The filter's configuration (Istio's `pluginConfig`): it posts its
     /// batches through the cluster that reaches the probe's HTTP port.
-    fn plugin_config(&self, http_cluster: &str) -> Value {
-        json!({
-            "ingest_cluster": http_cluster,
-            "ingest_authority": format!("{}:{}", self.probe.host, ports::HTTP),
-            "session_token": self.probe.session_token,
-            "show_secrets": self.probe.show_secrets,
-        })
+    fn plugin_config(&self, http_cluster: &str) -> FilterConfig {
+        FilterConfig::new(
+            http_cluster,
+            format!("{}:{}", self.probe.host, ports::HTTP),
+            self.probe.session_token,
+            self.probe.show_secrets,
+        )
     }
 
     fn wasm_filter(&self, http_cluster: &str) -> Value {
@@ -561,7 +561,8 @@ impl<'a> Sidecar<'a> {
                     "failure_policy": "FAIL_OPEN",
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": self.plugin_config(http_cluster).to_string(),
+                        "value": serde_json::to_string(&self.plugin_config(http_cluster))
+                            .expect("a filter configuration always serializes"),
                     },
                     "vm_config": {
                         "runtime": "envoy.wasm.runtime.v8",
@@ -955,16 +956,13 @@ mod tests {
         );
         // The filter posts through the cluster that reaches the probe's HTTP port.
         let wasm = &named(&manager["http_filters"], "apitrace")["typed_config"]["config"];
-        let plugin: Value =
-            serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+        let value = wasm["configuration"]["value"].as_str().unwrap();
+        let plugin = FilterConfig::parse(value.as_bytes()).unwrap();
         assert_eq!(
-            plugin["ingest_cluster"],
+            plugin.ingest_cluster,
             "outbound|15902||apitrace-probe.demo.svc.cluster.local"
         );
-        named(
-            &resources["clusters"],
-            plugin["ingest_cluster"].as_str().unwrap(),
-        );
+        named(&resources["clusters"], &plugin.ingest_cluster);
     }
 
     /// A `grpc` port: HTTP/2 from the caller's sidecar on (its cluster, the

@@ -54,7 +54,7 @@ fn wasm(id: &str) -> Event {
     Event {
         kind: Some(Kind::Wasm(WasmEvent {
             request_id: id.into(),
-            listener_direction: "inbound".into(),
+            listener_direction: TrafficDirection::Inbound.into(),
             auth: Some(AuthInfo {
                 scheme: "Bearer".into(),
                 jwt_claims_json: r#"{"sub":"alice"}"#.into(),

@@ -155,8 +155,8 @@ fn mesh_call(id: &str, t: i64, app_port: u32, pooled_port: u32, tls: bool) -> Ve
         last_downstream_tx_byte_ns: 550 * US,
         ..fixtures::entry()
     }));
-    events.push(fixtures::wasm(id, "outbound", t + 30 * US));
-    events.push(fixtures::wasm(id, "inbound", t + 110 * US));
+    events.push(fixtures::wasm(id, TrafficDirection::Outbound, t + 30 * US));
+    events.push(fixtures::wasm(id, TrafficDirection::Inbound, t + 110 * US));
     events
 }
 
@@ -333,7 +333,7 @@ fn source(event: &Event) -> (u8, String) {
                 .map(|pod| pod.name.clone())
                 .unwrap_or_default(),
         ),
-        Some(Kind::Wasm(wasm)) => (2, wasm.listener_direction.clone()),
+        Some(Kind::Wasm(wasm)) => (2, wasm.listener_direction().as_str().to_owned()),
         _ => (3, String::new()),
     }
 }
@@ -413,7 +413,11 @@ fn calls_on_a_multiplexed_connection_get_the_connection_never_each_others_packet
             first_upstream_tx_byte_ns: 0,
             ..fixtures::entry()
         }));
-        events.push(fixtures::wasm(&format!("h2-{n}"), "inbound", t));
+        events.push(fixtures::wasm(
+            &format!("h2-{n}"),
+            TrafficDirection::Inbound,
+            t,
+        ));
     }
     events.push(message(
         tc(
@@ -495,7 +499,7 @@ fn h2c_streams_to_the_app_get_their_own_request_and_response() {
             upstream_cluster: "inbound|8080||".into(),
             ..fixtures::entry()
         }));
-        events.push(fixtures::wasm(&id, "inbound", t));
+        events.push(fixtures::wasm(&id, TrafficDirection::Inbound, t));
         events.push(stream_head(
             tc(&server(), "lo", TcKind::Message, t, sidecar, APP),
             0,
@@ -574,7 +578,7 @@ fn h2c_stream_call(stream: u32, t: i64) -> (Vec<Event>, Event, Event) {
             upstream_cluster: "inbound|8080||".into(),
             ..fixtures::entry()
         }),
-        fixtures::wasm(&id, "inbound", t),
+        fixtures::wasm(&id, TrafficDirection::Inbound, t),
         // The caller's connection is mTLS: its leg is the connection.
         message(
             tc(
@@ -674,7 +678,7 @@ fn a_sidecars_late_entry_and_filter_event_are_not_a_second_record() {
         .into_iter()
         .partition(|event| match &event.kind {
             Some(Kind::AccessLog(log)) => log.reporter == Some(client()),
-            Some(Kind::Wasm(wasm)) => wasm.listener_direction == "outbound",
+            Some(Kind::Wasm(wasm)) => wasm.listener_direction() == TrafficDirection::Outbound,
             _ => false,
         });
     assert_eq!(late.len(), 2, "the caller's entry and filter event");

@@ -110,7 +110,7 @@ fn access_log_upstream(
     }
 }
 
-fn wasm(id: &str, direction: &str) -> Event {
+fn wasm(id: &str, direction: TrafficDirection) -> Event {
     Event {
         kind: Some(Kind::Wasm(WasmEvent {
             request_id: id.into(),
@@ -162,7 +162,7 @@ fn connection(
             true,
             Some((sidecar, app)),
         ));
-        events.push(wasm(&id, "inbound"));
+        events.push(wasm(&id, TrafficDirection::Inbound));
         events.push(tc(
             TcKind::Message,
             start + 10 * US,
@@ -376,7 +376,7 @@ fn a_call_with_a_lost_part_does_not_lend_its_request_start() {
         access_log("a", s_a, client, server, true),
         // a's WASM event is lost.
         access_log("b", s_b, client, server, true),
-        wasm("b", "inbound"),
+        wasm("b", TrafficDirection::Inbound),
         tc(TcKind::Message, t_b, client, server, Some("")),
         tc(TcKind::Message, s_b + 300 * US, server, client, None),
     ];
@@ -414,9 +414,9 @@ fn both_sidecars_of_a_call_make_one_record_with_two_hops() {
     }
     let events = vec![
         outbound,
-        wasm("x-1", "outbound"),
+        wasm("x-1", TrafficDirection::Outbound),
         access_log("x-1", T0 + 100 * US, client, server, true),
-        wasm("x-1", "inbound"),
+        wasm("x-1", TrafficDirection::Inbound),
     ];
     let mut joiner = Joiner::new(JoinConfig {
         expect: vec![Part::AccessLog, Part::Wasm],

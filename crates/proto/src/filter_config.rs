@@ -1,11 +1,18 @@
-//! The plugin configuration: Istio's `WasmPlugin.spec.pluginConfig`, which Envoy
-//! hands to the module as a JSON string.
+//! The WASM filter's configuration: the contract between whoever puts the
+//! filter into a sidecar (the cluster session's `WasmPlugin.spec.pluginConfig`,
+//! the demo's sidecar config) and the filter, which Envoy hands it as a JSON
+//! string.
+//!
+//! Both sides use [`Config`]: a starter builds one with [`Config::new`] and
+//! serializes it, and the filter reads it with [`Config::parse`], so a field
+//! renamed on one side is a compile error on the other, not a filter that
+//! refuses its configuration inside a running sidecar.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The Envoy cluster through which the probe's HTTP port is reached, e.g.
@@ -49,6 +56,30 @@ mod defaults {
 }
 
 impl Config {
+    /// A configuration that posts to `ingest_cluster` with the session's
+    /// token, with the same batching and budget as a configuration that
+    /// names only these fields.
+    pub fn new(
+        ingest_cluster: impl Into<String>,
+        ingest_authority: impl Into<String>,
+        session_token: impl Into<String>,
+        show_secrets: bool,
+    ) -> Self {
+        Self {
+            ingest_cluster: ingest_cluster.into(),
+            ingest_authority: ingest_authority.into(),
+            session_token: session_token.into(),
+            show_secrets,
+            flush_interval_ms: defaults::flush_interval_ms(),
+            batch_max_events: defaults::batch_max_events(),
+            queue_max_bytes: defaults::queue_max_bytes(),
+            max_in_flight: defaults::max_in_flight(),
+            timeout_ms: defaults::timeout_ms(),
+        }
+    }
+
+    /// Reads the configuration Envoy hands the filter. The message says what
+    /// is wrong; the filter logs it, since a sidecar has nobody else to tell.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
         let config: Self = serde_json::from_slice(json)
             .map_err(|e| format!("apitrace: invalid plugin configuration: {e}"))?;
@@ -90,6 +121,23 @@ mod tests {
         .unwrap();
         assert_eq!(config.flush_interval(), Duration::from_millis(200));
         assert!(!config.show_secrets);
+        assert_eq!(config, Config::new("c", "probe", "t", false));
+    }
+
+    #[test]
+    fn a_built_config_parses_back() {
+        for config in [
+            Config::new("outbound|15902||probe", "probe:15902", "s3cret", false),
+            Config {
+                queue_max_bytes: 8192,
+                flush_interval_ms: 100,
+                timeout_ms: 500,
+                ..Config::new("ingest", "probe", "t", true)
+            },
+        ] {
+            let json = serde_json::to_vec(&config).unwrap();
+            assert_eq!(Config::parse(&json), Ok(config));
+        }
     }
 
     #[test]
