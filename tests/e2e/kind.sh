@@ -2,16 +2,18 @@
 # The real thing on kind with Istio: the paper's example, sleep -> nginx.
 #
 # Needs docker, kind, kubectl, istioctl and the release's linux/amd64 CLI and
-# probe image (`cargo xtask release --platform linux/amd64`). It creates a kind cluster (deleted at the end unless KEEP=1),
-# installs Istio under the revision `canary` with the revision tag `prod`
-# pointing to it (so the mesh config is `istio-canary`, and the pods' own
-# `istio.io/rev=prod` label names a tag, not a revision) and with
-# `accessLogFile: /dev/stdout` (the legacy log a Telemetry would turn off),
-# loads the release's probe image archive (the CLI is pinned to its digest, so
-# the sessions run exactly that image, with no --probe-image), applies manifests/, deploys sleep and nginx with
-# sidecars, and runs a 40 s session on nginx while sleep calls it, as a user
-# bound to the apitrace-user ClusterRole only (a ServiceAccount's token in a
-# kubeconfig of its own), not as cluster-admin. It checks:
+# probe image (`cargo xtask release --platform linux/amd64`, which builds both
+# Linux probes: the image holds both architectures). It creates a kind cluster
+# (deleted at the end unless KEEP=1), installs Istio under the revision
+# `canary` with the revision tag `prod` pointing to it (so the mesh config is
+# `istio-canary`, and the pods' own `istio.io/rev=prod` label names a tag, not
+# a revision) and with `accessLogFile: /dev/stdout` (the legacy log a
+# Telemetry would turn off), loads the release's probe image archive (the CLI
+# is pinned to its digest, so the sessions run exactly that image, with no
+# --probe-image), applies manifests/, deploys sleep and nginx with sidecars,
+# and runs a 40 s session on nginx while sleep calls it, as a user bound to
+# the apitrace-user ClusterRole only (a ServiceAccount's token in a kubeconfig
+# of its own), not as cluster-admin. It checks:
 #   1. the session prints records joined from all three layers (als, wasm, tc)
 #      for sleep's calls, with the caller's identity; and nginx's own access
 #      log (its sidecar's stdout) still prints the calls made during the

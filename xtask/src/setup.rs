@@ -154,8 +154,13 @@ fn apt_packages() -> anyhow::Result<()> {
 /// `rustc-web` uses (the package is Multi-Arch: same, and apt also offers an
 /// older release).
 fn arm64_standard_library() -> anyhow::Result<()> {
+    // Named with the machine's own architecture: once the arm64 one is
+    // installed too, the bare name matches both.
+    let native = Command::new("dpkg").arg("--print-architecture").output()?;
+    let native = String::from_utf8_lossy(&native.stdout).trim().to_owned();
     let output = Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", "libstd-rust-web-dev"])
+        .args(["-W", "-f=${Version}"])
+        .arg(format!("libstd-rust-web-dev:{native}"))
         .output()?;
     let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     if version.is_empty() {
