@@ -158,6 +158,9 @@ impl Platform {
             }
         };
         command.args(["--release", "--locked", "--target", self.triple]);
+        if self.os == "linux" {
+            command.env("RUSTFLAGS", remap_path_prefixes());
+        }
         if self.os == "darwin" {
             command.env("MACOSX_DEPLOYMENT_TARGET", MACOS_DEPLOYMENT_TARGET);
         }
@@ -194,6 +197,25 @@ impl Platform {
         }
         command
     }
+}
+
+/// Where the sources were built is no part of a Linux release (the probes,
+/// whose image digest the CLIs are pinned to, and the Linux CLIs): the
+/// checkout and cargo's registry are renamed in every path the compiler
+/// writes (panic locations, generated files' paths), so that one commit
+/// built in any directory gives the same binaries. The Windows and darwin
+/// builds do not rename yet.
+fn remap_path_prefixes() -> String {
+    let registry = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_default()
+        .join("registry/src");
+    format!(
+        "--remap-path-prefix={}=/apitrace --remap-path-prefix={}=/cargo",
+        workspace().display(),
+        registry.display()
+    )
 }
 
 /// An executable's file name on `os`.

@@ -176,10 +176,17 @@ pub fn build(guest: Guest) -> Result<PathBuf, Error> {
         }
         command.env_remove(key);
     }
+    // The checkout's path would otherwise be in the object's debug info, and
+    // so in the probe: one commit built in two directories would differ.
+    let mut flags = vec![format!(
+        "--remap-path-prefix={}=/apitrace",
+        workspace.display()
+    )];
     if guest.kind == GuestKind::Ebpf {
         // BTF lets the kernel describe our maps and events (bpftool, verifier logs).
-        command.env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf");
+        flags.push("-Clink-arg=--btf".to_owned());
     }
+    command.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"));
     let status = command.status().map_err(|source| Error::Spawn {
         command: format!("{command:?}"),
         source,
