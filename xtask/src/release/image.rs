@@ -165,22 +165,12 @@ impl Layers {
                 .arg(&rootfs)
                 .arg(&probe_root),
         )?;
-        let base = here.join("base.tar");
-        shell::run(Command::new("sh").arg("-c").arg(format!(
-            "{TAR} -C '{}' -cf '{}' .",
-            rootfs.display(),
-            base.display()
-        )))?;
+        let base = layer_archive(&rootfs, &here.join("base.tar"))?;
         let binary = probe_root.join("apitrace-probe");
         std::fs::copy(probe, &binary)
             .with_context(|| format!("cannot copy the probe from {}", probe.display()))?;
         shell::run(Command::new("chmod").arg("0755").arg(&binary))?;
-        let probe_layer = here.join("probe.tar");
-        shell::run(Command::new("sh").arg("-c").arg(format!(
-            "{TAR} -C '{}' -cf '{}' .",
-            probe_root.display(),
-            probe_layer.display()
-        )))?;
+        let probe_layer = layer_archive(&probe_root, &here.join("probe.tar"))?;
         Ok(Self {
             platform: *platform,
             base,
@@ -188,6 +178,16 @@ impl Layers {
             probe: probe_layer,
         })
     }
+}
+
+/// The layer archive of everything under `root`, written to `archive`.
+fn layer_archive(root: &Path, archive: &Path) -> anyhow::Result<PathBuf> {
+    shell::run(Command::new("sh").arg("-c").arg(format!(
+        "{TAR} -C '{}' -cf '{}' .",
+        root.display(),
+        archive.display()
+    )))?;
+    Ok(archive.to_path_buf())
 }
 
 /// Writes the layout at `layout` (replacing it) and returns its index's digest.
