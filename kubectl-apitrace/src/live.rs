@@ -50,38 +50,74 @@ pub async fn interrupted() {
 }
 
 /// How many signals the process received, from its one listener.
+///
+/// The listener runs on a thread of its own with its own runtime, not as a
+/// task of the runtime that first asked: that runtime may end while the
+/// process goes on (a test's, or a command that builds one per phase), and
+/// with it a task that was the only listener, so that later sessions would
+/// never see Ctrl-C. Without the thread (it could not be started), nothing
+/// installs a handler and Ctrl-C ends the process as it does by default.
 fn signals() -> tokio::sync::watch::Receiver<u64> {
     static RECEIVED: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>> =
         std::sync::OnceLock::new();
     RECEIVED
         .get_or_init(|| {
             let (count, received) = tokio::sync::watch::channel(0u64);
-            tokio::spawn(async move {
-                #[cfg(unix)]
-                {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    let (Ok(mut interrupt), Ok(mut terminate)) = (
-                        signal(SignalKind::interrupt()),
-                        signal(SignalKind::terminate()),
-                    ) else {
-                        return std::future::pending().await;
+            let (installed, ready) = std::sync::mpsc::channel();
+            let listener = std::thread::Builder::new()
+                .name("apitrace-signals".into())
+                .spawn(move || {
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
                     };
-                    loop {
-                        tokio::select! {
-                            _ = interrupt.recv() => {}
-                            _ = terminate.recv() => {}
-                        }
-                        count.send_modify(|count| *count += 1);
-                    }
-                }
-                #[cfg(not(unix))]
-                while tokio::signal::ctrl_c().await.is_ok() {
-                    count.send_modify(|count| *count += 1);
-                }
-            });
+                    runtime.block_on(listen(count, installed));
+                });
+            // A signal sent right after the first call returns must be
+            // counted: wait until the handlers are installed.
+            if listener.is_ok() {
+                let _ = ready.recv();
+            }
             received
         })
         .clone()
+}
+
+/// Counts Ctrl-C and (on Unix) SIGTERM into `count`, for the process's life;
+/// says on `installed` once its handlers are in place.
+async fn listen(count: tokio::sync::watch::Sender<u64>, installed: std::sync::mpsc::Sender<()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        let _ = installed.send(());
+        let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            count.send_modify(|count| *count += 1);
+        }
+    }
+    #[cfg(windows)]
+    {
+        let handler = tokio::signal::windows::ctrl_c();
+        let _ = installed.send(());
+        let Ok(mut ctrl_c) = handler else {
+            return;
+        };
+        while ctrl_c.recv().await.is_some() {
+            count.send_modify(|count| *count += 1);
+        }
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -94,17 +130,27 @@ mod tests {
 
     /// A Ctrl-C that comes while nothing waits for it (between two turns of
     /// a session's loop) is given to the next call, and each signal to one
-    /// call only.
-    #[tokio::test]
-    async fn a_signal_between_two_waits_is_not_lost_and_is_given_once() {
+    /// call only; the listener outlives the runtime that started it.
+    #[test]
+    fn a_signal_between_two_waits_is_not_lost_and_is_given_once() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+        };
         let soon = || tokio::time::timeout(Duration::from_millis(500), interrupted());
-        // The listener starts with the first call.
-        assert!(soon().await.is_err(), "no signal yet");
-        raise(Signal::SIGINT).expect("a signal to this process");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(soon().await.is_ok(), "the signal sent while nothing waited");
-        assert!(soon().await.is_err(), "given once");
-        raise(Signal::SIGTERM).expect("a signal to this process");
-        assert!(soon().await.is_ok(), "SIGTERM too");
+        // The listener starts with the first call, in a runtime that then ends.
+        runtime().block_on(async {
+            assert!(soon().await.is_err(), "no signal yet");
+        });
+        runtime().block_on(async {
+            raise(Signal::SIGINT).expect("a signal to this process");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(soon().await.is_ok(), "the signal sent while nothing waited");
+            assert!(soon().await.is_err(), "given once");
+            raise(Signal::SIGTERM).expect("a signal to this process");
+            assert!(soon().await.is_ok(), "SIGTERM too");
+        });
     }
 }
