@@ -3,9 +3,9 @@
 //! or read past what was captured, and never name a stream it did not read.
 #![no_main]
 
-use apitrace_probe::http2::Frames;
+use apitrace_probe::http2::{Frames, header_between};
 use apitrace_proto::TcEvent;
-use apitrace_tc_event::{EventKind, FAMILY_IPV4, TcEvent as RawEvent, TcEventHeader};
+use apitrace_tc_event::{EventKind, TcEvent as RawEvent, TcEventHeader};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -25,22 +25,7 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         )
     };
     let header = |side: usize, kind: EventKind, seq: u32, len: usize| {
-        let ((src_addr, src_port), (dst_addr, dst_port)) = if side == 0 {
-            (endpoint(1), endpoint(2))
-        } else {
-            (endpoint(2), endpoint(1))
-        };
-        TcEventHeader {
-            kind: kind as u8,
-            family: FAMILY_IPV4,
-            seq,
-            payload_len: len as u32,
-            src_addr,
-            src_port,
-            dst_addr,
-            dst_port,
-            ..TcEventHeader::default()
-        }
+        header_between([endpoint(1), endpoint(2)], side, kind, seq, len)
     };
     let mut frames = Frames::default();
     let mut feed = |header: TcEventHeader, head: &[u8]| {

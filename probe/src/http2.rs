@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use apitrace_proto::{
     HttpHead, PayloadKind, RequestLine, StatusLine, TcEvent, http_head::StartLine,
 };
-use apitrace_tc_event::{EventKind, TcEvent as RawEvent, seq_before};
+use apitrace_tc_event::{EventKind, FAMILY_IPV4, TcEvent as RawEvent, TcEventHeader, seq_before};
 
 /// What a client sends first on an HTTP/2 connection (RFC 9113 section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -596,11 +596,37 @@ impl Connection {
     }
 }
 
+/// The header the TC program writes for a packet of `len` payload bytes at
+/// `seq`, sent by side `sender` (0 the client, 1 the server) of a
+/// connection between `ends`: for the tests and the fuzz target, which feed
+/// [`Frames`] the records of made-up connections.
+#[doc(hidden)]
+pub fn header_between(
+    ends: [([u8; 16], u16); 2],
+    sender: usize,
+    kind: EventKind,
+    seq: u32,
+    len: usize,
+) -> TcEventHeader {
+    let ((src_addr, src_port), (dst_addr, dst_port)) = (ends[sender & 1], ends[(sender & 1) ^ 1]);
+    TcEventHeader {
+        ifindex: 2,
+        kind: kind as u8,
+        family: FAMILY_IPV4,
+        seq,
+        payload_len: len as u32,
+        src_addr,
+        src_port,
+        dst_addr,
+        dst_port,
+        ..TcEventHeader::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use apitrace_tc_event::{FAMILY_IPV4, TcEventHeader};
     use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
     use super::*;
@@ -705,23 +731,7 @@ mod tests {
     /// on; `captured` bytes of each.
     fn records(packets: &[(usize, Vec<u8>)], captured: usize) -> Vec<(TcEventHeader, Vec<u8>)> {
         let header = |side: usize, kind: EventKind, seq: u32, len: usize| {
-            let ((src_addr, src_port), (dst_addr, dst_port)) = if side == 0 {
-                (CLIENT, SERVER)
-            } else {
-                (SERVER, CLIENT)
-            };
-            TcEventHeader {
-                ifindex: 2,
-                kind: kind as u8,
-                family: FAMILY_IPV4,
-                seq,
-                payload_len: len as u32,
-                src_addr,
-                src_port,
-                dst_addr,
-                dst_port,
-                ..TcEventHeader::default()
-            }
+            header_between([CLIENT, SERVER], side, kind, seq, len)
         };
         let mut next = [CLIENT_ISN.wrapping_add(1), SERVER_ISN.wrapping_add(1)];
         let mut records = vec![
