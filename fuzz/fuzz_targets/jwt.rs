@@ -9,7 +9,10 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
     let header = String::from_utf8_lossy(bytes);
     let _ = describe(&header, true);
     let redacted = describe(&header, false);
-    assert!(redacted.token.is_empty(), "the token was kept: {redacted:?}");
+    assert!(
+        redacted.token.is_empty(),
+        "the token was kept: {redacted:?}"
+    );
     // A signature long enough not to turn up by chance elsewhere, and not
     // also part of the header or claims it signs.
     if let Some((signed, signature)) = header.trim().rsplit_once('.')
@@ -25,7 +28,10 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
             &redacted.jwt_claims_json,
             &redacted.fingerprint,
         ] {
-            assert!(!field.contains(signature), "the signature leaked: {redacted:?}");
+            assert!(
+                !field.contains(signature),
+                "the signature leaked: {redacted:?}"
+            );
         }
     }
 });

@@ -12,6 +12,11 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         name: "web".into(),
     };
     if let Ok(batch) = read_batch(bytes, Some(&sender)) {
-        assert!(batch.events.iter().all(|event| event.reporter.as_ref() == Some(&sender)));
+        assert!(
+            batch
+                .events
+                .iter()
+                .all(|event| event.reporter.as_ref() == Some(&sender))
+        );
     }
 });

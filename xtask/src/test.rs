@@ -14,6 +14,8 @@ pub fn run() -> anyhow::Result<()> {
     build::run(&build::Options { release: false })?;
     step("test", "formatting");
     shell::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz targets are a workspace of their own, which `--all` leaves out.
+    shell::run(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     step("test", "lints");
     shell::run(cargo().args([
         "clippy",

@@ -977,6 +977,55 @@ async fn a_deployment_resolves_to_its_running_pods_and_their_nodes() {
     assert_eq!(targets.nodes[0].taints[0].key, "dedicated");
 }
 
+/// A StatefulSet and a DaemonSet are read from their own APIs, and their
+/// pods are the ones their own selectors match.
+#[tokio::test]
+async fn statefulsets_and_daemonsets_resolve_by_their_own_selectors() {
+    for (target, path, app) in [
+        (
+            "sts/db",
+            "/apis/apps/v1/namespaces/shop/statefulsets/db",
+            "db",
+        ),
+        (
+            "ds/agent",
+            "/apis/apps/v1/namespaces/shop/daemonsets/agent",
+            "agent",
+        ),
+    ] {
+        let kind = if target.starts_with("sts/") {
+            "StatefulSet"
+        } else {
+            "DaemonSet"
+        };
+        let name = target.split_once('/').unwrap().1;
+        let workload = json!({
+            "apiVersion": "apps/v1", "kind": kind,
+            "metadata": { "namespace": "shop", "name": name },
+            "spec": { "selector": {"matchLabels": {"app": app}}, "template": {} },
+        });
+        let pod_name = format!("{name}-0");
+        let api = MockApi::new(vec![
+            ok(Method::GET, path, workload),
+            ok(
+                Method::GET,
+                format!("/api/v1/namespaces/shop/pods?&labelSelector=app%3D{app}"),
+                json!({"metadata": {}, "items": [
+                    pod(&pod_name, running(), json!({"metadata": {"labels": {"app": app}}})),
+                ]}),
+            ),
+            ok(Method::GET, "/api/v1/nodes/node-a", node("linux")),
+        ]);
+        let selection = Selection::Named(target.parse().unwrap());
+        let targets = resolve(&api.client, &selection, &Scope::Namespace("shop".into()))
+            .await
+            .unwrap();
+        api.finish().await;
+        let names: Vec<&str> = targets.pods.iter().map(|pod| pod.name.as_str()).collect();
+        assert_eq!(names, [pod_name.as_str()], "{target}");
+    }
+}
+
 #[tokio::test]
 async fn every_target_problem_has_its_own_message() {
     let cases: Vec<(Vec<Value>, Option<&str>, String)> = vec![

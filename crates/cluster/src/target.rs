@@ -11,7 +11,8 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
-use kube::{Api, Client, api::ListParams};
+use kube::{Api, Client, Resource, api::ListParams};
+use serde::de::DeserializeOwned;
 
 use crate::{api_status::is_not_found, error_text::ApiText, istio};
 
@@ -478,30 +479,17 @@ async fn named_pods(
                 .map_err(get_error)?;
             return Ok((vec![pod], what, String::new()));
         }
-        TargetKind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), namespace)
-                .get(&target.name)
-                .await
-                .map_err(get_error)?
-                .spec
-                .selector
-        }
+        TargetKind::Deployment => workload_selector::<Deployment>(client, namespace, &target.name)
+            .await
+            .map_err(get_error)?,
         TargetKind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .get(&target.name)
+            workload_selector::<StatefulSet>(client, namespace, &target.name)
                 .await
                 .map_err(get_error)?
-                .spec
-                .selector
         }
-        TargetKind::DaemonSet => {
-            Api::<DaemonSet>::namespaced(client.clone(), namespace)
-                .get(&target.name)
-                .await
-                .map_err(get_error)?
-                .spec
-                .selector
-        }
+        TargetKind::DaemonSet => workload_selector::<DaemonSet>(client, namespace, &target.name)
+            .await
+            .map_err(get_error)?,
         TargetKind::Service => {
             let labels = Api::<Service>::namespaced(client.clone(), namespace)
                 .get(&target.name)
@@ -531,6 +519,46 @@ async fn named_pods(
         .items;
     let hint = format!("-n {namespace} -l {selector}");
     Ok((pods, what, hint))
+}
+
+/// A workload whose pods are the ones its label selector matches.
+trait SelectsPods:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + fmt::Debug
+{
+    fn selector(self) -> LabelSelector;
+}
+
+impl SelectsPods for Deployment {
+    fn selector(self) -> LabelSelector {
+        self.spec.selector
+    }
+}
+
+impl SelectsPods for StatefulSet {
+    fn selector(self) -> LabelSelector {
+        self.spec.selector
+    }
+}
+
+impl SelectsPods for DaemonSet {
+    fn selector(self) -> LabelSelector {
+        self.spec.selector
+    }
+}
+
+/// The label selector of the workload `name` of kind `K` in `namespace`.
+async fn workload_selector<K: SelectsPods>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<LabelSelector, kube::Error> {
+    let workload = Api::<K>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await?;
+    Ok(workload.selector())
 }
 
 /// A `LabelSelector` as the `labelSelector` query parameter spells it.

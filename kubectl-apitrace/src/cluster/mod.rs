@@ -4,13 +4,14 @@
 
 mod link;
 
-use std::{io, process::ExitCode, time::Duration};
+use std::{io, pin::Pin, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use apitrace_cluster::{
     check::{self, CheckError},
     cleanup::{self, Reach, Which},
     identity,
+    mesh::MeshConfigRef,
     names::{self, SessionId},
     objects::{LEASE_DURATION, Plan, ProbeOptions},
     session::{self, Session, SessionError, Timeouts},
@@ -24,6 +25,7 @@ use kube::{
     Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
 };
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -125,16 +127,7 @@ async fn preflight(
     for node in &targets.nodes {
         check::kernel_attach(&node.name, &node.kernel)?;
     }
-    let needed = check::permissions(
-        &cluster.probe_namespace,
-        &cluster.istio_namespace,
-        &targets.namespaces(),
-    );
-    let missing = check::missing_permissions(client, &needed).await?;
-    if !missing.is_empty() {
-        return Err(CheckError::Forbidden(missing).into());
-    }
-    check::probe_namespace_level(client, &cluster.probe_namespace, &mesh).await?;
+    permitted(client, cluster, &targets.namespaces(), &mesh).await?;
     let inherited_logging = check::inherited_logging(client, &mesh, &targets).await?;
     check::sidecars_reach_probes(client, &mesh, &targets, &cluster.probe_namespace).await?;
     check::probe_service_exported(&mesh, &targets, &cluster.probe_namespace)?;
@@ -142,6 +135,61 @@ async fn preflight(
         targets,
         mesh,
         inherited_logging,
+    })
+}
+
+/// Whether the user may do everything a session in `namespaces` does (with
+/// none, what every session does), and the probe namespace admits the probe:
+/// checked before a session creates anything, and by `check`.
+async fn permitted(
+    client: &Client,
+    cluster: &ClusterArgs,
+    namespaces: &[String],
+    mesh: &check::Mesh,
+) -> anyhow::Result<()> {
+    let needed = check::permissions(
+        &cluster.probe_namespace,
+        &cluster.istio_namespace,
+        namespaces,
+    );
+    let missing = check::missing_permissions(client, &needed).await?;
+    if !missing.is_empty() {
+        return Err(CheckError::Forbidden(missing).into());
+    }
+    check::probe_namespace_level(client, &cluster.probe_namespace, mesh).await?;
+    Ok(())
+}
+
+/// What a session sets up, from its arguments and what preflight found:
+/// every choice is made here, so that `--dry-run` shows what the session
+/// would do.
+fn plan(args: &TraceArgs, cluster: &ClusterArgs, preflight: Preflight) -> anyhow::Result<Plan> {
+    Ok(Plan {
+        session: SessionId::generate(),
+        token: random_hex(32)?,
+        started: Timestamp::now(),
+        duration: args.duration,
+        holder: format!(
+            "kubectl-apitrace/{}",
+            std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .unwrap_or_default()
+        ),
+        probe: ProbeOptions {
+            namespace: cluster.probe_namespace.clone(),
+            image: args.probe_image.clone().unwrap_or_else(default_probe_image),
+            pull_secrets: args.image_pull_secrets.clone(),
+            privileged: args.privileged,
+        },
+        mesh: preflight.mesh.config,
+        telemetry_version: preflight.mesh.telemetry_version,
+        targets: preflight.targets,
+        inherited_logging: preflight.inherited_logging,
+        show_secrets: args.output.show_secrets,
+        cluster_domain: preflight
+            .mesh
+            .cluster_domain
+            .unwrap_or_else(|| check::DEFAULT_CLUSTER_DOMAIN.to_owned()),
     })
 }
 
@@ -159,36 +207,10 @@ async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<Ex
     let progress = Progress::new(args.quiet);
     progress.say("resolving the targets and checking the cluster");
     let preflight = preflight(&client, &cluster, &selection, &scope).await?;
-    let plan = Plan {
-        session: SessionId::generate(),
-        token: random_hex(32)?,
-        started: Timestamp::now(),
-        duration: args.duration,
-        holder: format!(
-            "kubectl-apitrace/{}",
-            std::env::var("USER")
-                .or_else(|_| std::env::var("USERNAME"))
-                .unwrap_or_default()
-        ),
-        probe: ProbeOptions {
-            namespace: cluster.probe_namespace.clone(),
-            image: args.probe_image.clone().unwrap_or_else(default_probe_image),
-            pull_secrets: args.image_pull_secrets.clone(),
-            privileged: args.privileged,
-        },
-        mesh: preflight.mesh.config.clone(),
-        telemetry_version: preflight.mesh.telemetry_version,
-        targets: preflight.targets,
-        inherited_logging: preflight.inherited_logging,
-        show_secrets: args.output.show_secrets,
-        cluster_domain: preflight
-            .mesh
-            .cluster_domain
-            .clone()
-            .unwrap_or_else(|| check::DEFAULT_CLUSTER_DOMAIN.to_owned()),
-    };
+    let mesh_config = preflight.mesh.mesh_config.clone();
+    let plan = plan(&args, &cluster, preflight)?;
     if args.dry_run {
-        let text = apitrace_cluster::dry_run::render(&plan, &preflight.mesh.mesh_config)?;
+        let text = apitrace_cluster::dry_run::render(&plan, &mesh_config)?;
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -310,7 +332,7 @@ async fn run_session(
         args.output.follow,
         Destination::stdout(),
     )?;
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         JoinConfig {
             show_secrets: args.output.show_secrets,
             ..JoinConfig::default()
@@ -319,25 +341,7 @@ async fn run_session(
         printer,
     )
     .selecting(args.output.select.clone());
-    // The traced pods are known already: named (and marked traced, which decides
-    // how hops merge) before the first event, even if the watch below is slow
-    // or not allowed.
-    for pod in &session.plan.targets.pods {
-        for ip in &pod.ips {
-            if let Ok(ip) = ip.parse() {
-                pipeline.feed(Input::Identity {
-                    ip,
-                    since_ns: 0,
-                    workload: Workload {
-                        namespace: pod.namespace.clone(),
-                        name: pod.name.clone(),
-                        kind: WorkloadKind::Pod,
-                        traced: true,
-                    },
-                })?;
-            }
-        }
-    }
+    let mut running = Running::new(client, &session, pipeline, &progress, args.output.follow)?;
     // Everyone else the traced pods talk to, named as they come and go.
     let traced: identity::TracedPods = session
         .plan
@@ -347,125 +351,36 @@ async fn run_session(
         .map(|pod| (pod.namespace.clone(), pod.name.clone()))
         .collect();
     let mut identities = identity::watch(client, traced, now_ns);
-    let mut identities_failing = false;
-    let mut lease = session::LeaseKeeper::new(
-        client,
-        &session.plan.probe.namespace,
-        &session.plan.session.object_name(),
-    );
     let renew = tokio::time::sleep(LEASE_DURATION / 3);
     tokio::pin!(renew);
-    // Our provider in the mesh config, which whoever manages the config may
-    // put back without it: said once, and not added again.
-    let mut provider =
-        session::ProviderWatch::new(client, &session.plan.mesh, &session.plan.session);
     let mut provider_checks = tokio::time::interval_at(
         tokio::time::Instant::now() + session::PROVIDER_CHECK,
         session::PROVIDER_CHECK,
     );
-    let mut provider_gone = false;
     let mut ticks = tokio::time::interval(Duration::from_millis(200));
     let end = tokio::time::sleep(session.plan.duration);
     tokio::pin!(end);
-    let mut exit = ExitCode::SUCCESS;
     let mut messages = Vec::with_capacity(BATCH);
-    // When the session ended (its duration, or Ctrl-C): from then on it only
-    // waits for what the sidecars had yet to report of the calls before it.
-    let mut ended: Option<i64> = None;
-    let waiting = Drain::notice();
     let result: anyhow::Result<()> = async {
-        loop {
-            if let Some(ended_ns) = ended
-                && pipeline.drained(ended_ns, now_ns())
-            {
-                break;
-            }
+        while !running.drained() {
             tokio::select! {
-                () = &mut end, if ended.is_none() => {
-                    progress.announce(format_args!("the session's time is up; {waiting} (Ctrl-C to stop now)"));
-                    ended = Some(now_ns());
-                }
-                () = interrupt.cancelled(), if ended.is_none() => {
-                    exit = ExitCode::from(130);
-                    progress.announce(format_args!("interrupted; {waiting} (Ctrl-C again to stop now)"));
-                    ended = Some(now_ns());
-                }
-                () = interrupt_again.cancelled() => { exit = ExitCode::from(130); break }
-                () = &mut renew => {
-                    let was_failing = lease.failing.is_some();
-                    let next = lease.renew().await?;
-                    match &lease.failing {
-                        Some(error) if !was_failing => eprintln!(
-                            "renewing the session's Lease failed ({error}); retrying every {} s while it is valid",
-                            session::RENEW_RETRY.as_secs()
-                        ),
-                        None if was_failing => eprintln!("the session's Lease is renewed again"),
-                        _ => {}
-                    }
-                    renew.as_mut().reset(tokio::time::Instant::now() + next);
-                }
-                _ = provider_checks.tick(), if !provider_gone => {
-                    let was_failing = provider.failing.is_some();
-                    if let Some(gone) = provider.check().await {
-                        provider_gone = true;
-                        progress.announce(gone);
-                    } else if let (Some(error), false) = (&provider.failing, was_failing) {
-                        progress.announce(format_args!(
-                            "reading the mesh config {} for the session's access-log provider: {error}; trying again every {} s",
-                            session.plan.mesh,
-                            session::PROVIDER_CHECK.as_secs()
-                        ));
-                    }
-                }
-                _ = ticks.tick() => {
-                    pipeline.feed(Input::Tick { now_ns: now_ns() })?;
-                    if args.output.follow {
-                        progress.count(pipeline.records());
-                    }
-                }
-                Some(identity) = identities.next() => match identity {
-                    Ok(input) => {
-                        identities_failing = false;
-                        pipeline.feed(input)?;
-                    }
-                    // The watcher retries with backoff; say so once per outage.
-                    Err(error) if !identities_failing => {
-                        identities_failing = true;
-                        eprintln!("watching the cluster's pods, services and nodes: {error}; addresses seen meanwhile may go unnamed");
-                    }
-                    Err(_) => {}
-                },
-                received = from_probes.recv_many(&mut messages, BATCH) => {
-                    if received == 0 {
-                        bail!("every probe connection ended");
-                    }
-                    // What arrived together is joined together (the join
-                    // reads ahead in a batch), all of it before a lost probe
-                    // ends the session.
-                    let now_ns = now_ns();
-                    let mut events = Vec::with_capacity(received);
-                    let mut lost = None;
-                    for message in messages.drain(..) {
-                        match message {
-                            FromProbe::Event(event) => events.push(Input::Event { event: *event, now_ns }),
-                            FromProbe::Reconnected { pod, outage } => eprintln!(
-                                "reconnected to probe {pod} after {}; events of that time are lost",
-                                humantime::format_duration(Duration::from_millis(outage.as_millis() as u64))
-                            ),
-                            FromProbe::Lost { pod, detail } => lost = lost.or(Some((pod, detail))),
-                        }
-                    }
-                    pipeline.feed_all(events)?;
-                    if let Some((pod, detail)) = lost {
-                        bail!("lost probe {pod}: {detail}");
-                    }
-                }
+                () = &mut end, if running.ended.is_none() => running.time_up(),
+                () = interrupt.cancelled(), if running.ended.is_none() => running.interrupted(),
+                () = interrupt_again.cancelled() => { running.exit = ExitCode::from(130); break }
+                () = &mut renew => running.renew_lease(renew.as_mut()).await?,
+                _ = provider_checks.tick(), if !running.provider_gone => running.check_provider().await,
+                _ = ticks.tick() => running.tick()?,
+                Some(identity) = identities.next() => running.identity(identity)?,
+                received = from_probes.recv_many(&mut messages, BATCH) => running.probe_messages(&mut messages, received)?,
             }
         }
         Ok(())
     }
     .await;
     drop(link);
+    let Running {
+        pipeline, mut exit, ..
+    } = running;
     if args.output.follow {
         progress.done_counting();
     }
@@ -483,6 +398,194 @@ async fn run_session(
     }
     result?;
     Ok(exit)
+}
+
+/// A session between its setup and its teardown: what each of its event
+/// sources does, one method each.
+struct Running<'a> {
+    pipeline: Pipeline<io::StdoutLock<'static>>,
+    progress: &'a Progress,
+    /// `--follow`: the progress line counts the calls.
+    follow: bool,
+    lease: session::LeaseKeeper,
+    /// Our provider in the mesh config, which whoever manages the config may
+    /// put back without it: said once, and not added again.
+    provider: session::ProviderWatch,
+    provider_gone: bool,
+    mesh: &'a MeshConfigRef,
+    /// The identity watch is failing: said once per outage.
+    identities_failing: bool,
+    /// When the session ended (its duration, or Ctrl-C): from then on it only
+    /// waits for what the sidecars had yet to report of the calls before it.
+    ended: Option<i64>,
+    exit: ExitCode,
+}
+
+impl<'a> Running<'a> {
+    /// The session's pipeline with the traced pods named (and marked traced,
+    /// which decides how hops merge) before the first event, even if the
+    /// identity watch is slow or not allowed.
+    fn new(
+        client: &Client,
+        session: &'a Session,
+        mut pipeline: Pipeline<io::StdoutLock<'static>>,
+        progress: &'a Progress,
+        follow: bool,
+    ) -> anyhow::Result<Self> {
+        let plan = &session.plan;
+        for pod in &plan.targets.pods {
+            for ip in &pod.ips {
+                if let Ok(ip) = ip.parse() {
+                    pipeline.feed(Input::Identity {
+                        ip,
+                        since_ns: 0,
+                        workload: Workload {
+                            namespace: pod.namespace.clone(),
+                            name: pod.name.clone(),
+                            kind: WorkloadKind::Pod,
+                            traced: true,
+                        },
+                    })?;
+                }
+            }
+        }
+        Ok(Self {
+            pipeline,
+            progress,
+            follow,
+            lease: session::LeaseKeeper::new(
+                client,
+                &plan.probe.namespace,
+                &plan.session.object_name(),
+            ),
+            provider: session::ProviderWatch::new(client, &plan.mesh, &plan.session),
+            provider_gone: false,
+            mesh: &plan.mesh,
+            identities_failing: false,
+            ended: None,
+            exit: ExitCode::SUCCESS,
+        })
+    }
+
+    /// Whether the session ended and has nothing left to wait for.
+    fn drained(&self) -> bool {
+        self.ended
+            .is_some_and(|ended_ns| self.pipeline.drained(ended_ns, now_ns()))
+    }
+
+    fn time_up(&mut self) {
+        let waiting = Drain::notice();
+        self.progress.announce(format_args!(
+            "the session's time is up; {waiting} (Ctrl-C to stop now)"
+        ));
+        self.ended = Some(now_ns());
+    }
+
+    fn interrupted(&mut self) {
+        self.exit = ExitCode::from(130);
+        let waiting = Drain::notice();
+        self.progress.announce(format_args!(
+            "interrupted; {waiting} (Ctrl-C again to stop now)"
+        ));
+        self.ended = Some(now_ns());
+    }
+
+    /// Renews the Lease, saying when renewing starts or stops failing, and
+    /// sets `renew` to when it is due next.
+    async fn renew_lease(&mut self, renew: Pin<&mut Sleep>) -> anyhow::Result<()> {
+        let was_failing = self.lease.failing.is_some();
+        let next = self.lease.renew().await?;
+        match &self.lease.failing {
+            Some(error) if !was_failing => eprintln!(
+                "renewing the session's Lease failed ({error}); retrying every {} s while it is \
+                 valid",
+                session::RENEW_RETRY.as_secs()
+            ),
+            None if was_failing => eprintln!("the session's Lease is renewed again"),
+            _ => {}
+        }
+        renew.reset(tokio::time::Instant::now() + next);
+        Ok(())
+    }
+
+    /// Reads the mesh config for our provider; said once when it is gone,
+    /// and once when reading it starts failing.
+    async fn check_provider(&mut self) {
+        let was_failing = self.provider.failing.is_some();
+        if let Some(gone) = self.provider.check().await {
+            self.provider_gone = true;
+            self.progress.announce(gone);
+        } else if let (Some(error), false) = (&self.provider.failing, was_failing) {
+            self.progress.announce(format_args!(
+                "reading the mesh config {} for the session's access-log provider: {error}; \
+                 trying again every {} s",
+                self.mesh,
+                session::PROVIDER_CHECK.as_secs()
+            ));
+        }
+    }
+
+    fn tick(&mut self) -> anyhow::Result<()> {
+        self.pipeline.feed(Input::Tick { now_ns: now_ns() })?;
+        if self.follow {
+            self.progress.count(self.pipeline.records());
+        }
+        Ok(())
+    }
+
+    /// Who an address is, from the watch. The watcher retries with backoff;
+    /// an outage is said once.
+    fn identity(&mut self, identity: Result<Input, impl std::fmt::Display>) -> anyhow::Result<()> {
+        match identity {
+            Ok(input) => {
+                self.identities_failing = false;
+                self.pipeline.feed(input)?;
+            }
+            Err(error) if !self.identities_failing => {
+                self.identities_failing = true;
+                eprintln!(
+                    "watching the cluster's pods, services and nodes: {error}; addresses seen \
+                     meanwhile may go unnamed"
+                );
+            }
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// What `received` messages from the probes brought: what arrived
+    /// together is joined together (the join reads ahead in a batch), all of
+    /// it before a lost probe ends the session.
+    fn probe_messages(
+        &mut self,
+        messages: &mut Vec<FromProbe>,
+        received: usize,
+    ) -> anyhow::Result<()> {
+        if received == 0 {
+            bail!("every probe connection ended");
+        }
+        let now_ns = now_ns();
+        let mut events = Vec::with_capacity(received);
+        let mut lost = None;
+        for message in messages.drain(..) {
+            match message {
+                FromProbe::Event(event) => events.push(Input::Event {
+                    event: *event,
+                    now_ns,
+                }),
+                FromProbe::Reconnected { pod, outage } => eprintln!(
+                    "reconnected to probe {pod} after {}; events of that time are lost",
+                    humantime::format_duration(Duration::from_millis(outage.as_millis() as u64))
+                ),
+                FromProbe::Lost { pod, detail } => lost = lost.or(Some((pod, detail))),
+            }
+        }
+        self.pipeline.feed_all(events)?;
+        if let Some((pod, detail)) = lost {
+            bail!("lost probe {pod}: {detail}");
+        }
+        Ok(())
+    }
 }
 
 pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> {
@@ -508,13 +611,7 @@ pub fn check(args: CheckArgs, cluster: ClusterArgs) -> anyhow::Result<ExitCode> 
                 let mesh = check::mesh(&client, &cluster.istio_namespace, "default").await?;
                 warn_of_owner(&mesh);
                 print_mesh(&mesh);
-                let needed =
-                    check::permissions(&cluster.probe_namespace, &cluster.istio_namespace, &[]);
-                let missing = check::missing_permissions(&client, &needed).await?;
-                if !missing.is_empty() {
-                    return Err(CheckError::Forbidden(missing).into());
-                }
-                check::probe_namespace_level(&client, &cluster.probe_namespace, &mesh).await?;
+                permitted(&client, &cluster, &[], &mesh).await?;
             }
         }
         println!(

@@ -304,28 +304,11 @@ impl Demo {
                 break;
             }
             tokio::select! {
-                event = self.events.next() => match event {
-                    Some(Ok(event)) => pipeline.feed(Input::Event { event, now_ns: now_ns() })?,
-                    Some(Err(status)) => bail!("the probe's event stream failed: {}\n{}", status.message(), self.probe.log_tail()),
-                    None => bail!("the probe ended its event stream\n{}", self.probe.log_tail()),
-                },
+                event = self.events.next() => self.event(event, pipeline)?,
                 _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
-                sent = &mut requests.0, if ended.is_none() => {
-                    let calls = sent
-                        .map_err(|e| anyhow!("the client pod stopped: {e}"))?
-                        .map_err(|e| anyhow!("{e:#}\n{}", self.sidecar_logs()))?;
-                    eprintln!("the client made {calls} calls; {}", Drain::notice());
-                    ended = Some((Some(calls), now_ns()));
-                }
-                () = interrupted() => {
-                    if ended.is_some() {
-                        return Ok(Traced::Interrupted);
-                    }
-                    // Stop calling; what was called is still joined.
-                    requests.0.abort();
-                    eprintln!("interrupted: joining the calls made so far (Ctrl-C again to stop now)");
-                    ended = Some((None, now_ns()));
-                }
+                sent = &mut requests.0, if ended.is_none() => ended = Some((Some(self.client_done(sent)?), now_ns())),
+                () = interrupted(), if ended.is_none() => ended = Some((None, stop_calling(&requests))),
+                () = interrupted(), if ended.is_some() => return Ok(Traced::Interrupted),
             }
         }
         let expected = ended.and_then(|(calls, _)| calls);
@@ -350,6 +333,43 @@ impl Demo {
             now_ns: now_ns(),
         })?;
         Ok(expected.map_or(Traced::Interrupted, Traced::Done))
+    }
+
+    /// Joins an event from the probe; the probe's stream failing or ending
+    /// ends the demo.
+    fn event(
+        &self,
+        event: Option<Result<Event, tonic::Status>>,
+        pipeline: &mut Pipeline<impl Write>,
+    ) -> anyhow::Result<()> {
+        match event {
+            Some(Ok(event)) => pipeline.feed(Input::Event {
+                event,
+                now_ns: now_ns(),
+            })?,
+            Some(Err(status)) => bail!(
+                "the probe's event stream failed: {}\n{}",
+                status.message(),
+                self.probe.log_tail()
+            ),
+            None => bail!(
+                "the probe ended its event stream\n{}",
+                self.probe.log_tail()
+            ),
+        }
+        Ok(())
+    }
+
+    /// How many calls the client made, once it is done.
+    fn client_done(
+        &self,
+        sent: Result<anyhow::Result<u32>, tokio::task::JoinError>,
+    ) -> anyhow::Result<u32> {
+        let calls = sent
+            .map_err(|e| anyhow!("the client pod stopped: {e}"))?
+            .map_err(|e| anyhow!("{e:#}\n{}", self.sidecar_logs()))?;
+        eprintln!("the client made {calls} calls; {}", Drain::notice());
+        Ok(calls)
     }
 
     /// The end of each sidecar's log, for an error message.
@@ -548,6 +568,14 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Stops the client calling on Ctrl-C; what it called is still joined.
+/// Returns when the session ended.
+fn stop_calling(requests: &AbortOnDrop<anyhow::Result<u32>>) -> i64 {
+    requests.0.abort();
+    eprintln!("interrupted: joining the calls made so far (Ctrl-C again to stop now)");
+    now_ns()
 }
 
 /// A task aborted when its handle is dropped.

@@ -2,22 +2,20 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, GrpcCall, TrafficDirection, WasmEvent};
-use rustc_hash::FxHashMap;
-use serde_json::Value;
+use apitrace_proto::{AccessLog, Endpoint as ProtoEndpoint, GrpcCall, TrafficDirection};
 
 use super::{
     calls::{PendingCall, UNIDENTIFIED},
     flow::{Flow, IpTexts},
     legs::Leg,
-    texts::Texts,
+    wasm::{WasmPart, WasmText},
     wire::{ConnectionInfo, Packet},
 };
 use crate::{
     directory::{Directory, WorkloadKind},
     record::{
-        AlsRecord, AuthRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer,
-        WasmRecord, WireRecord, WireScope, grpc_message_text, grpc_status_name, rfc3339,
+        AlsRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer, WasmRecord,
+        WireRecord, WireScope, grpc_message_text, grpc_status_name, rfc3339,
     },
 };
 
@@ -137,169 +135,6 @@ pub(crate) struct TakenHop {
     pub upstream: Option<TakenLeg>,
 }
 
-/// Decoded JSON documents by their text. A client sends the same token with
-/// each of its calls, so its claims are decoded once, not once per call.
-#[derive(Debug, Default)]
-pub(crate) struct JsonMemo {
-    decoded: FxHashMap<String, Arc<Value>>,
-}
-
-impl JsonMemo {
-    /// Tokens remembered at most: beyond it, the memo starts over.
-    const CAPACITY: usize = 1024;
-
-    /// `text` decoded; `null` when it is not JSON.
-    fn decode(&mut self, text: String) -> Arc<Value> {
-        if let Some(value) = self.decoded.get(&text) {
-            return Arc::clone(value);
-        }
-        let value = Arc::new(serde_json::from_str(&text).unwrap_or(Value::Null));
-        if self.decoded.len() >= Self::CAPACITY {
-            self.decoded.clear();
-        }
-        self.decoded.insert(text, Arc::clone(&value));
-        value
-    }
-}
-
-/// A text field of a [`WasmPart`].
-#[derive(Debug, Clone, Copy)]
-enum WasmText {
-    Method,
-    Path,
-    Authority,
-    Scheme,
-    Fingerprint,
-    SourceIp,
-    DestinationIp,
-}
-
-const WASM_TEXTS: usize = WasmText::DestinationIp as usize + 1;
-
-/// What the join keeps of a WASM event, reduced as it arrives: its strings
-/// in one allocation and its token's JSON decoded. The event's own strings,
-/// its request id (the call's own) among them, are freed then, while still in
-/// the cache; a second later the call reads back this, a few cache lines, not
-/// a 400-byte event and a string for each field. Worth 10% of the join's
-/// throughput (medians of 14 interleaved runs, 1.50 M -> 1.66 M events/s).
-#[derive(Debug)]
-pub(crate) struct WasmPart {
-    time_ns: i64,
-    duration_ns: i64,
-    status: u32,
-    source_port: Option<u32>,
-    destination_port: Option<u32>,
-    direction: TrafficDirection,
-    /// Each [`WasmText`].
-    texts: Texts<WASM_TEXTS>,
-    auth: Option<WasmAuth>,
-    grpc: Option<GrpcCall>,
-}
-
-/// The caller's credentials as a [`WasmPart`] keeps them; the scheme and the
-/// fingerprint are in its text.
-#[derive(Debug)]
-struct WasmAuth {
-    claims: Arc<Value>,
-    jwt_header: Arc<Value>,
-    token: Option<String>,
-    error: Option<String>,
-}
-
-impl WasmPart {
-    /// `event` reduced. The filter sends the raw token only when the session
-    /// opted in to secrets; a saved session replayed without `--show-secrets`
-    /// still leaves it out.
-    pub fn new(event: WasmEvent, show_secrets: bool, json: &mut JsonMemo) -> Self {
-        let direction = event.listener_direction();
-        let (source_ip, source_port) = split_endpoint(event.source);
-        let (destination_ip, destination_port) = split_endpoint(event.destination);
-        let (scheme, fingerprint, auth) = match event.auth {
-            Some(auth) => (
-                auth.scheme,
-                auth.fingerprint,
-                Some(WasmAuth {
-                    claims: if auth.jwt_claims_json.is_empty() {
-                        Arc::new(Value::Object(serde_json::Map::new()))
-                    } else {
-                        json.decode(auth.jwt_claims_json)
-                    },
-                    jwt_header: json.decode(auth.jwt_header_json),
-                    token: (show_secrets && !auth.token.is_empty()).then_some(auth.token),
-                    error: (!auth.decode_error.is_empty()).then_some(auth.decode_error),
-                }),
-            ),
-            None => (String::new(), String::new(), None),
-        };
-        // In `WasmText`'s order.
-        let texts = Texts::new([
-            &event.method,
-            &event.path,
-            &event.authority,
-            &scheme,
-            &fingerprint,
-            &source_ip,
-            &destination_ip,
-        ]);
-        Self {
-            time_ns: event.time_unix_nano,
-            duration_ns: event.duration_ns,
-            status: event.status,
-            source_port,
-            destination_port,
-            direction,
-            texts,
-            auth,
-            grpc: event.grpc,
-        }
-    }
-
-    pub fn prefetch_texts(&self) {
-        self.texts.prefetch();
-    }
-
-    /// When the filter saw the request.
-    pub fn time_ns(&self) -> i64 {
-        self.time_ns
-    }
-
-    fn text(&self, field: WasmText) -> &str {
-        self.texts.get(field as usize)
-    }
-
-    fn is_inbound(&self) -> bool {
-        self.direction == TrafficDirection::Inbound
-    }
-
-    fn source(&self) -> Option<ProtoEndpoint> {
-        self.source_port
-            .map(|port| ProtoEndpoint::new(self.text(WasmText::SourceIp), port))
-    }
-
-    fn destination(&self) -> Option<ProtoEndpoint> {
-        self.destination_port
-            .map(|port| ProtoEndpoint::new(self.text(WasmText::DestinationIp), port))
-    }
-
-    fn auth_record(&mut self) -> Option<AuthRecord> {
-        let auth = self.auth.take()?;
-        Some(AuthRecord {
-            scheme: self.text(WasmText::Scheme).to_owned(),
-            claims: auth.claims,
-            jwt_header: auth.jwt_header,
-            fingerprint: self.text(WasmText::Fingerprint).to_owned(),
-            token: auth.token,
-            error: auth.error,
-        })
-    }
-}
-
-/// An endpoint's address and port, the address empty and the port `None`
-/// without one.
-fn split_endpoint(endpoint: Option<ProtoEndpoint>) -> (String, Option<u32>) {
-    endpoint.map_or((String::new(), None), |e| (e.ip, Some(e.port)))
-}
-
 /// The record of `call`, its peers named from `directory`, with what it took
 /// of the wire on each hop (in the order of its access logs) and an identified
 /// request no leg took. The record takes the events' strings instead of
@@ -344,7 +179,7 @@ pub(crate) fn build_record(
         [primary_up_request, primary_down_request, unassigned_request]
             .into_iter()
             .flatten()
-            .find_map(request_line)
+            .find_map(|request| request.head.as_ref()?.request_line())
             .map_or([None; 3], |line| line.map(Some));
     let protocol = first_given(log.as_mut().map(|l| &mut l.protocol), None, wire_version);
     let method = first_given(
@@ -528,12 +363,6 @@ fn grpc_record(log: Option<&AccessLog>, wasm: Option<GrpcCall>, path: &str) -> O
     })
 }
 
-/// The method, the path and the version of `packet`'s HTTP head, if the head
-/// is a request's.
-fn request_line(packet: &Packet) -> Option<[&str; 3]> {
-    packet.head.as_ref()?.request_line()
-}
-
 /// The first of the access log's value, the WASM filter's and the wire's
 /// that is given and not empty: taken from the log, or copied.
 fn first_given(log: Option<&mut String>, wasm: Option<&str>, wire: Option<&str>) -> String {
@@ -672,68 +501,4 @@ fn flag_meaning(code: &str) -> Option<&'static str> {
         "DR" => "downstream remote reset",
         _ => return None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use apitrace_proto::AuthInfo;
-
-    use super::*;
-
-    fn event() -> WasmEvent {
-        WasmEvent {
-            time_unix_nano: 7,
-            request_id: "req-1".into(),
-            method: "GET".into(),
-            path: "/caf\u{e9}/\u{1f600}".into(),
-            authority: String::new(),
-            status: 503,
-            source: Some(ProtoEndpoint::new("10.0.0.1", 41_000)),
-            destination: None,
-            listener_direction: TrafficDirection::Inbound.into(),
-            auth: Some(AuthInfo {
-                scheme: "Bearer".into(),
-                jwt_header_json: r#"{"alg":"none"}"#.into(),
-                jwt_claims_json: r#"{"sub":"alice"}"#.into(),
-                fingerprint: "sha256:ab".into(),
-                token: "secret".into(),
-                ..AuthInfo::default()
-            }),
-            duration_ns: 9_000,
-            ..WasmEvent::default()
-        }
-    }
-
-    #[test]
-    fn a_reduced_wasm_event_gives_back_each_field() {
-        let mut part = WasmPart::new(event(), false, &mut JsonMemo::default());
-        let texts = [
-            (WasmText::Method, "GET"),
-            (WasmText::Path, "/caf\u{e9}/\u{1f600}"),
-            (WasmText::Authority, ""),
-            (WasmText::Scheme, "Bearer"),
-            (WasmText::Fingerprint, "sha256:ab"),
-            (WasmText::SourceIp, "10.0.0.1"),
-            (WasmText::DestinationIp, ""),
-        ];
-        for (field, expected) in texts {
-            assert_eq!(part.text(field), expected, "{field:?}");
-        }
-        assert!(part.is_inbound());
-        assert_eq!(part.direction.as_str(), "inbound");
-        assert_eq!(part.source(), Some(ProtoEndpoint::new("10.0.0.1", 41_000)));
-        assert_eq!(part.destination(), None);
-        let auth = part.auth_record().unwrap();
-        assert_eq!(auth.scheme, "Bearer");
-        assert_eq!(auth.fingerprint, "sha256:ab");
-        assert_eq!(auth.claims["sub"], "alice");
-        assert_eq!(auth.jwt_header["alg"], "none");
-        assert_eq!(auth.token, None, "no token without --show-secrets");
-    }
-
-    #[test]
-    fn the_token_is_kept_only_when_secrets_are_shown() {
-        let mut part = WasmPart::new(event(), true, &mut JsonMemo::default());
-        assert_eq!(part.auth_record().unwrap().token.as_deref(), Some("secret"));
-    }
 }

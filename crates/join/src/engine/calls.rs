@@ -4,9 +4,15 @@ use std::{collections::VecDeque, hash::BuildHasher as _};
 
 use apitrace_proto::{AccessLog, Endpoint, TrafficDirection};
 use hashbrown::{HashTable, hash_table};
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
-use super::{build::WasmPart, flow::Flow, legs::HopLegs, prefetch, wire::Packet};
+use super::{
+    flow::Flow,
+    legs::HopLegs,
+    prefetch,
+    wasm::WasmPart,
+    wire::{Head, Packet, partition_point_from_front},
+};
 
 /// Which open call an index points at: the hash of its request id, where
 /// the calls table keeps it, and the serial number it was opened with. Plain
@@ -25,6 +31,9 @@ pub(crate) struct CallId {
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
     table: HashTable<PendingCall>,
+    /// Calls in the order they opened: (first arrival, id). Their windows
+    /// close in this order; an entry whose call was emitted is skipped.
+    opened: VecDeque<(i64, CallId)>,
     /// The serial number of the next call opened.
     next_serial: u64,
 }
@@ -50,14 +59,16 @@ impl Calls {
         Some(entry.remove().0)
     }
 
-    /// The call `request_id`, made by `open` (given its id) if it is not
-    /// there, unless `printed` holds the id: the call was printed, and none
-    /// is opened. The id is hashed once for all of it.
-    pub fn get_or_open(
+    /// The open call `request_id`, opened now (its window from `now_ns`) if
+    /// it was not, unless `printed` holds the id: the call was printed in the
+    /// last two windows, none is opened, and the caller counts the event as
+    /// late (rule 8: a call is printed once). The id is hashed once for all
+    /// of it.
+    pub fn open(
         &mut self,
         request_id: &str,
         printed: &PrintedIds,
-        open: impl FnOnce(CallId) -> PendingCall,
+        now_ns: i64,
     ) -> Option<&mut PendingCall> {
         let hash = Self::hash(request_id);
         let entry = self.table.entry(
@@ -74,9 +85,29 @@ impl Calls {
                     serial: self.next_serial,
                 };
                 self.next_serial += 1;
-                Some(entry.insert(open(id)).into_mut())
+                self.opened.push_back((now_ns, id));
+                Some(entry.insert(PendingCall::new(id, request_id)).into_mut())
             }
         }
+    }
+
+    /// Takes the oldest call off the queue of windows if its window, from
+    /// when it opened, closed by `now_ns`. The call may have been emitted
+    /// already: then [`Self::get`] finds nothing.
+    pub fn next_due(&mut self, window_ns: i64, now_ns: i64) -> Option<CallId> {
+        let &(opened_ns, _) = self.opened.front()?;
+        if opened_ns.saturating_add(window_ns) > now_ns {
+            return None;
+        }
+        self.opened.pop_front().map(|(_, id)| id)
+    }
+
+    /// How many calls are open that started before `before_ns`.
+    pub fn started_before(&self, before_ns: i64) -> usize {
+        self.table
+            .iter()
+            .filter(|call| call.start_ns().is_some_and(|at| at < before_ns))
+            .count()
     }
 
     /// Fetches the call filed under `hash`, if there is one: the first slot
@@ -166,7 +197,7 @@ pub(crate) struct PendingCall {
 }
 
 impl PendingCall {
-    pub fn new(id: CallId, request_id: &str) -> Self {
+    fn new(id: CallId, request_id: &str) -> Self {
         Self {
             id,
             request_id: RequestId::new(request_id),
@@ -180,21 +211,24 @@ impl PendingCall {
     /// The hop the record describes the call by: the called pod's sidecar
     /// (the inbound one) when it logged the call, else the first that did.
     pub fn primary_hop(&self) -> Option<usize> {
-        primary_index(&self.hops)
+        self.hops
+            .iter()
+            .position(|hop| hop.direction == TrafficDirection::Inbound)
+            .or_else(|| (!self.hops.is_empty()).then_some(0))
     }
 
     /// The head of the call's first identified request, where one was seen.
-    pub fn identified_head(&self) -> Option<&super::wire::Head> {
+    pub fn identified_head(&self) -> Option<&Head> {
         self.identified.first()?.1.head.as_deref()
     }
-}
 
-/// The index of the hop a record describes its call by (see
-/// [`PendingCall::primary_hop`]).
-pub(crate) fn primary_index(hops: &[HopLegs]) -> Option<usize> {
-    hops.iter()
-        .position(|hop| hop.direction == TrafficDirection::Inbound)
-        .or_else(|| (!hops.is_empty()).then_some(0))
+    /// When the call began, by the earliest time any of its events carries.
+    pub fn start_ns(&self) -> Option<i64> {
+        let logs = self.access_logs.iter().map(|log| log.start_time_unix_nano);
+        let wasm = self.wasm.iter().map(|part| part.time_ns);
+        let wire = self.identified.iter().map(|(_, packet)| packet.time_ns);
+        logs.chain(wasm).chain(wire).filter(|&at| at > 0).min()
+    }
 }
 
 /// Pushes `item` growing `parts` by one only. A call mostly has one part of
@@ -205,26 +239,6 @@ pub(crate) fn push_exact<T>(parts: &mut Vec<T>, item: T) {
     parts.push(item);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_of_any_length_are_kept_whole() {
-        for len in [0, 1, 36, INLINE_ID, INLINE_ID + 1, 300] {
-            // Multi-byte characters, so that a cut in the wrong place shows.
-            let id: String = "é-".chars().cycle().take(len).collect();
-            let kept = RequestId::new(&id);
-            assert!(kept.is(&id), "{len}");
-            assert!(!kept.is(&format!("{id}x")), "{len}");
-            if let Some((last, _)) = id.char_indices().last() {
-                assert!(!kept.is(&id[..last]), "{len}");
-            }
-            assert_eq!(kept.into_string(), id);
-        }
-    }
-}
-
 /// The request ids of the calls printed in the last two windows, by hash: an
 /// access-log entry, filter event or request on the wire that carries one
 /// arrived after its call was printed, and must not become a record of its
@@ -232,7 +246,7 @@ mod tests {
 /// worst leaves that call's late request out, never in another call.
 #[derive(Debug, Default)]
 pub(crate) struct PrintedIds {
-    ids: rustc_hash::FxHashSet<u64>,
+    ids: FxHashSet<u64>,
     /// When each was printed, oldest first.
     order: VecDeque<(i64, u64)>,
 }
@@ -259,6 +273,103 @@ impl PrintedIds {
             }
             self.order.pop_front();
             self.ids.remove(&hash);
+        }
+    }
+}
+
+/// The requests carrying a call's `x-request-id` (rule 1), by flow, in time
+/// order: the sidecar pools its connections to the app, so one carries many
+/// calls, one after the other.
+#[derive(Debug, Default)]
+pub(crate) struct IdentifiedRequests {
+    /// A queue: calls are mostly emitted oldest first. Each request's time,
+    /// call and HTTP/2 stream (0 for HTTP/1).
+    requests: FxHashMap<Flow, VecDeque<(i64, CallId, u32)>>,
+}
+
+impl IdentifiedRequests {
+    pub fn add(&mut self, flow: Flow, time_ns: i64, id: CallId, stream: u32) {
+        let requests = self.requests.entry(flow).or_default();
+        if requests.back().is_none_or(|(last, ..)| *last <= time_ns) {
+            requests.push_back((time_ns, id, stream));
+        } else {
+            let at = requests.partition_point(|(time, ..)| *time <= time_ns);
+            requests.insert(at, (time_ns, id, stream));
+        }
+    }
+
+    pub fn remove(&mut self, flow: &Flow, time_ns: i64, id: CallId) {
+        let Some(requests) = self.requests.get_mut(flow) else {
+            return;
+        };
+        let from = partition_point_from_front(requests, |(time, ..)| *time < time_ns);
+        if let Some(offset) = requests
+            .range(from..)
+            .take_while(|(time, ..)| *time == time_ns)
+            .position(|(_, indexed, _)| *indexed == id)
+        {
+            requests.remove(from + offset);
+        }
+        if requests.is_empty() {
+            self.requests.remove(flow);
+        }
+    }
+
+    /// Fetches the front of `flow`'s queue into the cache, for the batch's
+    /// read-ahead.
+    pub fn prefetch_front(&self, flow: &Flow) {
+        prefetch::front(self.requests.get(flow));
+    }
+
+    /// The call a response seen at `time_ns` on the reverse of `flow`
+    /// answers: the one whose request on `flow` is on the response's HTTP/2
+    /// `stream`, or without one (HTTP/1), the one whose request went last at
+    /// or before it.
+    pub fn answered_by(&self, flow: &Flow, time_ns: i64, stream: u32) -> Option<&CallId> {
+        let requests = self.requests.get(flow)?;
+        if stream != 0 {
+            return requests
+                .iter()
+                .rev()
+                .find(|(time, _, on)| *on == stream && *time <= time_ns)
+                .map(|(_, id, _)| id);
+        }
+        // Mostly the response to the latest request.
+        if let Some((time, id, _)) = requests.back()
+            && *time <= time_ns
+        {
+            return Some(id);
+        }
+        let index = requests
+            .partition_point(|(time, ..)| *time <= time_ns)
+            .checked_sub(1)?;
+        Some(&requests[index].1)
+    }
+
+    /// When the next request on `flow` after `time_ns` went.
+    pub fn next_after(&self, flow: &Flow, time_ns: i64) -> Option<i64> {
+        let requests = self.requests.get(flow)?;
+        let index = partition_point_from_front(requests, |(time, ..)| *time <= time_ns);
+        requests.get(index).map(|(time, ..)| *time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_of_any_length_are_kept_whole() {
+        for len in [0, 1, 36, INLINE_ID, INLINE_ID + 1, 300] {
+            // Multi-byte characters, so that a cut in the wrong place shows.
+            let id: String = "é-".chars().cycle().take(len).collect();
+            let kept = RequestId::new(&id);
+            assert!(kept.is(&id), "{len}");
+            assert!(!kept.is(&format!("{id}x")), "{len}");
+            if let Some((last, _)) = id.char_indices().last() {
+                assert!(!kept.is(&id[..last]), "{len}");
+            }
+            assert_eq!(kept.into_string(), id);
         }
     }
 }

@@ -100,6 +100,22 @@ impl HopLegs {
             downstream_http1: log.protocol.starts_with("HTTP/1") || log.protocol.is_empty(),
         }
     }
+
+    /// The connections the hop's legs are on, each once (a leg the pod's
+    /// iptables redirected is two, one per half).
+    pub fn connections(&self) -> impl Iterator<Item = Flow> + use<> {
+        let mut connections: [Option<Flow>; 4] = [None; 4];
+        for (slot, leg) in [self.downstream, self.upstream].into_iter().enumerate() {
+            if let Some(leg) = leg {
+                connections[2 * slot] = Some(leg.request.connection());
+                let response = leg.response.connection();
+                if response != leg.request.connection() {
+                    connections[2 * slot + 1] = Some(response);
+                }
+            }
+        }
+        connections.into_iter().flatten()
+    }
 }
 
 #[cfg(test)]

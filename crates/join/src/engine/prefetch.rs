@@ -1,5 +1,6 @@
-//! Asking the processor to start loading memory the join will read soon (see
-//! [`super::ahead`] for when it does). Nothing here knows the engine's types.
+//! Asking the processor to start loading memory the join will read soon: the
+//! read-ahead in a batch (`ahead.rs`) says when. Nothing here knows the
+//! engine's types.
 
 use std::collections::VecDeque;
 

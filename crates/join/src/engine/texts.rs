@@ -26,7 +26,7 @@ impl<const N: usize> Texts<N> {
         }
     }
 
-    /// Fetches the text into the cache (see [`super::ahead`]).
+    /// Fetches the text into the cache, for the batch's read-ahead.
     pub fn prefetch(&self) {
         super::prefetch::value(&*self.text);
     }

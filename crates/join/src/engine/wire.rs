@@ -278,8 +278,8 @@ pub(crate) struct Expired {
 
 /// Expiry sweeps the index, and does not queue each arrival: what a call
 /// claimed has left it already, so what a sweep finds old is what nobody
-/// claimed. A queue would cost 64 bytes per event held for two windows (51 MB
-/// at 20,000 calls a second) and a write and a read from memory per event.
+/// claimed. A queue would hold an entry per event for two windows, and cost a
+/// write and a read from memory per event.
 #[derive(Debug)]
 pub(crate) struct WireIndex {
     /// Message starts by flow, in time order. Calls claim them mostly from
@@ -431,8 +431,8 @@ impl WireIndex {
         }
     }
 
-    /// Fetches the front of `flow`'s queue into the cache (see
-    /// [`super::ahead`]).
+    /// Fetches the front of `flow`'s queue into the cache, for the batch's
+    /// read-ahead.
     pub fn prefetch_front(&self, flow: &Flow) {
         prefetch::front(self.messages.get(flow));
     }
@@ -718,88 +718,6 @@ impl WireIndex {
         self.connections
             .retain(|_, connection| connection.last_arrival_ns > cutoff_ns);
         expired
-    }
-}
-
-/// The requests carrying a call's `x-request-id` (rule 1), by flow, in time
-/// order: the sidecar pools its connections to the app, so one carries many
-/// calls, one after the other.
-#[derive(Debug, Default)]
-pub(crate) struct IdentifiedRequests {
-    /// A queue: calls are mostly emitted oldest first. Each request's time,
-    /// call and HTTP/2 stream (0 for HTTP/1).
-    requests: FxHashMap<Flow, VecDeque<(i64, super::calls::CallId, u32)>>,
-}
-
-impl IdentifiedRequests {
-    pub fn add(&mut self, flow: Flow, time_ns: i64, id: super::calls::CallId, stream: u32) {
-        let requests = self.requests.entry(flow).or_default();
-        if requests.back().is_none_or(|(last, ..)| *last <= time_ns) {
-            requests.push_back((time_ns, id, stream));
-        } else {
-            let at = requests.partition_point(|(time, ..)| *time <= time_ns);
-            requests.insert(at, (time_ns, id, stream));
-        }
-    }
-
-    pub fn remove(&mut self, flow: &Flow, time_ns: i64, id: super::calls::CallId) {
-        let Some(requests) = self.requests.get_mut(flow) else {
-            return;
-        };
-        let from = partition_point_from_front(requests, |(time, ..)| *time < time_ns);
-        if let Some(offset) = requests
-            .range(from..)
-            .take_while(|(time, ..)| *time == time_ns)
-            .position(|(_, indexed, _)| *indexed == id)
-        {
-            requests.remove(from + offset);
-        }
-        if requests.is_empty() {
-            self.requests.remove(flow);
-        }
-    }
-
-    /// Fetches the front of `flow`'s queue into the cache (see
-    /// [`super::ahead`]).
-    pub fn prefetch_front(&self, flow: &Flow) {
-        prefetch::front(self.requests.get(flow));
-    }
-
-    /// The call a response seen at `time_ns` on the reverse of `flow`
-    /// answers: the one whose request on `flow` is on the response's HTTP/2
-    /// `stream`, or without one (HTTP/1), the one whose request went last at
-    /// or before it.
-    pub fn answered_by(
-        &self,
-        flow: &Flow,
-        time_ns: i64,
-        stream: u32,
-    ) -> Option<&super::calls::CallId> {
-        let requests = self.requests.get(flow)?;
-        if stream != 0 {
-            return requests
-                .iter()
-                .rev()
-                .find(|(time, _, on)| *on == stream && *time <= time_ns)
-                .map(|(_, id, _)| id);
-        }
-        // Mostly the response to the latest request.
-        if let Some((time, id, _)) = requests.back()
-            && *time <= time_ns
-        {
-            return Some(id);
-        }
-        let index = requests
-            .partition_point(|(time, ..)| *time <= time_ns)
-            .checked_sub(1)?;
-        Some(&requests[index].1)
-    }
-
-    /// When the next request on `flow` after `time_ns` went.
-    pub fn next_after(&self, flow: &Flow, time_ns: i64) -> Option<i64> {
-        let requests = self.requests.get(flow)?;
-        let index = partition_point_from_front(requests, |(time, ..)| *time <= time_ns);
-        requests.get(index).map(|(time, ..)| *time)
     }
 }
 

@@ -3,7 +3,7 @@
 use super::super::*;
 use apitrace_proto::{
     AccessLog, AuthInfo, Endpoint as ProtoEndpoint, HttpHead, PayloadKind, PodRef, RequestLine,
-    TcDirection, WasmEvent, http_head::StartLine,
+    TcDirection, TcEvent, TcKind, TrafficDirection, WasmEvent, event::Kind, http_head::StartLine,
 };
 
 use crate::{

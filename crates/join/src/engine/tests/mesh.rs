@@ -3,7 +3,11 @@
 //! on `eth0`, the called sidecar's plaintext hop to its app from 127.0.0.6.
 //! And what the wire must not claim where it cannot tell calls apart.
 
-use apitrace_proto::{AccessLog, Event, PayloadKind, PodRef, TcKind, event::Kind};
+use std::collections::VecDeque;
+
+use apitrace_proto::{
+    AccessLog, Event, PayloadKind, PodRef, TcKind, TrafficDirection, event::Kind,
+};
 use proptest::prelude::*;
 
 use super::super::*;

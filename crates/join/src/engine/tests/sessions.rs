@@ -1,15 +1,20 @@
 //! Sessions of several calls, checked for the properties the join promises.
 
+use std::collections::VecDeque;
+
 use apitrace_proto::{
     AccessLog, AuthInfo, Endpoint, HttpHead, PayloadKind, PodRef, RequestLine, TcEvent, TcKind,
-    WasmEvent, event::Kind, http_head::StartLine,
+    TrafficDirection, WasmEvent, event::Kind, http_head::StartLine,
 };
 use proptest::prelude::*;
 
 use super::super::*;
 use super::calls::apply;
-use crate::fixtures::Address;
-use crate::record::{CallRecord, Layer};
+use crate::{
+    directory::WorkloadKind,
+    fixtures::Address,
+    record::{CallRecord, Layer},
+};
 
 const T0: i64 = 1_800_000_000_000_000_000;
 const US: i64 = 1_000;
