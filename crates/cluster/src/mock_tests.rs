@@ -22,7 +22,7 @@ use crate::{
     mock::{Exchange, MockApi, fail, ok, watch},
     names::SessionId,
     objects::{FilterModule, LEASE_DURATION, Plan, ProbeOptions},
-    session::{ProbeLink, Session, SessionError, Stage, Timeouts},
+    session::{ProbeLink, ProviderChange, Session, SessionError, Stage, Timeouts},
     target::{Revision, Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
     watchdog::{self, Anchor},
 };
@@ -1308,18 +1308,23 @@ async fn a_probe_service_exported_away_from_the_traced_pods_ends_setup_with_what
     api.finish().await;
 }
 
-/// The mesh config put back mid-session by whoever manages it: the watch
-/// sees the provider while it is there, says once it is gone and who
-/// manages the config now, and a failed read is not taken for a removal.
+/// The mesh config put back mid-session by whoever manages it, then given
+/// the provider again, then put back once more: the watch says each change
+/// once (who manages the config when the provider goes), nothing while the
+/// config stays as it is, and a failed read is not taken for a removal.
 #[tokio::test]
-async fn the_provider_watch_says_when_the_sessions_provider_is_gone_and_who_put_the_config_back() {
+async fn the_provider_watch_says_each_time_the_sessions_provider_goes_or_comes_back() {
     let mut reverted = mesh_map("11", MESH);
     reverted["metadata"]["annotations"] =
         json!({ "argocd.argoproj.io/tracking-id": "istio:/ConfigMap:istio-system/istio" });
     let api = MockApi::new(vec![
         ok(Method::GET, MESH_MAP, mesh_map("8", &mesh_with_ours())),
         fail(Method::GET, MESH_MAP, 503),
+        ok(Method::GET, MESH_MAP, reverted.clone()),
         ok(Method::GET, MESH_MAP, reverted),
+        ok(Method::GET, MESH_MAP, mesh_map("12", &mesh_with_ours())),
+        ok(Method::GET, MESH_MAP, mesh_map("13", &mesh_with_ours())),
+        fail(Method::GET, MESH_MAP, 404),
         fail(Method::GET, MESH_MAP, 404),
     ]);
     let mut watch = crate::session::ProviderWatch::new(&api.client, &plan().mesh, &session_id());
@@ -1336,9 +1341,23 @@ async fn the_provider_watch_says_when_the_sessions_provider_is_gone_and_who_put_
             name()
         )
     );
-    // The ConfigMap deleted: gone too, and nobody to name.
-    let gone = watch.check().await.expect("the provider is gone");
-    assert_eq!(gone.owner, None);
+    assert_eq!(watch.check().await, None, "still gone: said once");
+    let back = watch.check().await.expect("the provider is back");
+    assert_eq!(
+        back.to_string(),
+        format!(
+            "the session's access-log provider {} is in the mesh config istio-system/istio again; the calls from now on have the access-log layer (als) again",
+            name()
+        )
+    );
+    assert_eq!(watch.check().await, None, "still there: said once");
+    // The ConfigMap deleted: gone again, and nobody to name.
+    let gone_again = watch.check().await.expect("the provider is gone again");
+    assert!(
+        matches!(&gone_again, ProviderChange::Gone { owner: None, .. }),
+        "{gone_again:?}"
+    );
+    assert_eq!(watch.check().await, None);
     drop(watch);
     api.finish().await;
 }

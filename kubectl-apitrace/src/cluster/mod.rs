@@ -356,14 +356,14 @@ async fn run_session(
     let renew = tokio::time::sleep(LEASE_DURATION / 3);
     tokio::pin!(renew);
     // Our provider in the mesh config, which whoever manages the config may
-    // put back without it: said once, and not added again.
+    // put back without it, and someone may add again: each change said, and
+    // the session never adds it back itself.
     let mut provider =
         session::ProviderWatch::new(client, &session.plan.mesh, &session.plan.session);
     let mut provider_checks = tokio::time::interval_at(
         tokio::time::Instant::now() + session::PROVIDER_CHECK,
         session::PROVIDER_CHECK,
     );
-    let mut provider_gone = false;
     let mut ticks = tokio::time::interval(Duration::from_millis(200));
     let end = tokio::time::sleep(session.plan.duration);
     tokio::pin!(end);
@@ -404,11 +404,10 @@ async fn run_session(
                     }
                     renew.as_mut().reset(tokio::time::Instant::now() + next);
                 }
-                _ = provider_checks.tick(), if !provider_gone => {
+                _ = provider_checks.tick() => {
                     let was_failing = provider.failing.is_some();
-                    if let Some(gone) = provider.check().await {
-                        provider_gone = true;
-                        progress.announce(gone);
+                    if let Some(change) = provider.check().await {
+                        progress.announce(change);
                     } else if let (Some(error), false) = (&provider.failing, was_failing) {
                         progress.announce(format_args!(
                             "reading the mesh config {} for the session's access-log provider: {error}; trying again every {} s",
