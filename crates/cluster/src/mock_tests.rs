@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use apitrace_join::UnnamedCause;
 use apitrace_proto::filter_config::Config as FilterConfig;
 use futures::StreamExt as _;
 use http::Method;
@@ -1103,11 +1104,14 @@ async fn identities_come_from_a_list_in_pages_then_a_watch_of_pods() {
     let api = MockApi::new(identity_watch_script());
     let traced = BTreeSet::from([("shop".to_owned(), "web-1".to_owned())]);
     let events = identity::watch_all::<k8s_openapi::api::core::v1::Pod>(api.client.clone());
-    let inputs: Vec<_> = identity::transform(events, traced, || 42)
+    let naming = identity::Naming::new(1);
+    assert_eq!(naming.unnamed_cause(), UnnamedCause::NotListedYet);
+    let inputs: Vec<_> = identity::transform(events, traced, || 42, naming.clone())
         .take(3)
         .map(Result::unwrap)
         .collect()
         .await;
+    assert_eq!(naming.unnamed_cause(), UnnamedCause::NoHolder, "listed");
     let names: Vec<(String, i64, bool)> = inputs
         .into_iter()
         .map(|input| match input {

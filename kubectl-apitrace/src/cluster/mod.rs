@@ -346,7 +346,8 @@ async fn run_session(
         .iter()
         .map(|pod| (pod.namespace.clone(), pod.name.clone()))
         .collect();
-    let mut identities = identity::watch(client, traced, now_ns);
+    let (mut identities, naming) = identity::watch(client, traced, now_ns);
+    pipeline.unnamed_because(move || naming.unnamed_cause());
     let mut identities_failing = false;
     let mut lease = session::LeaseKeeper::new(
         client,
