@@ -7,7 +7,10 @@ use std::{
     io::{self, Write},
 };
 
-use apitrace_join::{CallRecord, Input, JoinConfig, JoinStats, Joiner, predicate::Predicate};
+use apitrace_join::{
+    CallRecord, Input, JoinConfig, JoinStats, Joiner, UnnamedCause, UnnamedPeers,
+    predicate::Predicate,
+};
 use apitrace_proto::{Counters, Event, event::Kind};
 
 use crate::{
@@ -40,6 +43,11 @@ pub struct Pipeline<W: Write> {
     /// probe's counters only grow, and several probes must not overwrite
     /// each other's.
     counters: BTreeMap<String, Counters>,
+    /// The callers and callees the records left unnamed, by cause.
+    unnamed: UnnamedPeers,
+    /// Why a peer is unnamed now, as the session feeding the names knows
+    /// it; without one (the demo, a replay) every name was given up front.
+    unnamed_cause: Option<Box<dyn Fn() -> UnnamedCause + Send>>,
 }
 
 /// How long a session waits, when it ends, for what its sidecars had not
@@ -76,6 +84,8 @@ pub struct Outcome {
     pub matched: Option<usize>,
     /// Each probe's last counters, by node.
     pub counters: BTreeMap<String, Counters>,
+    /// The callers and callees the records left unnamed, by cause.
+    pub unnamed: UnnamedPeers,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -88,7 +98,16 @@ impl<W: Write> Pipeline<W> {
             select: None,
             matched: 0,
             counters: BTreeMap::new(),
+            unnamed: UnnamedPeers::default(),
+            unnamed_cause: None,
         }
+    }
+
+    /// Says why a caller or callee is unnamed when a record leaves it so:
+    /// a cluster session's names come from a watch that may still be
+    /// listing, or failing.
+    pub fn unnamed_because(&mut self, cause: impl Fn() -> UnnamedCause + Send + 'static) {
+        self.unnamed_cause = Some(Box::new(cause));
     }
 
     /// Prints only the calls `select` selects (`--where`); every call is
@@ -143,6 +162,8 @@ impl<W: Write> Pipeline<W> {
             records: &mut self.records,
             select: self.select.as_ref(),
             matched: &mut self.matched,
+            unnamed: &mut self.unnamed,
+            unnamed_cause: self.unnamed_cause.as_deref(),
             failed: None,
         };
         self.joiner.apply_all(inputs, &mut printing);
@@ -163,6 +184,8 @@ impl<W: Write> Pipeline<W> {
             select,
             matched,
             counters,
+            unnamed,
+            unnamed_cause: _,
         } = self;
         if let Some(saved) = saved {
             saved.finish()?;
@@ -173,6 +196,7 @@ impl<W: Write> Pipeline<W> {
             records,
             matched: select.map(|_| matched),
             counters,
+            unnamed,
         })
     }
 }
@@ -185,6 +209,8 @@ struct Printing<'a, W: Write> {
     records: &'a mut usize,
     select: Option<&'a Predicate>,
     matched: &'a mut usize,
+    unnamed: &'a mut UnnamedPeers,
+    unnamed_cause: Option<&'a (dyn Fn() -> UnnamedCause + Send)>,
     /// The first error printing met: the session ends with it, and the
     /// records after it are not printed.
     failed: Option<io::Error>,
@@ -197,6 +223,14 @@ impl<W: Write> Extend<CallRecord> for Printing<'_, W> {
                 return;
             }
             *self.records += 1;
+            for peer in [&record.src, &record.dst] {
+                if peer.name.is_empty() && !peer.ip.is_empty() {
+                    self.unnamed.count(
+                        self.unnamed_cause
+                            .map_or(UnnamedCause::NoHolder, |cause| cause()),
+                    );
+                }
+            }
             if self.select.is_some_and(|select| !select.matches(&record)) {
                 continue;
             }
@@ -262,6 +296,27 @@ impl Outcome {
                 "; {} came after their call was printed (a layer's events were late), \
                  left out of it",
                 late.join(", ")
+            ));
+        }
+        let unnamed = &self.unnamed;
+        let unnamed = counted([
+            (
+                unnamed.no_holder,
+                "whose address no pod, service or node held",
+            ),
+            (
+                unnamed.not_listed_yet,
+                "while the cluster's pods, services and nodes were still being listed",
+            ),
+            (
+                unnamed.watch_failing,
+                "while watching the cluster's pods, services and nodes failed",
+            ),
+        ]);
+        if !unnamed.is_empty() {
+            text.push_str(&format!(
+                "; callers or callees left unnamed: {}",
+                unnamed.join(", ")
             ));
         }
         if let Some(matched) = self.matched {
@@ -376,6 +431,7 @@ mod tests {
             },
             records: 4,
             matched: None,
+            unnamed: UnnamedPeers::default(),
             counters: BTreeMap::from([(
                 "node-a".to_owned(),
                 Counters {
@@ -486,6 +542,63 @@ mod tests {
         let written = String::from_utf8(written.borrow().clone()).unwrap();
         assert_eq!(written.lines().count(), 1, "{written}");
         assert!(written.contains("req-1"), "{written}");
+    }
+
+    /// A record's caller named from the directory, and its callee not:
+    /// the callee counts, once, under the cause the session gives at the
+    /// time; without one (the demo, a replay), under nothing holding it.
+    #[test]
+    fn a_callee_no_name_fits_is_counted_under_the_cause_the_session_gives() {
+        let call = |id: &str| Input::Event {
+            event: Event {
+                kind: Some(Kind::Wasm(apitrace_proto::WasmEvent {
+                    request_id: id.to_owned(),
+                    source: Some(apitrace_proto::Endpoint::new("10.0.0.1", 40_000)),
+                    destination: Some(apitrace_proto::Endpoint::new("10.0.0.9", 8080)),
+                    ..Default::default()
+                })),
+            },
+            now_ns: 0,
+        };
+        let caller = Input::Identity {
+            ip: "10.0.0.1".parse().unwrap(),
+            since_ns: 0,
+            workload: apitrace_join::Workload {
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                kind: apitrace_join::WorkloadKind::Pod,
+                traced: true,
+            },
+        };
+        let mut pipeline = following(Vec::new());
+        pipeline.unnamed_because(|| UnnamedCause::NotListedYet);
+        pipeline.feed(caller.clone()).unwrap();
+        pipeline.feed(call("a")).unwrap();
+        let outcome = pipeline.finish().unwrap();
+        assert_eq!(
+            outcome.unnamed,
+            UnnamedPeers {
+                not_listed_yet: 1,
+                ..UnnamedPeers::default()
+            }
+        );
+        assert!(
+            outcome.summary(None).contains(
+                "; callers or callees left unnamed: 1 while the cluster's pods, services and nodes were still being listed."
+            ),
+            "{}",
+            outcome.summary(None)
+        );
+        let mut replay = following(Vec::new());
+        replay.feed(caller).unwrap();
+        replay.feed(call("b")).unwrap();
+        assert_eq!(
+            replay.finish().unwrap().unnamed,
+            UnnamedPeers {
+                no_holder: 1,
+                ..UnnamedPeers::default()
+            }
+        );
     }
 
     /// A session that ends waits a sidecar flush for what it had not heard

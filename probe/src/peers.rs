@@ -12,9 +12,17 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Allows `ip`, remembering the pod it belongs to when known.
+    /// Allows `ip`, remembering the pod it belongs to when known. An
+    /// address allowed again without a pod keeps the one it had: a cluster
+    /// session lists every traced pod's address as a peer of every probe
+    /// (any sidecar may reach any probe through the Service), so the probe
+    /// that traces the pod finds its own target among the peers, and the WASM
+    /// batches it sends must still be marked with that pod.
     pub fn allow(&mut self, ip: IpAddr, pod: Option<PodRef>) {
-        self.allowed.insert(ip.to_canonical(), pod);
+        let known = self.allowed.entry(ip.to_canonical()).or_default();
+        if pod.is_some() {
+            *known = pod;
+        }
     }
 
     /// Whether `peer` may send events. IPv4 peers of a dual-stack listener
@@ -49,5 +57,24 @@ mod tests {
         );
         assert!(!peers.allows("198.18.0.4".parse().unwrap()));
         assert!(!Peers::default().allows("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_target_listed_again_as_a_peer_keeps_its_pod() {
+        let pod = PodRef {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+        };
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut peers = Peers::default();
+        peers.allow(ip, Some(pod.clone()));
+        peers.allow(ip, None);
+        assert_eq!(peers.pod_of(ip), Some(&pod));
+        // Listed as a peer first, then known as a target: named too.
+        let mut peers = Peers::default();
+        peers.allow(ip, None);
+        assert_eq!(peers.pod_of(ip), None);
+        peers.allow(ip, Some(pod.clone()));
+        assert_eq!(peers.pod_of(ip), Some(&pod));
     }
 }

@@ -803,28 +803,40 @@ fn without_get_on_pods_portforward_check_names_it_and_a_session_ends_before_crea
 }
 
 /// The mesh config put back mid-session without the session's provider, as
-/// an operator or a GitOps tool with self-heal does: the CLI says so once,
-/// naming the ConfigMap and that the calls from then on lack the access
-/// log, does not add the provider again, and its teardown, finding the
-/// provider gone, writes nothing back.
+/// an operator or a GitOps tool with self-heal does, then given it again,
+/// then put back once more: the CLI says each change once, naming the
+/// ConfigMap and whether the calls from then on have the access log, never
+/// adds the provider again itself, and its teardown, finding the provider
+/// gone, writes nothing back.
 #[test]
-fn a_mesh_config_put_back_mid_session_is_said_once_and_left_as_it_was_put_back() {
+fn a_mesh_config_put_back_mid_session_is_said_each_time_and_left_as_it_was_put_back() {
     if !root("the stand-in cluster session") {
         return;
     }
-    let mut stage = Stage::start("15s", Vec::new());
+    let mut stage = Stage::start("45s", Vec::new());
     stage.wait_streaming();
-    let patched = stage.cluster.objects()[MESH_MAP]["data"]["mesh"].clone();
-    assert_ne!(patched, stage.before[MESH_MAP]["data"]["mesh"]);
-    stage.cluster.replace(stage.before[MESH_MAP].clone());
-    let warning = "warning: the session's access-log provider apitrace-";
-    stage.wait_for("the warning", Duration::from_secs(15), |stage| {
-        stage.stderr().contains(warning)
-    });
+    let patched = stage.cluster.objects()[MESH_MAP].clone();
+    assert_ne!(
+        patched["data"]["mesh"],
+        stage.before[MESH_MAP]["data"]["mesh"]
+    );
+    let gone = "warning: the session's access-log provider apitrace-";
+    let back = " again; the calls from now on have the access-log layer (als) again";
+    for (change, said, times) in [
+        (stage.before[MESH_MAP].clone(), gone, 1),
+        (patched, back, 1),
+        (stage.before[MESH_MAP].clone(), gone, 2),
+    ] {
+        stage.cluster.replace(change);
+        stage.wait_for(said, Duration::from_secs(15), |stage| {
+            stage.stderr().matches(said).count() == times
+        });
+    }
     let status = stage.cli.wait().expect("the CLI ends");
     assert!(status.success(), "{status}\n{}", stage.story());
     let said = stage.stderr();
-    assert_eq!(said.matches(warning).count(), 1, "{said}");
+    assert_eq!(said.matches(gone).count(), 2, "{said}");
+    assert_eq!(said.matches(back).count(), 1, "{said}");
     assert!(
         said.contains(
             " is no longer in the mesh config istio-system/istio; something rewrote it; \

@@ -8,7 +8,8 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
     process::Command,
     sync::{
@@ -22,7 +23,7 @@ use std::{
 use apitrace_join::{CallRecord, Input, JoinConfig, Joiner, Workload, WorkloadKind};
 use apitrace_netns::topology::{Pod, Topology};
 use apitrace_proto::{
-    Event, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch, WasmEvent, event::Kind, ports,
+    Event, SESSION_TOKEN_HEADER, WASM_INGEST_PATH, WasmBatch, WasmEvent, event::Kind, istio, ports,
 };
 use futures::StreamExt as _;
 use kubectl_apitrace::{
@@ -34,11 +35,11 @@ use kubectl_apitrace::{
     probe_client::ProbeSession,
 };
 use prost::Message as _;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     probe::Probe,
-    support::{App, Envoy, Real, call, pods, real, wait_for_no_orphans},
+    support::{App, Envoy, Real, call, http_get, pods, real, wait_for_no_orphans},
 };
 
 const APP_PORT: u16 = 8080;
@@ -100,6 +101,8 @@ impl Subscriber {
 /// CLI's side: a subscriber and the join.
 struct Stage {
     envoy: Option<Envoy>,
+    /// Where the probe serves the filter module, and its sha256.
+    module: (String, String),
     subscriber: Subscriber,
     probe: Probe,
     _app: App,
@@ -127,26 +130,6 @@ impl Stage {
         };
         let files = std::env::temp_dir().join(format!("apitrace-sidecar-{}", server.netns));
         std::fs::create_dir_all(&files).expect("a directory for Envoy's files");
-        let sidecar = Sidecar::serving(
-            MeshPod {
-                name: server.name,
-                namespace: NAMESPACE,
-                service_account: "default",
-                ipv4: server.ipv4,
-            },
-            APP_PORT,
-            ProbeAt {
-                ip: probe_pod.ipv4,
-                host: PROBE_HOST,
-                module_path: &status.wasm_module_path,
-                module_sha256: &status.wasm_module_sha256,
-                session_token: "test-token",
-                show_secrets: false,
-            },
-            Layers::ALL,
-        );
-        std::fs::write(files.join("envoy.json"), sidecar.bootstrap().to_string())
-            .expect("Envoy's bootstrap is written");
         let mut joiner = Joiner::new(JoinConfig::default());
         let mut records = Vec::new();
         for pod in &pods.pods {
@@ -168,6 +151,7 @@ impl Stage {
         }
         let mut stage = Self {
             envoy: None,
+            module: (status.wasm_module_path, status.wasm_module_sha256),
             subscriber,
             probe,
             _app: app,
@@ -177,8 +161,37 @@ impl Stage {
             joiner,
             records,
         };
+        std::fs::write(
+            stage.files.join("envoy.json"),
+            stage.bootstrap(Layers::ALL).to_string(),
+        )
+        .expect("Envoy's bootstrap is written");
         stage.start_envoy();
         stage
+    }
+
+    /// The server's sidecar with `layers` of the session.
+    fn bootstrap(&self, layers: Layers) -> Value {
+        let (server, probe_pod) = (self.pods.pod("server"), self.pods.pod("probe"));
+        Sidecar::serving(
+            MeshPod {
+                name: server.name,
+                namespace: NAMESPACE,
+                service_account: "default",
+                ipv4: server.ipv4,
+            },
+            APP_PORT,
+            ProbeAt {
+                ip: probe_pod.ipv4,
+                host: PROBE_HOST,
+                module_path: &self.module.0,
+                module_sha256: &self.module.1,
+                session_token: "test-token",
+                show_secrets: false,
+            },
+            layers,
+        )
+        .bootstrap()
     }
 
     fn start_envoy(&mut self) {
@@ -320,7 +333,7 @@ fn a_sidecar_restarted_mid_session_is_traced_again_from_every_layer() {
     envoy.0.wait().expect("Envoy is reaped");
     let server = stage.server_address();
     let refused = apitrace_netns::run_in(&stage.pods.pod("client").netns_path(), || {
-        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))
+        TcpStream::connect_timeout(&server, Duration::from_secs(2))
     })
     .expect("inside the client pod");
     assert_eq!(
@@ -398,6 +411,188 @@ fn a_cut_access_log_stream_is_resumed_and_calls_are_joined_again() {
     stage.end();
 }
 
+/// A traced pod's listeners as istiod serves them, stood in for by a file
+/// Envoy reads them from (LDS from `path_config_source`): a push is the file
+/// written anew and moved over the old one, which Envoy sees through the
+/// `watched_directory`, a directory nothing else writes to.
+struct Listeners {
+    directory: PathBuf,
+    pushed: u32,
+}
+
+impl Listeners {
+    fn in_directory(directory: PathBuf) -> Self {
+        std::fs::create_dir_all(&directory).expect("a directory for the listeners");
+        Self {
+            directory,
+            pushed: 0,
+        }
+    }
+
+    /// `bootstrap` with its listeners moved to the file, which is written.
+    fn serve(&mut self, mut bootstrap: Value) -> Value {
+        self.push(&bootstrap);
+        bootstrap["static_resources"]
+            .as_object_mut()
+            .expect("static resources")
+            .remove("listeners");
+        bootstrap["dynamic_resources"] = json!({ "lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": self.directory.join("listeners.json"),
+                "watched_directory": { "path": self.directory },
+            },
+        } });
+        bootstrap
+    }
+
+    /// Pushes the listeners of `bootstrap`.
+    fn push(&mut self, bootstrap: &Value) {
+        self.pushed += 1;
+        let resources: Vec<Value> = bootstrap["static_resources"]["listeners"]
+            .as_array()
+            .expect("listeners")
+            .iter()
+            .map(|listener| {
+                let mut listener = listener.clone();
+                listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+                listener
+            })
+            .collect();
+        let file = json!({ "version_info": self.pushed.to_string(), "resources": resources });
+        let written = self.directory.join("listeners.json.new");
+        std::fs::write(&written, file.to_string()).expect("the listeners are written");
+        std::fs::rename(&written, self.directory.join("listeners.json"))
+            .expect("the listeners are moved into place");
+    }
+}
+
+/// One of the counters on the admin port of the server pod's Envoy.
+fn envoy_stat(server: &Pod, name: &str) -> Option<u64> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+    let answer = http_get(
+        &server.netns_path(),
+        admin,
+        "/stats?filter=listener_manager",
+    )?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
+}
+
+/// Sends a request on a connection kept open and reads its response, head
+/// and body (the app's `ok`).
+fn request(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nhost: app\r\n\r\n")
+        .expect("the request is sent");
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !(answer.windows(4).any(|end| end == b"\r\n\r\n") && answer.ends_with(b"ok")) {
+        let read = stream
+            .read(&mut buffer)
+            .expect("the response comes within the read timeout");
+        assert!(
+            read > 0,
+            "the connection closed before the response: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A session's setup as istiod pushes it to a traced pod's sidecar: its
+/// listener filter chains gain the filter and the access log. Envoy, run
+/// with istio-agent's drain flags, updates the listener in place and drains
+/// the connections on the old chains: a keep-alive client's next response
+/// says `connection: close`, an idle connection is closed by the sidecar,
+/// not at once but within Istio's drain duration, and a new connection gets
+/// the new chains, its call joined from every layer. Prints how long the
+/// idle connection lasted (BENCHMARKS.md, "The sidecars' drain").
+#[test]
+fn a_changed_filter_chain_tells_keep_alive_clients_to_reconnect_and_closes_idle_ones_within_the_drain()
+ {
+    let Some(real) = real("the filter-chain drain test") else {
+        return;
+    };
+    let mut stage = Stage::start(&real);
+    // The sidecar as it was before the session, its listeners from "istiod".
+    drop(stage.envoy.take());
+    let mut listeners = Listeners::in_directory(stage.files.join("lds"));
+    let before = listeners.serve(stage.bootstrap(Layers {
+        access_log: false,
+        filter: false,
+    }));
+    std::fs::write(stage.files.join("envoy.json"), before.to_string())
+        .expect("Envoy's bootstrap is written");
+    stage.start_envoy();
+    let server = stage.server_address();
+    let connect = || {
+        let stream = TcpStream::connect_timeout(&server, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok::<_, std::io::Error>(stream)
+    };
+    let (mut busy, mut idle) =
+        apitrace_netns::run_in(&stage.pods.pod("client").netns_path(), || {
+            (connect(), connect())
+        })
+        .expect("inside the client pod");
+    let (busy, idle) = (
+        busy.as_mut().expect("a connection to the server"),
+        idle.as_mut().expect("a connection to the server"),
+    );
+    for stream in [&mut *busy, &mut *idle] {
+        let answer = request(stream);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && !answer.contains("connection: close"),
+            "{answer}"
+        );
+    }
+
+    let pushed = Instant::now();
+    listeners.push(&stage.bootstrap(Layers::ALL));
+    let server_pod = stage.pods.pod("server");
+    while envoy_stat(server_pod, "listener_manager.lds.update_success") != Some(2) {
+        assert!(
+            pushed.elapsed() < Duration::from_secs(10),
+            "Envoy did not take the pushed listeners within 10 s:\n{}",
+            std::fs::read_to_string(stage.files.join("envoy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        envoy_stat(server_pod, "listener_manager.listener_in_place_updated") >= Some(1),
+        "only the filter chains changed: the listeners are updated in place"
+    );
+    let answer = request(busy);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\r\nconnection: close\r\n"),
+        "the next response tells the client to reconnect:\n{answer}"
+    );
+    assert_every_layer(&stage.calls(&["after-the-push"]));
+
+    let drain = Duration::from_secs(istio::DRAIN_DURATION_S.into());
+    idle.set_read_timeout(Some(drain + Duration::from_secs(5)))
+        .expect("a read timeout");
+    let read = idle.read(&mut [0]);
+    let lasted = pushed.elapsed();
+    assert!(
+        matches!(read, Ok(0)),
+        "the idle connection is closed by the sidecar: {read:?} after {lasted:?}"
+    );
+    assert!(
+        lasted > Duration::from_secs(1) && lasted <= drain + Duration::from_secs(1),
+        "closed after {lasted:?}, not at once and within the drain of {drain:?}"
+    );
+    println!(
+        "filter-chain drain: the idle keep-alive connection was closed {:.1} s after the push (drain duration {} s)",
+        lasted.as_secs_f64(),
+        istio::DRAIN_DURATION_S
+    );
+    stage.end();
+}
+
 /// The probe's resident memory in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the probe runs");
@@ -411,7 +606,6 @@ fn rss_kib(pid: u32) -> u64 {
 /// Posts `count` events in batches of 500 to the probe's WASM ingest, from the
 /// traced pod, as its filter would.
 fn post_events(server: &Pod, probe: Ipv4Addr, round: usize, count: usize) {
-    use std::io::{Read as _, Write as _};
     for batch_index in 0..count / 500 {
         let batch = WasmBatch {
             events: (0..500)
@@ -427,7 +621,7 @@ fn post_events(server: &Pod, probe: Ipv4Addr, round: usize, count: usize) {
         }
         .encode_to_vec();
         let answer = apitrace_netns::run_in(&server.netns_path(), || -> std::io::Result<String> {
-            let mut stream = std::net::TcpStream::connect((probe, ports::HTTP))?;
+            let mut stream = TcpStream::connect((probe, ports::HTTP))?;
             write!(
                 stream,
                 "POST {WASM_INGEST_PATH} HTTP/1.1\r\nhost: probe\r\n\

@@ -206,16 +206,20 @@ pub async fn mesh(
 /// Who reconciles the mesh ConfigMap, from what each tool writes on the
 /// objects it manages: an owner reference (an operator's custom resource,
 /// such as the Sail operator's); Argo CD's annotation tracking,
-/// `argocd.argoproj.io/tracking-id` (argoproj/argo-cd, common/common.go,
-/// `AnnotationKeyAppInstance`; its value starts with the application); Flux's
-/// `kustomize.toolkit.fluxcd.io/name` and `helm.toolkit.fluxcd.io/name` labels
-/// with their `namespace` twins (fluxcd/kustomize-controller and
-/// fluxcd/helm-controller); Istio's chart's `install.operator.istio.io/owning-resource`
-/// when it names a resource rather than its default `unknown` (istio/istio,
-/// manifests/charts/istio-control/istio-discovery/templates/configmap.yaml,
-/// 1.28.10). Helm's own `app.kubernetes.io/managed-by: Helm` and Argo CD's
-/// label tracking (`app.kubernetes.io/instance`) are on every chart install,
-/// so they say nothing about a reconciler.
+/// `argocd.argoproj.io/tracking-id` (`AnnotationKeyAppInstance` in
+/// argoproj/argo-cd `common/common.go`), whose value starts with the
+/// application (`<app>:<group>/<kind>:<namespace>/<name>`,
+/// `BuildAppInstanceValue` in `util/argo/resource_tracking.go`); Flux's
+/// `<group>/name` and `<group>/namespace` labels, which the kustomize
+/// controller writes through fluxcd/pkg's `ssa` `SetOwnerLabels` with the
+/// group `kustomize.toolkit.fluxcd.io` and the helm controller through its
+/// `OriginLabels` post-renderer with `helm.toolkit.fluxcd.io`; Istio's
+/// chart's `install.operator.istio.io/owning-resource` when it names a
+/// resource rather than its default `unknown`. Helm's own
+/// `app.kubernetes.io/managed-by: Helm` and Argo CD's label tracking
+/// (`app.kubernetes.io/instance`) are on every chart install, so they say
+/// nothing about a reconciler. The commits each was read at are in
+/// docs/cluster-upstream.md, section 8.
 pub fn mesh_owner(map: &ConfigMap) -> Option<String> {
     let metadata = &map.metadata;
     let references = metadata.owner_references.as_deref().unwrap_or_default();

@@ -44,9 +44,18 @@
 //!   `State::Empty`, in kube-runtime 5.0.0 `src/watcher.rs`): on most
 //!   clusters in use the names would never come.
 
-use std::{borrow::Cow, collections::BTreeSet, fmt::Debug, net::IpAddr};
+use std::{
+    borrow::Cow,
+    collections::BTreeSet,
+    fmt::Debug,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+};
 
-use apitrace_join::{Input, Workload, WorkloadKind};
+use apitrace_join::{Input, UnnamedCause, Workload, WorkloadKind};
 use futures::{Stream, StreamExt as _, stream};
 use k8s_openapi::{
     api::core::v1::{Node, Pod, Service},
@@ -279,18 +288,64 @@ pub fn identities<K: Addressed>(
         .collect()
 }
 
+/// Where the watches are, for a record whose caller or callee no name
+/// fits: how many have yet to finish their first listing, and how many are
+/// failing now (the watcher retries them). Shared by the watches of one
+/// session and read as records are printed.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    listing: Arc<AtomicUsize>,
+    failing: Arc<AtomicUsize>,
+}
+
+impl Naming {
+    /// For `watches` watches, none of which has listed yet.
+    pub fn new(watches: usize) -> Self {
+        Self {
+            listing: Arc::new(AtomicUsize::new(watches)),
+            failing: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Why an address has no name now: a failing watch first (its names
+    /// stopped coming), then one still listing, else nothing holds it.
+    pub fn unnamed_cause(&self) -> UnnamedCause {
+        if self.failing.load(Relaxed) > 0 {
+            UnnamedCause::WatchFailing
+        } else if self.listing.load(Relaxed) > 0 {
+            UnnamedCause::NotListedYet
+        } else {
+            UnnamedCause::NoHolder
+        }
+    }
+}
+
 /// Identities as watcher events of `K` arrive; a failed watch is reported as
 /// an item (the watcher retries it) so that the session can say its names may
-/// be incomplete.
+/// be incomplete. `naming` learns when this watch has listed, fails and
+/// recovers.
 pub fn transform<K: Addressed>(
     events: impl Stream<Item = Result<Event<Slim<K>>, watcher::Error>> + Send + 'static,
     traced: TracedPods,
     clock: impl Fn() -> i64 + Send + 'static,
+    naming: Naming,
 ) -> impl Stream<Item = Result<Input, watcher::Error>> + Send {
     let mut listed = false;
+    let mut failing = false;
     events.flat_map(move |event| {
+        if failing != event.is_err() {
+            failing = event.is_err();
+            if failing {
+                naming.failing.fetch_add(1, Relaxed);
+            } else {
+                naming.failing.fetch_sub(1, Relaxed);
+            }
+        }
         let items: Vec<Result<Input, watcher::Error>> = match event {
             Ok(Event::InitDone) => {
+                if !listed {
+                    naming.listing.fetch_sub(1, Relaxed);
+                }
                 listed = true;
                 Vec::new()
             }
@@ -315,27 +370,41 @@ pub fn watch_all<K: Addressed>(
     )
 }
 
-/// Every pod, service and node of the cluster, watched until dropped.
+/// Every pod, service and node of the cluster, watched until dropped, and
+/// where those watches are (see [`Naming`]).
 pub fn watch(
     client: &Client,
     traced: TracedPods,
     clock: impl Fn() -> i64 + Clone + Send + 'static,
-) -> impl Stream<Item = Result<Input, watcher::Error>> + Send {
-    stream::select_all([
+) -> (
+    impl Stream<Item = Result<Input, watcher::Error>> + Send,
+    Naming,
+) {
+    let naming = Naming::new(3);
+    let inputs = stream::select_all([
         transform(
             watch_all::<Pod>(client.clone()),
             traced.clone(),
             clock.clone(),
+            naming.clone(),
         )
         .boxed(),
         transform(
             watch_all::<Service>(client.clone()),
             traced.clone(),
             clock.clone(),
+            naming.clone(),
         )
         .boxed(),
-        transform(watch_all::<Node>(client.clone()), traced, clock).boxed(),
-    ])
+        transform(
+            watch_all::<Node>(client.clone()),
+            traced,
+            clock,
+            naming.clone(),
+        )
+        .boxed(),
+    ]);
+    (inputs, naming)
 }
 
 #[cfg(test)]
@@ -378,7 +447,7 @@ mod tests {
     fn at_42(
         events: impl Stream<Item = Result<Event<Slim<Pod>>, watcher::Error>> + Send + 'static,
     ) -> Vec<Input> {
-        block_on_stream(Box::pin(transform(events, traced(), || 42)))
+        block_on_stream(Box::pin(transform(events, traced(), || 42, Naming::new(1))))
             .map(Result::unwrap)
             .collect()
     }
@@ -437,6 +506,48 @@ mod tests {
                 identity("10.0.0.5", 42, "shop", "db-0", WorkloadKind::Pod, false),
             ]
         );
+    }
+
+    /// The cause a record's unnamed peer is given as a watch lists, breaks
+    /// off, lists again and breaks off once more: still listing, failing
+    /// (before its listing was done too), listing again, then nothing holds
+    /// the address, failing, and nothing again.
+    #[test]
+    fn an_unnamed_address_is_put_down_to_where_the_watch_is() {
+        let naming = Naming::new(1);
+        let events = stream::iter([
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod("shop", "web-1", &["10.0.0.5"], false))),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod("shop", "web-1", &["10.0.0.5"], false))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(pod("shop", "db-0", &["10.0.0.6"], false))),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Event::Apply(pod("shop", "db-1", &["10.0.0.7"], false))),
+        ]);
+        let mut items =
+            block_on_stream(Box::pin(transform(events, traced(), || 42, naming.clone())));
+        let causes: Vec<UnnamedCause> = std::iter::from_fn(|| {
+            let _item = items.next()?;
+            Some(naming.unnamed_cause())
+        })
+        .collect();
+        assert_eq!(
+            causes,
+            [
+                UnnamedCause::NotListedYet,
+                UnnamedCause::WatchFailing,
+                UnnamedCause::NotListedYet,
+                UnnamedCause::NoHolder,
+                UnnamedCause::WatchFailing,
+                UnnamedCause::NoHolder,
+            ]
+        );
+        // One of two watches listed: the other may still name it.
+        let two = Naming::new(2);
+        two.listing.fetch_sub(1, Relaxed);
+        assert_eq!(two.unnamed_cause(), UnnamedCause::NotListedYet);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use apitrace_join::UnnamedCause;
 use apitrace_proto::filter_config::Config as FilterConfig;
 use futures::StreamExt as _;
 use http::Method;
@@ -22,7 +23,7 @@ use crate::{
     mock::{Exchange, MockApi, fail, ok, watch},
     names::SessionId,
     objects::{FilterModule, LEASE_DURATION, Plan, ProbeOptions},
-    session::{ProbeLink, Session, SessionError, Stage, Timeouts},
+    session::{ProbeLink, ProviderChange, Session, SessionError, Stage, Timeouts},
     target::{Revision, Scope, Selection, TargetError, TargetNode, Targets, TracedPod, resolve},
     watchdog::{self, Anchor},
 };
@@ -1152,11 +1153,14 @@ async fn identities_come_from_a_list_in_pages_then_a_watch_of_pods() {
     let api = MockApi::new(identity_watch_script());
     let traced = BTreeSet::from([("shop".to_owned(), "web-1".to_owned())]);
     let events = identity::watch_all::<k8s_openapi::api::core::v1::Pod>(api.client.clone());
-    let inputs: Vec<_> = identity::transform(events, traced, || 42)
+    let naming = identity::Naming::new(1);
+    assert_eq!(naming.unnamed_cause(), UnnamedCause::NotListedYet);
+    let inputs: Vec<_> = identity::transform(events, traced, || 42, naming.clone())
         .take(3)
         .map(Result::unwrap)
         .collect()
         .await;
+    assert_eq!(naming.unnamed_cause(), UnnamedCause::NoHolder, "listed");
     let names: Vec<(String, i64, bool)> = inputs
         .into_iter()
         .map(|input| match input {
@@ -1357,18 +1361,23 @@ async fn a_probe_service_exported_away_from_the_traced_pods_ends_setup_with_what
     api.finish().await;
 }
 
-/// The mesh config put back mid-session by whoever manages it: the watch
-/// sees the provider while it is there, says once it is gone and who
-/// manages the config now, and a failed read is not taken for a removal.
+/// The mesh config put back mid-session by whoever manages it, then given
+/// the provider again, then put back once more: the watch says each change
+/// once (who manages the config when the provider goes), nothing while the
+/// config stays as it is, and a failed read is not taken for a removal.
 #[tokio::test]
-async fn the_provider_watch_says_when_the_sessions_provider_is_gone_and_who_put_the_config_back() {
+async fn the_provider_watch_says_each_time_the_sessions_provider_goes_or_comes_back() {
     let mut reverted = mesh_map("11", MESH);
     reverted["metadata"]["annotations"] =
         json!({ "argocd.argoproj.io/tracking-id": "istio:/ConfigMap:istio-system/istio" });
     let api = MockApi::new(vec![
         ok(Method::GET, MESH_MAP, mesh_map("8", &mesh_with_ours())),
         fail(Method::GET, MESH_MAP, 503),
+        ok(Method::GET, MESH_MAP, reverted.clone()),
         ok(Method::GET, MESH_MAP, reverted),
+        ok(Method::GET, MESH_MAP, mesh_map("12", &mesh_with_ours())),
+        ok(Method::GET, MESH_MAP, mesh_map("13", &mesh_with_ours())),
+        fail(Method::GET, MESH_MAP, 404),
         fail(Method::GET, MESH_MAP, 404),
     ]);
     let mut watch = crate::session::ProviderWatch::new(&api.client, &plan().mesh, &session_id());
@@ -1385,9 +1394,23 @@ async fn the_provider_watch_says_when_the_sessions_provider_is_gone_and_who_put_
             name()
         )
     );
-    // The ConfigMap deleted: gone too, and nobody to name.
-    let gone = watch.check().await.expect("the provider is gone");
-    assert_eq!(gone.owner, None);
+    assert_eq!(watch.check().await, None, "still gone: said once");
+    let back = watch.check().await.expect("the provider is back");
+    assert_eq!(
+        back.to_string(),
+        format!(
+            "the session's access-log provider {} is in the mesh config istio-system/istio again; the calls from now on have the access-log layer (als) again",
+            name()
+        )
+    );
+    assert_eq!(watch.check().await, None, "still there: said once");
+    // The ConfigMap deleted: gone again, and nobody to name.
+    let gone_again = watch.check().await.expect("the provider is gone again");
+    assert!(
+        matches!(&gone_again, ProviderChange::Gone { owner: None, .. }),
+        "{gone_again:?}"
+    );
+    assert_eq!(watch.check().await, None);
     drop(watch);
     api.finish().await;
 }

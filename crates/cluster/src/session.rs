@@ -503,62 +503,92 @@ pub fn lease_lapsed(lease: &Lease, now: Timestamp) -> bool {
 /// acts on a changed mesh config within seconds (docs/cluster-upstream.md).
 pub const PROVIDER_CHECK: Duration = Duration::from_secs(5);
 
-/// The session's access-log provider gone from the mesh config: whoever
-/// keeps the config as they want it (an operator, a GitOps tool with
-/// self-heal) has put it back, and istiod no longer sends the sidecars'
-/// access logs to the probes.
+/// A change of the session's access-log provider in the mesh config, as the
+/// watch finds it: gone when whoever keeps the config as they want it (an
+/// operator, a GitOps tool with self-heal) has put it back without the
+/// provider, so that istiod no longer sends the sidecars' access logs to
+/// the probes; back when someone has added it again (an operator that
+/// merges, a sync paused then resumed with the provider in Git), so that
+/// they come again. Either may happen more than once in a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderGone {
-    pub config: MeshConfigRef,
-    pub provider: String,
-    /// Who manages the mesh config now, as [`check::mesh_owner`] reads it
-    /// off the ConfigMap; `None` when nothing on it says (or it is gone).
-    pub owner: Option<String>,
+pub enum ProviderChange {
+    Gone {
+        config: MeshConfigRef,
+        provider: String,
+        /// Who manages the mesh config now, as [`check::mesh_owner`] reads
+        /// it off the ConfigMap; `None` when nothing on it says (or it is
+        /// gone).
+        owner: Option<String>,
+    },
+    Back {
+        config: MeshConfigRef,
+        provider: String,
+    },
 }
 
-impl std::fmt::Display for ProviderGone {
+impl std::fmt::Display for ProviderChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "warning: the session's access-log provider {} is no longer in the mesh config {}",
-            self.provider, self.config
-        )?;
-        match &self.owner {
-            Some(owner) => write!(f, "; it was probably put back by {owner}, which manages it")?,
-            None => write!(f, "; something rewrote it")?,
+        match self {
+            Self::Gone {
+                config,
+                provider,
+                owner,
+            } => {
+                write!(
+                    f,
+                    "warning: the session's access-log provider {provider} is no longer in the mesh config {config}"
+                )?;
+                match owner {
+                    Some(owner) => {
+                        write!(f, "; it was probably put back by {owner}, which manages it")?;
+                    }
+                    None => write!(f, "; something rewrote it")?,
+                }
+                write!(
+                    f,
+                    "; the calls from now on lack the access-log layer (als); the session does not add the provider again, so as not to fight whoever manages the config"
+                )
+            }
+            Self::Back { config, provider } => write!(
+                f,
+                "the session's access-log provider {provider} is in the mesh config {config} again; the calls from now on have the access-log layer (als) again"
+            ),
         }
-        write!(
-            f,
-            "; the calls from now on lack the access-log layer (als); the session does not add the provider again, so as not to fight whoever manages the config"
-        )
     }
 }
 
 /// Reads the mesh config for the session's provider every
-/// [`PROVIDER_CHECK`], until it is found gone.
+/// [`PROVIDER_CHECK`] for the whole session, and tells each time it has
+/// gone or come back.
 pub struct ProviderWatch {
     client: Client,
     config: MeshConfigRef,
     session: SessionId,
+    /// Whether the provider was there at the last read that could tell:
+    /// setup put it there.
+    present: bool,
     /// Whether the last read failed, so that a caller says so once.
     pub failing: Option<String>,
 }
 
 impl ProviderWatch {
+    /// For a session whose setup has just added its provider.
     pub fn new(client: &Client, config: &MeshConfigRef, session: &SessionId) -> Self {
         Self {
             client: client.clone(),
             config: config.clone(),
             session: session.clone(),
+            present: true,
             failing: None,
         }
     }
 
-    /// Reads the mesh config once: `Some` when the session's provider is no
-    /// longer in it (or the ConfigMap or its `mesh` key is gone). A failed
-    /// read, or a config that no longer parses, is not taken for a removal:
-    /// it is kept in [`Self::failing`] and the next check reads again.
-    pub async fn check(&mut self) -> Option<ProviderGone> {
+    /// Reads the mesh config once: `Some` when the session's provider has
+    /// gone from it (or the ConfigMap or its `mesh` key has) or come back
+    /// since the last read, `None` when nothing changed. A failed read, or a
+    /// config that no longer parses, is not taken for a removal: it is kept
+    /// in [`Self::failing`] and the next check reads again.
+    pub async fn check(&mut self) -> Option<ProviderChange> {
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), &self.config.namespace);
         let map = match api.get_opt(&self.config.name).await {
             Ok(map) => map,
@@ -579,10 +609,19 @@ impl ProviderWatch {
             None => false,
         };
         self.failing = None;
-        (!present).then(|| ProviderGone {
-            config: self.config.clone(),
-            provider: self.session.provider_name(),
-            owner: map.as_ref().and_then(check::mesh_owner),
+        if present == self.present {
+            return None;
+        }
+        self.present = present;
+        let (config, provider) = (self.config.clone(), self.session.provider_name());
+        Some(if present {
+            ProviderChange::Back { config, provider }
+        } else {
+            ProviderChange::Gone {
+                config,
+                provider,
+                owner: map.as_ref().and_then(check::mesh_owner),
+            }
         })
     }
 }

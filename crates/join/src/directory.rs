@@ -52,6 +52,47 @@ pub struct Workload {
     pub traced: bool,
 }
 
+/// Why a record's caller or callee has no name: no pod, Service or node of
+/// the directory held its address when the record was built. Only the
+/// session that feeds the directory can tell which: the join knows the
+/// names it was given, not those it was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnnamedCause {
+    /// The cluster's pods, services and nodes were still being listed: the
+    /// name may have come later.
+    NotListedYet,
+    /// Watching them had failed and not recovered: the name may have come
+    /// meanwhile.
+    WatchFailing,
+    /// Everything was listed and watched: nothing held the address (outside
+    /// the cluster, a host-network pod on a node not listed, or a pod that
+    /// came and went between two of the watch's events).
+    NoHolder,
+}
+
+/// How many callers and callees the records left unnamed, by cause: each
+/// record's caller and callee count once each, when they have an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UnnamedPeers {
+    /// Left unnamed while the watch was still listing.
+    pub not_listed_yet: u64,
+    /// Left unnamed while the watch was failing.
+    pub watch_failing: u64,
+    /// Left unnamed with everything listed and watched.
+    pub no_holder: u64,
+}
+
+impl UnnamedPeers {
+    /// Counts one peer left unnamed for `cause`.
+    pub fn count(&mut self, cause: UnnamedCause) {
+        *match cause {
+            UnnamedCause::NotListedYet => &mut self.not_listed_yet,
+            UnnamedCause::WatchFailing => &mut self.watch_failing,
+            UnnamedCause::NoHolder => &mut self.no_holder,
+        } += 1;
+    }
+}
+
 /// Workloads by IP address, over time. An address can be a pod's and, after
 /// that pod is deleted, another's: each entry holds from when it was made,
 /// and a call is described by the entry that held when it was made. Entries

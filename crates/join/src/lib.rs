@@ -29,7 +29,7 @@ pub mod predicate;
 mod record;
 mod saved;
 
-pub use directory::{Directory, Workload, WorkloadKind};
+pub use directory::{Directory, UnnamedCause, UnnamedPeers, Workload, WorkloadKind};
 pub use engine::{Input, JoinConfig, JoinStats, Joiner, MissingParts, Part};
 pub use record::{
     AuthRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer, WireRecord, WireScope,

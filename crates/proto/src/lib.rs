@@ -58,6 +58,14 @@ pub mod istio {
     pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
     /// The uid the sidecar runs as: its own traffic is not redirected.
     pub const PROXY_UID: u32 = 1337;
+    /// How long a sidecar drains the connections on a listener filter chain
+    /// that istiod changed (a WasmPlugin or a Telemetry added or removed
+    /// changes it): `proxyConfig.drainDuration`, 45 s unless the mesh or the
+    /// pod sets another (`DefaultProxyConfig` in istio/istio
+    /// `pkg/config/mesh/mesh.go`), which istio-agent gives Envoy as
+    /// `--drain-time-s`, with `--drain-strategy immediate` so that every
+    /// client is told at once (`pkg/envoy/proxy.go`, `args`).
+    pub const DRAIN_DURATION_S: u32 = 45;
     /// The source address of the sidecar's connections to its app: inbound
     /// clusters bind there (`upstream_bind_config`), and the pod's iptables
     /// let traffic from it on `lo` through unredirected.

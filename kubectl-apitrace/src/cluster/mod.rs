@@ -350,7 +350,8 @@ async fn run_session(
         .iter()
         .map(|pod| (pod.namespace.clone(), pod.name.clone()))
         .collect();
-    let mut identities = identity::watch(client, traced, now_ns);
+    let (mut identities, naming) = identity::watch(client, traced, now_ns);
+    running.pipeline.unnamed_because(move || naming.unnamed_cause());
     let renew = tokio::time::sleep(LEASE_DURATION / 3);
     tokio::pin!(renew);
     let mut provider_checks = tokio::time::interval_at(
@@ -368,7 +369,7 @@ async fn run_session(
                 () = interrupt.cancelled(), if running.ended.is_none() => running.interrupted(),
                 () = interrupt_again.cancelled() => { running.exit = ExitCode::from(130); break }
                 () = &mut renew => running.renew_lease(renew.as_mut()).await?,
-                _ = provider_checks.tick(), if !running.provider_gone => running.check_provider().await,
+                _ = provider_checks.tick() => running.check_provider().await,
                 _ = ticks.tick() => running.tick()?,
                 Some(identity) = identities.next() => running.identity(identity)?,
                 received = from_probes.recv_many(&mut messages, BATCH) => running.probe_messages(&mut messages, received)?,
@@ -409,9 +410,9 @@ struct Running<'a> {
     follow: bool,
     lease: session::LeaseKeeper,
     /// Our provider in the mesh config, which whoever manages the config may
-    /// put back without it: said once, and not added again.
+    /// put back without it, and someone may add again: each change said, and
+    /// the session never adds it back itself.
     provider: session::ProviderWatch,
-    provider_gone: bool,
     mesh: &'a MeshConfigRef,
     /// The identity watch is failing: said once per outage.
     identities_failing: bool,
@@ -459,7 +460,6 @@ impl<'a> Running<'a> {
                 &plan.session.object_name(),
             ),
             provider: session::ProviderWatch::new(client, &plan.mesh, &plan.session),
-            provider_gone: false,
             mesh: &plan.mesh,
             identities_failing: false,
             ended: None,
@@ -512,9 +512,8 @@ impl<'a> Running<'a> {
     /// and once when reading it starts failing.
     async fn check_provider(&mut self) {
         let was_failing = self.provider.failing.is_some();
-        if let Some(gone) = self.provider.check().await {
-            self.provider_gone = true;
-            self.progress.announce(gone);
+        if let Some(change) = self.provider.check().await {
+            self.progress.announce(change);
         } else if let (Some(error), false) = (&self.provider.failing, was_failing) {
             self.progress.announce(format_args!(
                 "reading the mesh config {} for the session's access-log provider: {error}; \

@@ -797,8 +797,10 @@ fn tcp_proxy(cluster: &str) -> Value {
     })
 }
 
-/// Envoy's command line for a sidecar running `config`: no hot restart (as
-/// pilot-agent runs it), `workers` worker threads, warnings and errors only.
+/// Envoy's command line for a sidecar running `config`: no hot restart and
+/// Istio's drain (a changed filter chain tells its clients at once and
+/// closes what is left within [`istio::DRAIN_DURATION_S`]), as istio-agent
+/// runs it; `workers` worker threads, warnings and errors only.
 pub fn command_line(config: &Path, workers: u32) -> Vec<OsString> {
     let mut line: Vec<OsString> = vec!["--config-path".into(), config.into()];
     line.extend(
@@ -806,6 +808,10 @@ pub fn command_line(config: &Path, workers: u32) -> Vec<OsString> {
             "--log-level",
             "warn",
             "--disable-hot-restart",
+            "--drain-time-s",
+            &istio::DRAIN_DURATION_S.to_string(),
+            "--drain-strategy",
+            "immediate",
             "--concurrency",
             &workers.to_string(),
         ]
