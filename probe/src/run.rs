@@ -16,7 +16,7 @@ use apitrace_proto::probe_args::LeaseRef;
 use apitrace_proto::{Attachment, ProbeStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     als::Als,
@@ -212,6 +212,10 @@ async fn serve(
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
+    // TCP_NODELAY, which `Server::serve` would set on its own listener: the
+    // subscription streams events as they come, and Nagle's algorithm would
+    // hold each small write until the reader's delayed ACK.
+    let with_nodelay = |listener| TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(named(
         "subscription",
@@ -221,19 +225,13 @@ async fn serve(
                 config.session.clone(),
                 Arc::clone(&status),
             ))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(subscribe_listener),
-                until_stopped(),
-            ),
+            .serve_with_incoming_shutdown(with_nodelay(subscribe_listener), until_stopped()),
     ));
     servers.spawn(named(
         "access-log",
         tonic::transport::Server::builder()
             .add_service(Als::server(hub.clone(), Arc::clone(&peers)))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(access_log_listener),
-                until_stopped(),
-            ),
+            .serve_with_incoming_shutdown(with_nodelay(access_log_listener), until_stopped()),
     ));
     let router = ingest::router(
         hub.clone(),
