@@ -30,6 +30,7 @@ use kubectl_apitrace::{
     live::now_ns,
     probe_client::ProbeSession,
 };
+use prost::Message as _;
 use tokio::{runtime::Runtime, sync::oneshot};
 
 use crate::{
@@ -46,21 +47,230 @@ const CONNECTIONS_PER_1000: u32 = 8;
 /// filter's batches get to arrive before the join is ended.
 const DRAIN: Duration = Duration::from_secs(3);
 
-/// One run at one rate.
+/// Every traced run at one rate.
 #[derive(Default)]
 struct Figures {
-    answered_per_second: Vec<f64>,
-    joined_percent: Vec<f64>,
-    dropped_envoy: Vec<f64>,
-    dropped_filter: Vec<f64>,
-    dropped_probe: Vec<f64>,
-    dropped_subscriber: Vec<f64>,
-    probe_rss_mib: Vec<f64>,
-    probe_cpu_ms_per_second: Vec<f64>,
-    /// Both sidecars' CPU per 1000 requests, with the session's layers and
-    /// without them.
-    envoy_cpu_ms_per_1000: Vec<f64>,
+    runs: Vec<Traced>,
+    /// Both sidecars' CPU per 1000 requests without the session's layers.
     bare_envoy_cpu_ms_per_1000: Vec<f64>,
+}
+
+impl Figures {
+    fn of(&self, figure: impl Fn(&Traced) -> f64) -> Vec<f64> {
+        self.runs.iter().map(figure).collect()
+    }
+}
+
+/// What one traced run at one rate measured.
+#[derive(Clone, Copy)]
+struct Traced {
+    asked_per_second: u32,
+    answered_per_second: f64,
+    joined_percent: f64,
+    dropped_envoy: f64,
+    dropped_filter: f64,
+    dropped_probe: f64,
+    dropped_subscriber: f64,
+    probe_rss_mib: f64,
+    probe_cpu_ms_per_second: f64,
+    probe_cpu_ms_per_1000: f64,
+    /// Both sidecars' CPU per 1000 requests, with the session's layers.
+    envoy_cpu_ms_per_1000: f64,
+    /// What the probe sent the subscriber, per call answered.
+    messages_per_call: f64,
+    bytes_per_call: f64,
+}
+
+impl Traced {
+    /// Why this run's rate was not sustained, if it was not: a client that
+    /// fell behind its schedule, a call not joined from every layer, or an
+    /// event lost anywhere.
+    fn not_sustained(&self) -> Option<String> {
+        let asked = f64::from(self.asked_per_second);
+        if self.answered_per_second < 0.97 * asked {
+            return Some(format!(
+                "{:.0}/s answered of {asked}/s asked",
+                self.answered_per_second
+            ));
+        }
+        if self.joined_percent < 99.9 {
+            return Some(format!("{:.2}% joined", self.joined_percent));
+        }
+        let lost = [
+            ("by Envoy", self.dropped_envoy),
+            ("in the filter", self.dropped_filter),
+            ("in the probe", self.dropped_probe),
+            ("by the subscriber", self.dropped_subscriber),
+        ];
+        lost.iter()
+            .find(|(_, count)| *count > 0.0)
+            .map(|(stage, count)| format!("{count} events lost {stage}"))
+    }
+}
+
+/// The highest sustained rate the search found, and the lowest rate above it
+/// that was not, with why.
+struct Ceiling {
+    sustained: Option<Traced>,
+    above: Option<(u32, String)>,
+}
+
+/// The mesh, the probe and the load of one benchmark, shared by its runs.
+struct Bench<'a> {
+    runtime: Runtime,
+    pods: &'a Topology,
+    client: &'a Pod,
+    probe_pod: &'a Pod,
+    probe_pid: u32,
+    target: SocketAddr,
+    authority: String,
+    token: String,
+    seconds: u64,
+    speaks: Speaks,
+}
+
+impl Bench<'_> {
+    fn load(&self, rate: u32) -> anyhow::Result<Vec<Duration>> {
+        let load = Load {
+            rate,
+            connections: (CONNECTIONS_PER_1000 * rate).div_ceil(1000),
+            speaks: self.speaks,
+        };
+        self.runtime.block_on(load.run(
+            self.client,
+            self.target,
+            &self.authority,
+            &self.token,
+            Duration::from_secs(self.seconds),
+        ))
+    }
+
+    /// The sidecars' CPU per 1000 requests at `rate`, with nothing of the
+    /// session's running in them.
+    fn bare(&self, sidecars: &[(&Pod, Guard)], rate: u32) -> anyhow::Result<f64> {
+        let before = sidecars_cpu_ms(sidecars);
+        let answered = self.load(rate)?.len();
+        Ok((sidecars_cpu_ms(sidecars) - before) * 1000.0 / answered as f64)
+    }
+
+    /// One run at `rate` with the session's layers in the sidecars and a
+    /// subscriber joining what the probe streams.
+    fn traced(&self, sidecars: &[(&Pod, Guard)], rate: u32) -> anyhow::Result<Traced> {
+        // Subscribed first: what the probe sees from here on is the run's.
+        let (stop, joined) = self
+            .runtime
+            .block_on(subscribe(self.pods, self.probe_pod))?;
+        std::thread::sleep(Duration::from_millis(500));
+        let before = probe_metrics(self.probe_pod)?;
+        let envoy_before = envoy_als_stats(&self.runtime, sidecars)?;
+        let envoy_cpu_before = sidecars_cpu_ms(sidecars);
+        let cpu_before = cpu_ms(self.probe_pid);
+        let started = Instant::now();
+        let latencies = self.load(rate)?;
+        // A client that fell behind its schedule sent late: the rate
+        // achieved is what was answered over the time it took.
+        let took = started.elapsed().as_secs_f64();
+        let cpu = cpu_ms(self.probe_pid) - cpu_before;
+        let envoy_cpu = sidecars_cpu_ms(sidecars) - envoy_cpu_before;
+        std::thread::sleep(DRAIN);
+        let _ = stop.send(());
+        let subscribed = self
+            .runtime
+            .block_on(joined)
+            .context("the subscriber stopped")??;
+        let after = probe_metrics(self.probe_pod)?;
+        let envoy_after = envoy_als_stats(&self.runtime, sidecars)?;
+        let answered = latencies.len() as f64;
+        let delta = |name: &str| {
+            after.get(name).copied().unwrap_or(0) as f64
+                - before.get(name).copied().unwrap_or(0) as f64
+        };
+        let lost = probe_drops(&before, &after);
+        for (counter, count) in &lost {
+            eprintln!("e2e: the probe dropped {count}: {counter}");
+        }
+        let stats = &subscribed.stats;
+        eprintln!(
+            "e2e: {answered} answered, {} joined from every layer, {} with some; the sidecars sent {} access logs",
+            stats.complete,
+            stats.partial,
+            envoy_after.written - envoy_before.written
+        );
+        if stats.partial > 0 {
+            eprintln!(
+                "e2e: the join's counts: {}",
+                serde_json::to_string(stats).unwrap_or_default()
+            );
+        }
+        Ok(Traced {
+            asked_per_second: rate,
+            answered_per_second: answered / took,
+            joined_percent: 100.0 * stats.complete as f64 / answered,
+            dropped_envoy: (envoy_after.dropped - envoy_before.dropped) as f64,
+            dropped_filter: delta(
+                r#"apitrace_probe_dropped_total{source="wasm",reason="filter_queue"}"#,
+            ),
+            dropped_subscriber: delta(
+                r#"apitrace_probe_dropped_total{source="subscriber",reason="lagged"}"#,
+            ) + delta(
+                r#"apitrace_probe_dropped_total{source="subscriber",reason="none"}"#,
+            ),
+            dropped_probe: lost.iter().map(|(_, count)| count).sum::<u64>() as f64,
+            probe_rss_mib: peak_rss_mib(self.probe_pid)?,
+            probe_cpu_ms_per_second: cpu / took,
+            probe_cpu_ms_per_1000: cpu * 1000.0 / answered,
+            envoy_cpu_ms_per_1000: envoy_cpu * 1000.0 / answered,
+            messages_per_call: subscribed.messages as f64 / answered,
+            bytes_per_call: subscribed.bytes as f64 / answered,
+        })
+    }
+
+    /// The highest rate that is sustained (every call joined from every
+    /// layer, nothing lost, the client on schedule), by bisection between
+    /// the fixed rates' first runs: above the highest that passed, below the
+    /// lowest that failed (doubling when all passed), to within a tenth.
+    fn ceiling(&self, sidecars: &[(&Pod, Guard)], fixed: &[Traced]) -> anyhow::Result<Ceiling> {
+        let mut sustained: Option<Traced> = None;
+        let mut above: Option<(u32, String)> = None;
+        // The fixed rates go up: the first that failed bounds the search.
+        for run in fixed {
+            match run.not_sustained() {
+                None if above.is_none() => sustained = Some(*run),
+                None => {}
+                Some(why) => {
+                    above.get_or_insert((run.asked_per_second, why));
+                }
+            }
+        }
+        loop {
+            let low = sustained.as_ref().map_or(0, |run| run.asked_per_second);
+            let next = match &above {
+                None if low >= SEARCH_LIMIT => break,
+                None => (low * 2).min(SEARCH_LIMIT),
+                Some((high, _)) if high - low <= (low / 10).max(SEARCH_STEP) => break,
+                Some((high, _)) => (low + high) / 2,
+            };
+            eprintln!("e2e: searching for the highest sustained rate: {next} requests/s");
+            let run = self.traced(sidecars, next)?;
+            match run.not_sustained() {
+                None => sustained = Some(run),
+                Some(why) => {
+                    eprintln!("e2e: {next}/s not sustained: {why}");
+                    above = Some((next, why));
+                }
+            }
+        }
+        Ok(Ceiling { sustained, above })
+    }
+}
+
+/// The search goes no higher, so that it ends when nothing fails.
+const SEARCH_LIMIT: u32 = 40_000;
+/// The search's finest step, in requests per second.
+const SEARCH_STEP: u32 = 50;
+
+fn sidecars_cpu_ms(sidecars: &[(&Pod, Guard)]) -> f64 {
+    sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum()
 }
 
 pub fn run(
@@ -91,118 +301,57 @@ pub fn run(
     };
     mesh.capture(&pods, None)?;
     let probe = start_probe(probe_binary, probe_pod, &[client, server])?;
-    let probe_pid = probe.0.id();
     let module = Module::served(filter, probe_pod)?;
     let workdir = std::env::temp_dir().join(format!("apitrace-be2e-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    let (target, authority) = (mesh.target(), mesh.authority());
-    let token = format!("Bearer {}", jwt::demo_token(1_790_000_000));
+    let bench = Bench {
+        runtime,
+        pods: &pods,
+        client,
+        probe_pod,
+        probe_pid: probe.0.id(),
+        target: mesh.target(),
+        authority: mesh.authority(),
+        token: format!("Bearer {}", jwt::demo_token(1_790_000_000)),
+        seconds,
+        speaks,
+    };
 
     let mut figures: Vec<Figures> = RATES.iter().map(|_| Figures::default()).collect();
+    let mut ceiling = None;
     for repeat in 0..repeats {
         for layers in [Layers::ALL, BARE] {
             let sidecars = start_sidecars(&mesh, envoy, &module, probe_pod, &workdir, layers)?;
-            runtime.block_on(wait_ready(client, target, &authority))?;
+            bench
+                .runtime
+                .block_on(wait_ready(client, bench.target, &bench.authority))?;
             // The ready check's own layers arrive within the drain; the first
             // run's subscriber must not count them as one of its calls.
             std::thread::sleep(DRAIN);
+            let traced = layers == Layers::ALL;
             for (rate, figures) in RATES.iter().zip(&mut figures) {
-                let traced = layers == Layers::ALL;
                 eprintln!(
                     "e2e: repeat {}/{repeats}, {rate} requests/s, {}",
                     repeat + 1,
                     if traced { "traced" } else { "bare sidecars" }
                 );
-                let load = Load {
-                    rate: *rate,
-                    connections: CONNECTIONS_PER_1000 * rate / 1000,
-                    speaks,
-                };
-                let sidecars_cpu_ms =
-                    || -> f64 { sidecars.iter().map(|(_, guard)| cpu_ms(guard.0.id())).sum() };
-                let run_load = || {
-                    runtime.block_on(load.run(
-                        client,
-                        target,
-                        &authority,
-                        &token,
-                        Duration::from_secs(seconds),
-                    ))
-                };
-                let envoy_cpu_before = sidecars_cpu_ms();
-                if !traced {
-                    let latencies = run_load()?;
-                    let envoy_cpu = sidecars_cpu_ms();
+                if traced {
+                    figures.runs.push(bench.traced(&sidecars, *rate)?);
+                } else {
                     figures
                         .bare_envoy_cpu_ms_per_1000
-                        .push((envoy_cpu - envoy_cpu_before) * 1000.0 / latencies.len() as f64);
-                    continue;
+                        .push(bench.bare(&sidecars, *rate)?);
                 }
-                // Subscribed first: what the probe sees from here on is the run's.
-                let (stop, joined) = runtime.block_on(subscribe(&pods, probe_pod))?;
-                std::thread::sleep(Duration::from_millis(500));
-                let before = probe_metrics(probe_pod)?;
-                let envoy_before = envoy_als_stats(&runtime, &sidecars)?;
-                let cpu_before = cpu_ms(probe_pid);
-                let started = Instant::now();
-                let latencies = run_load()?;
-                // A client that fell behind its schedule sent late: the rate
-                // achieved is what was answered over the time it took.
-                let took = started.elapsed().as_secs_f64();
-                let cpu = cpu_ms(probe_pid) - cpu_before;
-                let envoy_cpu = sidecars_cpu_ms();
-                std::thread::sleep(DRAIN);
-                let _ = stop.send(());
-                let stats = runtime
-                    .block_on(joined)
-                    .context("the subscriber stopped")??;
-                let after = probe_metrics(probe_pod)?;
-                let envoy_after = envoy_als_stats(&runtime, &sidecars)?;
-                let answered = latencies.len() as f64;
-                let delta = |name: &str| {
-                    after.get(name).copied().unwrap_or(0) as f64
-                        - before.get(name).copied().unwrap_or(0) as f64
-                };
-                figures.answered_per_second.push(answered / took);
-                figures
-                    .joined_percent
-                    .push(100.0 * stats.complete as f64 / answered);
-                figures
-                    .dropped_envoy
-                    .push((envoy_after.dropped - envoy_before.dropped) as f64);
-                figures.dropped_filter.push(delta(
-                    r#"apitrace_probe_dropped_total{source="wasm",reason="filter_queue"}"#,
-                ));
-                figures.dropped_subscriber.push(
-                    delta(r#"apitrace_probe_dropped_total{source="subscriber",reason="lagged"}"#)
-                        + delta(
-                            r#"apitrace_probe_dropped_total{source="subscriber",reason="none"}"#,
-                        ),
-                );
-                let lost = probe_drops(&before, &after);
-                for (counter, count) in &lost {
-                    eprintln!("e2e: the probe dropped {count}: {counter}");
-                }
-                figures
-                    .dropped_probe
-                    .push(lost.iter().map(|(_, count)| count).sum::<u64>() as f64);
-                figures.probe_rss_mib.push(peak_rss_mib(probe_pid)?);
-                figures.probe_cpu_ms_per_second.push(cpu / took);
-                figures
-                    .envoy_cpu_ms_per_1000
-                    .push((envoy_cpu - envoy_cpu_before) * 1000.0 / answered);
-                eprintln!(
-                    "e2e: {answered} answered, {} joined from every layer, {} with some; the sidecars sent {} access logs",
-                    stats.complete,
-                    stats.partial,
-                    envoy_after.written - envoy_before.written
-                );
+            }
+            if traced && repeat == 0 {
+                let first: Vec<Traced> = figures.iter().map(|rate| rate.runs[0]).collect();
+                ceiling = Some(bench.ceiling(&sidecars, &first)?);
             }
         }
     }
-    drop(runtime);
+    drop(bench);
     let _ = std::fs::remove_dir_all(&workdir);
-    Ok(table(&figures, repeats, seconds, speaks))
+    Ok(table(&figures, ceiling.as_ref(), repeats, seconds, speaks))
 }
 
 /// The sidecars without the session's parts: what the mesh costs alone.
@@ -236,7 +385,7 @@ async fn subscribe(
     probe_pod: &Pod,
 ) -> anyhow::Result<(
     oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<JoinStats>>,
+    tokio::task::JoinHandle<anyhow::Result<Subscribed>>,
 )> {
     let address = SocketAddr::new(IpAddr::V4(probe_pod.ipv4), ports::SUBSCRIBE);
     let channel = http::channel_in(&probe_pod.netns_path(), address, "pod.demo").await?;
@@ -278,11 +427,16 @@ async fn subscribe(
     }
     let (stop, mut stopped) = oneshot::channel();
     let joined = tokio::spawn(async move {
+        let (mut messages, mut bytes) = (0u64, 0u64);
         let mut ticks = tokio::time::interval(Duration::from_millis(200));
         loop {
             let input = tokio::select! {
                 event = events.next() => match event {
-                    Some(Ok(event)) => Input::Event { event, now_ns: now_ns() },
+                    Some(Ok(event)) => {
+                        messages += 1;
+                        bytes += GRPC_MESSAGE_PREFIX + event.encoded_len() as u64;
+                        Input::Event { event, now_ns: now_ns() }
+                    }
                     Some(Err(status)) => bail!("the probe's stream failed: {}", status.message()),
                     None => bail!("the probe ended its stream"),
                 },
@@ -293,10 +447,27 @@ async fn subscribe(
             records.clear();
         }
         joiner.apply(Input::End, &mut records);
-        Ok(joiner.stats().clone())
+        Ok(Subscribed {
+            stats: joiner.stats().clone(),
+            messages,
+            bytes,
+        })
     });
     Ok((stop, joined))
 }
+
+/// What a subscriber joined, and what the probe sent it: its messages, and
+/// their bytes as gRPC frames them (HTTP/2's own frame headers and TCP's
+/// are not counted).
+struct Subscribed {
+    stats: JoinStats,
+    messages: u64,
+    bytes: u64,
+}
+
+/// The length prefix gRPC puts before each message: a compression flag and a
+/// four-byte length (grpc/grpc, doc/PROTOCOL-HTTP2.md, "Length-Prefixed-Message").
+const GRPC_MESSAGE_PREFIX: u64 = 5;
 
 /// Every event the probe lost on its own side during a run, by counter: its
 /// rings and flow table, malformed or refused input, broken access-log
@@ -365,7 +536,13 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-fn table(figures: &[Figures], repeats: usize, seconds: u64, speaks: Speaks) -> Table {
+fn table(
+    figures: &[Figures],
+    ceiling: Option<&Ceiling>,
+    repeats: usize,
+    seconds: u64,
+    speaks: Speaks,
+) -> Table {
     let (title, calls) = match speaks {
         Speaks::Http1 => ("End to end under load", "GET /api/orders over HTTP/1.1 on"),
         Speaks::Grpc => (
@@ -375,78 +552,44 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64, speaks: Speaks) -> T
     };
     let mut rows = Vec::new();
     for (rate, figures) in RATES.iter().zip(figures) {
-        // A target is met only if every run met it: one run that dropped
-        // events is a miss, whatever the median says.
-        let row = |metric: &str, values: &Vec<f64>, target: &str, met: Option<fn(f64) -> bool>| {
-            let ours = Sample::of(values.clone());
-            Row {
-                metric: format!("{rate}/s: {metric}"),
-                met: met.map(|met| ours.values.iter().all(|&run| met(run))),
-                ours,
-                peer: None,
-                baseline: None,
-                target: target.to_owned(),
-            }
+        rows.extend(rate_rows(&format!("{rate}/s"), figures, *rate));
+    }
+    if let Some(ceiling) = ceiling {
+        let above = match &ceiling.above {
+            Some((rate, why)) => format!("{rate}/s was not: {why}"),
+            None => format!("nothing failed up to the search's limit, {SEARCH_LIMIT}/s"),
         };
-        let zero: Option<fn(f64) -> bool> = Some(|count| count == 0.0);
-        rows.extend([
-            row(
-                "requests answered per second (achieved rate)",
-                &figures.answered_per_second,
-                &format!("{rate}"),
-                None,
-            ),
-            row(
-                "calls joined from all three layers, %",
-                &figures.joined_percent,
-                "≥ 99.9",
-                Some(|percent| percent >= 99.9),
-            ),
-            row(
-                "access logs dropped by Envoy",
-                &figures.dropped_envoy,
-                "0",
-                zero,
-            ),
-            row(
-                "events dropped in the WASM filter",
-                &figures.dropped_filter,
-                "0",
-                zero,
-            ),
-            row(
-                "events dropped in the probe",
-                &figures.dropped_probe,
-                "0",
-                zero,
-            ),
-            row(
-                "events the subscriber missed",
-                &figures.dropped_subscriber,
-                "0",
-                zero,
-            ),
-            row(
-                "probe peak RSS, MiB",
-                &figures.probe_rss_mib,
-                "≤ 50",
-                Some(|mib| mib <= 50.0),
-            ),
-            row(
-                "probe CPU, ms per second",
-                &figures.probe_cpu_ms_per_second,
-                "-",
-                None,
-            ),
-        ]);
         rows.push(Row {
-            metric: format!("{rate}/s: both sidecars' CPU, ms per 1000 requests"),
-            ours: Sample::of(figures.envoy_cpu_ms_per_1000.clone()),
+            metric: format!(
+                "highest rate sustained (every call joined, nothing lost, the client on schedule; {above})"
+            ),
+            ours: Sample::of(
+                ceiling
+                    .sustained
+                    .iter()
+                    .map(|run| f64::from(run.asked_per_second))
+                    .collect(),
+            ),
             peer: None,
-            baseline: Some(Sample::of(figures.bare_envoy_cpu_ms_per_1000.clone())),
+            baseline: None,
             target: "-".to_owned(),
             met: None,
         });
+        if let Some(run) = &ceiling.sustained {
+            let figures = Figures {
+                runs: vec![*run],
+                bare_envoy_cpu_ms_per_1000: Vec::new(),
+            };
+            rows.extend(
+                rate_rows(
+                    "at the highest sustained rate",
+                    &figures,
+                    run.asked_per_second,
+                )
+                .into_iter()
+                .filter(|row| row.metric.contains("per 1000") || row.metric.contains("per call")),
+            );
+        }
     }
     Table {
         title: title.to_owned(),
@@ -456,7 +599,8 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64, speaks: Speaks) -> T
              what the probe streams as the CLI does. The client pod's app calls the server's Service at {} at a fixed rate, {calls} \
              {CONNECTIONS_PER_1000} keep-alive connections per 1000/s, each request with a 1.3 KB JWT, {seconds} s per run, {repeats} runs per rate \
              interleaved; the join is ended {} s after the load. The sidecars' CPU is measured the same way with neither the filter nor the \
-             access log (the baseline column). \
+             access log (the baseline column). After the first repeat, a search bisects from those runs to the highest rate sustained, one \
+             {seconds} s run per step, to within a tenth. Bytes from the probe are its events as gRPC frames them, per call answered. \
              Dropped counts are per run; the peak RSS is the probe's VmHWM since it started. Median (lowest–highest) of the runs; \
              a target is met only if every run met it.",
             RATES.map(|rate| format!("{rate}/s")).join(" and "),
@@ -464,4 +608,118 @@ fn table(figures: &[Figures], repeats: usize, seconds: u64, speaks: Speaks) -> T
         ),
         rows,
     }
+}
+
+/// A figure of a traced run: its name, how it is read off the run, its
+/// target, and the test of the target when it has one.
+type Metric = (
+    &'static str,
+    fn(&Traced) -> f64,
+    &'static str,
+    Option<fn(f64) -> bool>,
+);
+
+const NONE_LOST: Option<fn(f64) -> bool> = Some(|count| count == 0.0);
+
+/// Every figure of a traced run but the rate achieved, whose target is the
+/// rate asked, and the sidecars' CPU, which has a baseline.
+const METRICS: [Metric; 10] = [
+    (
+        "calls joined from all three layers, %",
+        |run| run.joined_percent,
+        "≥ 99.9",
+        Some(|percent| percent >= 99.9),
+    ),
+    (
+        "access logs dropped by Envoy",
+        |run| run.dropped_envoy,
+        "0",
+        NONE_LOST,
+    ),
+    (
+        "events dropped in the WASM filter",
+        |run| run.dropped_filter,
+        "0",
+        NONE_LOST,
+    ),
+    (
+        "events dropped in the probe",
+        |run| run.dropped_probe,
+        "0",
+        NONE_LOST,
+    ),
+    (
+        "events the subscriber missed",
+        |run| run.dropped_subscriber,
+        "0",
+        NONE_LOST,
+    ),
+    (
+        "probe peak RSS, MiB",
+        |run| run.probe_rss_mib,
+        "≤ 50",
+        Some(|mib| mib <= 50.0),
+    ),
+    (
+        "probe CPU, ms per second",
+        |run| run.probe_cpu_ms_per_second,
+        "-",
+        None,
+    ),
+    (
+        "probe CPU, ms per 1000 calls",
+        |run| run.probe_cpu_ms_per_1000,
+        "-",
+        None,
+    ),
+    (
+        "messages from the probe to the CLI, per call",
+        |run| run.messages_per_call,
+        "≤ 2 (one per hop; issue 26)",
+        None,
+    ),
+    (
+        "bytes from the probe to the CLI, per call",
+        |run| run.bytes_per_call,
+        "-",
+        None,
+    ),
+];
+
+/// The rows of one rate's runs, each metric named after `label`.
+fn rate_rows(label: &str, figures: &Figures, rate: u32) -> Vec<Row> {
+    // A target is met only if every run met it: one run that dropped
+    // events is a miss, whatever the median says.
+    let row = |metric: &str, values: Vec<f64>, target: &str, met: Option<fn(f64) -> bool>| {
+        let ours = Sample::of(values);
+        Row {
+            metric: format!("{label}: {metric}"),
+            met: met.map(|met| ours.values.iter().all(|&run| met(run))),
+            ours,
+            peer: None,
+            baseline: None,
+            target: target.to_owned(),
+        }
+    };
+    let mut rows = vec![row(
+        "requests answered per second (achieved rate)",
+        figures.of(|run| run.answered_per_second),
+        &format!("{rate}"),
+        None,
+    )];
+    rows.extend(
+        METRICS
+            .iter()
+            .map(|(metric, figure, target, met)| row(metric, figures.of(figure), target, *met)),
+    );
+    rows.push(Row {
+        metric: format!("{label}: both sidecars' CPU, ms per 1000 requests"),
+        ours: Sample::of(figures.of(|run| run.envoy_cpu_ms_per_1000)),
+        peer: None,
+        baseline: (!figures.bare_envoy_cpu_ms_per_1000.is_empty())
+            .then(|| Sample::of(figures.bare_envoy_cpu_ms_per_1000.clone())),
+        target: "-".to_owned(),
+        met: None,
+    });
+    rows
 }
