@@ -193,17 +193,36 @@ fn an_interrupted_demo_removes_everything() {
     let Some(real) = real("the interrupted demo") else {
         return;
     };
-    let child = demo(&real.envoy)
-        .args(["--requests", "100000", "-o", "ndjson"])
+    // Followed, so that the signal is sent once a call has been joined: how
+    // long after its sidecars start the first call is, depends on the load.
+    let mut child = demo(&real.envoy)
+        .args(["--requests", "100000", "-o", "ndjson", "--follow"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the CLI starts");
     let pid = child.id();
-    wait_until_requests_flow(pid);
+    let stdout = child.stdout.take().expect("the CLI's piped stdout");
+    let (first, joined) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.is_empty() {
+                let _ = first.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    assert!(
+        joined.recv_timeout(Duration::from_secs(180)).is_ok(),
+        "the demo printed no call within 180 s"
+    );
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
     let output = child.wait_with_output().expect("the CLI ends");
+    let printed = reader.join().expect("the reader of the CLI's stdout");
     assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("interrupted"),
@@ -211,13 +230,11 @@ fn an_interrupted_demo_removes_everything() {
         stderr(&output)
     );
     // What was joined before the interruption is printed, and summed up.
-    let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
-        printed.lines().count() > 0
-            && printed
-                .lines()
-                .all(|line| serde_json::from_str::<Value>(line).is_ok()),
-        "{printed}"
+        printed
+            .iter()
+            .all(|line| serde_json::from_str::<Value>(line).is_ok()),
+        "{printed:?}"
     );
     assert!(
         stderr(&output).contains("joined with every layer"),
