@@ -351,7 +351,9 @@ async fn run_session(
         .map(|pod| (pod.namespace.clone(), pod.name.clone()))
         .collect();
     let (mut identities, naming) = identity::watch(client, traced, now_ns);
-    running.pipeline.unnamed_because(move || naming.unnamed_cause());
+    running
+        .pipeline
+        .unnamed_because(move || naming.unnamed_cause());
     let renew = tokio::time::sleep(LEASE_DURATION / 3);
     tokio::pin!(renew);
     let mut provider_checks = tokio::time::interval_at(
