@@ -21,7 +21,7 @@ fn bad_demo_arguments_are_refused_with_what_to_use() {
         ),
         (
             &["demo", "-o", "bogus"],
-            "[possible values: table, wide, json, ndjson, har]",
+            "[possible values: table, wide, json, ndjson, har, summary]",
         ),
     ] {
         let output = cli(args);
@@ -111,7 +111,7 @@ fn bad_session_arguments_are_refused_with_what_to_use() {
         ),
         (
             &["pod/web", "-o", "yaml"],
-            "[possible values: table, wide, json, ndjson, har]",
+            "[possible values: table, wide, json, ndjson, har, summary]",
         ),
         (&["cleanup"], "<--session <ID>|--all>"),
         (

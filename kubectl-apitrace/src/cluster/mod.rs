@@ -31,7 +31,7 @@ use crate::{
     live::{interrupted, now_ns, random_hex},
     output::{Destination, Printer},
     pipeline::{BATCH, Drain, Pipeline},
-    saved::SavedWriter,
+    saved::{Keep, SavedWriter},
 };
 use link::{FromProbe, PortForwardLink};
 
@@ -193,11 +193,12 @@ async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     // Before the cluster is changed: a path that cannot be written ends here.
+    let keep = Keep::of(args.output.select.is_some(), args.save.all);
     let saved = args
         .save
         .file
         .as_deref()
-        .map(SavedWriter::create)
+        .map(|path| SavedWriter::create(path, keep))
         .transpose()?;
     run_session(&client, plan, &args, saved, progress).await
 }
@@ -318,7 +319,7 @@ async fn run_session(
         saved,
         printer,
     )
-    .selecting(args.output.select.clone());
+    .selecting(args.output.select.clone(), args.output.until);
     // The traced pods are known already: named (and marked traced, which decides
     // how hops merge) before the first event, even if the watch below is slow
     // or not allowed.
@@ -375,6 +376,10 @@ async fn run_session(
     let waiting = Drain::notice();
     let result: anyhow::Result<()> = async {
         loop {
+            if ended.is_none() && let Some(reached) = pipeline.until_reached() {
+                progress.announce(format_args!("{reached}; {waiting} (Ctrl-C to stop now)"));
+                ended = Some(now_ns());
+            }
             if let Some(ended_ns) = ended
                 && pipeline.drained(ended_ns, now_ns())
             {
@@ -472,7 +477,7 @@ async fn run_session(
     progress.say("removing the session");
     let leftovers = session.end(client).await;
     let outcome = pipeline.finish()?;
-    eprintln!("{}", outcome.summary(None));
+    eprintln!("{}", outcome.report(None));
     for (change, error) in &leftovers {
         eprintln!("could not remove {change}: {error}");
     }
