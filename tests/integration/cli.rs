@@ -224,7 +224,7 @@ fn the_bash_completion_completes_commands_and_output_formats() {
     assert_eq!(complete("kubectl-apitrace cl", 1), "cleanup");
     assert_eq!(
         complete("kubectl-apitrace -o ''", 2),
-        "table wide json ndjson har"
+        "table wide json ndjson har summary"
     );
     assert_eq!(complete("kubectl-apitrace cleanup --a", 2), "--all");
     let _ = std::fs::remove_file(&script);
