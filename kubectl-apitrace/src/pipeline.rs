@@ -224,12 +224,14 @@ impl<W: Write> Pipeline<W> {
             seen_by_saved,
             counters,
         } = self;
+        // A file of calls saved again says how many its own session saw.
+        let records = seen_by_saved.unwrap_or(selection.records);
         if let Some(saved) = saved {
-            saved.finish(selection.records)?;
+            saved.finish(records)?;
         }
         let mut outcome = Outcome {
             stats: joiner.stats().clone(),
-            records: seen_by_saved.unwrap_or(selection.records),
+            records,
             matched: selection.select.map(|_| selection.matched),
             printed: selection.printed,
             until: selection.until,

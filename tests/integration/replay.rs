@@ -665,6 +665,26 @@ fn save_with_where_keeps_only_the_selected_calls_and_save_all_keeps_everything()
     let none = join(&calls.0, &["-o", "ndjson", "--where", "status == 200"]);
     assert!(none.status.success(), "{}", stderr(&none));
     assert_eq!(stdout(&none), "");
+    // Saved again, a file of calls stays one, and keeps the count of its
+    // own session.
+    let again = Scratch::new("again");
+    let output = join(
+        &calls.0,
+        &[
+            "-o",
+            "ndjson",
+            "--save",
+            again.0.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let replayed = join(&again.0, &["-o", "ndjson"]);
+    assert_eq!(stdout(&replayed).lines().collect::<Vec<_>>(), selected);
+    assert!(
+        stderr(&replayed).starts_with(&format!("{} calls seen\n", every.len())),
+        "{}",
+        stderr(&replayed)
+    );
 
     let all = Scratch::new("all");
     save_404(&all, &["--save-all"]);
