@@ -1,7 +1,7 @@
 //! The command line, parsed. Turning it into something runnable (finding
 //! binaries, checking privileges) happens where it is run.
 
-use std::{path::PathBuf, time::Duration};
+use std::{num::NonZeroU64, path::PathBuf, time::Duration};
 
 use apitrace_cluster::{names::SessionId, target::TargetRef};
 use apitrace_join::predicate::Predicate;
@@ -231,16 +231,47 @@ pub struct OutputArgs {
     /// the summary counts the calls seen and selected.
     #[arg(long = "where", value_name = "EXPR", value_parser = parse_where)]
     pub select: Option<Predicate>,
+    /// Stop after N calls that `--where` selects (every call without it),
+    /// as at the end of `--duration`: the session waits for what the
+    /// sidecars still had to report, then removes what it created. Exactly
+    /// N calls are printed.
+    #[arg(long, value_name = "N", value_parser = parse_until)]
+    pub until: Option<NonZeroU64>,
 }
 
 /// Where a live session keeps its raw events; shared by the demo and cluster
 /// sessions.
 #[derive(Debug, Args)]
 pub struct SaveArgs {
-    /// Keep every event the session receives in FILE, to replay with
-    /// `kubectl apitrace join FILE`. Only its owner can read it.
-    #[arg(long = "save", value_name = "FILE")]
+    /// Keep the session in FILE, to replay with `kubectl apitrace join
+    /// FILE`: every event it receives, or with `--where` only the calls it
+    /// selects (and how many calls it saw). Only its owner can read it.
+    #[arg(long = "save", id = "save", value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// With `--where`, save every event anyway, so that a replay can select
+    /// other calls.
+    #[arg(long = "save-all")]
+    pub all: bool,
+}
+
+impl Cli {
+    /// The `--save` and `--save-all` of the command given.
+    fn save(&self) -> Option<&SaveArgs> {
+        match &self.command {
+            None => Some(&self.trace.save),
+            Some(Command::Demo(demo)) => Some(&demo.save),
+            Some(Command::Join(join)) => Some(&join.save),
+            Some(_) => None,
+        }
+    }
+
+    /// Flags that do not go together, which clap's own rules cannot say
+    /// in words that name them.
+    fn conflict(&self) -> Option<&'static str> {
+        self.save()
+            .is_some_and(|save| save.all && save.file.is_none())
+            .then_some("--save-all says what --save FILE keeps, and no --save FILE was given: pass --save FILE with it, or leave --save-all out")
+    }
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +281,10 @@ pub struct JoinArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// With `--where`, keeps the calls it selects in another file: a long
+    /// recording narrowed to what matters.
+    #[command(flatten)]
+    pub save: SaveArgs,
 }
 
 /// What the demo's client pod speaks.
@@ -350,6 +385,14 @@ pub const MAX_DURATION: Duration = Duration::from_secs(60 * 60);
 fn parse_where(text: &str) -> Result<Predicate, String> {
     Predicate::parse(text)
         .map_err(|error| format!("{error} (the fields and the syntax are in docs/record.md)"))
+}
+
+fn parse_until(text: &str) -> Result<NonZeroU64, String> {
+    let calls = text
+        .parse::<u64>()
+        .map_err(|_| format!("{text:?} is not a number of calls: use a whole number such as 10"))?;
+    NonZeroU64::new(calls)
+        .ok_or_else(|| "a session stops after at least one call: use --until 1 or more".into())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -461,7 +504,13 @@ pub fn parse() -> Cli {
                 .exit();
         }
     }
-    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if let Some(conflict) = cli.conflict() {
+        command
+            .error(clap::error::ErrorKind::MissingRequiredArgument, conflict)
+            .exit();
+    }
+    cli
 }
 
 /// The completion script for `shell`, for the `kubectl-apitrace` executable
@@ -507,6 +556,34 @@ mod tests {
     use clap::CommandFactory as _;
 
     #[test]
+    fn save_all_without_a_file_is_a_conflict_for_every_command_that_saves() {
+        let conflict = |args: &[&str]| {
+            let mut line = vec!["kubectl-apitrace"];
+            line.extend(args);
+            Cli::try_parse_from(line).unwrap().conflict()
+        };
+        for args in [
+            &["pod/web", "--save-all"][..],
+            &["demo", "--save-all"],
+            &[
+                "join",
+                "s.apitrace",
+                "--where",
+                "status >= 500",
+                "--save-all",
+            ],
+        ] {
+            assert!(
+                conflict(args)
+                    .is_some_and(|text| text.starts_with("--save-all says what --save FILE keeps")),
+                "{args:?}"
+            );
+        }
+        assert_eq!(conflict(&["demo", "--save", "s", "--save-all"]), None);
+        assert_eq!(conflict(&["pod/web", "--save", "s"]), None);
+    }
+
+    #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -527,10 +604,25 @@ mod tests {
             "{error}"
         );
         let error = Cli::try_parse_from(["kubectl-apitrace", "demo", "-o", "bogus"]).unwrap_err();
+        let until = |value: &str| {
+            Cli::try_parse_from(["kubectl-apitrace", "demo", "--until", value])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            until("0").contains("use --until 1 or more"),
+            "{}",
+            until("0")
+        );
+        assert!(
+            until("abc").contains("\"abc\" is not a number of calls"),
+            "{}",
+            until("abc")
+        );
         assert!(
             error
                 .to_string()
-                .contains("[possible values: table, wide, json, ndjson, har]"),
+                .contains("[possible values: table, wide, json, ndjson, har, summary]"),
             "{error}"
         );
     }

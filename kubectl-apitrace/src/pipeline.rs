@@ -1,10 +1,17 @@
 //! A session's inputs on their way out: saved (with `--save`), joined, and
-//! the calls printed. The demo, a cluster session and `kubectl apitrace join`
-//! each feed one, so a replay goes through exactly what the session did.
+//! the calls printed and summed. The demo, a cluster session and `kubectl
+//! apitrace join` each feed one, so a replay goes through exactly what the
+//! session did.
+//!
+//! `--where` selects the calls printed, saved (unless `--save-all`) and
+//! summed; `--until N` stops the session after N of them: the pipeline
+//! prints exactly N and says when they are reached ([`Pipeline::until_reached`]),
+//! and the session ends as at the end of its time.
 
 use std::{
     collections::BTreeMap,
     io::{self, Write},
+    num::NonZeroU64,
 };
 
 use apitrace_join::{
@@ -14,7 +21,7 @@ use apitrace_join::{
 use apitrace_proto::{Counters, Event, event::Kind};
 
 use crate::{
-    output::Printer,
+    output::{Format, Printer},
     saved::{SavedError, SavedWriter},
 };
 
@@ -34,11 +41,10 @@ pub struct Pipeline<W: Write> {
     joiner: Joiner,
     saved: Option<SavedWriter>,
     printer: Printer<W>,
-    records: usize,
-    /// `--where`: only the calls it selects are printed.
-    select: Option<Predicate>,
-    /// How many calls it selected.
-    matched: usize,
+    selection: Selection,
+    /// What a saved file of selected calls says the session saw, which
+    /// the calls it holds are only the selected part of.
+    seen_by_saved: Option<usize>,
     /// Each probe's counters (by node), from the last status it sent: a
     /// probe's counters only grow, and several probes must not overwrite
     /// each other's.
@@ -74,18 +80,45 @@ impl Drain {
     }
 }
 
+/// Which calls are printed, and how many were seen, selected and printed.
+#[derive(Default)]
+struct Selection {
+    /// `--where`: only the calls it selects are printed.
+    select: Option<Predicate>,
+    /// `--until`: how many selected calls are printed at most.
+    until: Option<NonZeroU64>,
+    /// Every call joined.
+    records: usize,
+    /// How many `select` selected.
+    matched: usize,
+    printed: usize,
+}
+
+impl Selection {
+    fn until_reached(&self) -> bool {
+        self.until
+            .is_some_and(|until| self.printed as u64 >= until.get())
+    }
+}
+
 /// What a session joined and lost.
 #[derive(Debug)]
 pub struct Outcome {
     pub stats: JoinStats,
     /// Every call joined, printed or not.
     pub records: usize,
-    /// With `--where`, how many of them it selected (and were printed).
+    /// With `--where`, how many of them it selected.
     pub matched: Option<usize>,
+    /// How many were printed: those selected, up to `--until`.
+    pub printed: usize,
+    pub until: Option<NonZeroU64>,
     /// Each probe's last counters, by node.
     pub counters: BTreeMap<String, Counters>,
     /// The callers and callees the records left unnamed, by cause.
     pub unnamed: UnnamedPeers,
+    /// The summary's tables, for stderr; `None` when `-o summary` printed
+    /// them on stdout, or nothing was printed.
+    pub tables: Option<String>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -94,9 +127,8 @@ impl<W: Write> Pipeline<W> {
             joiner: Joiner::new(config),
             saved,
             printer,
-            records: 0,
-            select: None,
-            matched: 0,
+            selection: Selection::default(),
+            seen_by_saved: None,
             counters: BTreeMap::new(),
             unnamed: UnnamedPeers::default(),
             unnamed_cause: None,
@@ -110,16 +142,31 @@ impl<W: Write> Pipeline<W> {
         self.unnamed_cause = Some(Box::new(cause));
     }
 
-    /// Prints only the calls `select` selects (`--where`); every call is
-    /// still joined and counted.
-    pub fn selecting(mut self, select: Option<Predicate>) -> Self {
-        self.select = select;
+    /// Prints only the calls `select` selects (`--where`), and of those no
+    /// more than `until` (`--until`); every call is still joined and
+    /// counted.
+    pub fn selecting(mut self, select: Option<Predicate>, until: Option<NonZeroU64>) -> Self {
+        self.selection.select = select;
+        self.selection.until = until;
         self
+    }
+
+    /// With `--until N`, once N calls were printed: what the session says
+    /// as it stops.
+    pub fn until_reached(&self) -> Option<String> {
+        let until = self.selection.until?;
+        let calls = if until.get() == 1 { "call" } else { "calls" };
+        self.selection
+            .until_reached()
+            .then(|| match self.selection.select {
+                Some(_) => format!("{until} {calls} matched --where (--until {until})"),
+                None => format!("{until} {calls} joined (--until {until})"),
+            })
     }
 
     /// How many calls were joined so far, printed or not.
     pub fn records(&self) -> usize {
-        self.records
+        self.selection.records
     }
 
     /// Whether a session that ended at `ended_ns` has what its sidecars were
@@ -136,6 +183,19 @@ impl<W: Write> Pipeline<W> {
 
     pub fn feed(&mut self, input: Input) -> Result<(), PipelineError> {
         self.feed_all(vec![input])
+    }
+
+    /// A call a file of selected calls kept, printed as if just joined.
+    pub fn feed_call(&mut self, record: CallRecord) -> Result<(), PipelineError> {
+        let mut printing = self.printing();
+        printing.extend([record]);
+        printing.failed.map_or(Ok(()), Err)
+    }
+
+    /// The count a file of selected calls ends with: the calls its session
+    /// saw, which the summary says rather than how many the file holds.
+    pub fn calls_seen(&mut self, calls: u64) {
+        self.seen_by_saved = Some(calls as usize);
     }
 
     /// Feeds `inputs` in order, as [`Self::feed`] would one by one: the join
@@ -157,19 +217,36 @@ impl<W: Write> Pipeline<W> {
                 self.counters.insert(status.node.clone(), counters);
             }
         }
+        let Self {
+            joiner,
+            printer,
+            saved,
+            selection,
+            unnamed,
+            unnamed_cause,
+            ..
+        } = self;
         let mut printing = Printing {
+            printer,
+            saved: saved.as_mut(),
+            selection,
+            unnamed,
+            unnamed_cause: unnamed_cause.as_deref(),
+            failed: None,
+        };
+        joiner.apply_all(inputs, &mut printing);
+        printing.failed.map_or(Ok(()), Err)
+    }
+
+    /// Where the records of the join go: counted, selected, saved, printed.
+    fn printing(&mut self) -> Printing<'_, W> {
+        Printing {
             printer: &mut self.printer,
-            records: &mut self.records,
-            select: self.select.as_ref(),
-            matched: &mut self.matched,
+            saved: self.saved.as_mut(),
+            selection: &mut self.selection,
             unnamed: &mut self.unnamed,
             unnamed_cause: self.unnamed_cause.as_deref(),
             failed: None,
-        };
-        self.joiner.apply_all(inputs, &mut printing);
-        match printing.failed {
-            Some(error) => Err(PipelineError::Print(error)),
-            None => Ok(()),
         }
     }
 
@@ -180,24 +257,34 @@ impl<W: Write> Pipeline<W> {
             joiner,
             saved,
             printer,
-            records,
-            select,
-            matched,
+            selection,
+            seen_by_saved,
             counters,
             unnamed,
             unnamed_cause: _,
         } = self;
+        // A file of calls saved again says how many its own session saw.
+        let records = seen_by_saved.unwrap_or(selection.records);
         if let Some(saved) = saved {
-            saved.finish()?;
+            saved.finish(records)?;
         }
-        printer.finish().map_err(PipelineError::Print)?;
-        Ok(Outcome {
+        let mut outcome = Outcome {
             stats: joiner.stats().clone(),
             records,
-            matched: select.map(|_| matched),
+            matched: selection.select.map(|_| selection.matched),
+            printed: selection.printed,
+            until: selection.until,
             counters,
             unnamed,
-        })
+            tables: None,
+        };
+        let headline = outcome.headline();
+        let format = printer.format();
+        let summary = printer.finish(&headline).map_err(PipelineError::Print)?;
+        if format != Format::Summary && !summary.is_empty() {
+            outcome.tables = Some(summary.render(&headline));
+        }
+        Ok(outcome)
     }
 }
 
@@ -206,14 +293,14 @@ impl<W: Write> Pipeline<W> {
 /// first, and with `--follow` each is written as it comes.
 struct Printing<'a, W: Write> {
     printer: &'a mut Printer<W>,
-    records: &'a mut usize,
-    select: Option<&'a Predicate>,
-    matched: &'a mut usize,
+    /// Keeps the printed calls when the file is one of selected calls.
+    saved: Option<&'a mut SavedWriter>,
+    selection: &'a mut Selection,
+    /// The first error printing or saving met: the session ends with it,
+    /// and the records after it are not printed.
+    failed: Option<PipelineError>,
     unnamed: &'a mut UnnamedPeers,
     unnamed_cause: Option<&'a (dyn Fn() -> UnnamedCause + Send)>,
-    /// The first error printing met: the session ends with it, and the
-    /// records after it are not printed.
-    failed: Option<io::Error>,
 }
 
 impl<W: Write> Extend<CallRecord> for Printing<'_, W> {
@@ -222,7 +309,8 @@ impl<W: Write> Extend<CallRecord> for Printing<'_, W> {
             if self.failed.is_some() {
                 return;
             }
-            *self.records += 1;
+            let selection = &mut *self.selection;
+            selection.records += 1;
             for peer in [&record.src, &record.dst] {
                 if peer.name.is_empty() && !peer.ip.is_empty() {
                     self.unnamed.count(
@@ -231,18 +319,61 @@ impl<W: Write> Extend<CallRecord> for Printing<'_, W> {
                     );
                 }
             }
-            if self.select.is_some_and(|select| !select.matches(&record)) {
+            if selection
+                .select
+                .as_ref()
+                .is_some_and(|select| !select.matches(&record))
+            {
                 continue;
             }
-            *self.matched += 1;
+            selection.matched += 1;
+            // Past --until, the calls the session's end still joins are
+            // counted, not printed: it asked for N.
+            if selection.until_reached() {
+                continue;
+            }
+            selection.printed += 1;
+            if let Some(saved) = self.saved.as_deref_mut()
+                && let Err(error) = saved.save_call(&record)
+            {
+                self.failed = Some(error.into());
+                return;
+            }
             if let Err(error) = self.printer.print(record) {
-                self.failed = Some(error);
+                self.failed = Some(PipelineError::Print(error));
             }
         }
     }
 }
 
 impl Outcome {
+    /// The summary's tables, if any, then [`Self::summary`]: what a session
+    /// says on stderr at its end.
+    pub fn report(&self, calls: Option<u32>) -> String {
+        match &self.tables {
+            Some(tables) => format!("{tables}\n{}", self.summary(calls)),
+            None => self.summary(calls),
+        }
+    }
+
+    /// The first line of the summary's tables: the calls seen, selected and
+    /// summed.
+    fn headline(&self) -> String {
+        let mut text = format!("{} calls seen", self.records);
+        if let Some(matched) = self.matched {
+            text.push_str(&format!(", {matched} matched --where"));
+        }
+        if let Some(until) = self.until
+            && self.printed < self.matched.unwrap_or(self.records)
+        {
+            text.push_str(&format!(
+                ", the first {} printed and summed (--until {until})",
+                self.printed
+            ));
+        }
+        text
+    }
+
     /// One paragraph for stderr: how the calls were joined and every event
     /// lost on the way. `calls` is how many calls were made, when known.
     pub fn summary(&self, calls: Option<u32>) -> String {
@@ -319,8 +450,19 @@ impl Outcome {
                 unnamed.join(", ")
             ));
         }
-        if let Some(matched) = self.matched {
-            text.push_str(&format!("; {matched} matched --where and were printed"));
+        match (self.matched, self.until) {
+            (Some(matched), _) if matched == self.printed => {
+                text.push_str(&format!("; {matched} matched --where and were printed"));
+            }
+            (Some(matched), Some(until)) => text.push_str(&format!(
+                "; {matched} matched --where, the first {} printed (--until {until})",
+                self.printed
+            )),
+            (None, Some(until)) if self.printed < self.records => text.push_str(&format!(
+                "; the first {} printed (--until {until})",
+                self.printed
+            )),
+            _ => {}
         }
         text.push('.');
         let probes = match self.counters.len() {
@@ -432,6 +574,9 @@ mod tests {
             records: 4,
             matched: None,
             unnamed: UnnamedPeers::default(),
+            printed: 4,
+            until: None,
+            tables: None,
             counters: BTreeMap::from([(
                 "node-a".to_owned(),
                 Counters {
@@ -505,7 +650,7 @@ mod tests {
     fn following<W: Write>(out: W) -> Pipeline<W> {
         let printer = Printer::new(
             out,
-            crate::output::Format::Ndjson,
+            Format::Ndjson,
             true,
             crate::output::Destination {
                 width: None,
@@ -636,6 +781,125 @@ mod tests {
         assert!(pipeline.drained(ended, ended + bound));
     }
 
+    /// What a printer wrote, readable after the pipeline took it.
+    #[derive(Clone, Default)]
+    struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.borrow().clone()).unwrap()
+        }
+    }
+
+    /// An access log of call `id` with `status`, at second `at`.
+    fn logged(id: &str, status: u32, at: i64) -> Input {
+        let now_ns = at * 1_000_000_000;
+        Input::Event {
+            event: Event {
+                kind: Some(Kind::AccessLog(apitrace_proto::AccessLog {
+                    request_id: id.to_owned(),
+                    status,
+                    start_time_unix_nano: now_ns,
+                    ..Default::default()
+                })),
+            },
+            now_ns,
+        }
+    }
+
+    fn selecting(out: Shared, format: Format, select: &str, until: u64) -> Pipeline<Shared> {
+        let printer = Printer::new(
+            out,
+            format,
+            false,
+            crate::output::Destination {
+                width: None,
+                colour: false,
+            },
+        )
+        .unwrap();
+        Pipeline::new(JoinConfig::default(), None, printer).selecting(
+            Some(Predicate::parse(select).unwrap()),
+            NonZeroU64::new(until),
+        )
+    }
+
+    /// `--until 2` with `--where`: the first two selected calls are
+    /// printed, the session is told once they are, and a selected call the
+    /// end still joins is counted, not printed.
+    #[test]
+    fn until_prints_exactly_n_selected_calls_and_says_when_they_are_reached() {
+        let out = Shared::default();
+        let mut pipeline = selecting(out.clone(), Format::Ndjson, "status >= 500", 2);
+        for (at, (id, status)) in [("a", 503), ("b", 200), ("c", 500)].into_iter().enumerate() {
+            pipeline.feed(logged(id, status, at as i64)).unwrap();
+        }
+        assert_eq!(
+            pipeline.until_reached(),
+            None,
+            "the calls wait for their window"
+        );
+        // Their windows close: a, b and c are joined, a and c selected.
+        pipeline
+            .feed(Input::Tick {
+                now_ns: 60_000_000_000,
+            })
+            .unwrap();
+        assert_eq!(
+            pipeline.until_reached().as_deref(),
+            Some("2 calls matched --where (--until 2)")
+        );
+        pipeline.feed(logged("d", 502, 61)).unwrap();
+        let outcome = pipeline.finish().unwrap();
+        let printed: Vec<String> = out
+            .text()
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["request_id"].to_string()
+            })
+            .collect();
+        assert_eq!(printed, ["\"a\"", "\"c\""]);
+        let report = outcome.report(None);
+        assert!(
+            report.starts_with("4 calls seen, 3 matched --where, the first 2 printed and summed (--until 2)\n\nROUTE"),
+            "{report}"
+        );
+        assert!(
+            report.contains("; 3 matched --where, the first 2 printed (--until 2)."),
+            "{report}"
+        );
+    }
+
+    /// `-o summary` prints the tables on stdout, and the report on stderr
+    /// is then only the paragraph.
+    #[test]
+    fn with_output_summary_the_tables_go_to_stdout_instead_of_stderr() {
+        let out = Shared::default();
+        let mut pipeline = selecting(out.clone(), Format::Summary, "status != 0", 5);
+        pipeline.feed(logged("a", 404, 0)).unwrap();
+        let outcome = pipeline.finish().unwrap();
+        let stdout = out.text();
+        assert!(
+            stdout.starts_with("1 calls seen, 1 matched --where\n\nROUTE"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("   1: 404×1   "), "{stdout}");
+        assert!(!stdout.contains("\"request_id\""), "{stdout}");
+        assert_eq!(outcome.tables, None);
+        assert!(outcome.report(None).starts_with("1 calls; "));
+    }
+
     #[test]
     fn several_probes_counters_add_up_and_a_later_status_replaces_its_own_probes() {
         let mut pipeline = Pipeline::new(
@@ -643,7 +907,7 @@ mod tests {
             None,
             Printer::new(
                 Vec::new(),
-                crate::output::Format::Ndjson,
+                Format::Ndjson,
                 false,
                 crate::output::Destination {
                     width: None,

@@ -1,9 +1,11 @@
 //! Saved sessions on disk (`--save FILE`, `kubectl apitrace join FILE`).
 //!
 //! The file starts with [`MAGIC`] and continues with the join's inputs as
-//! length-delimited `SavedInput` messages (see the proto file). Reading stops
-//! at the first entry that cannot be read and says at which byte, so that a
-//! file cut short by a killed session can be trimmed and replayed.
+//! length-delimited `SavedInput` messages (see the proto file); a session
+//! that keeps only the calls `--where` selected starts with [`CALLS_MAGIC`]
+//! and holds those calls instead of their inputs. Reading stops at the first
+//! entry that cannot be read and says at which byte, so that a file cut
+//! short by a killed session can be trimmed and replayed.
 
 use std::{
     fs::File,
@@ -11,12 +13,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use apitrace_join::{Input, InvalidSavedInput, to_saved};
-use apitrace_proto::SavedInput;
+use apitrace_join::{
+    CallRecord, Input, InvalidSavedInput, SavedEntry, call_to_saved, calls_seen_to_saved, to_saved,
+};
+use apitrace_proto::{Event, SavedInput, event::Kind};
 use prost::Message as _;
 
 /// The first bytes of every saved session; the digit is the format's version.
 pub const MAGIC: &[u8] = b"apitrace-session/v1\n";
+/// The first bytes of a session that kept only its selected calls: a CLI
+/// that reads only v1 says the file is newer rather than corrupt.
+pub const CALLS_MAGIC: &[u8] = b"apitrace-session/v2\n";
 /// What every version of the format starts with.
 const MAGIC_STEM: &[u8] = b"apitrace-session/v";
 /// No input comes near this (a TC event carries at most a 4 KiB head): a
@@ -44,7 +51,7 @@ pub enum SavedError {
     )]
     NotASession { path: PathBuf },
     #[error(
-        "{} was saved in a newer format ({version}) than this kubectl-apitrace reads (v1): replay it with a newer release",
+        "{} was saved in a newer format ({version}) than this kubectl-apitrace reads (v1, v2): replay it with a newer release",
         path.display()
     )]
     NewerFormat { path: PathBuf, version: String },
@@ -66,16 +73,41 @@ pub enum SavedError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Writes a session's inputs as they are fed to the join.
+/// What a saved session keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Every input, as it is fed to the join: a replay can select anew.
+    Inputs,
+    /// The calls `--where` selected, the probes' status (their counters) and
+    /// how many calls were seen: a long session waiting for a rare failure
+    /// keeps that failure, not the hours of calls around it.
+    SelectedCalls,
+}
+
+impl Keep {
+    /// What a session keeps: with `--where` only what it selects, unless
+    /// told `--save-all`.
+    pub fn of(selecting: bool, save_all: bool) -> Self {
+        if selecting && !save_all {
+            Self::SelectedCalls
+        } else {
+            Self::Inputs
+        }
+    }
+}
+
+/// Writes a session's inputs as they are fed to the join, or its selected
+/// calls as they are printed.
 pub struct SavedWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    keep: Keep,
 }
 
 impl SavedWriter {
     /// Creates (or replaces) `path`. Only its owner can read it: a session
     /// saved with `--show-secrets` holds raw credentials.
-    pub fn create(path: &Path) -> Result<Self, SavedError> {
+    pub fn create(path: &Path, keep: Keep) -> Result<Self, SavedError> {
         let write_error = |source| SavedError::Write {
             path: path.to_owned(),
             source,
@@ -90,30 +122,67 @@ impl SavedWriter {
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(write_error)?;
         let mut out = BufWriter::new(file);
-        out.write_all(MAGIC).map_err(write_error)?;
+        let magic = match keep {
+            Keep::Inputs => MAGIC,
+            Keep::SelectedCalls => CALLS_MAGIC,
+        };
+        out.write_all(magic).map_err(write_error)?;
         Ok(Self {
             path: path.to_owned(),
             out,
+            keep,
         })
     }
 
+    /// Saves `input` if the file keeps inputs; a file of selected calls
+    /// keeps only the probes' status, for the counters of a replay's summary.
     pub fn save(&mut self, input: &Input) -> Result<(), SavedError> {
-        let Some(saved) = to_saved(input) else {
-            return Ok(());
+        let kept = match self.keep {
+            Keep::Inputs => true,
+            Keep::SelectedCalls => matches!(
+                input,
+                Input::Event {
+                    event: Event {
+                        kind: Some(Kind::Status(_))
+                    },
+                    ..
+                }
+            ),
         };
+        match to_saved(input).filter(|_| kept) {
+            Some(saved) => self.write(&saved),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves a call the session selected and printed, if the file keeps
+    /// those.
+    pub fn save_call(&mut self, record: &CallRecord) -> Result<(), SavedError> {
+        match self.keep {
+            Keep::Inputs => Ok(()),
+            Keep::SelectedCalls => self.write(&call_to_saved(record)),
+        }
+    }
+
+    /// Writes the last entry of a file of selected calls, `calls_seen`, and
+    /// flushes.
+    pub fn finish(mut self, calls_seen: usize) -> Result<(), SavedError> {
+        if self.keep == Keep::SelectedCalls {
+            self.write(&calls_seen_to_saved(calls_seen as u64))?;
+        }
+        self.out.flush().map_err(|source| SavedError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn write(&mut self, saved: &SavedInput) -> Result<(), SavedError> {
         self.out
             .write_all(&saved.encode_length_delimited_to_vec())
             .map_err(|source| SavedError::Write {
                 path: self.path.clone(),
                 source,
             })
-    }
-
-    pub fn finish(mut self) -> Result<(), SavedError> {
-        self.out.flush().map_err(|source| SavedError::Write {
-            path: self.path.clone(),
-            source,
-        })
     }
 }
 
@@ -124,6 +193,8 @@ pub struct SavedReader<R> {
     /// Where the next entry starts.
     offset: u64,
     failed: bool,
+    /// Whether the file holds selected calls rather than inputs.
+    calls: bool,
 }
 
 impl SavedReader<BufReader<File>> {
@@ -152,7 +223,7 @@ impl<R: BufRead> SavedReader<R> {
         if header.is_empty() {
             return Err(SavedError::Empty { path });
         }
-        if header != MAGIC {
+        if header != MAGIC && header != CALLS_MAGIC {
             return Err(match header.strip_prefix(MAGIC_STEM) {
                 Some(version) if version.first().is_some_and(u8::is_ascii_digit) => {
                     let digits = version.iter().take_while(|b| b.is_ascii_digit());
@@ -169,10 +240,17 @@ impl<R: BufRead> SavedReader<R> {
             input,
             offset: MAGIC.len() as u64,
             failed: false,
+            calls: header == CALLS_MAGIC,
         })
     }
 
-    fn next_entry(&mut self) -> Result<Option<Input>, SavedError> {
+    /// Whether the file holds the calls a session selected (`--where`)
+    /// rather than its inputs: saved again, it can only keep calls.
+    pub fn holds_calls(&self) -> bool {
+        self.calls
+    }
+
+    fn next_entry(&mut self) -> Result<Option<SavedEntry>, SavedError> {
         let start = self.offset;
         let Some(length) = self.read_length()? else {
             return Ok(None);
@@ -205,7 +283,7 @@ impl<R: BufRead> SavedReader<R> {
         self.offset += length;
         let saved = SavedInput::decode(entry.as_slice())
             .map_err(|error| corrupt(format!("the entry is not a saved input ({error})")))?;
-        Input::try_from(saved)
+        SavedEntry::try_from(saved)
             .map(Some)
             .map_err(|error: InvalidSavedInput| corrupt(error.to_string()))
     }
@@ -249,7 +327,7 @@ impl<R: BufRead> SavedReader<R> {
 }
 
 impl<R: BufRead> Iterator for SavedReader<R> {
-    type Item = Result<Input, SavedError>;
+    type Item = Result<SavedEntry, SavedError>;
 
     /// Ends after the first error: what follows a bad entry cannot be framed.
     fn next(&mut self) -> Option<Self::Item> {
@@ -266,7 +344,7 @@ impl<R: BufRead> Iterator for SavedReader<R> {
 mod tests {
     use super::*;
     use apitrace_join::{Workload, WorkloadKind};
-    use apitrace_proto::{AccessLog, Event, event::Kind};
+    use apitrace_proto::AccessLog;
 
     fn inputs() -> Vec<Input> {
         vec![
@@ -298,18 +376,18 @@ mod tests {
     /// The inputs saved to a file named after `test`, read back as bytes.
     fn saved_bytes(test: &str) -> Vec<u8> {
         let path = std::env::temp_dir().join(format!("apitrace-{test}-{}", std::process::id()));
-        let mut writer = SavedWriter::create(&path).unwrap();
+        let mut writer = SavedWriter::create(&path, Keep::Inputs).unwrap();
         for input in &inputs() {
             writer.save(input).unwrap();
         }
         writer.save(&Input::End).unwrap();
-        writer.finish().unwrap();
+        writer.finish(1).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         bytes
     }
 
-    fn read(bytes: &[u8]) -> Result<Vec<Input>, SavedError> {
+    fn read(bytes: &[u8]) -> Result<Vec<SavedEntry>, SavedError> {
         SavedReader::new(Path::new("s.apitrace"), bytes)?.collect()
     }
 
@@ -317,8 +395,56 @@ mod tests {
     fn a_saved_session_reads_back_in_order() {
         let bytes = saved_bytes("in-order");
         assert!(bytes.starts_with(MAGIC));
-        let back = read(&bytes).unwrap();
+        let back: Vec<Input> = read(&bytes)
+            .unwrap()
+            .into_iter()
+            .map(|entry| match entry {
+                SavedEntry::Input(input) => input,
+                other => panic!("a file of inputs holds {other:?}"),
+            })
+            .collect();
         assert_eq!(format!("{back:?}"), format!("{:?}", inputs()));
+    }
+
+    /// With `--where`, a session keeps the calls it selected, the probes'
+    /// status and the count of calls it saw, and none of the other inputs.
+    #[test]
+    fn a_file_of_selected_calls_keeps_the_calls_the_status_and_the_count() {
+        let path = std::env::temp_dir().join(format!("apitrace-calls-{}", std::process::id()));
+        let mut writer = SavedWriter::create(&path, Keep::of(true, false)).unwrap();
+        let status = Input::Event {
+            event: Event {
+                kind: Some(Kind::Status(apitrace_proto::ProbeStatus {
+                    node: "node-a".into(),
+                    ..Default::default()
+                })),
+            },
+            now_ns: 7,
+        };
+        for input in inputs().iter().chain([&status]) {
+            writer.save(input).unwrap();
+        }
+        let record = crate::output::tests::record();
+        writer.save_call(&record).unwrap();
+        writer.finish(40).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(bytes.starts_with(CALLS_MAGIC));
+        let entries = read(&bytes).unwrap();
+        assert!(
+            matches!(
+                entries.as_slice(),
+                [
+                    SavedEntry::Input(Input::Event { now_ns: 7, .. }),
+                    SavedEntry::Call(call),
+                    SavedEntry::CallsSeen(40),
+                ] if **call == record
+            ),
+            "{entries:?}"
+        );
+        // Without --where, or with --save-all, every input and no call.
+        assert_eq!(Keep::of(false, false), Keep::Inputs);
+        assert_eq!(Keep::of(true, true), Keep::Inputs);
     }
 
     #[test]
@@ -361,7 +487,7 @@ mod tests {
             message(b"{\"time\": \"2026\"}\n")
                 .contains("s.apitrace is not a saved apitrace session")
         );
-        assert!(message(b"apitrace-session/v2\n").contains("newer format (v2)"));
+        assert!(message(b"apitrace-session/v3\n").contains("newer format (v3)"));
 
         let mut corrupt = MAGIC.to_vec();
         corrupt.extend([0x03, 0xff, 0xff, 0xff]);
@@ -388,7 +514,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let path = std::env::temp_dir().join(format!("apitrace-mode-{}", std::process::id()));
         std::fs::write(&path, "readable by all").unwrap();
-        SavedWriter::create(&path).unwrap().finish().unwrap();
+        SavedWriter::create(&path, Keep::Inputs)
+            .unwrap()
+            .finish(0)
+            .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(mode & 0o777, 0o600);

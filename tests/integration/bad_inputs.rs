@@ -102,12 +102,21 @@ fn table(files: &Path, probe: IpAddr) -> Vec<(Bad, String)> {
         cli(&["completion", "tcsh"], "exit 2: error: invalid value 'tcsh' for '<SHELL>'"),
         cli(&["demo", "--requests", "0"], "exit 2: error: invalid value '0' for '--requests <N>': the demo needs at least one request: use --requests 1 or more"),
         cli(&["demo", "--loss", "200"], "exit 2: error: invalid value '200' for '--loss <PERCENT>': \"200\" is not a loss to simulate: use a whole percentage from 1 to 90"),
+        // The triggers, before any cluster, pod or file is touched.
+        cli(&["pod/x", "--until", "0"], "exit 2: error: invalid value '0' for '--until <N>': a session stops after at least one call: use --until 1 or more"),
+        cli(&["demo", "--until", "abc"], "exit 2: error: invalid value 'abc' for '--until <N>': \"abc\" is not a number of calls: use a whole number such as 10"),
+        cli(&["pod/x", "--where", "status >= 500", "--save-all"], "exit 2: error: --save-all says what --save FILE keeps, and no --save FILE was given: pass --save FILE with it, or leave --save-all out"),
+        cli(&["demo", "--save-all"], "exit 2: error: --save-all says what --save FILE keeps, and no --save FILE was given: pass --save FILE with it, or leave --save-all out"),
         // The CLI: saved sessions.
         join("missing.apitrace", "exit 1: error: cannot open {file}: No such file or directory (os error 2); pass a file written by `--save`".into()),
         join("empty.apitrace", "exit 1: error: {file} is empty: it is not a saved session; record one with `--save {file}`".into()),
         join("garbage.apitrace", "exit 1: error: {file} is not a saved apitrace session: it does not start with \"apitrace-session/v1\" (byte 0); pass a file written by `--save`".into()),
         join("truncated.apitrace", "exit 1: error: {file} is truncated at byte 2916: the entry there is incomplete (the session that wrote it may have been killed); to replay the entries before it, cut the file there: `truncate -s 2916 {file}`".into()),
         join("", "exit 1: error: cannot read {file} at byte 0: Is a directory (os error 21); pass a file written by `--save`".into()),
+        (
+            Bad::Cli(vec!["join".into(), file("truncated.apitrace"), "--save".into(), file("truncated.apitrace")]),
+            format!("exit 1: error: --save {} is the file being replayed, which saving would overwrite: save to another file", file("truncated.apitrace")),
+        ),
         // The probe's command line, as a pod spec might get it wrong.
         probe_args(&["1m", "--target", "shop/web=container:abc"], "exit 1: apitrace-probe: --target \"shop/web=container:abc\": \"abc\" is not a container ID (at least 12 hexadecimal digits)"),
         probe_args(&["1m", "--target", "nonsense"], "exit 2: error: invalid value 'nonsense' for '--target <NAMESPACE/NAME=NETNS>': \"nonsense\": expected NAMESPACE/NAME=NETNS"),

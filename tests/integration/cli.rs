@@ -21,7 +21,7 @@ fn bad_demo_arguments_are_refused_with_what_to_use() {
         ),
         (
             &["demo", "-o", "bogus"],
-            "[possible values: table, wide, json, ndjson, har]",
+            "[possible values: table, wide, json, ndjson, har, summary]",
         ),
     ] {
         let output = cli(args);
@@ -111,7 +111,7 @@ fn bad_session_arguments_are_refused_with_what_to_use() {
         ),
         (
             &["pod/web", "-o", "yaml"],
-            "[possible values: table, wide, json, ndjson, har]",
+            "[possible values: table, wide, json, ndjson, har, summary]",
         ),
         (&["cleanup"], "<--session <ID>|--all>"),
         (
@@ -224,7 +224,7 @@ fn the_bash_completion_completes_commands_and_output_formats() {
     assert_eq!(complete("kubectl-apitrace cl", 1), "cleanup");
     assert_eq!(
         complete("kubectl-apitrace -o ''", 2),
-        "table wide json ndjson har"
+        "table wide json ndjson har summary"
     );
     assert_eq!(complete("kubectl-apitrace cleanup --a", 2), "--all");
     let _ = std::fs::remove_file(&script);

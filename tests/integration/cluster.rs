@@ -163,6 +163,21 @@ impl Stage {
 
     /// The CLI runs as [`USER`], bound to the ClusterRole `role`.
     fn start_with(duration: &str, faults: Vec<Fault>, output: Output, role: Value) -> Self {
+        Self::launch(duration, faults, output, role, &[])
+    }
+
+    /// [`Self::start`], the CLI given the session's flags `extra` too.
+    fn start_flags(duration: &str, extra: &[&str]) -> Self {
+        Self::launch(duration, Vec::new(), Output::Piped, user_role(), extra)
+    }
+
+    fn launch(
+        duration: &str,
+        faults: Vec<Fault>,
+        output: Output,
+        role: Value,
+        extra: &[&str],
+    ) -> Self {
         let pods = pods(&["kube", "web", "sleep"]);
         let (node, web, sleep) = (pods.pod("kube"), pods.pod("web"), pods.pod("sleep"));
         let app = App::serve(web, APP_PORT);
@@ -218,6 +233,7 @@ impl Stage {
             "--save",
             &saved_arg,
         ];
+        args.extend(extra);
         let mut cli = match &output {
             Output::Piped => cli_in(node, &kubeconfig, &args),
             Output::Terminal { calls } => {
@@ -551,6 +567,42 @@ fn log_as_the_sidecar(web: &Pod, probe: SocketAddr, caller: SocketAddr, request_
         });
     })
     .expect("inside the traced pod");
+}
+
+/// `--until 1` on a five-minute session: the first call ends it as its time
+/// would have, with teardown, and exactly that call is printed.
+#[test]
+fn until_ends_a_cluster_session_after_its_first_call_and_leaves_nothing() {
+    if !root("the stand-in cluster session") {
+        return;
+    }
+    let mut stage = Stage::start_flags("5m", &["--until", "1"]);
+    stage.wait_streaming();
+    let started = Instant::now();
+    stage.call_web();
+    let status = stage.cli.wait().expect("the CLI ends");
+    assert!(status.success(), "{status}\n{}", stage.story());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the session ran on for {:?}\n{}",
+        started.elapsed(),
+        stage.story()
+    );
+    let said = stage.stderr();
+    assert!(
+        said.contains("1 call joined (--until 1); waiting up to"),
+        "{}",
+        stage.story()
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut stage.cli.stdout.take().unwrap(), &mut stdout).unwrap();
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("ndjson"))
+        .collect();
+    assert_eq!(records.len(), 1, "{stdout}\n{}", stage.story());
+    assert_eq!(records[0]["request_id"], "test-1", "{stdout}");
+    stage.assert_left_as_it_was();
 }
 
 /// The end of a session waits for what the sidecars flush after it: Envoy

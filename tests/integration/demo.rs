@@ -172,17 +172,21 @@ fn every_request_is_joined_across_all_three_layers_and_nothing_is_left() {
     assert_nothing_left(pid);
 
     // The saved session replays to the same records, and to the same summary
-    // of what was joined and dropped.
-    let replay = Command::new(&binaries().cli)
-        .arg("join")
-        .arg(&saved)
-        .args(["-o", "ndjson"])
-        .output()
-        .expect("the CLI runs");
-    assert!(replay.status.success(), "{}", stderr(&replay));
+    // of what was joined and dropped, after the same tables.
+    let replay = replay_ndjson(&saved);
     assert_eq!(String::from_utf8_lossy(&replay.stdout), stdout);
+    let replay_said = stderr(&replay);
+    let (tables, paragraph) = replay_said
+        .trim_end()
+        .rsplit_once('\n')
+        .expect("the summary's tables, then its paragraph");
+    assert!(tables.starts_with("5 calls seen\n\nROUTE"), "{replay_said}");
+    assert!(
+        said.contains(tables),
+        "the demo printed other tables:\n{said}"
+    );
     assert_eq!(
-        stderr(&replay).trim(),
+        paragraph,
         summary.trim().replace("5 calls made;", "5 calls;")
     );
     std::fs::remove_file(&saved).expect("the saved session");
@@ -400,6 +404,18 @@ pub(crate) fn run_demo(real: &crate::support::Real, args: &[&str]) -> (Vec<Value
     records.sort_by_key(|record| record["time"].as_str().unwrap_or_default().to_owned());
     assert_nothing_left(pid);
     (records, stderr(&output))
+}
+
+/// `kubectl apitrace join saved -o ndjson`, which must succeed.
+fn replay_ndjson(saved: &std::path::Path) -> std::process::Output {
+    let replay = Command::new(&binaries().cli)
+        .arg("join")
+        .arg(saved)
+        .args(["-o", "ndjson"])
+        .output()
+        .expect("the CLI runs");
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    replay
 }
 
 pub(crate) fn all_layers(record: &Value) -> bool {
@@ -624,4 +640,82 @@ fn grpc_calls_carry_their_grpc_status_and_message_counts() {
     for status in ["OK", "NOT_FOUND", "UNAVAILABLE"] {
         assert!(text.contains(&format!(" {status} ")), "{status} in\n{text}");
     }
+}
+
+/// `--until 2 --where 'status == 404'`: the client's every fifth call is to
+/// `/missing`, so the demo stops its client once the second is joined, well
+/// before its hundredth call, prints exactly the two, sums them, and with
+/// `--save` keeps only them, which replay to the same records.
+#[test]
+fn until_stops_the_demo_after_n_matching_calls_and_save_keeps_only_them() {
+    let Some(real) = real("the demo with --until") else {
+        return;
+    };
+    let saved = std::env::temp_dir().join(format!(
+        "apitrace-demo-until-{}.apitrace",
+        std::process::id()
+    ));
+    let (records, said) = run_demo(
+        &real,
+        &[
+            "--requests",
+            "100",
+            "--where",
+            "status == 404",
+            "--until",
+            "2",
+            "--save",
+            saved.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert_eq!(records.len(), 2, "{said}");
+    assert!(
+        records
+            .iter()
+            .all(|record| record["status"] == 404 && record["path"] == "/missing"),
+        "{records:?}"
+    );
+    assert!(
+        said.contains("2 calls matched --where (--until 2): the client was stopped"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("the client made"),
+        "the client was stopped: {said}"
+    );
+    // The headline: the calls joined before the client stopped, the 404s
+    // among them (more may have been in flight), the two printed.
+    let headline = said
+        .lines()
+        .find(|line| line.contains(" calls seen, "))
+        .unwrap_or_else(|| panic!("no headline in {said}"));
+    let seen: usize = headline
+        .split_once(' ')
+        .and_then(|(count, _)| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {headline}"));
+    assert!(
+        headline.ends_with(" matched --where")
+            || headline.ends_with(", the first 2 printed and summed (--until 2)"),
+        "{headline}"
+    );
+    assert!((10..100).contains(&seen), "{seen} calls seen: {said}");
+    // The summary's row of the route: its cells are three spaces apart.
+    let row: Vec<&str> = said
+        .lines()
+        .find(|line| line.starts_with("GET /missing "))
+        .unwrap_or_else(|| panic!("no row of the route in {said}"))
+        .split("   ")
+        .map(str::trim)
+        .filter(|cell| !cell.is_empty())
+        .collect();
+    assert_eq!(row[..3], ["GET /missing", "2", "2: 404×2"], "{said}");
+    let bytes = std::fs::read(&saved).expect("the saved calls");
+    assert!(bytes.starts_with(b"apitrace-session/v2\n"));
+    let replay = replay_ndjson(&saved);
+    std::fs::remove_file(&saved).expect("the saved session");
+    let replayed: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect();
+    assert_eq!(replayed, records);
 }

@@ -365,7 +365,7 @@ fn bad_output_arguments_say_what_to_use() {
     let output = join(&file, &["-o", "yaml"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("[possible values: table, wide, json, ndjson, har]"),
+        stderr(&output).contains("[possible values: table, wide, json, ndjson, har, summary]"),
         "{}",
         stderr(&output)
     );
@@ -570,4 +570,161 @@ fn where_finds_the_grpc_calls_that_failed() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output).lines().collect::<Vec<_>>(), failed);
+}
+
+/// A temporary file for a test's saved output, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("apitrace-{test}-{}.apitrace", std::process::id())))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The golden session's printed lines that `keep` selects.
+fn golden_lines(name: &str, keep: impl Fn(&Value) -> bool) -> Vec<String> {
+    fs::read_to_string(fixture(name).with_extension("ndjson"))
+        .expect("the golden output")
+        .lines()
+        .filter(|line| keep(&serde_json::from_str(line).expect("a JSON object per line")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--until N` on a replay stops after the first N selected calls: exactly
+/// those are printed, and the summary says where it stopped.
+#[test]
+fn until_stops_a_replay_after_n_selected_calls() {
+    let orders = golden_lines("keep-alive-loss", |record| record["status"] == 200);
+    assert!(
+        orders.len() > 3,
+        "the fixture has more than 3 calls to select"
+    );
+    let output = join(
+        &fixture("keep-alive-loss"),
+        &["-o", "ndjson", "--where", "status == 200", "--until", "3"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().collect::<Vec<_>>(), orders[..3]);
+    let said = stderr(&output);
+    assert!(
+        said.contains("matched --where, the first 3 printed (--until 3)"),
+        "{said}"
+    );
+    // Without --where, the first N calls.
+    let output = join(
+        &fixture("keep-alive-loss"),
+        &["-o", "ndjson", "--until", "2"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 2, "{}", stdout(&output));
+}
+
+/// `--save` with `--where` keeps only the selected calls (a file of calls,
+/// much smaller than the inputs), which replays to exactly those calls as
+/// the session printed them, with how many calls the session saw; `--where`
+/// and `--until` apply to it again. `--save-all` keeps every input.
+#[test]
+fn save_with_where_keeps_only_the_selected_calls_and_save_all_keeps_everything() {
+    let selected = golden_lines("default", |record| record["status"] == 404);
+    let every = golden_lines("default", |_| true);
+    // The default session's 404s saved to `to`, with `extra` flags.
+    let save_404 = |to: &Scratch, extra: &[&str]| {
+        let mut args = vec!["-o", "ndjson", "--where", "status == 404", "--save"];
+        args.push(to.0.to_str().expect("a UTF-8 path"));
+        args.extend(extra);
+        let output = join(&fixture("default"), &args);
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    let calls = Scratch::new("calls");
+    save_404(&calls, &[]);
+    let bytes = fs::read(&calls.0).expect("the saved calls");
+    assert!(bytes.starts_with(b"apitrace-session/v2\n"));
+    let inputs = fs::metadata(fixture("default")).expect("the fixture").len();
+    assert!(
+        (bytes.len() as u64) < inputs / 4,
+        "{} bytes of calls against {inputs} of inputs",
+        bytes.len()
+    );
+    let replayed = join(&calls.0, &["-o", "ndjson"]);
+    assert!(replayed.status.success(), "{}", stderr(&replayed));
+    assert_eq!(stdout(&replayed).lines().collect::<Vec<_>>(), selected);
+    let said = stderr(&replayed);
+    assert!(
+        said.starts_with(&format!("{} calls seen\n", every.len())),
+        "the file says how many calls the session saw: {said}"
+    );
+    // The probe's counters came along with the calls.
+    assert!(said.contains("The probe received "), "{said}");
+    let none = join(&calls.0, &["-o", "ndjson", "--where", "status == 200"]);
+    assert!(none.status.success(), "{}", stderr(&none));
+    assert_eq!(stdout(&none), "");
+    // Saved again, a file of calls stays one, and keeps the count of its
+    // own session.
+    let again = Scratch::new("again");
+    let output = join(
+        &calls.0,
+        &[
+            "-o",
+            "ndjson",
+            "--save",
+            again.0.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let replayed = join(&again.0, &["-o", "ndjson"]);
+    assert_eq!(stdout(&replayed).lines().collect::<Vec<_>>(), selected);
+    assert!(
+        stderr(&replayed).starts_with(&format!("{} calls seen\n", every.len())),
+        "{}",
+        stderr(&replayed)
+    );
+
+    let all = Scratch::new("all");
+    save_404(&all, &["--save-all"]);
+    assert!(
+        fs::read(&all.0)
+            .expect("the saved inputs")
+            .starts_with(b"apitrace-session/v1\n")
+    );
+    let replayed = join(&all.0, &["-o", "ndjson"]);
+    assert!(replayed.status.success(), "{}", stderr(&replayed));
+    assert_eq!(stdout(&replayed).lines().collect::<Vec<_>>(), every);
+}
+
+/// `-o summary`: only the summary on stdout, one row per route (the path's
+/// ids as `{id}`) and per caller -> callee, and the calls seen.
+#[test]
+fn output_summary_prints_the_routes_and_pairs_and_no_call() {
+    let output = join(&fixture("default"), &["-o", "summary"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "5 calls seen", "{text}");
+    let row = |start: &str| {
+        lines
+            .iter()
+            .find(|line| line.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in\n{text}"))
+            .split("   ")
+            .map(str::trim)
+            .filter(|cell| !cell.is_empty())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("GET /api/orders/{id}")[1..3], ["1", "0"], "{text}");
+    assert_eq!(row("GET /missing")[1..3], ["1", "1: 404×1"], "{text}");
+    assert_eq!(
+        row("demo/client -> demo/server")[1..3],
+        ["5", "1: 404×1"],
+        "{text}"
+    );
+    assert!(!text.contains("request_id"), "{text}");
+    // stderr has the paragraph only, not the tables a second time.
+    assert!(!stderr(&output).contains("ROUTE"), "{}", stderr(&output));
 }

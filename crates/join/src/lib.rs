@@ -35,4 +35,4 @@ pub use record::{
     AuthRecord, CallRecord, Endpoint, GrpcRecord, Hop, Latency, Layer, Peer, WireRecord, WireScope,
     grpc_status_name,
 };
-pub use saved::{InvalidSavedInput, to_saved};
+pub use saved::{InvalidSavedInput, SavedEntry, call_to_saved, calls_seen_to_saved, to_saved};

@@ -33,7 +33,7 @@ use crate::{
     live::{interrupted, now_ns, random_hex},
     output::{Destination, Printer},
     pipeline::{BATCH, Drain, Pipeline},
-    saved::SavedWriter,
+    saved::{Keep, SavedWriter},
 };
 use link::{FromProbe, PortForwardLink};
 
@@ -215,11 +215,12 @@ async fn trace_async(args: TraceArgs, cluster: ClusterArgs) -> anyhow::Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     // Before the cluster is changed: a path that cannot be written ends here.
+    let keep = Keep::of(args.output.select.is_some(), args.save.all);
     let saved = args
         .save
         .file
         .as_deref()
-        .map(SavedWriter::create)
+        .map(|path| SavedWriter::create(path, keep))
         .transpose()?;
     run_session(&client, plan, &args, saved, progress).await
 }
@@ -340,7 +341,7 @@ async fn run_session(
         saved,
         printer,
     )
-    .selecting(args.output.select.clone());
+    .selecting(args.output.select.clone(), args.output.until);
     let mut running = Running::new(client, &session, pipeline, &progress, args.output.follow)?;
     // Everyone else the traced pods talk to, named as they come and go.
     let traced: identity::TracedPods = session
@@ -390,7 +391,7 @@ async fn run_session(
     progress.say("removing the session");
     let leftovers = session.end(client).await;
     let outcome = pipeline.finish()?;
-    eprintln!("{}", outcome.summary(None));
+    eprintln!("{}", outcome.report(None));
     for (change, error) in &leftovers {
         eprintln!("could not remove {change}: {error}");
     }
@@ -469,8 +470,17 @@ impl<'a> Running<'a> {
         })
     }
 
-    /// Whether the session ended and has nothing left to wait for.
-    fn drained(&self) -> bool {
+    /// Whether the session ended (its time, Ctrl-C, or `--until`'s count
+    /// reached) and has nothing left to wait for.
+    fn drained(&mut self) -> bool {
+        if self.ended.is_none()
+            && let Some(reached) = self.pipeline.until_reached()
+        {
+            let waiting = Drain::notice();
+            self.progress
+                .announce(format_args!("{reached}; {waiting} (Ctrl-C to stop now)"));
+            self.ended = Some(now_ns());
+        }
         self.ended
             .is_some_and(|ended_ns| self.pipeline.drained(ended_ns, now_ns()))
     }

@@ -50,7 +50,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     use crate::{
         output::{Destination, Printer},
         pipeline::Pipeline,
-        saved::SavedWriter,
+        saved::{Keep, SavedWriter},
     };
     use apitrace_join::JoinConfig;
 
@@ -61,14 +61,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         output.follow,
         Destination::stdout(),
     )?;
-    let select = output.select.clone();
+    let (select, until) = (output.select.clone(), output.until);
+    let keep = Keep::of(select.is_some(), args.save.all);
     let plan = plan::Plan::resolve(args)?;
-    let saved = plan.save.as_deref().map(SavedWriter::create).transpose()?;
+    let saved = plan
+        .save
+        .as_deref()
+        .map(|path| SavedWriter::create(path, keep))
+        .transpose()?;
     let config = JoinConfig {
         show_secrets: plan.show_secrets,
         ..JoinConfig::default()
     };
-    let pipeline = Pipeline::new(config, saved, printer).selecting(select);
+    let pipeline = Pipeline::new(config, saved, printer).selecting(select, until);
     // One thread: the demo's child processes are tied to the thread that
     // started them (PR_SET_PDEATHSIG), which must live as long as the CLI.
     let runtime = tokio::runtime::Builder::new_current_thread()

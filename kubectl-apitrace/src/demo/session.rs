@@ -91,10 +91,11 @@ pub async fn run(plan: &Plan, mut pipeline: Pipeline<impl Write>) -> anyhow::Res
             eprintln!("interrupted: the demo's namespaces and processes were removed");
             (None, ExitCode::from(130))
         }
+        Traced::Stopped => (None, ExitCode::SUCCESS),
     };
     // What was joined before an interruption is printed too.
     let outcome = pipeline.finish()?;
-    eprintln!("{}", outcome.summary(calls));
+    eprintln!("{}", outcome.report(calls));
     Ok(code)
 }
 
@@ -104,6 +105,8 @@ enum Traced {
     Done(u32),
     /// Ctrl-C or SIGTERM.
     Interrupted,
+    /// `--until`: enough calls matched, and the client was stopped.
+    Stopped,
 }
 
 /// Runs the demo and feeds what the probe streams to `pipeline`.
@@ -298,6 +301,13 @@ impl Demo {
         // How many calls the client made, and when the session ended.
         let mut ended: Option<(Option<u32>, i64)> = None;
         loop {
+            if ended.is_none()
+                && let Some(reached) = pipeline.until_reached()
+            {
+                requests.0.abort();
+                eprintln!("{reached}: the client was stopped; {}", Drain::notice());
+                ended = Some((None, now_ns()));
+            }
             if let Some((_, ended_ns)) = ended
                 && pipeline.drained(ended_ns, now_ns())
             {
@@ -332,7 +342,15 @@ impl Demo {
             },
             now_ns: now_ns(),
         })?;
-        Ok(expected.map_or(Traced::Interrupted, Traced::Done))
+        let stopped = pipeline.until_reached().is_some();
+        Ok(expected.map_or(
+            if stopped {
+                Traced::Stopped
+            } else {
+                Traced::Interrupted
+            },
+            Traced::Done,
+        ))
     }
 
     /// Joins an event from the probe; the probe's stream failing or ending

@@ -1,15 +1,18 @@
 //! Printing records: a kubectl-style table (`wide` with more columns), one
-//! JSON array, JSON lines, or an HTTP Archive. Without `--follow` the records
-//! are printed when the session ends, in time order; with it, as they are
-//! joined.
+//! JSON array, JSON lines, an HTTP Archive, or only their summary. Without
+//! `--follow` the records are printed when the session ends, in time order;
+//! with it, as they are joined. Every printed record is also summed
+//! ([`Summary`]).
 
 mod har;
+mod summary;
 mod table;
 
 use std::io::{self, IsTerminal as _, Write};
 
 use apitrace_join::CallRecord;
 
+pub use summary::Summary;
 pub use table::Layout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,6 +28,9 @@ pub enum Format {
     Ndjson,
     /// An HTTP Archive (HAR 1.2), for a browser's network panel.
     Har,
+    /// No calls: only the summary, per route and per caller -> callee
+    /// (calls, errors, latency quantiles, bytes).
+    Summary,
 }
 
 impl Format {
@@ -83,6 +89,7 @@ pub struct Printer<W: Write> {
     held: Vec<CallRecord>,
     /// The widths of a followed table, once its header is printed.
     follow_widths: Option<Vec<usize>>,
+    summary: Summary,
 }
 
 impl<W: Write> Printer<W> {
@@ -106,10 +113,19 @@ impl<W: Write> Printer<W> {
             },
             held: Vec::new(),
             follow_widths: None,
+            summary: Summary::default(),
         })
     }
 
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     pub fn print(&mut self, record: CallRecord) -> io::Result<()> {
+        self.summary.add(&record);
+        if self.format == Format::Summary {
+            return Ok(());
+        }
         if !self.follow {
             self.held.push(record);
             return Ok(());
@@ -128,8 +144,9 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
-    /// Prints what was held, in time order.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// Prints what was held, in time order (with `-o summary`, the summary
+    /// under `headline`), and returns the summary of what was printed.
+    pub fn finish(mut self, headline: &str) -> io::Result<Summary> {
         let mut records = std::mem::take(&mut self.held);
         records.sort_by(|a, b| a.time.cmp(&b.time));
         match self.format {
@@ -152,8 +169,12 @@ impl<W: Write> Printer<W> {
                 serde_json::to_writer_pretty(&mut self.out, &har::archive(&records))?;
                 self.out.write_all(b"\n")?;
             }
+            Format::Summary => self
+                .out
+                .write_all(self.summary.render(headline).as_bytes())?,
         }
-        self.out.flush()
+        self.out.flush()?;
+        Ok(self.summary)
     }
 }
 
@@ -260,7 +281,7 @@ pub(crate) mod tests {
         for record in records {
             printer.print(record).unwrap();
         }
-        printer.finish().unwrap();
+        printer.finish("3 calls seen").unwrap();
         String::from_utf8(out).unwrap()
     }
 

@@ -211,7 +211,7 @@ fn identity(id: &str) -> String {
 
 /// `850µs`, `1.97ms`, `2.31s`: three significant digits are what a person
 /// compares.
-fn duration(micros: i64) -> String {
+pub(super) fn duration(micros: i64) -> String {
     let (value, unit) = match micros {
         ..1_000 => return format!("{micros}µs"),
         1_000..1_000_000 => (micros as f64 / 1e3, "ms"),
@@ -233,7 +233,7 @@ fn duration(micros: i64) -> String {
 
 /// What a request put in a cell, unable to move the cursor or recolour the
 /// terminal: a path or a header value is the caller's to choose.
-fn printable(text: String) -> String {
+pub(super) fn printable(text: String) -> String {
     if text.chars().any(char::is_control) {
         text.chars()
             .map(|c| if c.is_control() { '\u{fffd}' } else { c })
@@ -328,15 +328,7 @@ impl Layout {
         widths: &[usize],
         exact: bool,
     ) -> String {
-        let mut builder = Builder::new();
-        builder.push_record(self.columns().map(|c| c.header));
-        for row in rows {
-            builder.push_record(row);
-        }
-        let mut table = builder.build();
-        table
-            .with(Style::blank())
-            .with(Padding::new(0, GAP - 1, 0, 0));
+        let mut table = blank(self.columns().map(|c| c.header.to_owned()), rows);
         for (i, &width) in widths.iter().enumerate() {
             let column = Modify::new(Columns::one(i));
             table.with(column.with(Width::truncate(width).suffix("…")));
@@ -353,14 +345,45 @@ impl Layout {
                 }
             }
         }
-        let rendered = table.to_string();
-        let mut out = String::with_capacity(rendered.len());
-        for line in rendered.lines().skip(usize::from(!header)) {
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
+        lines(&table.to_string(), usize::from(!header))
     }
+}
+
+/// A table of `rows` under `header` in this table's style, every column as
+/// wide as its longest cell: the summary's.
+pub(super) fn kubectl_table(
+    header: impl Iterator<Item = String>,
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> String {
+    lines(&blank(header, rows).to_string(), 0)
+}
+
+/// No borders, columns [`GAP`] apart.
+fn blank(
+    header: impl Iterator<Item = String>,
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> tabled::Table {
+    let mut builder = Builder::new();
+    builder.push_record(header);
+    for row in rows {
+        builder.push_record(row);
+    }
+    let mut table = builder.build();
+    table
+        .with(Style::blank())
+        .with(Padding::new(0, GAP - 1, 0, 0));
+    table
+}
+
+/// The lines of a rendered table after the first `skip`, without the
+/// padding that ends them.
+fn lines(rendered: &str, skip: usize) -> String {
+    let mut out = String::with_capacity(rendered.len());
+    for line in rendered.lines().skip(skip) {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The columns `text` takes on a terminal (wide characters take two).
