@@ -251,7 +251,17 @@ impl Bench<'_> {
                 Some((high, _)) => (low + high) / 2,
             };
             eprintln!("e2e: searching for the highest sustained rate: {next} requests/s");
-            let run = self.traced(sidecars, next)?;
+            // A run that failed (a call answered wrongly, the subscriber's
+            // stream broken) is a rate not sustained, not the end of the
+            // benchmark: the search exists to find where things break.
+            let run = match self.traced(sidecars, next) {
+                Ok(run) => run,
+                Err(error) => {
+                    eprintln!("e2e: {next}/s failed: {error:#}");
+                    above = Some((next, format!("the run failed: {error:#}")));
+                    continue;
+                }
+            };
             match run.not_sustained() {
                 None => sustained = Some(run),
                 Some(why) => {

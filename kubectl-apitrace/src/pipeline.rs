@@ -45,6 +45,8 @@ pub struct Pipeline<W: Write> {
     /// What a saved file of selected calls says the session saw, which
     /// the calls it holds are only the selected part of.
     seen_by_saved: Option<usize>,
+    /// The records come from a file of selected calls, not from the join.
+    replays_saved_calls: bool,
     /// Each probe's counters (by node), from the last status it sent: a
     /// probe's counters only grow, and several probes must not overwrite
     /// each other's.
@@ -112,6 +114,10 @@ pub struct Outcome {
     /// How many were printed: those selected, up to `--until`.
     pub printed: usize,
     pub until: Option<NonZeroU64>,
+    /// The records were replayed from a file of selected calls: `stats` and
+    /// `unnamed` are of the replay, which joined nothing, not of the
+    /// session that saved them.
+    pub from_saved_calls: bool,
     /// Each probe's last counters, by node.
     pub counters: BTreeMap<String, Counters>,
     /// The callers and callees the records left unnamed, by cause.
@@ -129,6 +135,7 @@ impl<W: Write> Pipeline<W> {
             printer,
             selection: Selection::default(),
             seen_by_saved: None,
+            replays_saved_calls: false,
             counters: BTreeMap::new(),
             unnamed: UnnamedPeers::default(),
             unnamed_cause: None,
@@ -187,6 +194,7 @@ impl<W: Write> Pipeline<W> {
 
     /// A call a file of selected calls kept, printed as if just joined.
     pub fn feed_call(&mut self, record: CallRecord) -> Result<(), PipelineError> {
+        self.replays_saved_calls = true;
         let mut printing = self.printing();
         printing.extend([record]);
         printing.failed.map_or(Ok(()), Err)
@@ -259,6 +267,7 @@ impl<W: Write> Pipeline<W> {
             printer,
             selection,
             seen_by_saved,
+            replays_saved_calls,
             counters,
             unnamed,
             unnamed_cause: _,
@@ -274,6 +283,7 @@ impl<W: Write> Pipeline<W> {
             matched: selection.select.map(|_| selection.matched),
             printed: selection.printed,
             until: selection.until,
+            from_saved_calls: replays_saved_calls,
             counters,
             unnamed,
             tables: None,
@@ -377,6 +387,52 @@ impl Outcome {
     /// One paragraph for stderr: how the calls were joined and every event
     /// lost on the way. `calls` is how many calls were made, when known.
     pub fn summary(&self, calls: Option<u32>) -> String {
+        let mut text = if self.from_saved_calls {
+            format!(
+                "{} calls seen by the recorded session; a file of selected calls keeps \
+                 them, not how they were joined (--save-all keeps every input)",
+                self.records
+            )
+        } else {
+            self.joined(calls)
+        };
+        text.push('.');
+        let probes = match self.counters.len() {
+            0 => {
+                text.push_str(" The probes' counters were not recorded.");
+                return text;
+            }
+            1 => "The probe".to_owned(),
+            n => format!("The {n} probes"),
+        };
+        let mut total = Counters::default();
+        for counters in self.counters.values() {
+            total += counters;
+        }
+        text.push_str(&format!(
+            " {probes} received {} TC, {} ALS and {} WASM events; dropped: {}.",
+            total.tc_events,
+            total.access_logs,
+            total.wasm_events,
+            describe(&drops(&total))
+        ));
+        if self.counters.len() > 1 {
+            let by_node: Vec<String> = self
+                .counters
+                .iter()
+                .map(|(node, counters)| (node, drops(counters)))
+                .filter(|(_, drops)| !drops.is_empty())
+                .map(|(node, drops)| format!("{node}: {}", describe(&drops)))
+                .collect();
+            if !by_node.is_empty() {
+                text.push_str(&format!(" By node: {}.", by_node.join("; ")));
+            }
+        }
+        text
+    }
+
+    /// How the calls were joined, and what the join lost or left out.
+    fn joined(&self, calls: Option<u32>) -> String {
         let stats = &self.stats;
         let made = calls.map_or_else(
             || format!("{} calls", self.records),
@@ -464,38 +520,6 @@ impl Outcome {
             )),
             _ => {}
         }
-        text.push('.');
-        let probes = match self.counters.len() {
-            0 => {
-                text.push_str(" The probes' counters were not recorded.");
-                return text;
-            }
-            1 => "The probe".to_owned(),
-            n => format!("The {n} probes"),
-        };
-        let mut total = Counters::default();
-        for counters in self.counters.values() {
-            total += counters;
-        }
-        text.push_str(&format!(
-            " {probes} received {} TC, {} ALS and {} WASM events; dropped: {}.",
-            total.tc_events,
-            total.access_logs,
-            total.wasm_events,
-            describe(&drops(&total))
-        ));
-        if self.counters.len() > 1 {
-            let by_node: Vec<String> = self
-                .counters
-                .iter()
-                .map(|(node, counters)| (node, drops(counters)))
-                .filter(|(_, drops)| !drops.is_empty())
-                .map(|(node, drops)| format!("{node}: {}", describe(&drops)))
-                .collect();
-            if !by_node.is_empty() {
-                text.push_str(&format!(" By node: {}.", by_node.join("; ")));
-            }
-        }
         text
     }
 }
@@ -576,6 +600,7 @@ mod tests {
             unnamed: UnnamedPeers::default(),
             printed: 4,
             until: None,
+            from_saved_calls: false,
             tables: None,
             counters: BTreeMap::from([(
                 "node-a".to_owned(),
@@ -612,6 +637,18 @@ mod tests {
             replayed
                 .summary(None)
                 .ends_with("The probes' counters were not recorded.")
+        );
+        // A file of selected calls kept the calls, not the join's counts:
+        // a replay of it has none to state.
+        let saved_calls = Outcome {
+            from_saved_calls: true,
+            records: 100,
+            ..replayed
+        };
+        assert_eq!(
+            saved_calls.summary(None),
+            "100 calls seen by the recorded session; a file of selected calls keeps them, not how they \
+             were joined (--save-all keeps every input). The probes' counters were not recorded."
         );
     }
 

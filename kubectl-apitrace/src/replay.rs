@@ -13,6 +13,7 @@ use crate::{
 
 pub fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
     let entries = SavedReader::open(&args.file)?;
+    let holds_calls = entries.holds_calls();
     let output = &args.output;
     let printer = Printer::new(
         io::stdout().lock(),
@@ -30,7 +31,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
             path.display()
         ),
         Some(path) => {
-            let keep = if entries.holds_calls() {
+            let keep = if holds_calls {
                 Keep::SelectedCalls
             } else {
                 Keep::of(output.select.is_some(), args.save.all)
@@ -62,7 +63,9 @@ pub fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         if batch.len() == BATCH {
             pipeline.feed_all(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
         }
-        if pipeline.until_reached().is_some() {
+        // A file of inputs is read no further once enough calls matched;
+        // one of calls to its end, where it says how many its session saw.
+        if pipeline.until_reached().is_some() && !holds_calls {
             break;
         }
     }

@@ -419,7 +419,7 @@ struct Running<'a> {
     mesh: &'a MeshConfigRef,
     /// The identity watch is failing: said once per outage.
     identities_failing: bool,
-    /// When the session ended (its duration, or Ctrl-C): from then on it only
+    /// When the session ended (its duration, Ctrl-C, or `--until`): from then on it only
     /// waits for what the sidecars had yet to report of the calls before it.
     ended: Option<i64>,
     exit: ExitCode,
@@ -520,8 +520,8 @@ impl<'a> Running<'a> {
         Ok(())
     }
 
-    /// Reads the mesh config for our provider; said once when it is gone,
-    /// and once when reading it starts failing.
+    /// Reads the mesh config for our provider; says each time it is gone or
+    /// back, and once when reading it starts failing.
     async fn check_provider(&mut self) {
         let was_failing = self.provider.failing.is_some();
         if let Some(change) = self.provider.check().await {

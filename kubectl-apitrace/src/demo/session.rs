@@ -298,15 +298,14 @@ impl Demo {
         ));
         let mut requests = AbortOnDrop(requests);
         let mut ticks = tokio::time::interval(Duration::from_millis(100));
-        // How many calls the client made, and when the session ended.
-        let mut ended: Option<(Option<u32>, i64)> = None;
+        // How the session ended, and when.
+        let mut ended: Option<(Traced, i64)> = None;
         loop {
             if ended.is_none()
                 && let Some(reached) = pipeline.until_reached()
             {
-                requests.0.abort();
-                eprintln!("{reached}: the client was stopped; {}", Drain::notice());
-                ended = Some((None, now_ns()));
+                let says = format!("{reached}: the client was stopped; {}", Drain::notice());
+                ended = Some((Traced::Stopped, stop_calling(&requests, &says)));
             }
             if let Some((_, ended_ns)) = ended
                 && pipeline.drained(ended_ns, now_ns())
@@ -316,12 +315,11 @@ impl Demo {
             tokio::select! {
                 event = self.events.next() => self.event(event, pipeline)?,
                 _ = ticks.tick() => pipeline.feed(Input::Tick { now_ns: now_ns() })?,
-                sent = &mut requests.0, if ended.is_none() => ended = Some((Some(self.client_done(sent)?), now_ns())),
-                () = interrupted(), if ended.is_none() => ended = Some((None, stop_calling(&requests))),
+                sent = &mut requests.0, if ended.is_none() => ended = Some((Traced::Done(self.client_done(sent)?), now_ns())),
+                () = interrupted(), if ended.is_none() => ended = Some((Traced::Interrupted, stop_calling(&requests, INTERRUPTED))),
                 () = interrupted(), if ended.is_some() => return Ok(Traced::Interrupted),
             }
         }
-        let expected = ended.and_then(|(calls, _)| calls);
         // Every call that left any trace was emitted when its window closed,
         // which the drain outlasts.
         if pipeline.records() == 0 {
@@ -342,15 +340,8 @@ impl Demo {
             },
             now_ns: now_ns(),
         })?;
-        let stopped = pipeline.until_reached().is_some();
-        Ok(expected.map_or(
-            if stopped {
-                Traced::Stopped
-            } else {
-                Traced::Interrupted
-            },
-            Traced::Done,
-        ))
+        // The loop ends only once the session has.
+        Ok(ended.map_or(Traced::Interrupted, |(why, _)| why))
     }
 
     /// Joins an event from the probe; the probe's stream failing or ending
@@ -588,13 +579,17 @@ async fn wait_until_ready(envoy: &mut DemoProcess, server: &Pod) -> anyhow::Resu
     }
 }
 
-/// Stops the client calling on Ctrl-C; what it called is still joined.
+/// Stops the client calling (Ctrl-C, or `--until` reached) and says so;
+/// what it called is still joined.
 /// Returns when the session ended.
-fn stop_calling(requests: &AbortOnDrop<anyhow::Result<u32>>) -> i64 {
+fn stop_calling(requests: &AbortOnDrop<anyhow::Result<u32>>, says: &str) -> i64 {
     requests.0.abort();
-    eprintln!("interrupted: joining the calls made so far (Ctrl-C again to stop now)");
+    eprintln!("{says}");
     now_ns()
 }
+
+/// What the demo says when Ctrl-C stops its client.
+const INTERRUPTED: &str = "interrupted: joining the calls made so far (Ctrl-C again to stop now)";
 
 /// A task aborted when its handle is dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
